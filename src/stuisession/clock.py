@@ -1,0 +1,47 @@
+"""Clocks. The library never calls :func:`time.time` directly so tests can move time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Anything with a ``now()`` returning Unix seconds (float)."""
+
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    """Wall-clock time."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class ManualClock:
+    """A clock that only moves when told to: for tests and simulations."""
+
+    def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
+        self._now = float(start)
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock by *seconds* (may be negative: a clock jumping backwards)."""
+        with self._lock:
+            self._now += seconds
+
+    def set(self, when: float) -> None:
+        with self._lock:
+            self._now = float(when)
+
+
+def isoformat(ts: float) -> str:
+    """Unix seconds -> ISO-8601 UTC with ``Z`` and whole seconds, as upstream examples."""
+    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

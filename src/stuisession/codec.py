@@ -1,0 +1,328 @@
+"""The snapshot codec: a session <-> bytes, versioned, compressed, sealed.
+
+Layout (all integers big-endian; see ``docs/format.md``)::
+
+    header   18 bytes  magic "STSN", format version, flags, schema version,
+                       key-id length, reserved, meta length, payload length
+    key_id   n bytes   ASCII id of the keyring key that sealed the snapshot
+    meta     m bytes   the SessionInfo as compact JSON (never secret contents)
+    head_tag 32 bytes  HMAC-SHA256("STSN-head" || header || key_id || meta)
+    payload  p bytes   the state JSON, zstd-compressed, then AES-256-GCM-sealed
+                       (12-byte nonce || ciphertext+tag) when flag ENCRYPTED is set
+    tag      32 bytes  HMAC-SHA256(every byte before it)
+
+``head_tag`` lets listing, expiry sweeps and compare-and-swap trust the
+metadata without reading the payload; ``tag`` covers the whole file. Nothing
+reads the payload before ``tag`` has been checked in constant time.
+
+The codec knows nothing of files, keys on disk or protocol commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from typing import Any
+
+import attrs
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import jsonutil
+from .converters import structure_info, structure_state, unstructure_info, unstructure_state
+from .errors import IntegrityError, StateTooLarge
+from .keys import Keyring
+from .migrations import migrate
+from .model import SCHEMA_VERSION, Session, SessionInfo, SessionState
+
+MAGIC = b"STSN"
+FORMAT_VERSION = 1
+FLAG_ZSTD = 0x01
+FLAG_ENCRYPTED = 0x02
+_KNOWN_FLAGS = FLAG_ZSTD | FLAG_ENCRYPTED
+_HEADER = struct.Struct(">4sBBHBBII")
+HEADER_SIZE = _HEADER.size  # 18
+TAG_SIZE = 32
+NONCE_SIZE = 12
+_HEAD_DOMAIN = b"STSN-head"
+_AAD_DOMAIN = b"STSN-aad"
+#: a header of a plausible snapshot can't claim more metadata than this
+MAX_META_SIZE = 64 * 1024
+
+
+@attrs.frozen
+class SnapshotHeader:
+    """The fixed part of a snapshot, parsed but not yet trusted."""
+
+    format_version: int
+    flags: int
+    schema_version: int
+    key_id: str
+    meta_len: int
+    payload_len: int
+
+    @property
+    def meta_offset(self) -> int:
+        return HEADER_SIZE + len(self.key_id)
+
+    @property
+    def payload_offset(self) -> int:
+        return self.meta_offset + self.meta_len + TAG_SIZE
+
+    @property
+    def total_size(self) -> int:
+        return self.payload_offset + self.payload_len + TAG_SIZE
+
+
+def parse_header(blob: bytes) -> SnapshotHeader:
+    """Parse the header of *blob*, raising :class:`IntegrityError` if it is malformed.
+
+    Only structure is checked here (magic, version, lengths); nothing is trusted
+    until a tag has been verified.
+    """
+    if len(blob) < HEADER_SIZE:
+        raise IntegrityError("snapshot is truncated (no complete header)")
+    magic, fmt, flags, schema, klen, reserved, meta_len, payload_len = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise IntegrityError("not a stuisession snapshot (bad magic)")
+    if fmt != FORMAT_VERSION:
+        raise IntegrityError(f"unsupported snapshot format version {fmt}")
+    if flags & ~_KNOWN_FLAGS or reserved != 0 or klen == 0:
+        raise IntegrityError("snapshot header has unknown flags or reserved bits set")
+    if meta_len > MAX_META_SIZE:
+        raise IntegrityError("snapshot header claims an implausible metadata size")
+    try:
+        key_id = blob[HEADER_SIZE : HEADER_SIZE + klen].decode("ascii")
+    except UnicodeDecodeError:
+        raise IntegrityError("snapshot key id is not ASCII") from None
+    header = SnapshotHeader(fmt, flags, schema, key_id, meta_len, payload_len)
+    if len(key_id) != klen:
+        raise IntegrityError("snapshot is truncated (in the key id)")
+    return header
+
+
+class Snapshot:
+    """A verified snapshot: its record is trusted, its state decoded lazily.
+
+    Obtained from :meth:`SnapshotCodec.open`. ``state_json()`` hands over the
+    stored state bytes (decrypted and decompressed) without parsing them.
+    """
+
+    __slots__ = ("_codec", "_state_json", "blob", "header", "info")
+
+    def __init__(
+        self, codec: SnapshotCodec, blob: bytes, header: SnapshotHeader, info: SessionInfo
+    ) -> None:
+        self._codec = codec
+        self.blob = blob
+        self.header = header
+        self.info = info
+        self._state_json: bytes | None = None
+
+    @property
+    def schema_version(self) -> int:
+        return self.header.schema_version
+
+    def state_json(self) -> bytes:
+        """The state as stored (JSON bytes at ``schema_version``), decrypted and decompressed."""
+        if self._state_json is None:
+            self._state_json = self._codec._unseal_payload(self)
+        return self._state_json
+
+    def current_state_json(self) -> bytes:
+        """The state as JSON of the *current* schema (migrated and re-encoded if older)."""
+        if self.schema_version == SCHEMA_VERSION:
+            return self.state_json()
+        return jsonutil.dumps(unstructure_state(self.state()))
+
+    def state(self) -> SessionState:
+        """The state, migrated to the current schema and structured into attrs objects."""
+        try:
+            data = jsonutil.loads(self.state_json())
+        except ValueError:
+            raise IntegrityError("snapshot state is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise IntegrityError("snapshot state is not a JSON object")
+        data = migrate(data, self.schema_version)
+        try:
+            return structure_state(data)
+        except Exception as exc:  # cattrs raises several exception types
+            raise IntegrityError(f"snapshot state does not fit the schema: {exc}") from None
+
+    def session(self) -> Session:
+        """The full session (record + structured state)."""
+        fields = {a.name: getattr(self.info, a.name) for a in attrs.fields(SessionInfo)}
+        return Session(**fields, state=self.state())
+
+    def __repr__(self) -> str:
+        return f"Snapshot(session_id={self.info.session_id!r}, revision={self.info.revision})"
+
+
+class SnapshotCodec:
+    """Encodes sessions to sealed snapshots and opens them again.
+
+    :param keyring: master keys; the current one seals new snapshots.
+    :param encrypt: seal the state with AES-256-GCM (on by default).
+    :param compression_level: zstd level for the state.
+    :param max_state_bytes: refuse to decompress a state larger than this.
+    """
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        encrypt: bool = True,
+        compression_level: int = 3,
+        max_state_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.keyring = keyring
+        self.encrypt = encrypt
+        self.max_state_bytes = max_state_bytes
+        self._compressor = zstandard.ZstdCompressor(level=compression_level)
+        self._level = compression_level
+
+    # -- writing ------------------------------------------------------------------
+    def encode(self, session: Session) -> bytes:
+        """Seal *session* into a snapshot."""
+        return self.encode_state_json(session.info, jsonutil.dumps(unstructure_state(session.state)))
+
+    def encode_state_json(
+        self, info: SessionInfo, state_json: bytes, *, schema_version: int = SCHEMA_VERSION
+    ) -> bytes:
+        """Seal an already-encoded state (JSON bytes of *schema_version*) with *info*."""
+        if len(state_json) > self.max_state_bytes:
+            raise StateTooLarge(
+                f"state is {len(state_json)} bytes, over the {self.max_state_bytes}-byte limit",
+                part="state",
+            )
+        # ZstdCompressor objects are not thread-safe; a fresh one per call is cheap
+        compressed = zstandard.ZstdCompressor(level=self._level).compress(state_json)
+        return self._seal(info, compressed, schema_version, FLAG_ZSTD)
+
+    def rewrite_info(self, snapshot: Snapshot, info: SessionInfo) -> bytes:
+        """A new snapshot with *info* and the same state, without recompressing it.
+
+        Used to record accesses cheaply. The state stays sealed under its key.
+        """
+        if info.session_id != snapshot.info.session_id:
+            raise ValueError("rewrite_info can not move a state to another session")
+        h = snapshot.header
+        payload = snapshot.blob[h.payload_offset : h.payload_offset + h.payload_len]
+        return self._assemble(info, payload, h.schema_version, h.flags, h.key_id)
+
+    def _seal(self, info: SessionInfo, compressed: bytes, schema: int, flags: int) -> bytes:
+        key_id = self.keyring.current_id
+        if self.encrypt:
+            flags |= FLAG_ENCRYPTED
+            nonce = os.urandom(NONCE_SIZE)
+            aad = self._aad(flags, schema, key_id, info.session_id)
+            payload = nonce + AESGCM(self.keyring.enc_key(key_id)).encrypt(nonce, compressed, aad)
+        else:
+            payload = compressed
+        return self._assemble(info, payload, schema, flags, key_id)
+
+    def _assemble(
+        self, info: SessionInfo, payload: bytes, schema: int, flags: int, key_id: str
+    ) -> bytes:
+        meta = jsonutil.dumps(unstructure_info(info))
+        kid = key_id.encode("ascii")
+        header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, schema, len(kid), 0, len(meta), len(payload))
+        mac_key = self.keyring.mac_key(key_id)
+        head = header + kid + meta
+        head_tag = hmac.new(mac_key, _HEAD_DOMAIN + head, hashlib.sha256).digest()
+        mac = hmac.new(mac_key, head, hashlib.sha256)
+        mac.update(head_tag)
+        mac.update(payload)
+        return b"".join((head, head_tag, payload, mac.digest()))
+
+    @staticmethod
+    def _aad(flags: int, schema: int, key_id: str, session_id: str) -> bytes:
+        # binds the ciphertext to its session: a payload moved into another
+        # session's snapshot fails to decrypt even with a valid key
+        return b"|".join(
+            (_AAD_DOMAIN, bytes((FORMAT_VERSION, flags)), str(schema).encode(),
+             key_id.encode(), session_id.encode())
+        )
+
+    # -- reading ------------------------------------------------------------------
+    def _mac_key_for(self, header: SnapshotHeader) -> bytes:
+        if header.key_id not in self.keyring:
+            raise IntegrityError(
+                f"snapshot was sealed with key {header.key_id!r}, which is not in the keyring",
+                key_id=header.key_id,
+            )
+        return self.keyring.mac_key(header.key_id)
+
+    def read_info(self, blob: bytes, expected_session_id: str | None = None) -> SessionInfo:
+        """Verify only the head tag and return the record (cheap: the payload is not read).
+
+        *blob* may be just a prefix of the snapshot that contains the header,
+        key id, metadata and head tag.
+        """
+        header = parse_header(blob)
+        end = header.meta_offset + header.meta_len
+        if len(blob) < end + TAG_SIZE:
+            raise IntegrityError("snapshot is truncated (in the metadata)")
+        head = blob[:end]
+        expected = hmac.new(self._mac_key_for(header), _HEAD_DOMAIN + head, hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, blob[end : end + TAG_SIZE]):
+            raise IntegrityError("snapshot metadata failed its integrity check")
+        return self._info_from_meta(blob[header.meta_offset : end], expected_session_id)
+
+    def open(self, blob: bytes, expected_session_id: str | None = None) -> Snapshot:
+        """Verify the whole snapshot and return it; the state is decoded on demand."""
+        header = parse_header(blob)
+        if len(blob) != header.total_size:
+            raise IntegrityError(
+                "snapshot is truncated" if len(blob) < header.total_size
+                else "snapshot has trailing bytes"
+            )
+        mac_key = self._mac_key_for(header)
+        body_end = header.total_size - TAG_SIZE
+        expected = hmac.new(mac_key, memoryview(blob)[:body_end], hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, blob[body_end:]):
+            raise IntegrityError("snapshot failed its integrity check")
+        meta_end = header.meta_offset + header.meta_len
+        info = self._info_from_meta(blob[header.meta_offset : meta_end], expected_session_id)
+        return Snapshot(self, blob, header, info)
+
+    def decode(self, blob: bytes, expected_session_id: str | None = None) -> Session:
+        """Verify and fully decode a snapshot into a :class:`Session`."""
+        return self.open(blob, expected_session_id).session()
+
+    def _info_from_meta(self, meta: bytes, expected_session_id: str | None) -> SessionInfo:
+        try:
+            data: Any = jsonutil.loads(meta)
+            info = structure_info(data)
+        except Exception:  # a valid tag over bad metadata means a writer bug or a leaked key
+            raise IntegrityError("snapshot metadata is malformed") from None
+        if expected_session_id is not None and not hmac.compare_digest(
+            info.session_id, expected_session_id
+        ):
+            raise IntegrityError("snapshot belongs to another session")
+        return info
+
+    def _unseal_payload(self, snap: Snapshot) -> bytes:
+        h = snap.header
+        payload = snap.blob[h.payload_offset : h.payload_offset + h.payload_len]
+        if h.flags & FLAG_ENCRYPTED:
+            if len(payload) < NONCE_SIZE + 16:
+                raise IntegrityError("encrypted payload is too short")
+            aad = self._aad(h.flags, h.schema_version, h.key_id, snap.info.session_id)
+            try:
+                payload = AESGCM(self.keyring.enc_key(h.key_id)).decrypt(
+                    payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad
+                )
+            except InvalidTag:
+                raise IntegrityError("snapshot state failed to decrypt") from None
+        if h.flags & FLAG_ZSTD:
+            try:
+                payload = zstandard.ZstdDecompressor().decompress(
+                    payload, max_output_size=self.max_state_bytes
+                )
+            except zstandard.ZstdError:
+                raise IntegrityError("snapshot state failed to decompress") from None
+        return bytes(payload)

@@ -1,0 +1,43 @@
+"""cattrs converters: one place that turns model objects into JSON-ready data and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cattrs
+
+from .model import SessionInfo, SessionState
+
+converter = cattrs.Converter(forbid_extra_keys=False)
+
+
+def unstructure_info(info: SessionInfo) -> dict[str, Any]:
+    """A :class:`SessionInfo` (or the record part of a ``Session``) as a JSON-ready dict."""
+    return {
+        "session_id": info.session_id,
+        "client_id": info.client_id,
+        "created_at": info.created_at,
+        "last_accessed": info.last_accessed,
+        "last_modified": info.last_modified,
+        "expires_at": info.expires_at,
+        "timeout": info.timeout,
+        "revision": info.revision,
+        "status": info.status.value,
+        "absolute_expires_at": info.absolute_expires_at,
+    }
+
+
+def structure_info(data: Any) -> SessionInfo:
+    """The inverse of :func:`unstructure_info` (validators run)."""
+    return converter.structure(data, SessionInfo)
+
+
+def unstructure_state(state: SessionState) -> dict[str, Any]:
+    """The state as a JSON-ready dict whose keys are the restore-result keys."""
+    out: dict[str, Any] = converter.unstructure(state)
+    return out
+
+
+def structure_state(data: Any) -> SessionState:
+    """The inverse of :func:`unstructure_state` (validators run)."""
+    return converter.structure(data, SessionState)

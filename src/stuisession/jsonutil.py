@@ -1,0 +1,126 @@
+"""JSON helpers: strict value checks, compact encoding, and splicing stored bytes.
+
+Restores hand over the state bytes kept in a snapshot without decoding them:
+:class:`RawJSON` marks such bytes inside a response, and :func:`dumps_with_raw`
+splices them into the encoded reply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ValidationError
+
+#: Nesting deeper than this is refused (protects the recursive encoder and decoder).
+MAX_DEPTH = 200
+
+JSONValue = Any  # a recursive alias would need PEP 695 generics; keep the API readable
+
+
+class RawJSON:
+    """Bytes that are already one valid, compact JSON value (UTF-8)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def value(self) -> Any:
+        """Decode the bytes (slow path; used when a dict result is asked for)."""
+        return json.loads(self.data)
+
+    def __repr__(self) -> str:  # never print contents: they may be session state
+        return f"RawJSON(<{len(self.data)} bytes>)"
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON. Raises ``ValueError`` on NaN/Infinity."""
+    return _encoder.encode(value).encode("utf-8")
+
+
+def loads(data: bytes | str) -> Any:
+    """Strict JSON decode: NaN/Infinity literals are refused."""
+    return json.loads(data, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def resolve_raw(value: Any) -> Any:
+    """Return *value* with every :class:`RawJSON` replaced by its decoded value."""
+    if isinstance(value, RawJSON):
+        return value.value()
+    if isinstance(value, dict):
+        return {k: resolve_raw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_raw(v) for v in value]
+    return value
+
+
+def dumps_with_raw(value: Any) -> bytes:
+    """Encode *value*, splicing the bytes of any :class:`RawJSON` in place.
+
+    Each raw value is replaced by a random placeholder string, the rest is
+    encoded normally, and the placeholders (which can not occur in user data,
+    being fresh random tokens) are swapped for the raw bytes.
+    """
+    raws: dict[str, bytes] = {}
+
+    def swap(v: Any) -> Any:
+        if isinstance(v, RawJSON):
+            token = "\x00raw" + secrets.token_hex(8)
+            raws[token] = v.data
+            return token
+        if isinstance(v, dict):
+            return {k: swap(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [swap(x) for x in v]
+        return v
+
+    swapped = swap(value)
+    out = dumps(swapped)
+    for token, data in raws.items():
+        # the encoder escapes "\x00" as "\u0000", which user data can't forge
+        # without also knowing the random token
+        out = out.replace(dumps(token), data, 1)
+    return out
+
+
+def check_json_value(value: Any, field: str, max_depth: int = MAX_DEPTH) -> None:
+    """Raise :class:`ValidationError` unless *value* is plain JSON data.
+
+    Plain JSON: dicts with string keys, lists, strings, bools, None, ints and
+    finite floats, nested at most *max_depth* levels.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > max_depth:
+            raise ValidationError(f"{field} is nested deeper than {max_depth} levels", field=field)
+        if v is None or isinstance(v, (str, bool, int)):
+            continue
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValidationError(f"{field} contains a non-finite number", field=field)
+            continue
+        if isinstance(v, Mapping):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise ValidationError(f"{field} has a non-string key", field=field)
+                stack.append((x, depth + 1))
+            continue
+        if isinstance(v, (list, tuple)):
+            stack.extend((x, depth + 1) for x in v)
+            continue
+        raise ValidationError(
+            f"{field} contains a value of type {type(v).__name__}, which is not JSON",
+            field=field,
+        )

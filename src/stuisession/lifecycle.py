@@ -1,0 +1,106 @@
+"""Every session state transition, in one place (as h11 keeps its ``_state.py``).
+
+Each function takes a session and returns a new one; none does I/O. The
+service layer decides *when* to call them and stores the result with a
+compare-and-swap on ``revision``.
+
+Rules:
+
+- ``revision`` is incremented by every committed change of state or status
+  (:func:`with_state`, :func:`close`, :func:`expire`). Refreshing the access
+  time (:func:`touch`) is not a change of the session and keeps the revision.
+- Only an ``ACTIVE``, unexpired session may be touched or changed.
+- ``CLOSED`` and ``EXPIRED`` are terminal.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .errors import SessionClosed, SessionExpired
+from .ids import new_session_id
+from .model import Session, SessionState, SessionStatus
+
+
+def new_session(
+    client_id: str,
+    *,
+    now: float,
+    timeout: int,
+    absolute_lifetime: int | None = None,
+    state: SessionState | None = None,
+    session_id: str | None = None,
+) -> Session:
+    """A fresh ``ACTIVE`` session at revision 1."""
+    return Session(
+        session_id=session_id or new_session_id(),
+        client_id=client_id,
+        created_at=now,
+        last_accessed=now,
+        last_modified=now,
+        expires_at=now + timeout,
+        timeout=timeout,
+        revision=1,
+        status=SessionStatus.ACTIVE,
+        absolute_expires_at=None if absolute_lifetime is None else now + absolute_lifetime,
+        state=state or SessionState(),
+    )
+
+
+def require_active(session: Session, now: float) -> None:
+    """Raise :class:`SessionClosed` or :class:`SessionExpired` unless the session is usable."""
+    if session.status is SessionStatus.CLOSED:
+        raise SessionClosed()
+    if session.is_expired(now):
+        raise SessionExpired()
+
+
+def touch(session: Session, now: float) -> Session:
+    """Record an access: slides the idle expiry; the revision does not change."""
+    require_active(session, now)
+    # a clock that jumped backwards must not shorten a session's life
+    now = max(now, session.last_accessed)
+    return attrs.evolve(session, last_accessed=now, expires_at=now + session.timeout)
+
+
+def needs_touch(session: Session, now: float, granularity: float) -> bool:
+    """True when the stored access time is older than *granularity* seconds.
+
+    Persisting every access would turn each restore into a durable write; the
+    idle expiry only needs to be right to within *granularity*.
+    """
+    return now - session.last_accessed >= granularity
+
+
+def with_state(session: Session, state: SessionState, now: float) -> Session:
+    """Commit a new state: touches the session and increments the revision."""
+    require_active(session, now)
+    now = max(now, session.last_accessed, session.last_modified)
+    return attrs.evolve(
+        session,
+        state=state,
+        last_accessed=now,
+        last_modified=now,
+        expires_at=now + session.timeout,
+        revision=session.revision + 1,
+    )
+
+
+def close(session: Session, now: float) -> Session:
+    """``ACTIVE`` -> ``CLOSED`` (terminal)."""
+    if session.status is SessionStatus.CLOSED:
+        raise SessionClosed()
+    now = max(now, session.last_modified)
+    return attrs.evolve(
+        session, status=SessionStatus.CLOSED, last_modified=now, revision=session.revision + 1
+    )
+
+
+def expire(session: Session, now: float) -> Session:
+    """Mark an expired session ``EXPIRED`` (terminal)."""
+    return attrs.evolve(
+        session,
+        status=SessionStatus.EXPIRED,
+        last_modified=max(now, session.last_modified),
+        revision=session.revision + 1,
+    )

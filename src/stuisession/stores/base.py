@@ -1,0 +1,191 @@
+"""The pluggable storage interface.
+
+A backend subclasses :class:`SessionStore` and implements a handful of small
+byte-level methods (as Django's ``SessionBase`` does): ``_get``, ``_put``,
+``_delete`` and ``_ids``. Everything else -- sealing and verifying snapshots,
+compare-and-swap semantics, listing, expiry and statistics -- is built on top
+of them here, so every backend behaves the same (the conformance suite in
+``tests/test_store_conformance.py`` checks that).
+
+Stores know nothing of JSON commands; they move sealed snapshots.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+import attrs
+
+from ..codec import Snapshot, SnapshotCodec
+from ..errors import IntegrityError, SessionNotFound
+from ..ids import check_client_id, check_session_id
+from ..keys import Keyring
+from ..model import Session, SessionInfo
+
+
+@attrs.frozen
+class StoreStatistics:
+    """Counts over a whole store."""
+
+    total_sessions: int
+    active_sessions: int
+    clients: int
+    stored_bytes: int | None = None
+
+
+class SessionStore(abc.ABC):
+    """Base class of all session stores.
+
+    Public methods validate ids and raise :mod:`stuisession.errors` exceptions:
+    :class:`~stuisession.errors.SessionNotFound`,
+    :class:`~stuisession.errors.ConflictError` (compare-and-swap lost),
+    :class:`~stuisession.errors.IntegrityError` (a snapshot failed its check and
+    could not be recovered) and :class:`~stuisession.errors.StorageError`.
+    """
+
+    codec: SnapshotCodec
+
+    def __init__(self, codec: SnapshotCodec | None = None) -> None:
+        self.codec = codec if codec is not None else SnapshotCodec(Keyring.generate())
+
+    # -- backend primitives ---------------------------------------------------------
+    @abc.abstractmethod
+    def _get(self, session_id: str) -> bytes | None:
+        """The stored snapshot of *session_id*, or None if there is none."""
+
+    @abc.abstractmethod
+    def _put(self, info: SessionInfo, blob: bytes, expected_revision: int | None) -> None:
+        """Store *blob* for ``info.session_id``, atomically, as a compare-and-swap.
+
+        With ``expected_revision=None`` the session must not exist yet; otherwise
+        the stored revision must equal *expected_revision* (raise
+        :class:`~stuisession.errors.SessionNotFound` if there is no session). On mismatch raise
+        :class:`~stuisession.errors.ConflictError` (with ``current_revision``)
+        and change nothing. A failed write must leave the previous snapshot intact.
+        """
+
+    @abc.abstractmethod
+    def _delete(self, session_id: str) -> bool:
+        """Remove the session; True if it existed."""
+
+    @abc.abstractmethod
+    def _ids(self) -> Iterator[str]:
+        """Every stored session id (order unspecified)."""
+
+    def _get_head(self, session_id: str) -> bytes | None:
+        """At least the header, key id, metadata and head tag of the snapshot.
+
+        Backends that can read a prefix cheaply override this; the default reads all.
+        """
+        return self._get(session_id)
+
+    def _client_ids(self, client_id: str) -> Iterator[str] | None:
+        """Session ids of *client_id* from an index, or None to fall back to a scan."""
+        return None
+
+    def _recover(self, session_id: str, error: IntegrityError) -> Snapshot:
+        """Called when the stored snapshot fails its check.
+
+        Backends with backups override this to fall back to the newest valid
+        one (and set the bad snapshot aside). The default re-raises.
+        """
+        raise error
+
+    # -- public API -----------------------------------------------------------------
+    def create(self, session: Session) -> None:
+        """Store a new session; :class:`ConflictError` if its id is taken."""
+        check_session_id(session.session_id)
+        self._put(session.info, self.codec.encode(session), None)
+
+    def load_snapshot(self, session_id: str) -> Snapshot:
+        """The verified snapshot of *session_id* (state not yet decoded)."""
+        check_session_id(session_id)
+        blob = self._get(session_id)
+        if blob is None:
+            raise SessionNotFound("Session not found")
+        try:
+            return self.codec.open(blob, expected_session_id=session_id)
+        except IntegrityError as exc:
+            return self._recover(session_id, exc)
+
+    def load(self, session_id: str) -> Session:
+        """The full session; :class:`SessionNotFound` if there is none."""
+        return self.load_snapshot(session_id).session()
+
+    def load_info(self, session_id: str) -> SessionInfo:
+        """The session's record, verified by its head tag (the state is not read)."""
+        check_session_id(session_id)
+        head = self._get_head(session_id)
+        if head is None:
+            raise SessionNotFound("Session not found")
+        try:
+            return self.codec.read_info(head, expected_session_id=session_id)
+        except IntegrityError as exc:
+            return self._recover(session_id, exc).info
+
+    def save(self, session: Session, *, expected_revision: int) -> None:
+        """Replace the stored session if its revision is still *expected_revision*."""
+        check_session_id(session.session_id)
+        self._put(session.info, self.codec.encode(session), expected_revision)
+
+    def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected_revision: int) -> None:
+        """Replace only the record of a session (e.g. its access time), keeping the state."""
+        self._put(info, self.codec.rewrite_info(snapshot, info), expected_revision)
+
+    def delete(self, session_id: str) -> bool:
+        """Remove a session and everything kept for it; True if it existed."""
+        check_session_id(session_id)
+        return self._delete(session_id)
+
+    def iter_infos(self) -> Iterator[SessionInfo]:
+        """Every readable session record. Unreadable snapshots are skipped."""
+        for sid in self._ids():
+            try:
+                yield self.load_info(sid)
+            except (SessionNotFound, IntegrityError):
+                continue
+
+    def list_by_client(self, client_id: str) -> list[SessionInfo]:
+        """The records of *client_id*'s sessions, oldest first."""
+        check_client_id(client_id)
+        ids = self._client_ids(client_id)
+        infos: list[SessionInfo] = []
+        if ids is None:
+            infos = [i for i in self.iter_infos() if i.client_id == client_id]
+        else:
+            for sid in ids:
+                try:
+                    info = self.load_info(sid)
+                except (SessionNotFound, IntegrityError):
+                    continue
+                if info.client_id == client_id:
+                    infos.append(info)
+        infos.sort(key=lambda i: (i.created_at, i.session_id))
+        return infos
+
+    def iter_expired(self, now: float) -> Iterator[SessionInfo]:
+        """Records of sessions that are expired at *now* (or closed)."""
+        for info in self.iter_infos():
+            if not info.is_active(now):
+                yield info
+
+    def statistics(self, now: float) -> StoreStatistics:
+        """Counts over the whole store."""
+        total = active = 0
+        clients: set[str] = set()
+        for info in self.iter_infos():
+            total += 1
+            if info.is_active(now):
+                active += 1
+                clients.add(info.client_id)
+        return StoreStatistics(total_sessions=total, active_sessions=active, clients=len(clients))
+
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release resources (connections, file handles)."""
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

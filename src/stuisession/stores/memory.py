@@ -1,0 +1,62 @@
+"""An in-process store: for tests, harnesses and embedding without persistence."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from ..codec import SnapshotCodec
+from ..errors import ConflictError, SessionNotFound
+from ..model import SessionInfo
+from .base import SessionStore
+
+
+class MemoryStore(SessionStore):
+    """Keeps sealed snapshots in a dict, guarded by a lock.
+
+    Snapshots go through the same codec as every other store, so a test run on
+    ``MemoryStore`` exercises sealing, verification and compare-and-swap exactly
+    as the file and Redis stores do.
+    """
+
+    def __init__(self, codec: SnapshotCodec | None = None) -> None:
+        super().__init__(codec)
+        self._blobs: dict[str, tuple[int, str, bytes]] = {}  # id -> (revision, client, blob)
+        self._lock = threading.Lock()
+
+    def _get(self, session_id: str) -> bytes | None:
+        entry = self._blobs.get(session_id)
+        return None if entry is None else entry[2]
+
+    def _put(self, info: SessionInfo, blob: bytes, expected_revision: int | None) -> None:
+        with self._lock:
+            current = self._blobs.get(info.session_id)
+            if expected_revision is None:
+                if current is not None:
+                    raise ConflictError("session already exists", current_revision=current[0])
+            elif current is None:
+                raise SessionNotFound("Session not found")
+            elif current[0] != expected_revision:
+                raise ConflictError("session was changed by another writer",
+                                    current_revision=current[0])
+            self._blobs[info.session_id] = (info.revision, info.client_id, blob)
+
+    def _delete(self, session_id: str) -> bool:
+        with self._lock:
+            return self._blobs.pop(session_id, None) is not None
+
+    def _ids(self) -> Iterator[str]:
+        with self._lock:
+            ids = list(self._blobs)
+        return iter(ids)
+
+    def _client_ids(self, client_id: str) -> Iterator[str]:
+        with self._lock:
+            ids = [sid for sid, (_, cid, _) in self._blobs.items() if cid == client_id]
+        return iter(ids)
+
+    def corrupt(self, session_id: str, blob: bytes) -> None:
+        """Replace a stored snapshot with arbitrary bytes (for corruption tests)."""
+        with self._lock:
+            rev, cid, _ = self._blobs[session_id]
+            self._blobs[session_id] = (rev, cid, blob)
