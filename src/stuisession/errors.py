@@ -27,6 +27,8 @@ class StuiSessionError(Exception):
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = details
+        #: the id of the request this error answers, when known before dispatch
+        self.request_id: str | int | None = None
 
 
 class InvalidRequest(StuiSessionError):

@@ -15,11 +15,15 @@ Rules:
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import attrs
 
 from .errors import SessionClosed, SessionExpired
 from .ids import new_session_id
-from .model import Session, SessionState, SessionStatus
+from .model import Session, SessionInfo, SessionState, SessionStatus
+
+_Info = TypeVar("_Info", bound=SessionInfo)
 
 
 def new_session(
@@ -47,7 +51,7 @@ def new_session(
     )
 
 
-def require_active(session: Session, now: float) -> None:
+def require_active(session: SessionInfo, now: float) -> None:
     """Raise :class:`SessionClosed` or :class:`SessionExpired` unless the session is usable."""
     if session.status is SessionStatus.CLOSED:
         raise SessionClosed()
@@ -55,7 +59,7 @@ def require_active(session: Session, now: float) -> None:
         raise SessionExpired()
 
 
-def touch(session: Session, now: float) -> Session:
+def touch(session: _Info, now: float) -> _Info:
     """Record an access: slides the idle expiry; the revision does not change."""
     require_active(session, now)
     # a clock that jumped backwards must not shorten a session's life
@@ -63,7 +67,7 @@ def touch(session: Session, now: float) -> Session:
     return attrs.evolve(session, last_accessed=now, expires_at=now + session.timeout)
 
 
-def needs_touch(session: Session, now: float, granularity: float) -> bool:
+def needs_touch(session: SessionInfo, now: float, granularity: float) -> bool:
     """True when the stored access time is older than *granularity* seconds.
 
     Persisting every access would turn each restore into a durable write; the

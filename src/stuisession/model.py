@@ -9,6 +9,7 @@ listing and expiry never need to decompress a state.
 from __future__ import annotations
 
 import enum
+import math
 from typing import Any
 
 import attrs
@@ -113,7 +114,7 @@ class SessionInfo:
         end = self.expires_at
         if self.absolute_expires_at is not None:
             end = min(end, self.absolute_expires_at)
-        return max(0, int(end - now))
+        return max(0, math.ceil(end - now))
 
 
 @attrs.frozen

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 import attrs
 
 from ..codec import Snapshot, SnapshotCodec
-from ..errors import IntegrityError, SessionNotFound
+from .. import jsonutil
+from ..converters import unstructure_state
+from ..errors import IntegrityError, SessionNotFound, StateTooLarge
 from ..ids import check_client_id, check_session_id
 from ..keys import Keyring
-from ..model import Session, SessionInfo
+from ..model import Session, SessionInfo, SessionState
 
 
 @attrs.frozen
@@ -32,6 +34,11 @@ class StoreStatistics:
     active_sessions: int
     clients: int
     stored_bytes: int | None = None
+
+
+def state_part_sizes(state: SessionState) -> dict[str, int]:
+    """Encoded size in bytes of each part of *state* (to say which part is too big)."""
+    return {k: len(jsonutil.dumps(v)) for k, v in unstructure_state(state).items()}
 
 
 class SessionStore(abc.ABC):
@@ -93,10 +100,14 @@ class SessionStore(abc.ABC):
         raise error
 
     # -- public API -----------------------------------------------------------------
-    def create(self, session: Session) -> None:
-        """Store a new session; :class:`ConflictError` if its id is taken."""
+    def create(self, session: Session, *, max_size: int | None = None) -> None:
+        """Store a new session; :class:`ConflictError` if its id is taken.
+
+        With *max_size*, a snapshot larger than that many bytes is refused with
+        :class:`~stuisession.errors.StateTooLarge` and nothing is written.
+        """
         check_session_id(session.session_id)
-        self._put(session.info, self.codec.encode(session), None)
+        self._put(session.info, self._encode(session, max_size), None)
 
     def load_snapshot(self, session_id: str) -> Snapshot:
         """The verified snapshot of *session_id* (state not yet decoded)."""
@@ -124,10 +135,26 @@ class SessionStore(abc.ABC):
         except IntegrityError as exc:
             return self._recover(session_id, exc).info
 
-    def save(self, session: Session, *, expected_revision: int) -> None:
-        """Replace the stored session if its revision is still *expected_revision*."""
+    def save(
+        self, session: Session, *, expected_revision: int, max_size: int | None = None
+    ) -> None:
+        """Replace the stored session if its revision is still *expected_revision*.
+
+        *max_size* as for :meth:`create`.
+        """
         check_session_id(session.session_id)
-        self._put(session.info, self.codec.encode(session), expected_revision)
+        self._put(session.info, self._encode(session, max_size), expected_revision)
+
+    def _encode(self, session: Session, max_size: int | None) -> bytes:
+        blob = self.codec.encode(session)
+        if max_size is not None and len(blob) > max_size:
+            raise StateTooLarge(
+                f"session snapshot would be {len(blob)} bytes, over the limit of {max_size}",
+                size=len(blob),
+                limit=max_size,
+                parts=state_part_sizes(session.state),
+            )
+        return blob
 
     def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected_revision: int) -> None:
         """Replace only the record of a session (e.g. its access time), keeping the state."""

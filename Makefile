@@ -1,0 +1,38 @@
+# stuisession — developer entry points. Every target creates .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+BIND ?= tcp://127.0.0.1:5555
+STORE ?= ./.stuisession
+SRC := src tests examples benchmarks
+
+.PHONY: run test lint typecheck pytest clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## run: start the bridge server on the embedded default (file store in ./.stuisession)
+run: $(STAMP)
+	$(BIN)/stuisession serve --bind $(BIND) --store $(STORE)
+
+## test: lint, type-check, and run the test suite with the 90% branch-coverage gate
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=stuisession --cov-branch \
+		--cov-report=term --cov-fail-under=90
+
+clean:
+	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,0 +1,547 @@
+"""A tamper-evident audit log: one sealed JSON line per security-relevant event.
+
+Each line is the canonical JSON (sorted keys, no spaces, ASCII) of::
+
+    {"v": 1, "seq": 7, "time": "2026-01-01T00:00:00.000Z", "event": "restore",
+     "client_id": "alice", "session": "<32 hex>", "outcome": "ok", "reason": null,
+     "kid": "<key id>", "prev": "<mac of line 6>", "mac": "<64 hex>"}
+
+* ``session`` is a keyed hash of the session id, never the id itself:
+  ``HMAC-SHA256(keyring.derive("audit-session-id", kid), session_id)`` as hex,
+  truncated to 32 characters (128 bits). :meth:`AuditLog.session_ref` computes it
+  so an operator can look up one session's events; :func:`iter_session_events`
+  does so across key rotations.
+* ``mac`` is ``HMAC-SHA256(keyring.derive("audit-chain", kid), DOMAIN || line
+  without "mac")`` as hex; ``prev`` is the previous line's ``mac`` (64 zeros on
+  line 1). Editing, deleting, reordering or forging a line breaks the chain.
+* ``<log>.head`` is a small sealed file rewritten atomically after every append
+  with the last ``seq`` and ``mac``; deleting lines at the tail of the log makes
+  it disagree with the log.
+
+**Keys and rotation.** Every line names the key id (``kid``) it was sealed with:
+the keyring's current key when it was written. After a rotation new lines use
+the new key, older lines still verify as long as their key stays in the keyring
+(keep retired keys for as long as logs sealed with them are kept). Session refs
+therefore change at a rotation; :func:`iter_session_events` matches each line
+with its own key. Removing a compromised key from the keyring makes lines
+sealed with it unverifiable: archive the log first and start a new one.
+
+**Failure policy.** :meth:`AuditLog.record` fails closed: it raises
+:class:`IntegrityError` instead of extending a chain whose tail does not verify
+or whose head file says lines are missing, so a truncation is never papered
+over by new appends. Appends are serialised across threads (a lock) and
+processes (``flock`` on the log file).
+
+Nothing secret (keys, session ids, session contents) is ever written to the log
+or put in an exception message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from .clock import Clock, SystemClock
+from .errors import IntegrityError
+from .keys import Keyring
+
+__all__ = [
+    "EVENTS",
+    "GENESIS",
+    "OUTCOMES",
+    "AuditLog",
+    "AuditReport",
+    "iter_session_events",
+    "verify",
+]
+
+FORMAT_VERSION: Final = 1
+#: ``prev`` of the first line
+GENESIS: Final = "0" * 64
+#: the events the library records; any other name matching ``[a-z][a-z0-9_]{0,31}`` is allowed
+EVENTS: Final = frozenset(
+    {
+        "create",
+        "restore",
+        "update",
+        "close",
+        "deny",
+        "expire",
+        "rate_limit",
+        "integrity_failure",
+        "key_rotation",
+        "gc",
+    }
+)
+OUTCOMES: Final = frozenset({"ok", "denied", "error"})
+MAX_REASON_LENGTH: Final = 200
+MAX_CLIENT_ID_LENGTH: Final = 256
+#: longer lines are never produced and are rejected when reading
+MAX_LINE_BYTES: Final = 16 * 1024
+
+_PURPOSE_CHAIN: Final = "audit-chain"
+_PURPOSE_SESSION: Final = "audit-session-id"
+_PURPOSE_HEAD: Final = "audit-head"
+_DOMAIN_LINE: Final = b"stuisession-audit-line-v1\n"
+_DOMAIN_HEAD: Final = b"stuisession-audit-head-v1\n"
+_EVENT_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
+_HEX32_RE: Final = re.compile(r"[0-9a-f]{32}")
+_LINE_KEYS: Final = frozenset(
+    {"v", "seq", "time", "event", "client_id", "session", "outcome", "reason", "kid", "prev", "mac"}
+)
+_HEAD_KEYS: Final = frozenset({"v", "seq", "last", "kid", "mac"})
+_TAIL_CHUNK: Final = 4096
+
+
+# -- canonical encoding and keys ---------------------------------------------------------
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _hmac_hex(key: bytes, data: bytes) -> str:
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def _session_ref(keyring: Keyring, key_id: str, session_id: str) -> str:
+    key = keyring.derive(_PURPOSE_SESSION, key_id)
+    return _hmac_hex(key, session_id.encode("utf-8"))[:32]
+
+
+def _line_mac(keyring: Keyring, key_id: str, body: dict[str, Any]) -> str:
+    return _hmac_hex(keyring.derive(_PURPOSE_CHAIN, key_id), _DOMAIN_LINE + _canonical(body))
+
+
+def _head_mac(keyring: Keyring, key_id: str, body: dict[str, Any]) -> str:
+    return _hmac_hex(keyring.derive(_PURPOSE_HEAD, key_id), _DOMAIN_HEAD + _canonical(body))
+
+
+def _iso(ts: float) -> str:
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+# -- parsing (shared by the writer and the verifier) -------------------------------------
+class _Bad(Exception):
+    """A line or head that does not verify; the message is safe to show."""
+
+
+def _parse_line(raw: bytes, keyring: Keyring) -> dict[str, Any]:
+    """Parse and authenticate one line (without its newline); raise :class:`_Bad`."""
+    try:
+        obj = json.loads(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise _Bad("not valid JSON") from None
+    if not isinstance(obj, dict) or set(obj) != _LINE_KEYS:
+        raise _Bad("unexpected fields")
+    if _canonical(obj) != raw:
+        raise _Bad("not in canonical form")
+    if obj["v"] != FORMAT_VERSION:
+        raise _Bad("unknown format version")
+    seq = obj["seq"]
+    if type(seq) is not int or seq < 1:
+        raise _Bad("bad sequence number")
+    kid, mac, prev = obj["kid"], obj["mac"], obj["prev"]
+    if not isinstance(kid, str) or not isinstance(mac, str) or not isinstance(prev, str):
+        raise _Bad("bad field types")
+    if _HEX64_RE.fullmatch(mac) is None or _HEX64_RE.fullmatch(prev) is None:
+        raise _Bad("bad mac or prev")
+    if kid not in keyring:
+        raise _Bad("sealed with a key that is not in the keyring")
+    body = {k: v for k, v in obj.items() if k != "mac"}
+    if not hmac.compare_digest(_line_mac(keyring, kid, body), mac):
+        raise _Bad("mac does not verify")
+    return obj
+
+
+def _parse_head(raw: bytes, keyring: Keyring) -> tuple[int, str]:
+    """Parse and authenticate a head file; return ``(seq, last mac)``."""
+    try:
+        obj = json.loads(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise _Bad("head file is not valid JSON") from None
+    if not isinstance(obj, dict) or set(obj) != _HEAD_KEYS or obj["v"] != FORMAT_VERSION:
+        raise _Bad("head file has unexpected fields")
+    seq, last, kid, mac = obj["seq"], obj["last"], obj["kid"], obj["mac"]
+    if type(seq) is not int or seq < 0 or not isinstance(last, str) or not isinstance(mac, str):
+        raise _Bad("head file has bad field types")
+    if not isinstance(kid, str) or kid not in keyring:
+        raise _Bad("head file sealed with a key that is not in the keyring")
+    body = {k: v for k, v in obj.items() if k != "mac"}
+    if not hmac.compare_digest(_head_mac(keyring, kid, body), mac):
+        raise _Bad("head file mac does not verify")
+    return seq, last
+
+
+def _read_head(path: Path, keyring: Keyring) -> tuple[int, str] | None:
+    try:
+        raw = _head_path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(raw) > MAX_LINE_BYTES:
+        raise _Bad("head file is too large")
+    return _parse_head(raw.rstrip(b"\n"), keyring)
+
+
+def _check_head_against_tail(
+    head: tuple[int, str] | None, tail: dict[str, Any] | None
+) -> str | None:
+    """Why the head disagrees with the last line of the log, or None if consistent.
+
+    The head is written after the line, so a crash between the two leaves the
+    head exactly one line behind; that (and only that) is tolerated.
+    """
+    head_seq, head_last = head if head is not None else (0, GENESIS)
+    tail_seq = 0 if tail is None else int(tail["seq"])
+    if head_seq > tail_seq:
+        return f"log truncated: head records seq {head_seq}, log ends at seq {tail_seq}"
+    if tail is None:
+        return None
+    if head_seq == tail_seq:
+        expected = str(tail["mac"])
+    elif head_seq == tail_seq - 1:
+        expected = str(tail["prev"])
+    else:
+        return f"head file is stale: records seq {head_seq}, log ends at seq {tail_seq}"
+    if not hmac.compare_digest(head_last, expected):
+        return "head file does not match the log"
+    return None
+
+
+# -- verification ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditReport:
+    """The outcome of :func:`verify`.
+
+    ``first_bad_line`` is 1-based; for a truncated log it is the first missing
+    line (one past the last line present). ``torn_tail`` is set when the log
+    ends in an incomplete line left by a crash mid-append (ignored otherwise).
+    """
+
+    ok: bool
+    lines: int
+    last_seq: int
+    first_bad_line: int | None = None
+    reason: str | None = None
+    torn_tail: bool = False
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _iter_raw_lines(path: Path) -> Iterator[tuple[bytes, bool]]:
+    """Yield ``(line without newline, complete?)``; the last one may be incomplete."""
+    with open(path, "rb") as fh:
+        while True:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            if raw.endswith(b"\n"):
+                yield raw[:-1], True
+            else:
+                yield raw, False  # over-long line or an incomplete last line
+
+
+def verify(
+    path: str | os.PathLike[str], keyring: Keyring, *, require_head: bool = True
+) -> AuditReport:
+    """Check a whole audit log: every line parses and is canonical, ``seq``
+    counts up by one from 1, ``prev`` links to the previous ``mac``, every
+    ``mac`` verifies, and the sealed head file agrees with the last line.
+
+    Streams the file (constant memory). With ``require_head=False`` a missing
+    head file is accepted (e.g. a log copied without it); a present one is
+    still checked.
+    """
+    p = Path(path)
+    lines = 0
+    prev_mac = GENESIS
+    tail: dict[str, Any] | None = None
+    torn = False
+
+    def bad(line: int, reason: str) -> AuditReport:
+        return AuditReport(False, lines, 0 if tail is None else tail["seq"], line, reason, torn)
+
+    try:
+        for raw, complete in _iter_raw_lines(p):
+            if not complete:
+                if len(raw) > MAX_LINE_BYTES:
+                    return bad(lines + 1, "line too long")
+                torn = True  # a final line without newline: never acknowledged
+                break
+            try:
+                obj = _parse_line(raw, keyring)
+            except _Bad as exc:
+                return bad(lines + 1, str(exc))
+            if obj["seq"] != lines + 1:
+                return bad(lines + 1, f"sequence number {obj['seq']}, expected {lines + 1}")
+            if not hmac.compare_digest(obj["prev"], prev_mac):
+                return bad(lines + 1, "prev does not link to the previous line")
+            lines += 1
+            prev_mac = obj["mac"]
+            tail = obj
+    except FileNotFoundError:
+        return AuditReport(False, 0, 0, None, "log file does not exist")
+
+    try:
+        head = _read_head(p, keyring)
+    except _Bad as exc:
+        return bad(lines + 1, str(exc))
+    if head is None and require_head and tail is not None:
+        return bad(lines + 1, "head file is missing")
+    if head is not None or require_head:
+        problem = _check_head_against_tail(head, tail)
+        if problem is not None:
+            return bad(lines + 1, problem)
+    return AuditReport(True, lines, 0 if tail is None else tail["seq"], torn_tail=torn)
+
+
+def iter_session_events(
+    path: str | os.PathLike[str], keyring: Keyring, session_id: str
+) -> Iterator[dict[str, Any]]:
+    """Yield the lines of *path* (parsed, authenticated) that concern *session_id*.
+
+    Each line is matched with the session ref computed under its own key id, so
+    lookups work across key rotations. Lines that do not verify are skipped;
+    run :func:`verify` for a verdict on the whole log.
+    """
+    refs: dict[str, str] = {}
+    for raw, complete in _iter_raw_lines(Path(path)):
+        if not complete:
+            continue
+        try:
+            obj = _parse_line(raw, keyring)
+        except _Bad:
+            continue
+        kid = obj["kid"]
+        ref = refs.get(kid)
+        if ref is None:
+            ref = refs[kid] = _session_ref(keyring, kid, session_id)
+        if isinstance(obj["session"], str) and hmac.compare_digest(obj["session"], ref):
+            yield obj
+
+
+# -- writing -----------------------------------------------------------------------------
+def _read_tail(fd: int, size: int) -> tuple[bytes | None, int]:
+    """Return ``(last complete line or None, offset just past it)`` of the open file.
+
+    Reads backwards in small chunks: only the end of the file is read.
+    """
+    end = size
+    buf = b""
+    pos = size
+    # find the last newline: everything after it is an incomplete (torn) line
+    while True:
+        if pos == 0:
+            return None, 0
+        start = max(0, pos - _TAIL_CHUNK)
+        buf = os.pread(fd, pos - start, start) + buf
+        pos = start
+        nl = buf.rfind(b"\n")
+        if nl >= 0:
+            end = pos + nl + 1
+            buf = buf[:nl]
+            break
+        if len(buf) > 2 * MAX_LINE_BYTES:
+            raise _Bad("log ends with an over-long line")
+    # find the newline before it
+    while True:
+        nl = buf.rfind(b"\n")
+        if nl >= 0:
+            return buf[nl + 1 :], end
+        if pos == 0:
+            return buf, end
+        if len(buf) > MAX_LINE_BYTES:
+            raise _Bad("line too long")
+        start = max(0, pos - _TAIL_CHUNK)
+        buf = os.pread(fd, pos - start, start) + buf
+        pos = start
+
+
+class AuditLog:
+    """Appends sealed events to the audit log at *path* (created with mode 0600).
+
+    Safe to share between threads, and between processes appending to the same
+    file: every append takes an exclusive ``flock`` on the log, reads its tail
+    (only the last line) to continue ``seq``/``prev``, appends, and rewrites the
+    head file. With ``fsync=True`` (the default) the line, the head and the
+    directory are fsync'd before :meth:`record` returns.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        keyring: Keyring,
+        clock: Clock | None = None,
+        fsync: bool = True,
+    ) -> None:
+        self._path = Path(path)
+        self._keyring = keyring
+        self._clock: Clock = clock or SystemClock()
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        # (dev, ino, size, mtime_ns, seq, mac) after our own last append
+        self._cache: tuple[int, int, int, int, int, str] | None = None
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def path(self) -> Path:
+        """The log file."""
+        return self._path
+
+    @property
+    def keyring(self) -> Keyring:
+        """The keyring; its current key seals new lines."""
+        return self._keyring
+
+    @keyring.setter
+    def keyring(self, keyring: Keyring) -> None:
+        with self._lock:
+            self._keyring = keyring
+            self._cache = None
+
+    def session_ref(self, session_id: str, key_id: str | None = None) -> str:
+        """The keyed hash recorded for *session_id* under *key_id* (default: current key)."""
+        ring = self._keyring
+        return _session_ref(ring, key_id or ring.current_id, session_id)
+
+    def record(
+        self,
+        event: str,
+        *,
+        client_id: str | None = None,
+        session_id: str | None = None,
+        outcome: str = "ok",
+        reason: str | None = None,
+    ) -> int:
+        """Append one event and return its ``seq``.
+
+        *event* is one of :data:`EVENTS` or another short lower-case name;
+        *outcome* is ``"ok"``, ``"denied"`` or ``"error"``; *reason* is a short
+        description (truncated to 200 characters) and must not contain secrets.
+        *session_id* is stored only as its keyed hash.
+
+        Raises :class:`ValueError` for a bad event or outcome,
+        :class:`IntegrityError` if the existing log does not verify at its tail
+        (nothing is appended then), and :class:`OSError` on I/O failure.
+        """
+        if not isinstance(event, str) or _EVENT_RE.fullmatch(event) is None:
+            raise ValueError("event must match [a-z][a-z0-9_]{0,31}")
+        if outcome not in OUTCOMES:
+            raise ValueError("outcome must be one of 'ok', 'denied', 'error'")
+        if reason is not None:
+            reason = str(reason)[:MAX_REASON_LENGTH]
+        if client_id is not None:
+            client_id = str(client_id)[:MAX_CLIENT_ID_LENGTH]
+        with self._lock:
+            ring = self._keyring
+            kid = ring.current_id
+            body: dict[str, Any] = {
+                "v": FORMAT_VERSION,
+                "time": _iso(self._clock.now()),
+                "event": event,
+                "client_id": client_id,
+                "session": None if session_id is None else _session_ref(ring, kid, session_id),
+                "outcome": outcome,
+                "reason": reason,
+                "kid": kid,
+            }
+            return self._append(ring, body)
+
+    def _append(self, ring: Keyring, body: dict[str, Any]) -> int:
+        fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            cache = self._cache
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if cache is not None and cache[:4] == ident:
+                seq, prev = cache[4], cache[5]
+            else:
+                seq, prev = self._resume(fd, st.st_size, ring)
+            body["seq"] = seq + 1
+            body["prev"] = prev
+            mac = _line_mac(ring, body["kid"], body)
+            line = _canonical({**body, "mac": mac}) + b"\n"
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError("short write to the audit log")
+            if self._fsync:
+                os.fsync(fd)
+            self._write_head(ring, seq + 1, mac)
+            st = os.fstat(fd)
+            self._cache = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, seq + 1, mac)
+            return seq + 1
+        except BaseException:
+            self._cache = None
+            raise
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _resume(self, fd: int, size: int, ring: Keyring) -> tuple[int, str]:
+        """Read the tail (under the flock) and return the last ``(seq, mac)``."""
+        try:
+            raw, end = _read_tail(fd, size)
+            if end < size:
+                # an incomplete line from a crash mid-append: never acknowledged, drop it
+                os.ftruncate(fd, end)
+            tail = None if raw is None else _parse_line(raw, ring)
+            head = _read_head(self._path, ring)
+        except _Bad as exc:
+            raise IntegrityError(f"audit log tail does not verify: {exc}") from None
+        problem = _check_head_against_tail(head, tail)
+        if problem is not None:
+            raise IntegrityError(f"audit log does not verify: {problem}")
+        if tail is None:
+            return 0, GENESIS
+        return int(tail["seq"]), str(tail["mac"])
+
+    def _write_head(self, ring: Keyring, seq: int, mac: str) -> None:
+        kid = ring.current_id
+        body: dict[str, Any] = {"v": FORMAT_VERSION, "seq": seq, "last": mac, "kid": kid}
+        data = _canonical({**body, "mac": _head_mac(ring, kid, body)}) + b"\n"
+        head = _head_path(self._path)
+        tmp = head.with_name(f".{head.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                os.write(fd, data)
+                if self._fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, head)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self._fsync:
+            dfd = os.open(head.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def verify(self, *, require_head: bool = True) -> AuditReport:
+        """:func:`verify` this log with this log's keyring."""
+        return verify(self._path, self._keyring, require_head=require_head)
+
+    def __repr__(self) -> str:
+        return f"AuditLog(path={str(self._path)!r})"

@@ -1,0 +1,69 @@
+"""Session policy: timeouts, limits and sizes. Defaults are upstream STUI's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .errors import ConfigurationError
+
+MB = 1024 * 1024
+DAY = 86_400
+
+
+def _positive(inst: Any, attribute: attrs.Attribute[Any], value: int | float) -> None:
+    if value <= 0:
+        raise ConfigurationError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _optional_positive(inst: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigurationError(f"{attribute.name} must be positive or None, got {value!r}")
+
+
+def _client_set(value: Any) -> frozenset[str] | None:
+    return None if value is None else frozenset(value)
+
+
+@attrs.frozen(kw_only=True)
+class Policy:
+    """What the session service allows. Immutable; build a new one to change it.
+
+    All durations are in seconds, sizes in bytes.
+    """
+
+    #: idle timeout: a session not used for this long expires (upstream ``timeout``)
+    session_timeout: int = attrs.field(default=3600, validator=_positive)
+    #: hard cap on a session's life since creation, whatever its activity (None: none)
+    absolute_lifetime: int | None = attrs.field(default=None, validator=_optional_positive)
+    #: active sessions one client may hold (upstream default 5)
+    max_sessions_per_client: int = attrs.field(default=5, validator=_positive)
+    #: how often the server sweeps expired sessions (upstream ``cleanup_interval``)
+    cleanup_interval: int = attrs.field(default=300, validator=_positive)
+    #: sessions idle for longer than this are deleted by the sweep whatever their timeout
+    retention: int = attrs.field(default=30 * DAY, validator=_positive)
+    #: largest accepted request message (upstream: 10 MB)
+    max_message_size: int = attrs.field(default=10 * MB, validator=_positive)
+    #: largest sealed snapshot of one session (the seed's 1 MB per session file)
+    max_snapshot_size: int = attrs.field(default=1 * MB, validator=_positive)
+    #: access times are persisted at most this often (restores stay read-only otherwise)
+    touch_granularity: int = attrs.field(default=60, validator=_positive)
+    #: if set, only these client ids may create sessions
+    allow_clients: frozenset[str] | None = attrs.field(default=None, converter=_client_set)
+    #: client ids that may never create or use sessions
+    deny_clients: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    #: longest accepted request ``id``
+    max_request_id_length: int = attrs.field(default=256, validator=_positive)
+    #: compare-and-swap retries of one update before reporting a conflict
+    max_update_retries: int = attrs.field(default=32, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.session_timeout > self.retention:
+            raise ConfigurationError("session_timeout must not exceed retention")
+
+    def client_allowed(self, client_id: str) -> bool:
+        """True unless the client is deny-listed or missing from a set allow-list."""
+        if client_id in self.deny_clients:
+            return False
+        return self.allow_clients is None or client_id in self.allow_clients

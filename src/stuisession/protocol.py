@@ -1,0 +1,414 @@
+"""The sans-IO protocol handler: one request in, one response out.
+
+``ProtocolHandler.handle`` accepts bytes, str or a mapping (one request in
+upstream STUI's flat envelope ``{"id", "command", "parameters"}``) and returns
+the response as a dict; ``handle_wire`` returns it encoded for the wire. Neither
+does I/O on sockets and neither ever raises: every bad input becomes a
+structured error response.
+
+Command names, parameter names, result fields and the upstream error types
+follow ``shared/stui-protocol.md``; extensions are additive and listed in
+``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from . import jsonutil
+from .clock import Clock, isoformat
+from .errors import (
+    InvalidRequest,
+    MessageTooLarge,
+    StuiSessionError,
+    UnknownCommand,
+    ValidationError,
+)
+from .ids import check_client_id, check_session_id
+from .jsonutil import RawJSON
+from .model import SessionInfo, SessionState
+from .policy import Policy
+from .service import SECTIONS, SessionService, merge_patch
+from .stores.base import SessionStore
+
+log = logging.getLogger("stuisession.protocol")
+
+Params = Mapping[str, Any]
+Result = dict[str, Any] | RawJSON
+
+
+@attrs.frozen
+class Request:
+    """A parsed, envelope-valid request."""
+
+    id: str | int
+    command: str
+    parameters: Mapping[str, Any]
+
+
+# -- parameter validation ----------------------------------------------------------
+def _required(params: Params, name: str) -> Any:
+    if name not in params or params[name] is None:
+        raise ValidationError(f"{name} is required", field=name)
+    return params[name]
+
+
+def _session_id(params: Params) -> str:
+    return check_session_id(_required(params, "session_id"))
+
+
+def _client_id(params: Params) -> str:
+    return check_client_id(_required(params, "client_id"))
+
+
+def _optional_client_id(params: Params) -> str | None:
+    value = params.get("client_id")
+    return None if value is None else check_client_id(value)
+
+
+def _object(params: Params, name: str, *, required: bool = False) -> dict[str, Any] | None:
+    if name not in params or params[name] is None:
+        if required:
+            raise ValidationError(f"{name} is required", field=name)
+        return None
+    value = params[name]
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{name} must be a JSON object", field=name)
+    jsonutil.check_json_value(value, name)
+    return dict(value)
+
+
+def _optional_int(params: Params, name: str, minimum: int = 0) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be an integer", field=name)
+    if value < minimum:
+        raise ValidationError(f"{name} must be at least {minimum}", field=name)
+    return value
+
+
+def _optional_bool(params: Params, name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ValidationError(f"{name} must be a boolean", field=name)
+    return value
+
+
+def _str_map(value: dict[str, Any], name: str) -> dict[str, str]:
+    if not all(isinstance(v, str) for v in value.values()):
+        raise ValidationError(f"{name} must map object ids to description strings", field=name)
+    return value
+
+
+class ProtocolHandler:
+    """Maps one STUI session request to one response. Never does socket I/O.
+
+    :param store: where sessions live (default: an in-memory store).
+    :param policy: limits and timeouts (default: upstream STUI's).
+    :param clock: time source (default: the system clock).
+    :param service: a prebuilt :class:`SessionService` (overrides the three above).
+    """
+
+    def __init__(
+        self,
+        store: SessionStore | None = None,
+        policy: Policy | None = None,
+        *,
+        clock: Clock | None = None,
+        service: SessionService | None = None,
+    ) -> None:
+        if service is None:
+            if store is None:
+                from .stores.memory import MemoryStore
+
+                store = MemoryStore()
+            service = SessionService(store, policy, clock=clock)
+        self.service = service
+        self._commands: dict[str, Callable[[Params], Result]] = {
+            "create_session": self._create_session,
+            "restore_session": self._restore_session,
+            "update_session_state": self._update_session_state,
+            "close_session": self._close_session,
+            "get_session_info": self._get_session_info,
+            "list_client_sessions": self._list_client_sessions,
+            "get_session_statistics": self._get_session_statistics,
+        }
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force."""
+        return self.service.policy
+
+    @property
+    def store(self) -> SessionStore:
+        """The store in use."""
+        return self.service.store
+
+    @property
+    def commands(self) -> frozenset[str]:
+        """The command names this handler serves."""
+        return frozenset(self._commands)
+
+    # -- entry points -------------------------------------------------------------------
+    def handle(self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]) -> dict[str, Any]:
+        """Handle one request; return the response as a plain dict. Never raises."""
+        reply = self.respond(message)
+        try:
+            return dict(jsonutil.resolve_raw(reply))
+        except Exception:  # pragma: no cover - stored bytes were verified JSON
+            log.exception("could not decode a stored state")
+            return self._error_reply(reply.get("id"), StuiSessionError("internal error"))
+
+    def handle_wire(self, message: bytes | bytearray | memoryview | str) -> bytes:
+        """Handle one request; return the UTF-8 JSON reply for the wire. Never raises.
+
+        Restores splice the stored state bytes into the reply without decoding them.
+        """
+        reply = self.respond(message)
+        try:
+            return jsonutil.dumps_with_raw(reply)
+        except Exception:  # pragma: no cover - every reply is built from JSON values
+            log.exception("could not encode a reply")
+            return jsonutil.dumps(self._error_reply(None, StuiSessionError("internal error")))
+
+    def respond(
+        self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Handle one request; the reply may hold :class:`~stuisession.jsonutil.RawJSON` values."""
+        request_id: str | int | None = None
+        try:
+            request = self.parse(message)
+            request_id = request.id
+            command = self._commands.get(request.command)
+            if command is None:
+                raise UnknownCommand(
+                    f"Unknown command: {request.command[:64]}", command=request.command[:64]
+                )
+            result = command(request.parameters)
+        except StuiSessionError as exc:
+            return self._error_reply(request_id, exc)
+        except Exception:
+            # a bug must not reach the transport; log the type only, never contents
+            log.exception("internal error while handling a request")
+            return self._error_reply(
+                request_id, StuiSessionError("Internal error while handling the request")
+            )
+        return {
+            "id": request_id,
+            "status": "success",
+            "result": result,
+            "timestamp": isoformat(self.service.clock.now()),
+        }
+
+    def cleanup_expired(self) -> int:
+        """Sweep expired and closed sessions (see :meth:`SessionService.cleanup_expired`)."""
+        return self.service.cleanup_expired()
+
+    # -- envelope -----------------------------------------------------------------------
+    def parse(self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]) -> Request:
+        """Validate the envelope of one message; raise :class:`InvalidRequest` if it is bad."""
+        limit = self.policy.max_message_size
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            if len(message) > limit:
+                raise MessageTooLarge(
+                    f"Message of {len(message)} bytes exceeds the limit of {limit}", limit=limit
+                )
+            try:
+                text = bytes(message).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRequest("Message is not valid UTF-8") from None
+            doc = self._loads(text)
+        elif isinstance(message, str):
+            if len(message) > limit:  # characters >= bytes/4; cheap first check
+                raise MessageTooLarge(f"Message exceeds the limit of {limit} bytes", limit=limit)
+            if len(message.encode("utf-8", "surrogatepass")) > limit:
+                raise MessageTooLarge(f"Message exceeds the limit of {limit} bytes", limit=limit)
+            doc = self._loads(message)
+        elif isinstance(message, Mapping):
+            doc = message
+        else:
+            raise InvalidRequest(
+                f"Message must be bytes, str or a mapping, not {type(message).__name__}"
+            )
+        if not isinstance(doc, Mapping):
+            raise InvalidRequest("Message must be a JSON object")
+        request_id = doc.get("id")
+        if request_id is None:
+            raise InvalidRequest("Message has no id", field="id")
+        if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+            raise InvalidRequest("id must be a string", field="id")
+        if isinstance(request_id, str) and len(request_id) > self.policy.max_request_id_length:
+            raise InvalidRequest("id is too long", field="id")
+        command = doc.get("command")
+        if command is None:
+            raise _with_id(InvalidRequest("Message has no command", field="command"), request_id)
+        if not isinstance(command, str):
+            raise _with_id(InvalidRequest("command must be a string", field="command"), request_id)
+        params = doc.get("parameters", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise _with_id(
+                InvalidRequest("parameters must be a JSON object", field="parameters"), request_id
+            )
+        return Request(id=request_id, command=command, parameters=params)
+
+    @staticmethod
+    def _loads(text: str) -> Any:
+        try:
+            return jsonutil.loads(text)
+        except RecursionError:
+            raise InvalidRequest("Message is nested too deeply") from None
+        except ValueError as exc:
+            raise InvalidRequest(f"Message is not valid JSON: {exc}") from None
+
+    def _error_reply(self, request_id: str | int | None, exc: StuiSessionError) -> dict[str, Any]:
+        rid = exc.request_id if exc.request_id is not None else request_id
+        reply: dict[str, Any] = {
+            "id": rid,
+            "status": "error",
+            "error": exc.message,
+            "error_type": exc.error_type,
+            "timestamp": isoformat(self.service.clock.now()),
+        }
+        if exc.details:
+            reply["details"] = exc.details
+        return reply
+
+    # -- commands -----------------------------------------------------------------------
+    def _record(self, info: SessionInfo, now: float) -> dict[str, Any]:
+        return {
+            "session_id": info.session_id,
+            "client_id": info.client_id,
+            "created_at": isoformat(info.created_at),
+            "last_modified": isoformat(info.last_modified),
+            "timeout": info.timeout,
+            "is_active": info.is_active(now),
+            "revision": info.revision,
+        }
+
+    def _create_session(self, params: Params) -> Result:
+        client_id = _client_id(params)
+        metadata: dict[str, Any] = {}
+        for extra in ("client_info", "client_version", "config"):
+            if params.get(extra) is not None:
+                value = params[extra]
+                jsonutil.check_json_value(value, extra)
+                metadata[extra] = value
+        session = self.service.create(client_id, metadata=metadata)
+        result = self._record(session.info, session.created_at)
+        del result["last_modified"]
+        return result
+
+    def _restore_session(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        restored = self.service.restore(session_id, client_id=_optional_client_id(params))
+        now = self.service.clock.now()
+        head = self._record(restored.info, now)
+        head["time_until_expiry"] = restored.info.time_until_expiry(now)
+        state_json = restored.snapshot.current_state_json()
+        head_json = jsonutil.dumps(head)
+        if state_json == b"{}":
+            return RawJSON(head_json)
+        # the state's top-level keys are the upstream restore-result keys:
+        # splice its members after the record instead of decoding them
+        return RawJSON(head_json[:-1] + b"," + state_json[1:])
+
+    def _update_session_state(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        client_id = _optional_client_id(params)
+        sections: dict[str, dict[str, Any]] = {}
+        for name in SECTIONS:
+            value = _object(params, name)
+            if value is not None:
+                sections[name] = value
+        state_data = _object(params, "state_data", required=not sections)
+        mode = params.get("mode", "replace")
+        if mode not in ("replace", "merge"):
+            raise ValidationError('mode must be "replace" or "merge"', field="mode")
+        base_revision = _optional_int(params, "base_revision", minimum=1)
+        if "object_registry" in sections:
+            _str_map(sections["object_registry"], "object_registry")
+
+        def change(state: SessionState) -> SessionState:
+            updates: dict[str, Any] = {}
+            if state_data is not None:
+                updates["session_state"] = (
+                    state_data if mode == "replace" else merge_patch(state.session_state, state_data)
+                )
+            for name, value in sections.items():
+                updates[name] = (
+                    value if mode == "replace" else merge_patch(getattr(state, name), value)
+                )
+            try:
+                return attrs.evolve(state, **updates)
+            except (TypeError, ValueError) as exc:
+                raise ValidationError(f"state update does not fit the state model: {exc}") from None
+
+        session = self.service.update(
+            session_id, change, client_id=client_id, base_revision=base_revision
+        )
+        return {
+            "session_id": session.session_id,
+            "last_modified": isoformat(session.last_modified),
+            "session_state": session.state.session_state,
+            "update_successful": True,
+            "revision": session.revision,
+        }
+
+    def _close_session(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        _optional_bool(params, "save_state", True)  # state is always kept until the sweep
+        info = self.service.close(session_id, client_id=_optional_client_id(params))
+        return {"session_id": info.session_id, "closed": True, "revision": info.revision}
+
+    def _get_session_info(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        info = self.service.info(session_id, client_id=_optional_client_id(params))
+        now = self.service.clock.now()
+        result = self._record(info, now)
+        result.update(
+            time_until_expiry=info.time_until_expiry(now) if info.is_active(now) else 0,
+            is_expired=info.is_expired(now),
+            status=info.status.value if not info.is_expired(now) else "expired",
+            last_accessed=isoformat(info.last_accessed),
+            expires_at=isoformat(info.expires_at),
+        )
+        return result
+
+    def _list_client_sessions(self, params: Params) -> Result:
+        client_id = _client_id(params)
+        now = self.service.clock.now()
+        sessions = []
+        for info in self.service.list_client(client_id):
+            item = self._record(info, now)
+            del item["client_id"]
+            item["time_until_expiry"] = info.time_until_expiry(now) if info.is_active(now) else 0
+            sessions.append(item)
+        return {"client_id": client_id, "session_count": len(sessions), "sessions": sessions}
+
+    def _get_session_statistics(self, params: Params) -> Result:
+        stats = self.service.statistics()
+        policy = self.policy
+        return {
+            "total_sessions": stats.total_sessions,
+            "active_clients": stats.active_clients,
+            "max_sessions_per_client": policy.max_sessions_per_client,
+            "default_timeout": policy.session_timeout,
+            "cleanup_interval": policy.cleanup_interval,
+            "active_sessions": stats.active_sessions,
+        }
+
+
+def _with_id(exc: InvalidRequest, request_id: str | int) -> InvalidRequest:
+    # the envelope had a usable id: echo it so the client can match the error
+    exc.request_id = request_id
+    return exc

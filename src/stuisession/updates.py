@@ -1,0 +1,343 @@
+"""State updates: merge patches per section, history appends, change paths.
+
+An update is a set of RFC 7386 merge patches, one per section of the state's
+*model form* (see :mod:`stuisession.state`), plus appends to evaluation
+histories. Applying one yields the new state and the *paths* it touched; the
+paths go into the state's change log, which drives two things:
+
+- **auto-merge**: an update based on an older revision is applied anyway when
+  none of the revisions since touched an overlapping path (appends to the same
+  history commute, so they never conflict with each other);
+- **deltas**: a reconnecting client that holds revision N can ask for the
+  changes since N and gets "set this path to this value" operations.
+
+A path is a list of keys from the section down. Paths are recorded down to
+the leaves of a patch, but never more than :data:`MAX_PATHS_PER_UPDATE` of
+them: a bigger patch records the coarser parent paths instead. Coarser paths
+stay exact for deltas (the whole subtree is sent) and conservative for
+conflicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .errors import ConflictError, ValidationError
+from .jsonutil import check_json_value
+from .refs import is_ref
+from .state import (
+    MAX_CHANGE_RECORDS,
+    ChangeRecord,
+    Evaluation,
+    Workspace,
+    canonical,
+    SessionState,
+    converter,
+    structure_state,
+    to_wire,
+    unstructure_state,
+    validate_state,
+)
+
+Path = tuple[str, ...]
+
+#: sections of the model form a client may patch
+PATCHABLE = (
+    "session_state",
+    "workspaces",
+    "current_workspace",
+    "objects",
+    "inspectors",
+    "selected_inspector",
+    "preferences",
+    "metadata",
+    "contexts",
+    "workspace_extra",
+    "inspector_extra",
+)
+MAX_PATHS_PER_UPDATE = 256
+MAX_PATH_DEPTH = 6
+#: total paths kept over the whole change log
+MAX_LOGGED_PATHS = 8192
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge recursively, ``null`` deletes a key."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def patch_paths(
+    prefix: Path, patch: Any, target: Any, limit: int = MAX_PATHS_PER_UPDATE
+) -> list[Path]:
+    """The paths a merge patch of *target* touches, coarsened to stay within *limit*.
+
+    A path only descends where both the patch and the target are objects (and
+    the patch is not a reference), so "set the value at this path" reproduces
+    the patch exactly.
+    """
+    if (
+        not isinstance(patch, Mapping)
+        or not isinstance(target, Mapping)
+        or not patch
+        or is_ref(patch)
+        or len(prefix) >= MAX_PATH_DEPTH
+    ):
+        return [prefix]
+    paths: list[Path] = []
+    for key, value in patch.items():
+        paths.extend(patch_paths((*prefix, str(key)), value, target.get(key), limit))
+        if len(paths) > limit:
+            return [prefix]
+    return paths
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """True when one path is a prefix of the other (they touch the same data)."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+@attrs.frozen(kw_only=True)
+class StateUpdate:
+    """One client update, ready to apply to any revision of the state."""
+
+    #: section -> merge patch (model form); ``session_state`` replaced when ``replace``
+    patches: dict[str, Any] = attrs.field(factory=dict)
+    #: sections replaced wholesale instead of merged
+    replace: frozenset[str] = frozenset()
+    #: (model path, value) pairs set with replace semantics (``None`` deletes)
+    sets: tuple[tuple[Path, Any], ...] = ()
+    #: workspace name -> evaluations to append to its history
+    append_history: dict[str, list[Evaluation]] = attrs.field(factory=dict)
+    client_version: str | None = None
+    #: counts toward ``metadata.commands_run`` but not ``metadata.updates``
+    counts_as_update: bool = True
+
+    def paths(self, model: Mapping[str, Any]) -> list[Path]:
+        """Paths this update sets or deletes when applied to *model* (the model form)."""
+        out: list[Path] = []
+        for section, patch in self.patches.items():
+            if section in self.replace:
+                out.append((section,))
+            else:
+                out.extend(patch_paths((section,), patch, model.get(section, _default(section))))
+        out.extend(path for path, _ in self.sets)
+        return out
+
+    def appends(self) -> list[Path]:
+        """Paths this update appends to."""
+        return [("workspaces", name, "history") for name in self.append_history]
+
+    def apply(self, state: SessionState, new_revision: int) -> SessionState:
+        """The state with this update applied, validated, and logged as *new_revision*."""
+        model = unstructure_state(state)
+        paths = self.paths(model)
+        for section, patch in self.patches.items():
+            if patch is None:
+                model.pop(section, None)  # null resets a section to its default
+            elif section in self.replace:
+                model[section] = patch
+            else:
+                model[section] = merge_patch(model.get(section, _default(section)), patch)
+        for path, value in self.sets:
+            _set_path(model, path, value)
+        new = structure_state(model)
+        if self.append_history:
+            workspaces = dict(new.workspaces)
+            limit = max(0, new.preferences.history_limit)
+            for name, entries in self.append_history.items():
+                ws = workspaces.get(name) or Workspace()
+                history = [*ws.history, *entries]
+                if len(history) > limit:
+                    history = history[len(history) - limit :]
+                workspaces[name] = attrs.evolve(ws, history=history)
+            new = attrs.evolve(new, workspaces=workspaces)
+        meta = new.metadata
+        new = attrs.evolve(
+            new,
+            metadata=attrs.evolve(
+                meta,
+                commands_run=meta.commands_run + 1,
+                updates=meta.updates + (1 if self.counts_as_update else 0),
+                evaluations=meta.evaluations + sum(len(e) for e in self.append_history.values()),
+                last_client_version=self.client_version or meta.last_client_version,
+            ),
+            changes=_log(
+                state.changes,
+                ChangeRecord(
+                    revision=new_revision,
+                    paths=[list(p) for p in paths],
+                    appends=[list(p) for p in self.appends()],
+                ),
+            ),
+        )
+        new = canonical(new)
+        validate_state(new)
+        return new
+
+
+def _set_path(doc: dict[str, Any], path: Path, value: Any) -> None:
+    for key in path[:-1]:
+        child = doc.get(key)
+        if not isinstance(child, dict):
+            child = doc[key] = {}
+        else:
+            child = doc[key] = dict(child)  # never mutate the caller's nested dicts
+        doc = child
+    if value is None:
+        doc.pop(path[-1], None)
+    else:
+        doc[path[-1]] = value
+
+
+def _default(section: str) -> Any:
+    return None if section in ("current_workspace", "selected_inspector") else {}
+
+
+def _log(changes: Iterable[ChangeRecord], record: ChangeRecord) -> list[ChangeRecord]:
+    log = [*changes, record]
+    if len(log) > MAX_CHANGE_RECORDS:
+        log = log[-MAX_CHANGE_RECORDS:]
+    total = sum(len(c.paths) + len(c.appends) for c in log)
+    while len(log) > 1 and total > MAX_LOGGED_PATHS:
+        total -= len(log[0].paths) + len(log[0].appends)
+        log.pop(0)
+    return log
+
+
+def check_rebase(state: SessionState, current_revision: int, update: StateUpdate, base: int) -> None:
+    """Allow an update based on revision *base* onto *current_revision*, or raise.
+
+    Raises :class:`ConflictError` (with the current revision) when a revision
+    after *base* touched data this update also touches, or when the change log
+    no longer reaches back to *base*.
+    """
+    if base == current_revision:
+        return
+    if base > current_revision:
+        raise ConflictError(
+            "base_revision is newer than the session", current_revision=current_revision
+        )
+    since = [c for c in state.changes if c.revision > base]
+    if not since or since[0].revision != base + 1 or since[-1].revision != current_revision:
+        raise ConflictError(
+            "Session changed since base_revision and the changes are no longer known",
+            current_revision=current_revision,
+        )
+    mine = update.paths(unstructure_state(state))
+    my_appends = update.appends()
+    for record in since:
+        theirs = [tuple(p) for p in record.paths]
+        their_appends = [tuple(p) for p in record.appends]
+        for p in mine:
+            if any(overlaps(p, q) for q in theirs + their_appends):
+                raise ConflictError(
+                    "Session was changed at " + "/".join(p[:3]) + " since base_revision",
+                    current_revision=current_revision,
+                    path=list(p[:MAX_PATH_DEPTH]),
+                )
+        for p in my_appends:
+            if any(overlaps(p, q) for q in theirs):
+                raise ConflictError(
+                    "Session was changed at " + "/".join(p[:3]) + " since base_revision",
+                    current_revision=current_revision,
+                    path=list(p),
+                )
+
+
+# -- deltas -------------------------------------------------------------------------------
+def _wire_paths(path: Path) -> list[Path]:
+    """Where a model-form path shows up in the wire form (with derived views)."""
+    section, rest = path[0], path[1:]
+    if section == "workspaces":
+        return [("workspace_context", "workspaces", *rest), ("workspace_context", "variables")]
+    if section == "current_workspace":
+        return [("workspace_context", "current_workspace"), ("workspace_context", "variables")]
+    if section == "objects":
+        out: list[Path] = [("objects", *rest), ("stale_objects",)]
+        out.append(("object_registry", rest[0]) if rest else ("object_registry",))
+        return out
+    if section == "inspectors":
+        return [("inspector_state", "inspectors", *rest), ("inspector_state", "selected_object")]
+    if section == "selected_inspector":
+        return [("inspector_state", "selected_inspector"), ("inspector_state", "selected_object")]
+    if section == "workspace_extra":
+        return [("workspace_context", *rest)] if rest else [("workspace_context",)]
+    if section == "inspector_extra":
+        return [("inspector_state", *rest)] if rest else [("inspector_state",)]
+    return [path]
+
+
+_MISSING = object()
+
+
+def _get(doc: Any, path: Path) -> Any:
+    for key in path:
+        if not isinstance(doc, dict) or key not in doc:
+            return _MISSING
+        doc = doc[key]
+    return doc
+
+
+def changes_since(state: SessionState, current_revision: int, since: int) -> list[dict[str, Any]] | None:
+    """Operations that bring a client from revision *since* to *current_revision*.
+
+    Each is ``{"path": [...], "value": v}`` (set, replacing what is there) or
+    ``{"path": [...], "delete": true}``, over the wire form. ``None`` when the
+    change log no longer reaches back to *since* (the client needs a full restore).
+    """
+    if since >= current_revision:
+        return []
+    records = [c for c in state.changes if c.revision > since]
+    if not records or records[0].revision != since + 1:
+        return None
+    wanted: set[Path] = set()
+    for record in records:
+        for p in [*record.paths, *record.appends]:
+            wanted.update(_wire_paths(tuple(p)))
+    # a path under another wanted path is covered by the parent's value
+    ordered = sorted(wanted, key=len)
+    kept: list[Path] = []
+    for p in ordered:
+        if not any(overlaps(p, q) and len(q) < len(p) for q in kept):
+            kept.append(p)
+    wire = to_wire(state)
+    ops: list[dict[str, Any]] = []
+    for p in sorted(kept):
+        value = _get(wire, p)
+        if value is _MISSING:
+            ops.append({"path": list(p), "delete": True})
+        else:
+            ops.append({"path": list(p), "value": value})
+    return ops
+
+
+def structure_evaluations(value: Any, field: str) -> dict[str, list[Evaluation]]:
+    """Parse an ``append_history`` parameter: ``{workspace: [evaluation, ...]}``."""
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{field} must map workspace names to lists", field=field)
+    out: dict[str, list[Evaluation]] = {}
+    for name, entries in value.items():
+        if not isinstance(entries, list):
+            raise ValidationError(f"{field}.{name[:64]} must be a list", field=field)
+        check_json_value(entries, field)
+        try:
+            out[name] = [converter.structure(e, Evaluation) for e in entries]
+        except Exception:
+            raise ValidationError(
+                f"{field}.{name[:64]} entries must be evaluations "
+                "({source, result?, printed?, error?, timestamp?, duration_ms?, mode?})",
+                field=field,
+            ) from None
+    return out
