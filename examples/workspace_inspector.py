@@ -39,31 +39,62 @@ def main(store_dir: str) -> dict[str, Any]:
         state_data={"workspace": "p := 3@4. q := p."},
         changes={
             "objects": {
-                "obj_1": {"class_name": "Point", "print_string": "(3@4)",
-                          "serialized": "Point{#x:3,#y:4}", "serialized_format": "ston",
-                          "slots": {"x": 3, "y": 4}},
-                "obj_2": {"class_name": "Link", "print_string": "a Link",
-                          "slots": {"next": {"$ref": "obj_3"}}},
-                "obj_3": {"class_name": "Link", "print_string": "a Link",
-                          "slots": {"next": {"$ref": "obj_2"}}},
-                "obj_4": {"class_name": "Socket", "print_string": "a Socket",
-                          "restorable": False},
+                "obj_1": {
+                    "class_name": "Point",
+                    "print_string": "(3@4)",
+                    "serialized": "Point{#x:3,#y:4}",
+                    "serialized_format": "ston",
+                    "slots": {"x": 3, "y": 4},
+                },
+                "obj_2": {
+                    "class_name": "Link",
+                    "print_string": "a Link",
+                    "slots": {"next": {"$ref": "obj_3"}},
+                },
+                "obj_3": {
+                    "class_name": "Link",
+                    "print_string": "a Link",
+                    "slots": {"next": {"$ref": "obj_2"}},
+                },
+                "obj_4": {"class_name": "Socket", "print_string": "a Socket", "restorable": False},
             },
-            "workspaces": {"default": {"variables": {
-                "p": {"$ref": "obj_1"}, "q": {"$ref": "obj_1"},
-                "ring": {"$ref": "obj_2"}, "sock": {"$ref": "obj_4"}}}},
-            "inspectors": {"insp-1": {"object_id": "obj_2", "path": ["next"],
-                                      "selected": "next", "view": "raw", "pinned": True}},
+            "workspaces": {
+                "default": {
+                    "variables": {
+                        "p": {"$ref": "obj_1"},
+                        "q": {"$ref": "obj_1"},
+                        "ring": {"$ref": "obj_2"},
+                        "sock": {"$ref": "obj_4"},
+                    }
+                }
+            },
+            "inspectors": {
+                "insp-1": {
+                    "object_id": "obj_2",
+                    "path": ["next"],
+                    "selected": "next",
+                    "view": "raw",
+                    "pinned": True,
+                }
+            },
             "selected_inspector": "insp-1",
         },
-        append_history={"default": [{"source": "p := 3@4. q := p.",
-                                     "result": {"$ref": "obj_1"}, "printed": "(3@4)"}]},
+        append_history={
+            "default": [
+                {"source": "p := 3@4. q := p.", "result": {"$ref": "obj_1"}, "printed": "(3@4)"}
+            ]
+        },
     )
     held_revision = update["revision"]
 
     # The second terminal, still at the revision before, sets another variable.
-    call(handler, "update_session_state", session_id=sid, base_revision=held_revision,
-         changes={"workspaces": {"default": {"variables": {"n": 42}}}})
+    call(
+        handler,
+        "update_session_state",
+        session_id=sid,
+        base_revision=held_revision,
+        changes={"workspaces": {"default": {"variables": {"n": 42}}}},
+    )
     handler.store.close()
 
     # The bridge restarts; the first terminal reconnects.
@@ -74,11 +105,18 @@ def main(store_dir: str) -> dict[str, Any]:
     assert full["objects"]["obj_3"]["slots"]["next"] == {"$ref": "obj_2"}  # the cycle
     assert full["stale_objects"] == ["obj_4"]
     delta = call(handler, "restore_session", session_id=sid, since_revision=held_revision)
-    print(json.dumps({"revision": full["revision"],
-                      "variables": full["workspace_context"]["variables"],
-                      "selected_object": full["inspector_state"]["selected_object"],
-                      "stale_objects": full["stale_objects"],
-                      "delta_since_held_revision": delta["changes"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "revision": full["revision"],
+                "variables": full["workspace_context"]["variables"],
+                "selected_object": full["inspector_state"]["selected_object"],
+                "stale_objects": full["stale_objects"],
+                "delta_since_held_revision": delta["changes"],
+            },
+            indent=2,
+        )
+    )
     handler.store.close()
     return full
 

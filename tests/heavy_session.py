@@ -10,7 +10,10 @@ CLASSES = ["Point", "OrderedCollection", "Dictionary", "Association", "String", 
 
 
 def heavy_changes(
-    variables: int = 5000, objects: int = 5000, inspectors: int = 50, history: int = 1000,
+    variables: int = 5000,
+    objects: int = 5000,
+    inspectors: int = 50,
+    history: int = 1000,
     seed: int = 7,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """(``changes`` for update_session_state, ``append_history``) building the heavy state."""
@@ -52,7 +55,9 @@ def heavy_changes(
     }
     changes = {
         "objects": objs,
-        "workspaces": {"default": {"variables": variables_map, "contents": "Transcript show: 'hi'."}},
+        "workspaces": {
+            "default": {"variables": variables_map, "contents": "Transcript show: 'hi'."}
+        },
         "inspectors": inspectors_map,
         "selected_inspector": "insp-0",
         "preferences": {"theme": "dark", "history_limit": max(1000, history)},

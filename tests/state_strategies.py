@@ -37,8 +37,10 @@ json_scalars = (
 def json_values(leaves: st.SearchStrategy[Any] = json_scalars) -> st.SearchStrategy[Any]:
     return st.recursive(
         leaves,
-        lambda inner: st.lists(inner, max_size=4)
-        | st.dictionaries(st.text(max_size=8).filter(lambda k: k != "$ref"), inner, max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(st.text(max_size=8).filter(lambda k: k != "$ref"), inner, max_size=4)
+        ),
         max_leaves=12,
     )
 
@@ -137,7 +139,11 @@ def session_states(draw: st.DrawFn, max_objects: int = 8) -> SessionState:
                 theme=st.none() | st.text(max_size=8),
                 evaluation_mode=st.sampled_from(["Execute", "Display"]),
                 history_limit=st.integers(0, 5000),
-                extra=st.dictionaries(st.text(min_size=1, max_size=8).map(lambda k: "x-" + k), json_values(), max_size=3),
+                extra=st.dictionaries(
+                    st.text(min_size=1, max_size=8).map(lambda k: "x-" + k),
+                    json_values(),
+                    max_size=3,
+                ),
             )
         ),
         metadata=draw(
@@ -145,12 +151,18 @@ def session_states(draw: st.DrawFn, max_objects: int = 8) -> SessionState:
                 Metadata,
                 commands_run=st.integers(0, 10**6),
                 client_info=json_objects(),
-                extra=st.dictionaries(st.text(min_size=1, max_size=8).map(lambda k: "x-" + k), json_values(), max_size=3),
+                extra=st.dictionaries(
+                    st.text(min_size=1, max_size=8).map(lambda k: "x-" + k),
+                    json_values(),
+                    max_size=3,
+                ),
             )
         ),
         contexts=contexts,
         workspace_extra=draw(
-            st.dictionaries(st.text(min_size=1, max_size=8).map(lambda k: "x-" + k), json_values(), max_size=2)
+            st.dictionaries(
+                st.text(min_size=1, max_size=8).map(lambda k: "x-" + k), json_values(), max_size=2
+            )
         ),
     )
     return canonical(state)

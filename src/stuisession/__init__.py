@@ -43,7 +43,7 @@ from .policy import Policy
 from .protocol import ProtocolHandler
 from .service import SessionService
 from .stores.base import SessionStore, StoreStatistics
-# FileStore is added when stores/file.py lands (TEMP)
+from .stores.file import FileStore
 from .stores.memory import MemoryStore
 
 __all__ = [

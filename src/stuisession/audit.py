@@ -104,6 +104,7 @@ _LINE_KEYS: Final = frozenset(
 )
 _HEAD_KEYS: Final = frozenset({"v", "seq", "last", "kid", "mac"})
 _TAIL_CHUNK: Final = 4096
+_Identity = tuple[int, int, int, int]
 
 
 # -- canonical encoding and keys ---------------------------------------------------------
@@ -209,6 +210,8 @@ def _check_head_against_tail(
     """
     head_seq, head_last = head if head is not None else (0, GENESIS)
     tail_seq = 0 if tail is None else int(tail["seq"])
+    if head is None and tail_seq > 1:
+        return "head file is missing"
     if head_seq > tail_seq:
         return f"log truncated: head records seq {head_seq}, log ends at seq {tail_seq}"
     if tail is None:
@@ -303,8 +306,6 @@ def verify(
         head = _read_head(p, keyring)
     except _Bad as exc:
         return bad(lines + 1, str(exc))
-    if head is None and require_head and tail is not None:
-        return bad(lines + 1, "head file is missing")
     if head is not None or require_head:
         problem = _check_head_against_tail(head, tail)
         if problem is not None:
@@ -397,8 +398,9 @@ class AuditLog:
         self._clock: Clock = clock or SystemClock()
         self._fsync = fsync
         self._lock = threading.Lock()
-        # (dev, ino, size, mtime_ns, seq, mac) after our own last append
-        self._cache: tuple[int, int, int, int, int, str] | None = None
+        # (log identity, head identity, seq, mac) after our own last append: while
+        # neither file changed, the next append need not re-read the tail
+        self._cache: tuple[_Identity, _Identity | None, int, str] | None = None
         self._path.parent.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -471,9 +473,8 @@ class AuditLog:
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
             cache = self._cache
-            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if cache is not None and cache[:4] == ident:
-                seq, prev = cache[4], cache[5]
+            if cache is not None and cache[:2] == (self._identity(st), self._head_identity()):
+                seq, prev = cache[2], cache[3]
             else:
                 seq, prev = self._resume(fd, st.st_size, ring)
             body["seq"] = seq + 1
@@ -486,14 +487,23 @@ class AuditLog:
             if self._fsync:
                 os.fsync(fd)
             self._write_head(ring, seq + 1, mac)
-            st = os.fstat(fd)
-            self._cache = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, seq + 1, mac)
+            self._cache = (self._identity(os.fstat(fd)), self._head_identity(), seq + 1, mac)
             return seq + 1
         except BaseException:
             self._cache = None
             raise
         finally:
             os.close(fd)  # releases the flock
+
+    @staticmethod
+    def _identity(st: os.stat_result) -> _Identity:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _head_identity(self) -> _Identity | None:
+        try:
+            return self._identity(os.stat(_head_path(self._path)))
+        except FileNotFoundError:
+            return None
 
     def _resume(self, fd: int, size: int, ring: Keyring) -> tuple[int, str]:
         """Read the tail (under the flock) and return the last ``(seq, mac)``."""

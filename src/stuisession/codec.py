@@ -187,7 +187,9 @@ class SnapshotCodec:
     # -- writing ------------------------------------------------------------------
     def encode(self, session: Session) -> bytes:
         """Seal *session* into a snapshot."""
-        return self.encode_state_json(session.info, jsonutil.dumps(unstructure_state(session.state)))
+        return self.encode_state_json(
+            session.info, jsonutil.dumps(unstructure_state(session.state))
+        )
 
     def encode_state_json(
         self, info: SessionInfo, state_json: bytes, *, schema_version: int = SCHEMA_VERSION
@@ -229,7 +231,9 @@ class SnapshotCodec:
     ) -> bytes:
         meta = jsonutil.dumps(unstructure_info(info))
         kid = key_id.encode("ascii")
-        header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, schema, len(kid), 0, len(meta), len(payload))
+        header = _HEADER.pack(
+            MAGIC, FORMAT_VERSION, flags, schema, len(kid), 0, len(meta), len(payload)
+        )
         mac_key = self.keyring.mac_key(key_id)
         head = header + kid + meta
         head_tag = hmac.new(mac_key, _HEAD_DOMAIN + head, hashlib.sha256).digest()
@@ -243,8 +247,13 @@ class SnapshotCodec:
         # binds the ciphertext to its session: a payload moved into another
         # session's snapshot fails to decrypt even with a valid key
         return b"|".join(
-            (_AAD_DOMAIN, bytes((FORMAT_VERSION, flags)), str(schema).encode(),
-             key_id.encode(), session_id.encode())
+            (
+                _AAD_DOMAIN,
+                bytes((FORMAT_VERSION, flags)),
+                str(schema).encode(),
+                key_id.encode(),
+                session_id.encode(),
+            )
         )
 
     # -- reading ------------------------------------------------------------------
@@ -277,7 +286,8 @@ class SnapshotCodec:
         header = parse_header(blob)
         if len(blob) != header.total_size:
             raise IntegrityError(
-                "snapshot is truncated" if len(blob) < header.total_size
+                "snapshot is truncated"
+                if len(blob) < header.total_size
                 else "snapshot has trailing bytes"
             )
         mac_key = self._mac_key_for(header)

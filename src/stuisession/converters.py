@@ -6,7 +6,8 @@ from typing import Any
 
 import cattrs
 
-from .model import SessionInfo, SessionState
+from .model import SessionInfo
+from .state import SessionState, from_wire, to_wire
 
 converter = cattrs.Converter(forbid_extra_keys=False)
 
@@ -33,11 +34,10 @@ def structure_info(data: Any) -> SessionInfo:
 
 
 def unstructure_state(state: SessionState) -> dict[str, Any]:
-    """The state as a JSON-ready dict whose keys are the restore-result keys."""
-    out: dict[str, Any] = converter.unstructure(state)
-    return out
+    """The state's wire form: a JSON-ready dict whose keys are the restore-result keys."""
+    return to_wire(state)
 
 
 def structure_state(data: Any) -> SessionState:
-    """The inverse of :func:`unstructure_state` (validators run)."""
-    return converter.structure(data, SessionState)
+    """The inverse of :func:`unstructure_state`."""
+    return from_wire(data)

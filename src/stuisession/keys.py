@@ -137,14 +137,6 @@ class Keyring:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         data = self.to_json().encode()
-        if exclusive:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            return
         tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -153,7 +145,18 @@ class Keyring:
         finally:
             os.close(fd)
         try:
-            os.replace(tmp, p)
+            if exclusive:
+                # link() publishes the complete file or fails if one exists, so a
+                # process starting at the same moment never reads a half-written key
+                os.link(tmp, p)
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, p)
+            dfd = os.open(p.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -1,6 +1,7 @@
 """The session data model: attrs classes with validators.
 
-``Session`` is immutable (frozen attrs); every change produces a new value
+The state itself (:class:`~stuisession.state.SessionState`) lives in
+:mod:`stuisession.state`. ``Session`` is immutable (frozen attrs); every change produces a new value
 through the transitions in :mod:`stuisession.lifecycle`. ``SessionInfo`` is
 the same record without its state: what stores keep in the snapshot header so
 listing and expiry never need to decompress a state.
@@ -15,10 +16,10 @@ from typing import Any
 import attrs
 
 from .ids import check_client_id, check_session_id
-from .jsonutil import check_json_value
+from .state import SessionState
 
 #: The schema version of :class:`SessionState` written by this release.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SessionStatus(enum.Enum):
@@ -37,48 +38,9 @@ def _validate_client_id(_inst: Any, _attr: Any, value: str) -> None:
     check_client_id(value)
 
 
-def _json_object(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, dict):
-        raise TypeError(f"{attribute.name} must be a JSON object")
-    check_json_value(value, attribute.name)
-
-
-def _str_to_str(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise TypeError(f"{attribute.name} must map strings to strings")
-
-
 def _non_negative(inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must not be negative")
-
-
-@attrs.frozen
-class SessionState:
-    """Everything a client gets back on restore (schema version 1).
-
-    The attribute names are the upstream ``restore_session`` result keys, so
-    the encoded state can be spliced into a restore reply unchanged.
-
-    - ``session_state``: the open JSON object written by ``update_session_state``
-      (upstream ``state_data``), returned verbatim.
-    - ``workspace_context``: workspace variables and evaluation context
-      (upstream shape: ``{"variables": [names]}``; extra keys kept).
-    - ``inspector_state``: inspector configuration and selection
-      (upstream shape: ``{"selected_object": id}``; extra keys kept).
-    - ``object_registry``: object id -> description (print string).
-    - ``preferences``: user settings.
-    - ``metadata``: session metadata and counters.
-    """
-
-    session_state: dict[str, Any] = attrs.field(factory=dict, validator=_json_object)
-    workspace_context: dict[str, Any] = attrs.field(factory=dict, validator=_json_object)
-    inspector_state: dict[str, Any] = attrs.field(factory=dict, validator=_json_object)
-    object_registry: dict[str, str] = attrs.field(factory=dict, validator=_str_to_str)
-    preferences: dict[str, Any] = attrs.field(factory=dict, validator=_json_object)
-    metadata: dict[str, Any] = attrs.field(factory=dict, validator=_json_object)
 
 
 @attrs.frozen
@@ -128,3 +90,6 @@ class Session(SessionInfo):
         """This session's record without the state."""
         fields = {a.name: getattr(self, a.name) for a in attrs.fields(SessionInfo)}
         return SessionInfo(**fields)
+
+
+__all__ = ["SCHEMA_VERSION", "Session", "SessionInfo", "SessionState", "SessionStatus"]

@@ -30,10 +30,12 @@ from .errors import (
 )
 from .ids import check_client_id, check_session_id
 from .jsonutil import RawJSON
-from .model import SessionInfo, SessionState
+from .model import Session, SessionInfo
 from .policy import Policy
-from .service import SECTIONS, SessionService, merge_patch
+from .service import SessionService
+from .state import Metadata, ToolContext
 from .stores.base import SessionStore
+from .updates import PATCHABLE, StateUpdate, structure_evaluations
 
 log = logging.getLogger("stuisession.protocol")
 
@@ -102,10 +104,58 @@ def _optional_bool(params: Params, name: str, default: bool) -> bool:
     return value
 
 
-def _str_map(value: dict[str, Any], name: str) -> dict[str, str]:
-    if not all(isinstance(v, str) for v in value.values()):
-        raise ValidationError(f"{name} must map object ids to description strings", field=name)
+def _optional_str(params: Params, name: str, max_length: int = 256) -> str | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise ValidationError(f"{name} must be a string of 1-{max_length} characters", field=name)
     return value
+
+
+def _tool_id(params: Params, *, required: bool = True) -> str | None:
+    if required:
+        _required(params, "tool_id")
+    return _optional_str(params, "tool_id", 128)
+
+
+def _upstream_sections(params: Params) -> dict[str, Any]:
+    """Translate upstream-shaped section parameters into model-form patches.
+
+    ``workspace_context`` and ``inspector_state`` are merged as their wire form;
+    ``object_registry`` (id -> description) sets print strings.
+    """
+    patches: dict[str, Any] = {}
+    wc = _object(params, "workspace_context")
+    if wc is not None:
+        for key, value in wc.items():
+            if key == "workspaces":
+                patches["workspaces"] = value
+            elif key == "current_workspace":
+                patches["current_workspace"] = value
+            else:
+                patches.setdefault("workspace_extra", {})[key] = value
+    ins = _object(params, "inspector_state")
+    if ins is not None:
+        for key, value in ins.items():
+            if key == "inspectors":
+                patches["inspectors"] = value
+            elif key == "selected_inspector":
+                patches["selected_inspector"] = value
+            else:
+                patches.setdefault("inspector_extra", {})[key] = value
+    registry = _object(params, "object_registry")
+    if registry is not None:
+        objects: dict[str, Any] = {}
+        for oid, desc in registry.items():
+            if desc is not None and not isinstance(desc, str):
+                raise ValidationError(
+                    "object_registry must map object ids to description strings",
+                    field="object_registry",
+                )
+            objects[oid] = None if desc is None else {"print_string": desc}
+        patches["objects"] = objects
+    return patches
 
 
 class ProtocolHandler:
@@ -140,6 +190,10 @@ class ProtocolHandler:
             "get_session_info": self._get_session_info,
             "list_client_sessions": self._list_client_sessions,
             "get_session_statistics": self._get_session_statistics,
+            "save_context": self._save_context,
+            "load_context": self._load_context,
+            "get_context_summary": self._get_context_summary,
+            "clear_context": self._clear_context,
         }
 
     @property
@@ -158,7 +212,9 @@ class ProtocolHandler:
         return frozenset(self._commands)
 
     # -- entry points -------------------------------------------------------------------
-    def handle(self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]) -> dict[str, Any]:
+    def handle(
+        self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Handle one request; return the response as a plain dict. Never raises."""
         reply = self.respond(message)
         try:
@@ -297,12 +353,13 @@ class ProtocolHandler:
 
     def _create_session(self, params: Params) -> Result:
         client_id = _client_id(params)
-        metadata: dict[str, Any] = {}
-        for extra in ("client_info", "client_version", "config"):
-            if params.get(extra) is not None:
-                value = params[extra]
-                jsonutil.check_json_value(value, extra)
-                metadata[extra] = value
+        client_info = _object(params, "client_info") or {}
+        config = _object(params, "config")
+        metadata = Metadata(
+            client_info=client_info,
+            last_client_version=_optional_str(params, "client_version"),
+            extra={"config": config} if config is not None else {},
+        )
         session = self.service.create(client_id, metadata=metadata)
         result = self._record(session.info, session.created_at)
         del result["last_modified"]
@@ -310,10 +367,21 @@ class ProtocolHandler:
 
     def _restore_session(self, params: Params) -> Result:
         session_id = _session_id(params)
-        restored = self.service.restore(session_id, client_id=_optional_client_id(params))
+        client_id = _optional_client_id(params)
+        since = _optional_int(params, "since_revision", minimum=0)
+        restored = self.service.restore(session_id, client_id=client_id)
         now = self.service.clock.now()
         head = self._record(restored.info, now)
         head["time_until_expiry"] = restored.info.time_until_expiry(now)
+        if since is not None:
+            session = restored.snapshot.session()
+            from .updates import changes_since
+
+            ops = changes_since(session.state, session.revision, since)
+            if ops is not None:
+                head.update(delta=True, since_revision=since, changes=ops)
+                return head
+        head["delta"] = False
         state_json = restored.snapshot.current_state_json()
         head_json = jsonutil.dumps(head)
         if state_json == b"{}":
@@ -322,39 +390,50 @@ class ProtocolHandler:
         # splice its members after the record instead of decoding them
         return RawJSON(head_json[:-1] + b"," + state_json[1:])
 
-    def _update_session_state(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        client_id = _optional_client_id(params)
-        sections: dict[str, dict[str, Any]] = {}
-        for name in SECTIONS:
-            value = _object(params, name)
-            if value is not None:
-                sections[name] = value
-        state_data = _object(params, "state_data", required=not sections)
+    def _state_update(self, params: Params) -> StateUpdate:
+        patches: dict[str, Any] = {}
+        replace: set[str] = set()
+        state_data = _object(params, "state_data")
         mode = params.get("mode", "replace")
         if mode not in ("replace", "merge"):
             raise ValidationError('mode must be "replace" or "merge"', field="mode")
+        if state_data is not None:
+            patches["session_state"] = state_data
+            if mode == "replace":
+                replace.add("session_state")
+        for section, patch in _upstream_sections(params).items():
+            patches[section] = patch
+        changes = _object(params, "changes")
+        if changes is not None:
+            for section, patch in changes.items():
+                if section not in PATCHABLE:
+                    raise ValidationError(
+                        f"changes has unknown section {section[:64]!r}; "
+                        f"known: {', '.join(PATCHABLE)}",
+                        field="changes",
+                    )
+                if section in patches:
+                    raise ValidationError(f"section {section} is given twice", field="changes")
+                patches[section] = patch
+        appends: dict[str, Any] = {}
+        if params.get("append_history") is not None:
+            appends = structure_evaluations(params["append_history"], "append_history")
+        if not patches and not appends:
+            raise ValidationError("state_data is required", field="state_data")
+        return StateUpdate(
+            patches=patches,
+            replace=frozenset(replace),
+            append_history=appends,
+            client_version=_optional_str(params, "client_version"),
+        )
+
+    def _update_session_state(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        client_id = _optional_client_id(params)
+        update = self._state_update(params)
         base_revision = _optional_int(params, "base_revision", minimum=1)
-        if "object_registry" in sections:
-            _str_map(sections["object_registry"], "object_registry")
-
-        def change(state: SessionState) -> SessionState:
-            updates: dict[str, Any] = {}
-            if state_data is not None:
-                updates["session_state"] = (
-                    state_data if mode == "replace" else merge_patch(state.session_state, state_data)
-                )
-            for name, value in sections.items():
-                updates[name] = (
-                    value if mode == "replace" else merge_patch(getattr(state, name), value)
-                )
-            try:
-                return attrs.evolve(state, **updates)
-            except (TypeError, ValueError) as exc:
-                raise ValidationError(f"state update does not fit the state model: {exc}") from None
-
         session = self.service.update(
-            session_id, change, client_id=client_id, base_revision=base_revision
+            session_id, update, client_id=client_id, base_revision=base_revision
         )
         return {
             "session_id": session.session_id,
@@ -406,6 +485,124 @@ class ProtocolHandler:
             "cleanup_interval": policy.cleanup_interval,
             "active_sessions": stats.active_sessions,
         }
+
+    # -- tool-scoped contexts ------------------------------------------------------------
+    def _save_context(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        tool_id = _tool_id(params)
+        assert tool_id is not None
+        variables = _object(params, "variables")
+        data = _object(params, "context")
+        if data is None:
+            data = _object(params, "data")
+        mode = params.get("mode", "replace")
+        if mode not in ("replace", "merge"):
+            raise ValidationError('mode must be "replace" or "merge"', field="mode")
+        context: dict[str, Any] = {
+            "tool_type": _optional_str(params, "tool_type", 64) or "workspace",
+            "saved_at": isoformat(self.service.clock.now()),
+        }
+        if variables is not None:
+            context["variables"] = variables
+        if data is not None:
+            context["data"] = data
+        if mode == "replace":
+            context["variables"] = variables or {}
+            context["data"] = data or {}
+            update = StateUpdate(sets=((("contexts", tool_id), context),), counts_as_update=False)
+        else:
+            update = StateUpdate(patches={"contexts": {tool_id: context}}, counts_as_update=False)
+        session = self.service.update(
+            session_id,
+            update,
+            client_id=_optional_client_id(params),
+            base_revision=_optional_int(params, "base_revision", minimum=1),
+        )
+        return {
+            "session_id": session_id,
+            "tool_id": tool_id,
+            "saved": True,
+            "revision": session.revision,
+        }
+
+    def _load_context(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        tool_id = _tool_id(params)
+        assert tool_id is not None
+        session = self.service.load(session_id, client_id=_optional_client_id(params))
+        ctx = session.state.contexts.get(tool_id)
+        return {
+            "session_id": session_id,
+            "tool_id": tool_id,
+            "loaded": ctx is not None,
+            "context": None if ctx is None else {"tool_id": tool_id, **_context_json(ctx)},
+            "revision": session.revision,
+        }
+
+    def _get_context_summary(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        tool_id = _tool_id(params, required=False)
+        session = self.service.load(session_id, client_id=_optional_client_id(params))
+        return _summary(session, tool_id)
+
+    def _clear_context(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        tool_id = _tool_id(params, required=False)
+        client_id = _optional_client_id(params)
+        current = self.service.load(session_id, client_id=client_id)
+        if tool_id is None:
+            cleared = sorted(current.state.contexts)
+            update = StateUpdate(
+                patches={"contexts": {}}, replace=frozenset({"contexts"}), counts_as_update=False
+            )
+        else:
+            cleared = [tool_id] if tool_id in current.state.contexts else []
+            update = StateUpdate(patches={"contexts": {tool_id: None}}, counts_as_update=False)
+        session = self.service.update(session_id, update, client_id=client_id)
+        return {"session_id": session_id, "cleared": cleared, "revision": session.revision}
+
+
+def _context_json(ctx: ToolContext) -> dict[str, Any]:
+    return {
+        "tool_type": ctx.tool_type,
+        "variables": ctx.variables,
+        "data": ctx.data,
+        "saved_at": ctx.saved_at,
+    }
+
+
+def _summary(session: Session, tool_id: str | None) -> dict[str, Any]:
+    state = session.state
+    contexts = []
+    for tid in sorted(state.contexts):
+        if tool_id is not None and tid != tool_id:
+            continue
+        ctx = state.contexts[tid]
+        contexts.append(
+            {
+                "tool_id": tid,
+                "tool_type": ctx.tool_type,
+                "variable_count": len(ctx.variables),
+                "variables": sorted(ctx.variables),
+                "data_keys": sorted(ctx.data),
+                "saved_at": ctx.saved_at,
+            }
+        )
+    return {
+        "session_id": session.session_id,
+        "revision": session.revision,
+        "context_count": len(contexts),
+        "contexts": contexts,
+        "current_workspace": state.current_workspace,
+        "workspaces": [
+            {"name": n, "variable_count": len(ws.variables), "history_count": len(ws.history)}
+            for n, ws in sorted(state.workspaces.items())
+        ],
+        "object_count": len(state.objects),
+        "stale_object_count": len(state.stale_objects()),
+        "inspector_count": len(state.inspectors),
+        "selected_inspector": state.selected_inspector,
+    }
 
 
 def _with_id(exc: InvalidRequest, request_id: str | int) -> InvalidRequest:

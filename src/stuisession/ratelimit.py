@@ -118,7 +118,9 @@ class TokenBucketLimiter:
                 bucket[0] = tokens - cost
                 return 0.0
             wait = (cost - tokens) / self.rate
-        return max(RETRY_RESOLUTION, math.ceil(wait * 1000) / 1000)
+        # round up to whole milliseconds, ignoring float noise below a microsecond (time
+        # stamps near 1.7e9 s carry ~0.2 us of rounding error)
+        return max(RETRY_RESOLUTION, math.ceil(wait * 1000 - 1e-3) / 1000)
 
     def check(self, key: Hashable, cost: float = 1.0) -> None:
         """Take *cost* tokens from *key*'s bucket or raise

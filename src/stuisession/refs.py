@@ -30,11 +30,7 @@ def ref(object_id: str) -> dict[str, str]:
 
 def is_ref(value: Any) -> bool:
     """True when *value* is a reference ``{"$ref": id}``."""
-    return (
-        isinstance(value, dict)
-        and len(value) == 1
-        and isinstance(value.get(REF_KEY), str)
-    )
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get(REF_KEY), str)
 
 
 def check_object_id(value: Any, field: str = "object_id") -> str:

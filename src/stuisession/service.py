@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -28,27 +28,13 @@ from .errors import (
     SessionNotFound,
 )
 from .ids import check_client_id, check_session_id
-from .model import Session, SessionInfo, SessionState, SessionStatus
+from .model import Session, SessionInfo, SessionStatus
 from .policy import Policy
+from .state import Metadata, SessionState
 from .stores.base import SessionStore
+from .updates import StateUpdate, changes_since, check_rebase
 
 log = logging.getLogger("stuisession.service")
-
-#: the state sections a client may replace through ``update_session_state``
-SECTIONS = ("workspace_context", "inspector_state", "object_registry", "preferences", "metadata")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge recursively, ``null`` deletes a key."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 @attrs.frozen
@@ -109,7 +95,7 @@ class SessionService:
         lifecycle.require_active(info, now)
 
     # -- commands -------------------------------------------------------------------
-    def create(self, client_id: str, *, metadata: dict[str, Any] | None = None) -> Session:
+    def create(self, client_id: str, *, metadata: Metadata | None = None) -> Session:
         """Create a session for *client_id* (limit and allow/deny lists apply)."""
         check_client_id(client_id)
         self._check_allowed(client_id)
@@ -128,7 +114,7 @@ class SessionService:
                 now=now,
                 timeout=self.policy.session_timeout,
                 absolute_lifetime=self.policy.absolute_lifetime,
-                state=SessionState(metadata=metadata or {}),
+                state=SessionState(metadata=metadata or Metadata()),
             )
             self.store.create(session, max_size=self.policy.max_snapshot_size)
         return session
@@ -159,20 +145,36 @@ class SessionService:
         self._check_owner(info, client_id)
         return info
 
+    def load(self, session_id: str, *, client_id: str | None = None) -> Session:
+        """The full, active session (for read-only commands that need the state)."""
+        check_session_id(session_id)
+        session = self.store.load(session_id)
+        self._check_owner(session, client_id)
+        self._require_active(session, self._now())
+        return session
+
+    def changes_since(
+        self, session_id: str, since_revision: int, *, client_id: str | None = None
+    ) -> tuple[Session, list[dict[str, Any]] | None]:
+        """The session and the operations since *since_revision* (None: not known any more)."""
+        session = self.load(session_id, client_id=client_id)
+        return session, changes_since(session.state, session.revision, since_revision)
+
     def update(
         self,
         session_id: str,
-        change: Callable[[SessionState], SessionState],
+        update: StateUpdate,
         *,
         client_id: str | None = None,
         base_revision: int | None = None,
     ) -> Session:
-        """Apply *change* to the current state and commit it with compare-and-swap.
+        """Apply *update* to the current state and commit it with compare-and-swap.
 
         Without *base_revision* a lost race is retried on the fresh state, so
         every acknowledged update is applied on top of the latest one. With it,
-        the update is refused with :class:`ConflictError` unless the stored
-        revision still equals *base_revision*.
+        the update is applied only if no revision after *base_revision* touched
+        the same data (see :func:`stuisession.updates.check_rebase`); otherwise
+        :class:`ConflictError` carries the current revision.
         """
         check_session_id(session_id)
         for _ in range(self.policy.max_update_retries):
@@ -180,19 +182,16 @@ class SessionService:
             self._check_owner(current, client_id)
             now = self._now()
             self._require_active(current, now)
-            if base_revision is not None and current.revision != base_revision:
-                raise ConflictError(
-                    "Session was changed since the revision this update is based on",
-                    current_revision=current.revision,
-                )
-            new = lifecycle.with_state(current, change(current.state), now)
+            if base_revision is not None:
+                check_rebase(current.state, current.revision, update, base_revision)
+            new = lifecycle.with_state(
+                current, update.apply(current.state, current.revision + 1), now
+            )
             try:
                 self.store.save(
                     new, expected_revision=current.revision, max_size=self.policy.max_snapshot_size
                 )
             except ConflictError:
-                if base_revision is not None:
-                    raise
                 continue
             return new
         raise ConflictError("Session is being changed too often; retry the update")
@@ -216,7 +215,9 @@ class SessionService:
     def list_client(self, client_id: str) -> list[SessionInfo]:
         """The client's sessions that are not closed (expired ones until swept)."""
         check_client_id(client_id)
-        return [i for i in self.store.list_by_client(client_id) if i.status is not SessionStatus.CLOSED]
+        return [
+            i for i in self.store.list_by_client(client_id) if i.status is not SessionStatus.CLOSED
+        ]
 
     def statistics(self) -> Statistics:
         """System-wide counts."""
@@ -241,12 +242,14 @@ class SessionService:
             try:
                 if self.store.delete(info.session_id):
                     removed += 1
-            except (SessionNotFound, IntegrityError):  # pragma: no cover - raced with another sweeper
+            except (
+                SessionNotFound,
+                IntegrityError,
+            ):  # pragma: no cover - raced with another sweeper
                 continue
         if removed:
             log.info("swept %d expired or closed sessions", removed)
         return removed
 
 
-__all__ = ["SECTIONS", "Restored", "SessionService", "Statistics", "merge_patch"]
-
+__all__ = ["Restored", "SessionService", "Statistics"]

@@ -90,7 +90,7 @@ class Workspace:
 class ObjectRecord:
     """An object in the registry, under its stable object id."""
 
-    class_name: str = attrs.field(validator=_str)
+    class_name: str = attrs.field(default="", validator=_str)
     print_string: str = attrs.field(default="", validator=_str)
     #: a portable form the Pharo side can re-materialise the object from
     serialized: str | None = attrs.field(default=None, validator=_opt(str))
@@ -233,6 +233,7 @@ converter.register_structure_hook(str | int | None, _structure_path_step)
 converter.register_structure_hook(Any, _structure_any)
 # strict scalars: cattrs would otherwise coerce 3 -> "3"
 for _t in (str, int, float, bool):
+
     def _strict(value: Any, t: Any, _expected: type = _t) -> Any:
         if _expected is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
@@ -398,7 +399,9 @@ def validate_state(state: SessionState) -> None:
                 field=f"inspectors.{iid}",
             )
     if state.selected_inspector is not None and state.selected_inspector not in state.inspectors:
-        raise ValidationError("selected_inspector is not an open inspector", field="selected_inspector")
+        raise ValidationError(
+            "selected_inspector is not an open inspector", field="selected_inspector"
+        )
     for tid, ctx in state.contexts.items():
         check_json_value(ctx.data, f"contexts.{tid}.data")
 

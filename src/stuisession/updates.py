@@ -32,9 +32,9 @@ from .state import (
     MAX_CHANGE_RECORDS,
     ChangeRecord,
     Evaluation,
+    SessionState,
     Workspace,
     canonical,
-    SessionState,
     converter,
     structure_state,
     to_wire,
@@ -216,7 +216,9 @@ def _log(changes: Iterable[ChangeRecord], record: ChangeRecord) -> list[ChangeRe
     return log
 
 
-def check_rebase(state: SessionState, current_revision: int, update: StateUpdate, base: int) -> None:
+def check_rebase(
+    state: SessionState, current_revision: int, update: StateUpdate, base: int
+) -> None:
     """Allow an update based on revision *base* onto *current_revision*, or raise.
 
     Raises :class:`ConflictError` (with the current revision) when a revision
@@ -290,7 +292,9 @@ def _get(doc: Any, path: Path) -> Any:
     return doc
 
 
-def changes_since(state: SessionState, current_revision: int, since: int) -> list[dict[str, Any]] | None:
+def changes_since(
+    state: SessionState, current_revision: int, since: int
+) -> list[dict[str, Any]] | None:
     """Operations that bring a client from revision *since* to *current_revision*.
 
     Each is ``{"path": [...], "value": v}`` (set, replacing what is there) or
@@ -304,22 +308,22 @@ def changes_since(state: SessionState, current_revision: int, since: int) -> lis
         return None
     wanted: set[Path] = set()
     for record in records:
-        for p in [*record.paths, *record.appends]:
-            wanted.update(_wire_paths(tuple(p)))
+        for logged in [*record.paths, *record.appends]:
+            wanted.update(_wire_paths(tuple(logged)))
     # a path under another wanted path is covered by the parent's value
     ordered = sorted(wanted, key=len)
     kept: list[Path] = []
-    for p in ordered:
-        if not any(overlaps(p, q) and len(q) < len(p) for q in kept):
-            kept.append(p)
+    for path in ordered:
+        if not any(overlaps(path, q) and len(q) < len(path) for q in kept):
+            kept.append(path)
     wire = to_wire(state)
     ops: list[dict[str, Any]] = []
-    for p in sorted(kept):
-        value = _get(wire, p)
+    for path in sorted(kept):
+        value = _get(wire, path)
         if value is _MISSING:
-            ops.append({"path": list(p), "delete": True})
+            ops.append({"path": list(path), "delete": True})
         else:
-            ops.append({"path": list(p), "value": value})
+            ops.append({"path": list(path), "value": value})
     return ops
 
 

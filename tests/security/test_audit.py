@@ -121,9 +121,9 @@ def test_long_reason_and_client_id_are_truncated(log: AuditLog) -> None:
 
 
 def test_non_ascii_client_ids_and_reasons_round_trip(log: AuditLog) -> None:
-    log.record("create", client_id="zoë \u2603 \"q\" \\", reason="line\nbreak")
+    log.record("create", client_id='zoë \u2603 "q" \\', reason="line\nbreak")
     (obj,) = (json.loads(line) for line in lines_of(log.path))
-    assert obj["client_id"] == "zoë \u2603 \"q\" \\" and obj["reason"] == "line\nbreak"
+    assert obj["client_id"] == 'zoë \u2603 "q" \\' and obj["reason"] == "line\nbreak"
     assert len(lines_of(log.path)) == 1
     assert log.verify()
 
@@ -367,7 +367,9 @@ def test_bad_field_values_are_reported(log: AuditLog, ring: Keyring) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
-def test_any_single_byte_change_is_detected(tmp_path: Path, ring: Keyring, data: st.DataObject) -> None:
+def test_any_single_byte_change_is_detected(
+    tmp_path: Path, ring: Keyring, data: st.DataObject
+) -> None:
     path = tmp_path / "prop.log"
     if not path.exists():
         fill(AuditLog(path, keyring=ring, clock=ManualClock(), fsync=False), 4)
@@ -448,6 +450,64 @@ def test_torn_only_line_is_repaired(log: AuditLog, ring: Keyring) -> None:
     assert verify(log.path, ring).ok
 
 
+def test_long_torn_tail_is_repaired(log: AuditLog, ring: Keyring) -> None:
+    fill(log, 30)  # the file spans several read chunks
+    with log.path.open("ab") as fh:
+        fh.write(b"y" * 10_000)
+    assert AuditLog(log.path, keyring=ring, fsync=False).record("gc") == 31
+    assert verify(log.path, ring).ok
+
+
+@pytest.mark.parametrize(
+    "tail", [b"x" * 20_000 + b"\n", b"x" * 40_000, b"z" * 5_000 + b"\n" + b"x" * 40_000]
+)
+def test_writer_refuses_an_over_long_tail(log: AuditLog, ring: Keyring, tail: bytes) -> None:
+    fill(log, 2)
+    with log.path.open("ab") as fh:
+        fh.write(tail)
+    with pytest.raises(IntegrityError):
+        AuditLog(log.path, keyring=ring, fsync=False).record("gc")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"not json",
+        b"[]",
+        b'{"v":1}',
+        b"x" * 20_000,
+        b'{"kid":"k1","last":"00","mac":"00","seq":-1,"v":1}',
+        b'{"kid":"nope","last":"00","mac":"00","seq":1,"v":1}',
+        b'{"kid":"k1","last":"00","mac":"00","seq":1,"v":2}',
+    ],
+)
+def test_damaged_head_is_reported(log: AuditLog, ring: Keyring, head: bytes) -> None:
+    fill(log, 2)
+    log.path.with_name(log.path.name + ".head").write_bytes(head)
+    report = verify(log.path, ring)
+    assert not report.ok and report.first_bad_line == 3 and "head" in (report.reason or "")
+    with pytest.raises(IntegrityError):
+        AuditLog(log.path, keyring=ring, fsync=False).record("gc")
+
+
+def test_failed_head_write_is_recoverable(
+    log: AuditLog, ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(log, 2)
+
+    def broken(*args: object) -> None:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr("stuisession.audit.os.replace", broken)
+        with pytest.raises(OSError):
+            log.record("create")
+    assert not [p for p in log.path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert verify(log.path, ring).ok  # the line is there, the head one behind
+    assert log.record("create") == 4
+    assert verify(log.path, ring).lines == 4
+
+
 # -- keys ---------------------------------------------------------------------------------
 def test_key_rotation_keeps_old_lines_verifiable(log: AuditLog, ring: Keyring) -> None:
     sid = new_session_id()
@@ -457,6 +517,7 @@ def test_key_rotation_keeps_old_lines_verifiable(log: AuditLog, ring: Keyring) -
     log.keyring = rotated
     log.record("key_rotation", reason="k1 -> k2")
     log.record("restore", session_id=sid)
+    assert log.keyring is rotated
     assert log.session_ref(sid) != old_ref
     assert log.session_ref(sid, "k1") == old_ref
     kids = [json.loads(line)["kid"] for line in lines_of(log.path)]
@@ -546,30 +607,39 @@ def test_two_instances_in_one_process_share_the_chain(tmp_path: Path, ring: Keyr
     assert verify(path, ring).lines == 10
 
 
-def _append_from_process(path: str, keyring_json: str, tag: str, count: int) -> None:
+def _append_from_process(
+    path: str, keyring_json: str, tag: str, count: int, start: threading.Barrier | None
+) -> None:
     log = AuditLog(path, keyring=Keyring.from_json(keyring_json), fsync=False)
+    if start is not None:
+        start.wait(timeout=60)
     for i in range(count):
         log.record("update", client_id=f"{tag}-{i}")
 
 
 @pytest.mark.e2e
-def test_concurrent_appends_from_processes_form_one_chain(
-    tmp_path: Path, ring: Keyring
-) -> None:
+def test_concurrent_appends_from_processes_form_one_chain(tmp_path: Path, ring: Keyring) -> None:
     path = tmp_path / "audit.log"
     ctx = multiprocessing.get_context("spawn")
-    count = 40
+    count = 100
+    start = ctx.Barrier(3)
     procs = [
-        ctx.Process(target=_append_from_process, args=(str(path), ring.to_json(), f"p{i}", count))
+        ctx.Process(
+            target=_append_from_process,
+            args=(str(path), ring.to_json(), f"p{i}", count, start),
+        )
         for i in range(2)
     ]
     for p in procs:
         p.start()
-    _append_from_process(str(path), ring.to_json(), "main", count)
+    _append_from_process(str(path), ring.to_json(), "main", count, start)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
     report = verify(path, ring)
     assert report.ok and report.lines == 3 * count
-    clients = {json.loads(line)["client_id"] for line in lines_of(path)}
-    assert len(clients) == 3 * count
+    clients = [json.loads(line)["client_id"] for line in lines_of(path)]
+    assert len(set(clients)) == 3 * count
+    for tag in ("p0", "p1", "main"):  # each writer's own lines stay in its order
+        mine = [c for c in clients if c.startswith(tag + "-")]
+        assert mine == [f"{tag}-{i}" for i in range(count)]

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import attrs
 
-from ..codec import Snapshot, SnapshotCodec
 from .. import jsonutil
+from ..codec import Snapshot, SnapshotCodec
 from ..converters import unstructure_state
 from ..errors import IntegrityError, SessionNotFound, StateTooLarge
 from ..ids import check_client_id, check_session_id

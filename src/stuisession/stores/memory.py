@@ -37,8 +37,9 @@ class MemoryStore(SessionStore):
             elif current is None:
                 raise SessionNotFound("Session not found")
             elif current[0] != expected_revision:
-                raise ConflictError("session was changed by another writer",
-                                    current_revision=current[0])
+                raise ConflictError(
+                    "session was changed by another writer", current_revision=current[0]
+                )
             self._blobs[info.session_id] = (info.revision, info.client_id, blob)
 
     def _delete(self, session_id: str) -> bool:
