@@ -513,11 +513,29 @@ def test_password_and_acl_user(
         s = new()
         store.create(s)
         assert store.load(s.session_id) == s
-        store.client.execute_command("ACL", "SETUSER", "app", "on", ">app-Secret-2", "~*", "+@all")
+        # the restricted ACL user that docs/backends.md recommends
+        store.client.execute_command(
+            "ACL", "SETUSER", "app", "on", ">app-Secret-2", "~stuisession:*",
+            "+@read", "+@write", "+@scripting", "+@transaction", "+ping", "-@dangerous",
+        )  # fmt: skip
         assert "pw-Secret-1" not in repr(store)
     acl_url = f"redis://app:app-Secret-2@127.0.0.1:{server.port}/0"
-    with RedisStore(acl_url, keyring=keyring) as store:
-        assert store.load(s.session_id) == s
+    for cas in ("lua", "watch"):
+        with RedisStore(acl_url, keyring=keyring, cas=cas) as store:  # type: ignore[arg-type]
+            assert store.load(s.session_id) == s
+            other = new("acl")
+            store.create(other)
+            store.save(changed(other), expected_revision=1)
+            assert [i.session_id for i in store.list_by_client("acl")] == [other.session_id]
+            assert store.statistics(NOW).total_sessions == 2
+            assert store.delete(other.session_id)
+    # outside its key pattern the user may do nothing
+    with (
+        RedisStore(acl_url, keyring=keyring, prefix="elsewhere") as store,
+        pytest.raises(StorageError, match="NoPermissionError") as info,
+    ):
+        store.create(new())
+    assert info.value.retryable is False
     for url in (
         server.url.replace("pw-Secret-1", "wrong-Secret-3"),
         f"redis://127.0.0.1:{server.port}/0",

@@ -25,6 +25,7 @@ def unstructure_info(info: SessionInfo) -> dict[str, Any]:
         "revision": info.revision,
         "status": info.status.value,
         "absolute_expires_at": info.absolute_expires_at,
+        "token_generation": info.token_generation,
     }
 
 

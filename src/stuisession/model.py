@@ -58,6 +58,8 @@ class SessionInfo:
     status: SessionStatus = SessionStatus.ACTIVE
     #: hard cap on the session's life regardless of activity (None: no cap)
     absolute_expires_at: float | None = None
+    #: resume tokens of an older generation are revoked (strict mode)
+    token_generation: int = 0
 
     def is_expired(self, now: float) -> bool:
         """True when the idle timeout or the absolute lifetime has passed."""

@@ -17,7 +17,7 @@ def _positive(inst: Any, attribute: attrs.Attribute[Any], value: int | float) ->
         raise ConfigurationError(f"{attribute.name} must be positive, got {value!r}")
 
 
-def _optional_positive(inst: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+def _optional_positive(inst: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and value <= 0:
         raise ConfigurationError(f"{attribute.name} must be positive or None, got {value!r}")
 
@@ -57,10 +57,35 @@ class Policy:
     max_request_id_length: int = attrs.field(default=256, validator=_positive)
     #: compare-and-swap retries of one update before reporting a conflict
     max_update_retries: int = attrs.field(default=32, validator=_positive)
+    #: "compat": the 256-bit session id is the bearer secret (upstream clients);
+    #: "strict": requests must also present the resume token issued with the session
+    auth_mode: str = attrs.field(
+        default="compat", validator=attrs.validators.in_(("compat", "strict"))
+    )
+    #: give a restored session a new id (fixation protection); None: on in strict mode only
+    rotate_on_restore: bool | None = None
+    #: resume/client tokens older than this are refused (None: valid while the session is)
+    token_ttl: int | None = attrs.field(default=None, validator=_optional_positive)
+    #: sustained requests per second per client (token bucket); None disables the limit
+    rate_limit: float | None = attrs.field(default=100.0, validator=_optional_positive)
+    #: requests a client may burst above the sustained rate
+    rate_burst: int = attrs.field(default=200, validator=_positive)
+    #: sessions examined per step of the expiry sweep (bounds the time of one step)
+    sweep_batch: int = attrs.field(default=500, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.session_timeout > self.retention:
             raise ConfigurationError("session_timeout must not exceed retention")
+
+    @property
+    def strict(self) -> bool:
+        """True in strict authentication mode."""
+        return self.auth_mode == "strict"
+
+    @property
+    def rotates_on_restore(self) -> bool:
+        """Whether a restore gives the session a new id."""
+        return self.strict if self.rotate_on_restore is None else self.rotate_on_restore
 
     def client_allowed(self, client_id: str) -> bool:
         """True unless the client is deny-listed or missing from a set allow-list."""

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from . import jsonutil
+from .audit import AuditLog
 from .clock import Clock, isoformat
 from .errors import (
     InvalidRequest,
@@ -32,7 +33,7 @@ from .ids import check_client_id, check_session_id
 from .jsonutil import RawJSON
 from .model import Session, SessionInfo
 from .policy import Policy
-from .service import SessionService
+from .service import Credentials, SessionService
 from .state import Metadata, ToolContext
 from .stores.base import SessionStore
 from .updates import PATCHABLE, StateUpdate, structure_evaluations
@@ -70,6 +71,14 @@ def _client_id(params: Params) -> str:
 def _optional_client_id(params: Params) -> str | None:
     value = params.get("client_id")
     return None if value is None else check_client_id(value)
+
+
+def _creds(params: Params) -> Credentials:
+    return Credentials(
+        client_id=_optional_client_id(params),
+        resume_token=_optional_str(params, "resume_token"),
+        client_token=_optional_str(params, "client_token"),
+    )
 
 
 def _object(params: Params, name: str, *, required: bool = False) -> dict[str, Any] | None:
@@ -164,7 +173,8 @@ class ProtocolHandler:
     :param store: where sessions live (default: an in-memory store).
     :param policy: limits and timeouts (default: upstream STUI's).
     :param clock: time source (default: the system clock).
-    :param service: a prebuilt :class:`SessionService` (overrides the three above).
+    :param audit: an :class:`~stuisession.audit.AuditLog` for security events.
+    :param service: a prebuilt :class:`SessionService` (overrides the four above).
     """
 
     def __init__(
@@ -173,6 +183,7 @@ class ProtocolHandler:
         policy: Policy | None = None,
         *,
         clock: Clock | None = None,
+        audit: AuditLog | None = None,
         service: SessionService | None = None,
     ) -> None:
         if service is None:
@@ -180,7 +191,7 @@ class ProtocolHandler:
                 from .stores.memory import MemoryStore
 
                 store = MemoryStore()
-            service = SessionService(store, policy, clock=clock)
+            service = SessionService(store, policy, clock=clock, audit=audit)
         self.service = service
         self._commands: dict[str, Callable[[Params], Result]] = {
             "create_session": self._create_session,
@@ -194,6 +205,7 @@ class ProtocolHandler:
             "load_context": self._load_context,
             "get_context_summary": self._get_context_summary,
             "clear_context": self._clear_context,
+            "rotate_credentials": self._rotate_credentials,
         }
 
     @property
@@ -248,6 +260,7 @@ class ProtocolHandler:
                 raise UnknownCommand(
                     f"Unknown command: {request.command[:64]}", command=request.command[:64]
                 )
+            self.service.check_rate(_rate_key(request.parameters))
             result = command(request.parameters)
         except StuiSessionError as exc:
             return self._error_reply(request_id, exc)
@@ -360,19 +373,24 @@ class ProtocolHandler:
             last_client_version=_optional_str(params, "client_version"),
             extra={"config": config} if config is not None else {},
         )
-        session = self.service.create(client_id, metadata=metadata)
-        result = self._record(session.info, session.created_at)
+        created = self.service.create(client_id, metadata=metadata)
+        result = self._record(created.session.info, created.session.created_at)
         del result["last_modified"]
+        result["resume_token"] = created.resume_token
+        result["client_token"] = created.client_token
         return result
 
     def _restore_session(self, params: Params) -> Result:
         session_id = _session_id(params)
-        client_id = _optional_client_id(params)
+        creds = _creds(params)
         since = _optional_int(params, "since_revision", minimum=0)
-        restored = self.service.restore(session_id, client_id=client_id)
+        restored = self.service.restore(session_id, creds)
         now = self.service.clock.now()
         head = self._record(restored.info, now)
         head["time_until_expiry"] = restored.info.time_until_expiry(now)
+        if restored.rotated:
+            head["session_id_rotated"] = True
+            head["resume_token"] = restored.resume_token
         if since is not None:
             session = restored.snapshot.session()
             from .updates import changes_since
@@ -429,12 +447,10 @@ class ProtocolHandler:
 
     def _update_session_state(self, params: Params) -> Result:
         session_id = _session_id(params)
-        client_id = _optional_client_id(params)
+        creds = _creds(params)
         update = self._state_update(params)
         base_revision = _optional_int(params, "base_revision", minimum=1)
-        session = self.service.update(
-            session_id, update, client_id=client_id, base_revision=base_revision
-        )
+        session = self.service.update(session_id, update, creds, base_revision=base_revision)
         return {
             "session_id": session.session_id,
             "last_modified": isoformat(session.last_modified),
@@ -446,12 +462,12 @@ class ProtocolHandler:
     def _close_session(self, params: Params) -> Result:
         session_id = _session_id(params)
         _optional_bool(params, "save_state", True)  # state is always kept until the sweep
-        info = self.service.close(session_id, client_id=_optional_client_id(params))
+        info = self.service.close(session_id, _creds(params))
         return {"session_id": info.session_id, "closed": True, "revision": info.revision}
 
     def _get_session_info(self, params: Params) -> Result:
         session_id = _session_id(params)
-        info = self.service.info(session_id, client_id=_optional_client_id(params))
+        info = self.service.info(session_id, _creds(params))
         now = self.service.clock.now()
         result = self._record(info, now)
         result.update(
@@ -467,7 +483,7 @@ class ProtocolHandler:
         client_id = _client_id(params)
         now = self.service.clock.now()
         sessions = []
-        for info in self.service.list_client(client_id):
+        for info in self.service.list_client(client_id, _creds(params)):
             item = self._record(info, now)
             del item["client_id"]
             item["time_until_expiry"] = info.time_until_expiry(now) if info.is_active(now) else 0
@@ -515,7 +531,7 @@ class ProtocolHandler:
         session = self.service.update(
             session_id,
             update,
-            client_id=_optional_client_id(params),
+            _creds(params),
             base_revision=_optional_int(params, "base_revision", minimum=1),
         )
         return {
@@ -529,7 +545,7 @@ class ProtocolHandler:
         session_id = _session_id(params)
         tool_id = _tool_id(params)
         assert tool_id is not None
-        session = self.service.load(session_id, client_id=_optional_client_id(params))
+        session = self.service.load(session_id, _creds(params))
         ctx = session.state.contexts.get(tool_id)
         return {
             "session_id": session_id,
@@ -542,14 +558,14 @@ class ProtocolHandler:
     def _get_context_summary(self, params: Params) -> Result:
         session_id = _session_id(params)
         tool_id = _tool_id(params, required=False)
-        session = self.service.load(session_id, client_id=_optional_client_id(params))
+        session = self.service.load(session_id, _creds(params))
         return _summary(session, tool_id)
 
     def _clear_context(self, params: Params) -> Result:
         session_id = _session_id(params)
         tool_id = _tool_id(params, required=False)
-        client_id = _optional_client_id(params)
-        current = self.service.load(session_id, client_id=client_id)
+        creds = _creds(params)
+        current = self.service.load(session_id, creds)
         if tool_id is None:
             cleared = sorted(current.state.contexts)
             update = StateUpdate(
@@ -558,8 +574,17 @@ class ProtocolHandler:
         else:
             cleared = [tool_id] if tool_id in current.state.contexts else []
             update = StateUpdate(patches={"contexts": {tool_id: None}}, counts_as_update=False)
-        session = self.service.update(session_id, update, client_id=client_id)
+        session = self.service.update(session_id, update, creds)
         return {"session_id": session_id, "cleared": cleared, "revision": session.revision}
+
+    def _rotate_credentials(self, params: Params) -> Result:
+        session_id = _session_id(params)
+        info, token = self.service.rotate_token(session_id, _creds(params))
+        return {
+            "session_id": session_id,
+            "resume_token": token,
+            "token_generation": info.token_generation,
+        }
 
 
 def _context_json(ctx: ToolContext) -> dict[str, Any]:
@@ -603,6 +628,15 @@ def _summary(session: Session, tool_id: str | None) -> dict[str, Any]:
         "inspector_count": len(state.inspectors),
         "selected_inspector": state.selected_inspector,
     }
+
+
+def _rate_key(params: Params) -> str:
+    # the client named in the request, else the session; never the raw id in logs
+    for name in ("client_id", "session_id"):
+        value = params.get(name)
+        if isinstance(value, str) and value:
+            return f"{name[0]}:{value[:256]}"
+    return "anonymous"
 
 
 def _with_id(exc: InvalidRequest, request_id: str | int) -> InvalidRequest:

@@ -1,14 +1,23 @@
 """The session service: policy applied to a store.
 
 This layer sits between the protocol and the store. It knows the rules
-(limits, expiry, who may touch what, how an update is applied) and nothing of
-JSON envelopes or sockets; it raises :mod:`stuisession.errors` exceptions that
-the protocol layer turns into error responses.
+(limits, expiry, who may touch what, how an update is applied, what is
+audited) and nothing of JSON envelopes or sockets; it raises
+:mod:`stuisession.errors` exceptions that the protocol layer turns into error
+responses.
+
+Access control: every command on a session checks the caller's
+:class:`Credentials` against the session's owner. A caller that names a client
+(``client_id``) or presents a token and is not the owner gets exactly the same
+:class:`~stuisession.errors.AccessDenied` as for a session that does not exist,
+so probing reveals nothing. In strict mode every session command must carry
+the session's resume token.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import threading
 from collections.abc import Iterator
@@ -17,24 +26,50 @@ from typing import Any
 import attrs
 
 from . import lifecycle
+from .audit import AuditLog
+from .auth import TokenAuthority
 from .clock import Clock, SystemClock
 from .codec import Snapshot
 from .errors import (
     AccessDenied,
     ConflictError,
     IntegrityError,
+    RateLimited,
     SessionError,
     SessionExpired,
     SessionNotFound,
+    StuiSessionError,
 )
-from .ids import check_client_id, check_session_id
+from .ids import check_client_id, check_session_id, new_session_id
 from .model import Session, SessionInfo, SessionStatus
 from .policy import Policy
+from .ratelimit import TokenBucketLimiter
 from .state import Metadata, SessionState
 from .stores.base import SessionStore
 from .updates import StateUpdate, changes_since, check_rebase
 
 log = logging.getLogger("stuisession.service")
+
+#: the scope string client tokens are bound to (in place of a session id)
+CLIENT_SCOPE = "client-scope"
+_DENIED = "Session not found or access denied"
+
+
+@attrs.frozen
+class Credentials:
+    """What a caller presents besides the session id."""
+
+    client_id: str | None = None
+    resume_token: str | None = None
+    client_token: str | None = None
+
+    @property
+    def identified(self) -> bool:
+        """True when the caller claims an identity (then errors must not reveal existence)."""
+        return self.client_id is not None or self.resume_token is not None
+
+
+ANONYMOUS = Credentials()
 
 
 @attrs.frozen
@@ -43,6 +78,19 @@ class Restored:
 
     info: SessionInfo
     snapshot: Snapshot
+    #: a new resume token when the session id was rotated (strict mode)
+    resume_token: str | None = None
+    #: True when the session got a new id
+    rotated: bool = False
+
+
+@attrs.frozen
+class Created:
+    """A new session and the credentials issued with it."""
+
+    session: Session
+    resume_token: str
+    client_token: str
 
 
 @attrs.frozen
@@ -54,37 +102,146 @@ class Statistics:
     active_clients: int
 
 
+@attrs.frozen
+class SweepResult:
+    """What one step of the expiry sweep did."""
+
+    scanned: int
+    removed: int
+    #: True when this step finished a full pass over the store
+    done: bool
+
+
 class SessionService:
     """Applies a :class:`Policy` to a :class:`SessionStore`.
 
     Thread-safe: several threads may call it at once; every change is a
     compare-and-swap on the session revision, retried on conflict.
+
+    :param audit: where security-relevant events are recorded (None: not recorded).
+    :param authority: issues and checks resume tokens (default: keyed by the store's keyring).
     """
 
     def __init__(
-        self, store: SessionStore, policy: Policy | None = None, *, clock: Clock | None = None
+        self,
+        store: SessionStore,
+        policy: Policy | None = None,
+        *,
+        clock: Clock | None = None,
+        audit: AuditLog | None = None,
+        authority: TokenAuthority | None = None,
     ) -> None:
         self.store = store
         self.policy = policy or Policy()
         self.clock: Clock = clock or SystemClock()
+        self.audit = audit
+        self.authority = authority or TokenAuthority(
+            store.codec.keyring, clock=self.clock, token_ttl=self.policy.token_ttl
+        )
+        self.limiter = (
+            None
+            if self.policy.rate_limit is None
+            else TokenBucketLimiter(self.policy.rate_limit, self.policy.rate_burst, clock=clock)
+        )
         # serialises the limit check and the create of one client (in this process)
         self._create_locks = [threading.Lock() for _ in range(64)]
+        self._sweep_lock = threading.Lock()
+        self._sweep_cursor: Iterator[SessionInfo] | None = None
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
         return self.clock.now()
 
-    def _check_allowed(self, client_id: str) -> None:
-        if not self.policy.client_allowed(client_id):
-            raise SessionError("Client is not allowed to use sessions")
+    def _audit(
+        self,
+        event: str,
+        *,
+        client_id: str | None = None,
+        session_id: str | None = None,
+        outcome: str = "ok",
+        reason: str | None = None,
+    ) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(
+                event, client_id=client_id, session_id=session_id, outcome=outcome, reason=reason
+            )
+        except Exception:
+            # the audit trail must not take the service down; the gap is visible
+            # to `stuisession audit verify` (the head file no longer matches)
+            log.exception("could not append to the audit log")
 
-    def _check_owner(self, info: SessionInfo, client_id: str | None) -> None:
-        # A mismatch reads exactly like a missing session, so probing ids of
-        # other clients reveals nothing.
-        if client_id is not None and info.client_id != client_id:
-            raise SessionNotFound("Session not found")
+    def _deny(self, session_id: str | None, creds: Credentials, reason: str) -> AccessDenied:
+        self._audit(
+            "deny",
+            client_id=creds.client_id,
+            session_id=session_id,
+            outcome="denied",
+            reason=reason,
+        )
+        return AccessDenied(_DENIED)
+
+    def check_rate(self, key: str) -> None:
+        """Charge one request to *key*'s token bucket; :class:`RateLimited` when empty."""
+        if self.limiter is None:
+            return
+        try:
+            self.limiter.check(key)
+        except RateLimited:
+            self._audit("rate_limit", client_id=key[:256], outcome="denied")
+            raise
+
+    def _load(self, session_id: str, creds: Credentials) -> Session:
+        check_session_id(session_id)
+        try:
+            session = self.store.load(session_id)
+        except SessionNotFound:
+            if creds.identified or self.policy.strict:
+                raise self._deny(session_id, creds, "unknown session") from None
+            raise
+        except IntegrityError as exc:
+            self._audit(
+                "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
+            )
+            raise
+        self._authorize(session, creds)
+        return session
+
+    def _load_snapshot(self, session_id: str, creds: Credentials) -> Snapshot:
+        check_session_id(session_id)
+        try:
+            snap = self.store.load_snapshot(session_id)
+        except SessionNotFound:
+            if creds.identified or self.policy.strict:
+                raise self._deny(session_id, creds, "unknown session") from None
+            raise
+        except IntegrityError as exc:
+            self._audit(
+                "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
+            )
+            raise
+        self._authorize(snap.info, creds)
+        return snap
+
+    def _authorize(self, info: SessionInfo, creds: Credentials) -> None:
+        if creds.client_id is not None and not hmac.compare_digest(
+            creds.client_id.encode("utf-8", "surrogatepass"),
+            info.client_id.encode("utf-8", "surrogatepass"),
+        ):
+            raise self._deny(info.session_id, creds, "not the owner")
         if not self.policy.client_allowed(info.client_id):
-            raise AccessDenied("Client is not allowed to use sessions")
+            raise self._deny(info.session_id, creds, "client not allowed")
+        if self.policy.strict or creds.resume_token is not None:
+            try:
+                self.authority.verify(
+                    creds.resume_token,
+                    info.client_id,
+                    info.session_id,
+                    min_generation=info.token_generation,
+                )
+            except AccessDenied:
+                raise self._deny(info.session_id, creds, "invalid resume token") from None
 
     def _expired_by_retention(self, info: SessionInfo, now: float) -> bool:
         return now - info.last_accessed > self.policy.retention
@@ -95,15 +252,20 @@ class SessionService:
         lifecycle.require_active(info, now)
 
     # -- commands -------------------------------------------------------------------
-    def create(self, client_id: str, *, metadata: Metadata | None = None) -> Session:
+    def create(self, client_id: str, *, metadata: Metadata | None = None) -> Created:
         """Create a session for *client_id* (limit and allow/deny lists apply)."""
         check_client_id(client_id)
-        self._check_allowed(client_id)
+        if not self.policy.client_allowed(client_id):
+            self._audit(
+                "create", client_id=client_id, outcome="denied", reason="client not allowed"
+            )
+            raise SessionError("Client is not allowed to use sessions")
         stripe = int.from_bytes(hashlib.blake2b(client_id.encode(), digest_size=2).digest())
         with self._create_locks[stripe % len(self._create_locks)]:
             now = self._now()
             active = [i for i in self.store.list_by_client(client_id) if i.is_active(now)]
             if len(active) >= self.policy.max_sessions_per_client:
+                self._audit("create", client_id=client_id, outcome="denied", reason="limit")
                 raise SessionError(
                     f"Client has reached the limit of {self.policy.max_sessions_per_client} "
                     "active sessions",
@@ -117,16 +279,36 @@ class SessionService:
                 state=SessionState(metadata=metadata or Metadata()),
             )
             self.store.create(session, max_size=self.policy.max_snapshot_size)
-        return session
+        self._audit("create", client_id=client_id, session_id=session.session_id)
+        return Created(
+            session=session,
+            resume_token=self.authority.issue(client_id, session.session_id),
+            client_token=self.authority.issue(client_id, CLIENT_SCOPE),
+        )
 
-    def restore(self, session_id: str, *, client_id: str | None = None) -> Restored:
-        """Verify and return a session for its client, recording the access."""
-        check_session_id(session_id)
-        snap = self.store.load_snapshot(session_id)
-        info = snap.info
-        self._check_owner(info, client_id)
-        now = self._now()
-        self._require_active(info, now)
+    def restore(self, session_id: str, creds: Credentials = ANONYMOUS) -> Restored:
+        """Verify and return a session for its client, recording the access.
+
+        In strict mode (or with ``Policy.rotate_on_restore``) the session gets a
+        new id and a new resume token; the old id stops working.
+        """
+        try:
+            snap = self._load_snapshot(session_id, creds)
+            info = snap.info
+            now = self._now()
+            self._require_active(info, now)
+        except (SessionNotFound, IntegrityError) as exc:
+            if not isinstance(exc, AccessDenied):
+                self._audit(
+                    "restore",
+                    client_id=creds.client_id,
+                    session_id=session_id,
+                    outcome="error",
+                    reason=str(exc.details.get("reason", exc.message)),
+                )
+            raise
+        if self.policy.rotates_on_restore:
+            return self._rotate_id(snap, now)
         if lifecycle.needs_touch(info, now, self.policy.touch_granularity):
             touched = lifecycle.touch(info, now)
             try:
@@ -136,36 +318,86 @@ class SessionService:
                 # someone changed the session meanwhile; their write refreshed the
                 # access time, and this reader's view is still a committed revision
                 pass
+        self._audit("restore", client_id=info.client_id, session_id=session_id)
         return Restored(info=info, snapshot=snap)
 
-    def info(self, session_id: str, *, client_id: str | None = None) -> SessionInfo:
+    def _rotate_id(self, snap: Snapshot, now: float) -> Restored:
+        old = snap.session()
+        new = attrs.evolve(
+            lifecycle.touch(old, now), session_id=new_session_id(), token_generation=0
+        )
+        # the new record exists before the old one goes: a crash never loses the session
+        self.store.create(new)
+        try:
+            self.store.save(lifecycle.close(old, now), expected_revision=old.revision)
+        except ConflictError:
+            self.store.delete(new.session_id)
+            raise
+        self.store.delete(old.session_id)
+        self._audit(
+            "restore",
+            client_id=old.client_id,
+            session_id=new.session_id,
+            reason="session id rotated",
+        )
+        return Restored(
+            info=new.info,
+            snapshot=self.store.load_snapshot(new.session_id),
+            resume_token=self.authority.issue(new.client_id, new.session_id),
+            rotated=True,
+        )
+
+    def rotate_token(
+        self, session_id: str, creds: Credentials = ANONYMOUS
+    ) -> tuple[SessionInfo, str]:
+        """Revoke every earlier resume token of the session and issue a new one."""
+        for _ in range(self.policy.max_update_retries):
+            snap = self._load_snapshot(session_id, creds)
+            now = self._now()
+            self._require_active(snap.info, now)
+            info = attrs.evolve(snap.info, token_generation=snap.info.token_generation + 1)
+            try:
+                self.store.save_info(snap, info, expected_revision=snap.info.revision)
+            except ConflictError:
+                continue
+            self._audit("token_rotation", client_id=info.client_id, session_id=session_id)
+            token = self.authority.issue(
+                info.client_id, session_id, generation=info.token_generation
+            )
+            return info, token
+        raise ConflictError("Session is being changed too often; retry")
+
+    def info(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """The session's record (also for expired or closed sessions not yet swept)."""
         check_session_id(session_id)
-        info = self.store.load_info(session_id)
-        self._check_owner(info, client_id)
+        try:
+            info = self.store.load_info(session_id)
+        except SessionNotFound:
+            if creds.identified or self.policy.strict:
+                raise self._deny(session_id, creds, "unknown session") from None
+            raise
+        self._authorize(info, creds)
         return info
 
-    def load(self, session_id: str, *, client_id: str | None = None) -> Session:
+    def load(self, session_id: str, creds: Credentials = ANONYMOUS) -> Session:
         """The full, active session (for read-only commands that need the state)."""
-        check_session_id(session_id)
-        session = self.store.load(session_id)
-        self._check_owner(session, client_id)
+        session = self._load(session_id, creds)
         self._require_active(session, self._now())
         return session
 
     def changes_since(
-        self, session_id: str, since_revision: int, *, client_id: str | None = None
+        self, session_id: str, since_revision: int, creds: Credentials = ANONYMOUS
     ) -> tuple[Session, list[dict[str, Any]] | None]:
         """The session and the operations since *since_revision* (None: not known any more)."""
-        session = self.load(session_id, client_id=client_id)
+        session = self.load(session_id, creds)
         return session, changes_since(session.state, session.revision, since_revision)
 
     def update(
         self,
         session_id: str,
         update: StateUpdate,
+        creds: Credentials = ANONYMOUS,
         *,
-        client_id: str | None = None,
         base_revision: int | None = None,
     ) -> Session:
         """Apply *update* to the current state and commit it with compare-and-swap.
@@ -176,10 +408,8 @@ class SessionService:
         the same data (see :func:`stuisession.updates.check_rebase`); otherwise
         :class:`ConflictError` carries the current revision.
         """
-        check_session_id(session_id)
         for _ in range(self.policy.max_update_retries):
-            current = self.store.load(session_id)
-            self._check_owner(current, client_id)
+            current = self._load(session_id, creds)
             now = self._now()
             self._require_active(current, now)
             if base_revision is not None:
@@ -193,15 +423,14 @@ class SessionService:
                 )
             except ConflictError:
                 continue
+            self._audit("update", client_id=current.client_id, session_id=session_id)
             return new
         raise ConflictError("Session is being changed too often; retry the update")
 
-    def close(self, session_id: str, *, client_id: str | None = None) -> SessionInfo:
+    def close(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """Close a session (idempotent: closing a closed session succeeds)."""
-        check_session_id(session_id)
         for _ in range(self.policy.max_update_retries):
-            current = self.store.load(session_id)
-            self._check_owner(current, client_id)
+            current = self._load(session_id, creds)
             if current.status is SessionStatus.CLOSED:
                 return current.info
             closed = lifecycle.close(current, self._now())
@@ -209,12 +438,24 @@ class SessionService:
                 self.store.save(closed, expected_revision=current.revision)
             except ConflictError:
                 continue
+            self._audit("close", client_id=current.client_id, session_id=session_id)
             return closed.info
         raise ConflictError("Session is being changed too often; retry closing it")
 
-    def list_client(self, client_id: str) -> list[SessionInfo]:
-        """The client's sessions that are not closed (expired ones until swept)."""
+    def list_client(self, client_id: str, creds: Credentials = ANONYMOUS) -> list[SessionInfo]:
+        """The client's sessions that are not closed (expired ones until swept).
+
+        In strict mode the caller must present the client token issued at create.
+        """
         check_client_id(client_id)
+        if self.policy.strict:
+            try:
+                self.authority.verify(creds.client_token, client_id, CLIENT_SCOPE)
+            except AccessDenied:
+                self._audit(
+                    "deny", client_id=client_id, outcome="denied", reason="invalid client token"
+                )
+                raise
         return [
             i for i in self.store.list_by_client(client_id) if i.status is not SessionStatus.CLOSED
         ]
@@ -228,28 +469,86 @@ class SessionService:
             active_clients=stats.clients,
         )
 
-    def iter_sweepable(self) -> Iterator[SessionInfo]:
-        """Records of sessions the sweep would delete now."""
-        now = self._now()
+    # -- expiry sweep -----------------------------------------------------------------
+    def _sweepable(self) -> Iterator[SessionInfo]:
         for info in self.store.iter_infos():
+            now = self._now()
             if not info.is_active(now) or self._expired_by_retention(info, now):
                 yield info
 
-    def cleanup_expired(self) -> int:
-        """Delete expired, closed and past-retention sessions; return how many."""
-        removed = 0
-        for info in self.iter_sweepable():
-            try:
-                if self.store.delete(info.session_id):
+    def sweep_step(self, max_items: int | None = None) -> SweepResult:
+        """One bounded step of the expiry sweep: examine at most *max_items* sessions.
+
+        The sweep keeps a cursor between steps, so memory stays flat however
+        large the store is, and a caller can interleave steps with live
+        requests. Deletions are audited (event ``expire``).
+        """
+        limit = max_items or self.policy.sweep_batch
+        scanned = removed = 0
+        with self._sweep_lock:
+            if self._sweep_cursor is None:
+                self._sweep_cursor = self._iter_all_infos()
+            cursor = self._sweep_cursor
+            for info in cursor:
+                scanned += 1
+                if info is not _SKIP and self._sweep_one(info):
                     removed += 1
-            except (
-                SessionNotFound,
-                IntegrityError,
-            ):  # pragma: no cover - raced with another sweeper
-                continue
+                if scanned >= limit:
+                    return SweepResult(scanned=scanned, removed=removed, done=False)
+            self._sweep_cursor = None
+        return SweepResult(scanned=scanned, removed=removed, done=True)
+
+    def _iter_all_infos(self) -> Iterator[SessionInfo]:
+        # yields every examined session so a step is bounded by sessions read,
+        # not by sessions removed
+        for sid in self.store._ids():
+            try:
+                yield self.store.load_info(sid)
+            except (SessionNotFound, IntegrityError):
+                yield _SKIP
+
+    def _sweep_one(self, info: SessionInfo) -> bool:
+        now = self._now()
+        if info.is_active(now) and not self._expired_by_retention(info, now):
+            return False
+        try:
+            removed = self.store.delete(info.session_id)
+        except StuiSessionError:  # pragma: no cover - raced with another sweeper
+            return False
+        if removed:
+            reason = "closed" if info.status is SessionStatus.CLOSED else "expired"
+            self._audit(
+                "expire", client_id=info.client_id, session_id=info.session_id, reason=reason
+            )
+        return removed
+
+    def iter_sweepable(self) -> Iterator[SessionInfo]:
+        """Records of sessions the sweep would delete now (for dry runs)."""
+        return self._sweepable()
+
+    def cleanup_expired(self) -> int:
+        """A full sweep: delete expired, closed and past-retention sessions; return how many."""
+        removed = 0
+        while True:
+            step = self.sweep_step()
+            removed += step.removed
+            if step.done:
+                break
         if removed:
             log.info("swept %d expired or closed sessions", removed)
         return removed
 
 
-__all__ = ["Restored", "SessionService", "Statistics"]
+#: placeholder for an unreadable record in the sweep cursor
+_SKIP: Any = object()
+
+__all__ = [
+    "ANONYMOUS",
+    "CLIENT_SCOPE",
+    "Created",
+    "Credentials",
+    "Restored",
+    "SessionService",
+    "Statistics",
+    "SweepResult",
+]
