@@ -30,7 +30,13 @@ from stuisession.errors import (
 )
 from stuisession.keys import ENV_KEYRING, Keyring
 from stuisession.model import Session, SessionState
-from stuisession.stores.redis import DEFAULT_TTL, RedisStore, client_hash, redact_url
+from stuisession.stores.redis import (
+    DEFAULT_TTL,
+    RedisStore,
+    _describe_client,
+    client_hash,
+    redact_url,
+)
 
 NOW = 1_700_000_000.0
 CAS = ["lua", "watch"]
@@ -383,6 +389,14 @@ def test_redact_url() -> None:
     assert "s3cret" not in redact_url("redis://u:s3cret@[::1")
 
 
+def test_supplied_clients_are_described_without_password() -> None:
+    tcp = redis.Redis.from_url("redis://u:pw-Secret@127.0.0.1:1/3")
+    sock = redis.Redis(unix_socket_path="/run/redis.sock", password="pw-Secret")
+    assert _describe_client(tcp) == ("redis://127.0.0.1:1/3", ["pw-Secret"])
+    assert _describe_client(sock) == ("unix:///run/redis.sock?db=0", ["pw-Secret"])
+    assert _describe_client(object()) == ("<object>", [])
+
+
 @pytest.mark.parametrize("prefix", ["", "a{b}", "with space", "x" * 129, "ü", "a\nb"])
 def test_invalid_prefix(redis_url: str, keyring: Keyring, prefix: str) -> None:
     with pytest.raises(ConfigurationError):
@@ -452,7 +466,7 @@ def test_supplied_client(redis_url: str, redis_prefix: str, keyring: Keyring) ->
         s = new()
         store.create(s)
         assert store.client is client
-        assert "password" not in repr(store)
+        assert repr(store).startswith(f"RedisStore('{redis_url}'")
         store.close()
         assert client.ping()  # not ours to close
         assert (

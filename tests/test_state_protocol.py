@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from heavy_session import heavy_changes
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from state_strategies import json_objects, session_states
 
+from heavy_session import heavy_changes
+from state_strategies import json_objects, session_states
 from stuisession import FileStore, MemoryStore, ProtocolHandler, lifecycle
 from stuisession.codec import SnapshotCodec
 from stuisession.keys import Keyring

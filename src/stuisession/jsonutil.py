@@ -45,6 +45,16 @@ def dumps(value: Any) -> bytes:
     return _encoder.encode(value).encode("utf-8")
 
 
+_sorted_encoder = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
+)
+
+
+def dumps_sorted(value: Any) -> bytes:
+    """Compact UTF-8 JSON with sorted keys (a canonical form for digests)."""
+    return _sorted_encoder.encode(value).encode("utf-8")
+
+
 def loads(data: bytes | str) -> Any:
     """Strict JSON decode: NaN/Infinity literals are refused."""
     return json.loads(data, parse_constant=_refuse_constant)

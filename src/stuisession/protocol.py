@@ -22,6 +22,7 @@ import attrs
 from . import jsonutil
 from .audit import AuditLog
 from .clock import Clock, isoformat
+from .dedup import ReplyCache, request_key
 from .errors import (
     InvalidRequest,
     MessageTooLarge,
@@ -39,6 +40,18 @@ from .stores.base import SessionStore
 from .updates import PATCHABLE, StateUpdate, structure_evaluations
 
 log = logging.getLogger("stuisession.protocol")
+
+#: commands whose repeat must not be applied twice (see :mod:`stuisession.dedup`)
+MUTATING = frozenset(
+    {
+        "create_session",
+        "update_session_state",
+        "close_session",
+        "save_context",
+        "clear_context",
+        "rotate_credentials",
+    }
+)
 
 Params = Mapping[str, Any]
 Result = dict[str, Any] | RawJSON
@@ -185,6 +198,7 @@ class ProtocolHandler:
         clock: Clock | None = None,
         audit: AuditLog | None = None,
         service: SessionService | None = None,
+        dedup_ttl: float | None = 300.0,
     ) -> None:
         if service is None:
             if store is None:
@@ -193,6 +207,8 @@ class ProtocolHandler:
                 store = MemoryStore()
             service = SessionService(store, policy, clock=clock, audit=audit)
         self.service = service
+        #: remembers replies of state-changing requests (None: off)
+        self.replies = None if dedup_ttl is None else ReplyCache(ttl=dedup_ttl)
         self._commands: dict[str, Callable[[Params], Result]] = {
             "create_session": self._create_session,
             "restore_session": self._restore_session,
@@ -260,18 +276,37 @@ class ProtocolHandler:
                 raise UnknownCommand(
                     f"Unknown command: {request.command[:64]}", command=request.command[:64]
                 )
+            if self.replies is not None and (
+                request.command in MUTATING
+                or (request.command == "restore_session" and self.policy.rotates_on_restore)
+            ):
+                key = request_key(request.id, request.command, request.parameters)
+                cost = (
+                    len(message)
+                    if isinstance(message, (bytes, bytearray, memoryview, str))
+                    else 1024
+                )
+                return self.replies.run(
+                    key, lambda: self._dispatch(request, command), cost=2 * cost + 512
+                )
+        except StuiSessionError as exc:
+            return self._error_reply(request_id, exc)
+        return self._dispatch(request, command)
+
+    def _dispatch(self, request: Request, command: Callable[[Params], Result]) -> dict[str, Any]:
+        try:
             self.service.check_rate(_rate_key(request.parameters))
             result = command(request.parameters)
         except StuiSessionError as exc:
-            return self._error_reply(request_id, exc)
+            return self._error_reply(request.id, exc)
         except Exception:
             # a bug must not reach the transport; log the type only, never contents
             log.exception("internal error while handling a request")
             return self._error_reply(
-                request_id, StuiSessionError("Internal error while handling the request")
+                request.id, StuiSessionError("Internal error while handling the request")
             )
         return {
-            "id": request_id,
+            "id": request.id,
             "status": "success",
             "result": result,
             "timestamp": isoformat(self.service.clock.now()),

@@ -181,6 +181,18 @@ def _secrets_in(url: str) -> list[str]:
     return found
 
 
+def _describe_client(client: Any) -> tuple[str, list[str]]:
+    """(a password-free description of a supplied client, its secrets to scrub)."""
+    try:
+        kw = client.get_connection_kwargs()
+    except Exception:  # e.g. RedisCluster, which has no single connection
+        return f"<{type(client).__name__}>", []
+    secrets = [kw["password"]] if kw.get("password") else []
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}", secrets
+    return f"redis://{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}", secrets
+
+
 def _batches(items: Sequence[str], size: int = _BATCH) -> Iterator[Sequence[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -259,9 +271,10 @@ class RedisStore(SessionStore):
             codec = SnapshotCodec(ring, encrypt=encrypt)
         super().__init__(codec)
         self._redis = _import_redis()
-        self._url = url
-        self._display_url = redact_url(url) if client is None else repr(client)
-        self._secrets = _secrets_in(url) if client is None else []
+        if client is None:
+            self._display_url, self._secrets = redact_url(url), _secrets_in(url)
+        else:
+            self._display_url, self._secrets = _describe_client(client)
         self._prefix = prefix
         self._ttl = ttl
         self._cas = cas

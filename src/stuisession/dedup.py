@@ -1,0 +1,105 @@
+"""Replies remembered by request, so a resent request is not applied twice.
+
+Upstream STUI clients use ZeroMQ REQ sockets: after a receive timeout they
+open a new socket and send the same request again. If the first copy did
+reach the server, applying the second would apply the change twice. The
+handler therefore remembers the reply of every state-changing request, keyed
+by its ``id`` together with a digest of its command and parameters, for a
+while; a repeat gets the remembered reply. A repeat that arrives while the
+first copy is still being handled waits for it.
+
+A different request that reuses an ``id`` has a different digest and is
+handled normally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from . import jsonutil
+
+
+def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
+    """A digest identifying one request (its id, command and parameters)."""
+    h = hashlib.sha256()
+    h.update(repr(request_id).encode())
+    h.update(b"\x00" + command.encode() + b"\x00")
+    try:
+        h.update(jsonutil.dumps_sorted(parameters))
+    except (TypeError, ValueError):
+        h.update(repr(parameters).encode())
+    return h.digest()
+
+
+class _Entry:
+    __slots__ = ("cost", "done", "expires", "reply")
+
+    def __init__(self, cost: int) -> None:
+        self.done = threading.Event()
+        self.reply: dict[str, Any] | None = None
+        self.expires = 0.0
+        self.cost = cost
+
+
+class ReplyCache:
+    """Bounded (entries and estimated bytes), time-limited memory of replies. Thread-safe."""
+
+    def __init__(
+        self, ttl: float = 300.0, max_entries: int = 4096, max_bytes: int = 64 * 1024 * 1024
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def run(
+        self,
+        key: bytes,
+        compute: Callable[[], dict[str, Any]],
+        *,
+        cost: int = 1024,
+        wait: float = 30.0,
+    ) -> dict[str, Any]:
+        """The remembered reply for *key*, or compute, remember and return it.
+
+        *cost* estimates the reply's size in bytes (the request's size is a good
+        proxy: replies echo what was sent).
+        """
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.done.is_set() and entry.expires < now:
+                self._bytes -= self._entries.pop(key).cost
+                entry = None
+            owner = entry is None
+            if entry is None:
+                entry = self._entries[key] = _Entry(cost)
+                self._bytes += cost
+                while len(self._entries) > 1 and (
+                    len(self._entries) > self.max_entries or self._bytes > self.max_bytes
+                ):
+                    self._bytes -= self._entries.popitem(last=False)[1].cost
+            else:
+                self._entries.move_to_end(key)
+        if not owner:
+            if entry.done.wait(wait) and entry.reply is not None:
+                self.hits += 1
+                return entry.reply
+            return compute()  # the first copy is stuck or failed: handle this one
+        try:
+            entry.reply = compute()
+            return entry.reply
+        finally:
+            entry.expires = time.monotonic() + self.ttl
+            entry.done.set()
