@@ -1,0 +1,137 @@
+"""Which clients are connected: the bridge's connection table.
+
+ZeroMQ has no connection events on a ROUTER socket that a REQ client would
+trigger reliably, so the rule is activity-based and documented in
+``docs/bridge.md``:
+
+- a connection is identified by its ZeroMQ routing identity;
+- it is *connected* from its first request, and stays connected while it
+  sends requests at least every ``idle_timeout`` seconds (default 60 s; a
+  ``ping`` or any command counts as a heartbeat);
+- after ``idle_timeout`` without a request it is *disconnected*, and the
+  sessions it used become *detached*: nothing is lost, and any client that
+  restores them (with the right credentials) re-attaches them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import attrs
+
+
+@attrs.define
+class Connection:
+    """One client connection as the bridge sees it."""
+
+    identity: str
+    connected_since: float
+    last_seen: float
+    client_id: str | None = None
+    requests: int = 0
+    sessions: set[str] = attrs.field(factory=set)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """A JSON-ready summary (session ids are not included: they are bearer secrets)."""
+        return {
+            "identity": self.identity,
+            "client_id": self.client_id,
+            "connected_since": self.connected_since,
+            "last_seen": self.last_seen,
+            "idle_seconds": round(max(0.0, now - self.last_seen), 3),
+            "requests": self.requests,
+            "sessions": len(self.sessions),
+        }
+
+
+class ConnectionTracker:
+    """Thread-safe table of connections and the sessions they are attached to."""
+
+    def __init__(self, idle_timeout: float = 60.0, max_connections: int = 100_000) -> None:
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._conns: dict[str, Connection] = {}
+        self._lock = threading.Lock()
+        self.disconnects = 0
+
+    def seen(
+        self,
+        identity: str,
+        now: float,
+        *,
+        client_id: str | None = None,
+        session_id: str | None = None,
+    ) -> Connection:
+        """Record a request from *identity* (and the client and session it named)."""
+        with self._lock:
+            conn = self._conns.get(identity)
+            if conn is None:
+                if len(self._conns) >= self.max_connections:
+                    self._evict_oldest()
+                conn = self._conns[identity] = Connection(identity, now, now)
+            conn.last_seen = max(conn.last_seen, now)
+            conn.requests += 1
+            if client_id is not None:
+                conn.client_id = client_id
+            if session_id is not None:
+                self._attach(conn, session_id)
+            return conn
+
+    def attach(self, identity: str, session_id: str) -> None:
+        """Mark *session_id* as used by *identity* (e.g. from a create reply)."""
+        with self._lock:
+            conn = self._conns.get(identity)
+            if conn is not None:
+                self._attach(conn, session_id)
+
+    def _attach(self, conn: Connection, session_id: str) -> None:
+        # a session is attached to the connection that used it last
+        for other in self._conns.values():
+            if other is not conn:
+                other.sessions.discard(session_id)
+        conn.sessions.add(session_id)
+
+    def detach(self, session_id: str) -> None:
+        """Forget *session_id* everywhere (closed or rotated)."""
+        with self._lock:
+            for conn in self._conns.values():
+                conn.sessions.discard(session_id)
+
+    def _evict_oldest(self) -> None:
+        oldest = min(self._conns.values(), key=lambda c: c.last_seen)
+        del self._conns[oldest.identity]
+        self.disconnects += 1
+
+    def sweep(self, now: float) -> list[Connection]:
+        """Drop connections idle longer than ``idle_timeout``; return them (their
+        sessions are now detached)."""
+        with self._lock:
+            gone = [c for c in self._conns.values() if now - c.last_seen > self.idle_timeout]
+            for c in gone:
+                del self._conns[c.identity]
+            self.disconnects += len(gone)
+            return gone
+
+    def session_of(self, identity: str) -> str | None:
+        """The one session *identity* is attached to, if exactly one."""
+        with self._lock:
+            conn = self._conns.get(identity)
+            if conn is not None and len(conn.sessions) == 1:
+                return next(iter(conn.sessions))
+            return None
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """Every live connection, oldest first."""
+        with self._lock:
+            conns = sorted(self._conns.values(), key=lambda c: c.connected_since)
+            return [c.as_dict(now) for c in conns]
+
+    def attached_sessions(self) -> int:
+        """Sessions attached to a live connection."""
+        with self._lock:
+            return len(set().union(*(c.sessions for c in self._conns.values())))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._conns)

@@ -1,0 +1,104 @@
+"""A bounded worker pool that keeps the order of each key's jobs.
+
+Jobs with the same key (one session) run one after another in arrival order,
+as nREPL applies the messages of one session; jobs with different keys run in
+parallel on up to ``workers`` threads. At most ``max_pending`` jobs wait or
+run at once; :meth:`KeyedExecutor.submit` refuses more with
+:class:`~stuisession.errors.Busy` (back-pressure instead of unbounded queues).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Hashable
+
+from .errors import Busy
+
+Job = Callable[[], None]
+
+
+class KeyedExecutor:
+    """Thread pool with per-key FIFO ordering and a bound on queued work."""
+
+    def __init__(self, workers: int = 8, max_pending: int = 1024) -> None:
+        if workers < 1 or max_pending < 1:
+            raise ValueError("workers and max_pending must be positive")
+        self.workers = workers
+        self.max_pending = max_pending
+        self._lock = threading.Condition()
+        self._ready: collections.deque[Hashable] = (
+            collections.deque()
+        )  # keys with work, not running
+        self._queues: dict[Hashable, collections.deque[Job]] = {}
+        self._running: set[Hashable] = set()
+        self._pending = 0
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"stuisession-worker-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        with self._lock:
+            return self._pending
+
+    def submit(self, key: Hashable, job: Job) -> None:
+        """Queue *job* behind the earlier jobs of *key*; :class:`Busy` when saturated."""
+        with self._lock:
+            if self._stopping:
+                raise Busy("The server is shutting down")
+            if self._pending >= self.max_pending:
+                raise Busy("The server is busy; retry shortly", pending=self._pending)
+            self._pending += 1
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = collections.deque()
+                if key not in self._running:
+                    self._ready.append(key)
+            queue.append(job)
+            self._lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._ready and not self._stopping:
+                    self._lock.wait()
+                if not self._ready:
+                    return  # stopping and nothing left to do
+                key = self._ready.popleft()
+                queue = self._queues[key]
+                job = queue.popleft()
+                if not queue:
+                    del self._queues[key]
+                self._running.add(key)
+            try:
+                job()
+            except Exception:  # pragma: no cover - jobs handle their own errors
+                import logging
+
+                logging.getLogger("stuisession.dispatch").exception("a job failed")
+            finally:
+                with self._lock:
+                    self._running.discard(key)
+                    self._pending -= 1
+                    if key in self._queues:
+                        self._ready.append(key)
+                    self._lock.notify_all()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no job is queued or running; True if that happened in time."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._pending == 0, timeout)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Refuse new jobs, finish the queued ones, stop the threads."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        for t in self._threads:
+            t.join(timeout)
