@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -18,8 +19,12 @@ from stuisession.ids import new_session_id
 SECRET = "correct horse battery staple 7f3a9c"
 
 
+_ids = itertools.count()
+
+
 def call(h: ProtocolHandler, command: str, **params: Any) -> dict[str, Any]:
-    return h.handle({"id": "x", "command": command, "parameters": params})
+    # every request has its own id, as upstream clients send them
+    return h.handle({"id": f"r{next(_ids)}", "command": command, "parameters": params})
 
 
 def ok(h: ProtocolHandler, command: str, **params: Any) -> dict[str, Any]:
@@ -69,8 +74,8 @@ def test_cross_client_access_is_denied_like_a_missing_session(compat: ProtocolHa
         absent = call(compat, command, session_id=missing, client_id="mallory", **extra)
         denied(foreign)
         denied(absent)
-        assert {k: v for k, v in foreign.items() if k != "timestamp"} == {
-            k: v for k, v in absent.items() if k != "timestamp"
+        assert {k: v for k, v in foreign.items() if k not in ("timestamp", "id")} == {
+            k: v for k, v in absent.items() if k not in ("timestamp", "id")
         }
     assert state_of(compat, alice) == before
     # listing names the client: mallory sees only mallory's sessions
