@@ -467,7 +467,7 @@ def test_one_log_line_per_request_without_contents(
     text = "\n".join(lines)
     assert "command=create_session id=log-c status=success error_type=-" in text
     assert "command=update_session_state id=log-u status=success" in text
-    assert "status=error error_type=UnknownCommand" in text
+    assert "status=error error_type=UpstreamError" in text  # no backend configured
     assert "\nINJECTED" not in text
     for secret in (sid, "hunter2", "secretive", "password"):
         assert secret not in text

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -141,6 +142,49 @@ def _add_serve(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
         metavar="ENDPOINT",
         help=f"ZeroMQ endpoint to bind (default {DEFAULT_BIND}; never a public interface)",
     )
+    p.add_argument(
+        "--upstream",
+        metavar="ENDPOINT",
+        help="the Pharo STUIServer (REP) to forward non-session requests to, "
+        "e.g. tcp://127.0.0.1:5556 (default: none, such requests get a 'no backend' error)",
+    )
+    p.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds to wait for the Pharo image before an UpstreamError (default 30)",
+    )
+    p.add_argument("--workers", type=_positive_int, default=8, help="worker threads (default 8)")
+    p.add_argument(
+        "--max-pending",
+        type=_positive_int,
+        default=1024,
+        help="queued requests before new ones get a Busy error (default 1024)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a connection silent this long counts as gone (default 60)",
+    )
+    p.add_argument(
+        "--audit",
+        metavar="PATH",
+        help="audit log file (default: audit.log in a file store; 'off' disables it)",
+    )
+    p.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="keyring file for a Redis store (default $STUISESSION_KEYRING, else "
+        "./.stuisession/keyring.json, created 0600); every bridge sharing the store needs it",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="strict mode: requests must carry the resume token issued with the session",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -189,11 +233,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .protocol import ProtocolHandler
 
     policy = _policy(args)
-    store = _open_store(args.store)
+    if args.strict:
+        import attrs
+
+        policy = attrs.evolve(policy, auth_mode="strict")
+    store = _serve_store(args.store, args.key_file)
+    upstream = None
     try:
-        handler = ProtocolHandler(store, policy)
+        audit = _serve_audit(args, store)
+        handler = ProtocolHandler(store, policy, audit=audit)
+        if args.upstream:
+            from .forwarding import ZmqUpstream
+
+            upstream = ZmqUpstream(args.upstream, timeout=args.upstream_timeout)
         try:
-            server = BridgeServer(handler, args.bind)
+            server = BridgeServer(
+                handler,
+                args.bind,
+                upstream=upstream,
+                workers=args.workers,
+                max_pending=args.max_pending,
+                idle_timeout=args.idle_timeout,
+            )
         except zmq.ZMQError as exc:
             if exc.errno in (errno.EINVAL, errno.EPROTONOSUPPORT):
                 raise UsageError(f"invalid --bind endpoint {args.bind!r}: {exc}") from None
@@ -208,8 +269,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 server.serve_forever()
         log.info("bridge stopped")
     finally:
+        if upstream is not None:
+            upstream.close()
         store.close()
     return EXIT_OK
+
+
+def _serve_store(spec: str, key_file: str | None = None) -> Any:
+    """A store from ``--store``: a directory, ``file:PATH``, or ``redis://``/``rediss://`` URL."""
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from .keys import Keyring
+        from .stores.redis import RedisStore
+
+        ring = None if key_file else Keyring.from_env()
+        if ring is None:
+            ring = Keyring.load_or_create(key_file or str(Path(DEFAULT_STORE) / "keyring.json"))
+        return RedisStore.from_url(spec, keyring=ring)
+    return _open_store(spec.removeprefix("file:"))
+
+
+def _serve_audit(args: argparse.Namespace, store: Any) -> Any:
+    from .audit import AuditLog
+    from .stores.file import FileStore
+
+    if args.audit == "off":
+        return None
+    if args.audit:
+        return AuditLog(args.audit, keyring=store.codec.keyring)
+    if isinstance(store, FileStore):
+        return AuditLog(Path(store.root) / "audit.log", keyring=store.codec.keyring)
+    return None
 
 
 class _SignalStop:

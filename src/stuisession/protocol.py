@@ -207,6 +207,8 @@ class ProtocolHandler:
                 store = MemoryStore()
             service = SessionService(store, policy, clock=clock, audit=audit)
         self.service = service
+        #: extra fields for ``get_session_statistics`` (the bridge adds connections)
+        self.extra_statistics: Callable[[], dict[str, Any]] | None = None
         #: remembers replies of state-changing requests (None: off)
         self.replies = None if dedup_ttl is None else ReplyCache(ttl=dedup_ttl)
         self._commands: dict[str, Callable[[Params], Result]] = {
@@ -535,6 +537,7 @@ class ProtocolHandler:
             "default_timeout": policy.session_timeout,
             "cleanup_interval": policy.cleanup_interval,
             "active_sessions": stats.active_sessions,
+            **(self.extra_statistics() if self.extra_statistics is not None else {}),
         }
 
     # -- tool-scoped contexts ------------------------------------------------------------

@@ -19,14 +19,25 @@ expect. A message with no body frame after the delimiter, more than one, or
 an absurd number of frames is answered with an ``InvalidRequest`` error reply
 (``id`` null) instead of being handed to the handler.
 
-Requests are handled one at a time in the serving thread; the expiry sweep
-runs in the same thread between requests, every ``sweep_interval`` seconds.
+Concurrency. The serving thread only moves frames. Each request is handled
+on a bounded worker pool (:class:`~stuisession.dispatch.KeyedExecutor`):
+requests naming the same session run in arrival order, others in parallel;
+when ``max_pending`` requests are queued, further ones get a ``Busy`` error at
+once. The expiry sweep runs on the pool too, so it never stalls requests.
+
+Bridge duties (``docs/bridge.md``): connections are tracked by routing
+identity (:mod:`stuisession.connections`); requests that are not session
+commands are forwarded to the Pharo image when an ``upstream`` is given
+(:mod:`stuisession.forwarding`), else answered with an ``UpstreamError``
+("no backend"); capture hooks turn forwarded evaluations into session state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import re
 import threading
 import time
@@ -36,6 +47,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import jsonutil
 from .clock import isoformat
+from .connections import ConnectionTracker
+from .dispatch import KeyedExecutor
+from .errors import Busy, StuiSessionError, UpstreamError
+from .forwarding import CaptureHooks, Upstream, capture_evaluation
+from .ids import is_valid_session_id
+from .service import Credentials
 
 if TYPE_CHECKING:
     from .protocol import ProtocolHandler
@@ -77,6 +94,13 @@ class BridgeServer:
     :param sweep_interval: seconds between expiry sweeps (default:
         ``handler.policy.cleanup_interval``).
     :param logger: where request lines go (default ``stuisession.server``).
+    :param upstream: the Pharo STUIServer to forward other requests to (None: "no backend").
+    :param workers: worker threads handling requests.
+    :param max_pending: requests queued or running before new ones get ``Busy``.
+    :param idle_timeout: seconds without a request after which a connection
+        counts as gone and its sessions as detached.
+    :param hooks: capture hooks for forwarded commands (default: the built-in
+        ``evaluate`` capture).
     """
 
     def __init__(
@@ -87,6 +111,11 @@ class BridgeServer:
         context: Any = None,
         sweep_interval: float | None = None,
         logger: logging.Logger | None = None,
+        upstream: Upstream | None = None,
+        workers: int = 8,
+        max_pending: int = 1024,
+        idle_timeout: float = 60.0,
+        hooks: CaptureHooks | None = None,
     ) -> None:
         zmq = _zmq()
         self._zmq = zmq
@@ -105,6 +134,24 @@ class BridgeServer:
         self._wake_endpoint = f"inproc://stuisession-bridge-wake-{id(self):x}-{time.monotonic_ns()}"
         self._socket: Any = None
         self._wake: Any = None
+        self._notify: Any = None
+        self.upstream = upstream
+        self.tracker = ConnectionTracker(idle_timeout)
+        if hooks is None:
+            hooks = CaptureHooks()
+            hooks.register("evaluate", capture_evaluation)
+        self.hooks = hooks
+        self.workers = workers
+        self.max_pending = max_pending
+        self._executor: KeyedExecutor | None = None
+        self._results: queue.SimpleQueue[tuple[list[bytes], bytes, Any, float, bytes]] = (
+            queue.SimpleQueue()
+        )
+        self._notify_lock = threading.Lock()
+        self._sweeping = threading.Event()
+        self.started_at = time.time()
+        self.requests_served = 0
+        handler.extra_statistics = self.bridge_statistics
         try:
             sock = self._socket = self._context.socket(zmq.ROUTER)
             # replies still queued at shutdown get a moment to leave, not forever
@@ -119,6 +166,10 @@ class BridgeServer:
             self._wake = self._context.socket(zmq.PULL)
             self._wake.setsockopt(zmq.LINGER, 0)
             self._wake.bind(self._wake_endpoint)
+            # workers nudge the serving thread through this (used under a lock)
+            self._notify = self._context.socket(zmq.PUSH)
+            self._notify.setsockopt(zmq.LINGER, 0)
+            self._notify.connect(self._wake_endpoint)
         except BaseException:
             self._close_sockets()
             if self._own_context:
@@ -134,6 +185,7 @@ class BridgeServer:
         if not self._idle.is_set():
             raise RuntimeError("serve_forever is already running")
         self._idle.clear()
+        self._executor = KeyedExecutor(self.workers, self.max_pending)
         try:
             poller = zmq.Poller()
             poller.register(self._socket, zmq.POLLIN)
@@ -145,6 +197,7 @@ class BridgeServer:
                 events = dict(poller.poll(int(wait * 1000)))
                 if self._wake in events:
                     self._drain(self._wake)
+                self._flush_results()
                 if self._socket in events:
                     for _ in range(BATCH):
                         if self._stopping.is_set():
@@ -155,8 +208,11 @@ class BridgeServer:
                             break
                         self._serve_one(frames)
                 if time.monotonic() >= next_sweep and not self._stopping.is_set():
-                    self._sweep()
+                    self._start_sweep()
                     next_sweep = time.monotonic() + self.sweep_interval
+            # graceful stop: finish what was accepted, send its replies, then return
+            self._executor.shutdown()
+            self._flush_results()
         finally:
             self._idle.set()
 
@@ -217,7 +273,7 @@ class BridgeServer:
 
     # -- internals ----------------------------------------------------------------------
     def _close_sockets(self) -> None:
-        for sock in (self._socket, self._wake):
+        for sock in (self._socket, self._wake, self._notify):
             if sock is not None:
                 sock.close()
 
@@ -230,22 +286,131 @@ class BridgeServer:
                 return
 
     def _serve_one(self, frames: list[bytes]) -> None:
+        """Route one message (serving thread): answer framing errors, queue the rest."""
         started = time.perf_counter()
         identity = frames[0]
         envelope, body, problem = split_frames(frames)
-        command: Any = None
         if problem is not None:
-            reply = error_reply(problem)
-        else:
-            assert body is not None
-            try:
+            self._send(envelope, error_reply(problem), None, started, identity)
+            return
+        assert body is not None
+        meta = peek_fields(body, ("id", "command", "parameters"))
+        command = meta.get("command")
+        raw_params = meta.get("parameters")
+        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
+        session_id = params.get("session_id")
+        session_id = session_id if is_valid_session_id(session_id) else None
+        client_id = params.get("client_id") if isinstance(params.get("client_id"), str) else None
+        ident = identity.hex()
+        self.tracker.seen(ident, time.time(), client_id=client_id, session_id=session_id)
+        # one session's requests run in order; a connection's requests without a
+        # (readable) session id run in order too
+        key: tuple[str, str] = ("s", session_id) if session_id else ("c", ident)
+        assert self._executor is not None
+        try:
+            self._executor.submit(
+                key, lambda: self._work(envelope, body, command, ident, started, identity)
+            )
+        except Busy as exc:
+            reply = _error_for(meta.get("id"), exc)
+            self._send(envelope, reply, command, started, identity)
+
+    def _work(  # noqa: PLR0917 - one job's context, built in one place
+        self,
+        envelope: list[bytes],
+        body: bytes,
+        command: Any,
+        ident: str,
+        started: float,
+        identity: bytes,
+    ) -> None:
+        """Handle one request (worker thread) and queue its reply for the serving thread."""
+        try:
+            if isinstance(command, str) and command in self.handler.commands:
                 reply = self.handler.handle_wire(body)
+                if command == "create_session":
+                    created = peek_fields(reply, ("status", "result"))
+                    result = created.get("result")
+                    if created.get("status") == "success" and isinstance(result, dict):
+                        self.tracker.attach(ident, str(result.get("session_id")))
+            else:
+                reply = self._forward(body, command, ident)
+        except Exception:
+            # handle_wire promises not to raise; a wrapped or buggy handler must
+            # still not take the server down
+            self.log.exception("handler raised; answering with an internal error")
+            reply = error_reply("Internal error while handling the request", "Error")
+        self._results.put((envelope, reply, command, started, identity))
+        # a lost nudge only delays the reply until the next poll timeout
+        with self._notify_lock, contextlib.suppress(self._zmq.ZMQError):
+            self._notify.send(b"r", self._zmq.NOBLOCK)
+
+    def _forward(self, body: bytes, command: Any, ident: str) -> bytes:
+        """Send a non-session request to the Pharo image (or say there is none)."""
+        try:
+            doc = jsonutil.loads(body)
+        except (ValueError, RecursionError):
+            return self.handler.handle_wire(body)  # the handler words the JSON error
+        if not isinstance(doc, dict):
+            return self.handler.handle_wire(body)
+        if "command" in doc and not isinstance(command, str):
+            return self.handler.handle_wire(body)
+        request_id = doc.get("id")
+        if self.upstream is None:
+            return _error_for(
+                request_id,
+                UpstreamError(
+                    "No Pharo backend is configured for this bridge "
+                    "(start it with --upstream tcp://HOST:PORT)"
+                ),
+            )
+        params = doc.get("parameters")
+        session_id: str | None = None
+        if isinstance(params, dict):
+            session_id = (
+                params.get("session_id") if is_valid_session_id(params.get("session_id")) else None
+            )
+            if session_id is None:
+                session_id = self.tracker.session_of(ident)
+                if session_id is not None:
+                    doc["parameters"] = {**params, "session_id": session_id}
+        try:
+            reply = self.upstream.forward(doc)
+        except StuiSessionError as exc:
+            return _error_for(request_id, exc)
+        if session_id is not None and isinstance(command, str):
+            self._capture(command, doc, reply, session_id)
+        return jsonutil.dumps(reply)
+
+    def _capture(
+        self, command: str, request: dict[str, Any], reply: dict[str, Any], session_id: str
+    ) -> None:
+        if reply.get("status", "success") != "success":
+            return
+        params = request.get("parameters") or {}
+        token = params.get("resume_token") if isinstance(params, dict) else None
+        creds = Credentials(resume_token=token if isinstance(token, str) else None)
+        for hook in self.hooks.for_command(command):
+            try:
+                update = hook(request, reply)
+                if update is not None:
+                    self.handler.service.update(session_id, update, creds)
             except Exception:
-                # handle_wire promises not to raise; a wrapped or buggy handler must
-                # still not take the server down
-                self.log.exception("handler raised; answering with an internal error")
-                reply = error_reply("Internal error while handling the request", "Error")
-            command = peek_fields(body, ("command",)).get("command")
+                # capture is best effort: the client still gets the image's reply
+                self.log.warning("capture hook for %s failed", command, exc_info=True)
+
+    def _flush_results(self) -> None:
+        while True:
+            try:
+                envelope, reply, command, started, identity = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._send(envelope, reply, command, started, identity)
+
+    def _send(
+        self, envelope: list[bytes], reply: bytes, command: Any, started: float, identity: bytes
+    ) -> None:
+        self.requests_served += 1
         try:
             self._socket.send_multipart([*envelope, reply], self._zmq.NOBLOCK)
         except self._zmq.ZMQError as exc:
@@ -263,6 +428,22 @@ class BridgeServer:
                 identity.hex(),
             )
 
+    def _start_sweep(self) -> None:
+        for conn in self.tracker.sweep(time.time()):
+            self.log.info(
+                "connection %s idle for %.0f s: disconnected, %d session(s) detached",
+                conn.identity,
+                time.time() - conn.last_seen,
+                len(conn.sessions),
+            )
+        if self._sweeping.is_set() or self._executor is None:
+            return  # the previous sweep is still running
+        self._sweeping.set()
+        try:
+            self._executor.submit(("sweep", ""), self._sweep)
+        except Busy:
+            self._sweeping.clear()
+
     def _sweep(self) -> None:
         started = time.perf_counter()
         try:
@@ -270,11 +451,39 @@ class BridgeServer:
         except Exception:
             self.log.exception("expiry sweep failed; retrying at the next interval")
             return
+        finally:
+            self._sweeping.clear()
         self.log.debug(
             "expiry sweep removed %s sessions in %.1f ms",
             removed,
             (time.perf_counter() - started) * 1000.0,
         )
+
+    def bridge_statistics(self) -> dict[str, Any]:
+        """What the bridge adds to ``get_session_statistics``."""
+        now = time.time()
+        return {
+            "connected_clients": len(self.tracker),
+            "attached_sessions": self.tracker.attached_sessions(),
+            "connections": self.tracker.snapshot(now),
+            "pending_requests": 0 if self._executor is None else self._executor.pending,
+            "requests_served": self.requests_served,
+            "uptime": int(now - self.started_at),
+            "upstream": self.upstream is not None,
+        }
+
+
+def _error_for(request_id: Any, exc: StuiSessionError) -> bytes:
+    reply: dict[str, Any] = {
+        "id": request_id if isinstance(request_id, (str, int)) else None,
+        "status": "error",
+        "error": exc.message,
+        "error_type": exc.error_type,
+        "timestamp": isoformat(time.time()),
+    }
+    if exc.details:
+        reply["details"] = exc.details
+    return jsonutil.dumps(reply)
 
 
 # -- framing --------------------------------------------------------------------------

@@ -250,6 +250,11 @@ class FileStore(SessionStore):
         except OSError as exc:
             raise _storage_error("create the lock files", exc) from exc
 
+    @property
+    def root(self) -> Path:
+        """The store's directory."""
+        return self._root
+
     # -- helpers ------------------------------------------------------------------------
     def _paths(self, session_id: str) -> _Paths:
         # the base class validates ids already; never build a path from one that isn't
