@@ -1,0 +1,90 @@
+"""Every file in examples/ runs (client.py is run against a live bridge in tests/e2e)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import socket
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import zmq
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_example_is_covered() -> None:
+    covered = {"embed", "stdio_bridge", "minimal_bridge", "workspace_inspector", "client"}
+    assert {p.stem for p in EXAMPLES.glob("*.py")} == covered
+
+
+def test_embed(tmp_path: Path, capsys) -> None:
+    restored = load("embed").main(str(tmp_path))
+    assert restored["session_state"] == {"workspace": "x := 3 + 4.", "inspector": "open"}
+    assert restored["object_registry"] == {"obj_7": "a SmallInteger(7)"}
+    assert json.loads(capsys.readouterr().out)["revision"] == 2
+
+
+def test_workspace_inspector(tmp_path: Path, capsys) -> None:
+    full = load("workspace_inspector").main(str(tmp_path))
+    assert full["stale_objects"] == ["obj_4"]
+    out = json.loads(capsys.readouterr().out)
+    assert out["selected_object"] == "obj_2"
+    assert any(op["path"][-1] == "n" for op in out["delta_since_held_revision"])
+
+
+def test_stdio_bridge(tmp_path: Path) -> None:
+    lines = io.StringIO(
+        '{"id":"1","command":"create_session","parameters":{"client_id":"me"}}\n'
+        "not json\n"
+        '{"id":"3","command":"get_session_statistics"}\n'
+    )
+    out = io.StringIO()
+    load("stdio_bridge").serve(lines, out, str(tmp_path))
+    replies = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [r["status"] for r in replies] == ["success", "error", "success"]
+    assert replies[1]["error_type"] == "InvalidRequest"
+    assert replies[2]["result"]["total_sessions"] == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_minimal_bridge(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    module = load("minimal_bridge")
+    thread = threading.Thread(target=module.serve, args=(endpoint, str(tmp_path), 2), daemon=True)
+    thread.start()
+    ctx = zmq.Context()
+    try:
+        req = ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.RCVTIMEO, 10_000)
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(endpoint)
+        req.send(b'{"id":"a","command":"create_session","parameters":{"client_id":"me"}}')
+        created = json.loads(req.recv())
+        sid = created["result"]["session_id"]
+        req.send(
+            json.dumps(
+                {"id": "b", "command": "restore_session", "parameters": {"session_id": sid}}
+            ).encode()
+        )
+        assert json.loads(req.recv())["result"]["session_id"] == sid
+        req.close()
+    finally:
+        ctx.term()
+    thread.join(10)
+    assert not thread.is_alive()
