@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from stuisession import FileStore, MemoryStore, ProtocolHandler
+from stuisession import FileStore, MemoryStore, Policy, ProtocolHandler
 
 
 def timed(fn: Callable[[], Any], n: int) -> list[float]:
@@ -58,6 +61,41 @@ def durable_new_file_floor(directory: Path, n: int) -> list[float]:
     return timed(write, n)
 
 
+def start_redis(root: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+    """A private redis-server on a free loopback port (None if redis-server is missing)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        print("redis-server not found: Redis rows skipped")
+        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=300)
@@ -70,8 +108,15 @@ def main() -> None:
         floor_dir.mkdir()
         floor = durable_new_file_floor(floor_dir, n)
         rows.append(("floor: durable new-file write", floor, None))
-        for name, store in (("memory", MemoryStore()), ("file", FileStore(root / "store"))):
-            h = ProtocolHandler(store)
+        stores = [("memory", MemoryStore()), ("file", FileStore(root / "store"))]
+        redis = start_redis(root)
+        if redis is not None:
+            from stuisession.keys import Keyring
+            from stuisession.stores.redis import RedisStore
+
+            stores.append(("redis", RedisStore(redis[1], keyring=Keyring.generate())))
+        for name, store in stores:
+            h = ProtocolHandler(store, Policy(rate_limit=None))
             ids: list[str] = []
             counter = iter(range(10**9))
 
@@ -95,20 +140,20 @@ def main() -> None:
                 )
             )
             sid = ids[0]
-            upd = json.dumps(
-                {
-                    "id": "u",
-                    "command": "update_session_state",
-                    "parameters": {"session_id": sid, "state_data": {"k": "v" * 100}},
-                }
-            ).encode()
-            rows.append(
-                (
-                    f"{name}: update_session_state (small)",
-                    timed(lambda: h.handle_wire(upd), n),
-                    None,
+
+            # every request needs its own id: repeats are answered from the reply cache
+            def update() -> None:
+                h.handle_wire(
+                    json.dumps(
+                        {
+                            "id": f"u{next(counter)}",
+                            "command": "update_session_state",
+                            "parameters": {"session_id": sid, "state_data": {"k": "v" * 100}},
+                        }
+                    ).encode()
                 )
-            )
+
+            rows.append((f"{name}: update_session_state (small)", timed(update, n), None))
             rst = json.dumps(
                 {"id": "r", "command": "restore_session", "parameters": {"session_id": sid}}
             ).encode()
@@ -116,6 +161,9 @@ def main() -> None:
                 (f"{name}: restore_session (small)", timed(lambda: h.handle_wire(rst), n), None)
             )
             store.close()
+        if redis is not None:
+            redis[0].terminate()
+            redis[0].wait(10)
     print(f"{'operation':45} {'p50 ms':>9} {'p99 ms':>9} {'p50/floor':>10}")
     for label, xs, ref in rows:
         ratio = f"{pct(xs, 0.5) / ref:10.2f}" if ref else " " * 10

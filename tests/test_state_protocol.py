@@ -342,6 +342,7 @@ def test_arbitrary_graphs_roundtrip_through_every_store(
         snap = store.load_snapshot(session.session_id)
         assert json.loads(snap.state_json()) == json.loads(json.dumps(to_wire(state)))
         store.delete(session.session_id)
+        store.close()
 
 
 @pytest.fixture(scope="module")

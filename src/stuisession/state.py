@@ -36,7 +36,7 @@ from .jsonutil import check_json_value
 from .refs import check_object_id, is_ref, iter_refs
 
 #: change-log records kept for "what changed since revision N" and auto-merges
-MAX_CHANGE_RECORDS = 256
+MAX_CHANGE_RECORDS = 64
 
 
 def _is_dict(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
