@@ -7,20 +7,20 @@ BIND ?= tcp://127.0.0.1:5555
 STORE ?= ./.stuisession
 SRC := src tests examples benchmarks
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest docs dist bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,docs,release]'
 	touch $(STAMP)
 
 ## run: start the bridge server on the embedded default (file store in ./.stuisession)
 run: $(STAMP)
 	$(BIN)/stuisession serve --bind $(BIND) --store $(STORE)
 
-## test: lint, type-check, and run the test suite with the 90% branch-coverage gate
-test: lint typecheck pytest
+## test: lint, type-check, the test suite with the 90% branch-coverage gate, the docs build
+test: lint typecheck pytest docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)
@@ -33,6 +33,22 @@ pytest: $(STAMP)
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=stuisession --cov-branch \
 		--cov-report=term --cov-fail-under=90
+
+## docs: build the documentation site with strict warnings (into ./site)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d site
+
+## dist: wheel and sdist in ./dist, checked by twine
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --sdist --wheel --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+## bench: the benchmark suite (prints figures and ratios; nothing is asserted)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_redis_cas.py
+	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist
