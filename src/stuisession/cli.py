@@ -181,6 +181,12 @@ def _add_serve(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
         "./.stuisession/keyring.json, created 0600); every bridge sharing the store needs it",
     )
     p.add_argument(
+        "--config",
+        metavar="TOML",
+        help="policy options from a TOML file ([policy] table); STUISESSION_* environment "
+        "variables override it, command-line options override both",
+    )
+    p.add_argument(
         "--strict",
         action="store_true",
         help="strict mode: requests must carry the resume token issued with the session",
@@ -230,12 +236,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         zmq = _zmq()
     except ImportError as exc:
         raise _Fail(str(exc)) from None
+    import attrs
+
+    from .config import load_policy
     from .protocol import ProtocolHandler
 
-    policy = _policy(args)
+    overrides = attrs.asdict(_policy(args), recurse=False)
+    defaults = attrs.asdict(type(_policy(args))(), recurse=False)
+    base = load_policy(args.config)
+    # options given on the command line win over the file and the environment
+    changed = {k: v for k, v in overrides.items() if v != defaults[k]}
+    policy = attrs.evolve(base, **changed)
     if args.strict:
-        import attrs
-
         policy = attrs.evolve(policy, auth_mode="strict")
     store = _serve_store(args.store, args.key_file)
     upstream = None
