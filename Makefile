@@ -7,7 +7,7 @@ BIND ?= tcp://127.0.0.1:5555
 STORE ?= ./.stuisession
 SRC := src tests examples benchmarks
 
-.PHONY: run test lint typecheck pytest docs dist bench clean
+.PHONY: run test lint typecheck pytest docs dist bench faults clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,10 @@ dist: $(STAMP)
 	rm -rf dist
 	$(BIN)/python -m build --sdist --wheel --outdir dist .
 	$(BIN)/twine check --strict dist/*
+
+## faults: the fault-injection suite in full (500 SIGKILLs of a writer)
+faults: $(STAMP)
+	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
 
 ## bench: the benchmark suite (prints figures and ratios; nothing is asserted)
 bench: $(STAMP)
