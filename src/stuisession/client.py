@@ -33,7 +33,11 @@ class RequestFailed(StuiSessionError):
     """The server answered with an error; ``error_type`` is the server's."""
 
     def __init__(self, reply: dict[str, Any]) -> None:
-        super().__init__(str(reply.get("error", "error")), **(reply.get("details") or {}))
+        super().__init__(str(reply.get("error", "error")))
+        # any JSON object is accepted as details (a forwarded reply of the image may
+        # carry a "message" member, which must not collide with the parameter)
+        details = reply.get("details")
+        self.details = dict(details) if isinstance(details, dict) else {}
         self.error_type = str(reply.get("error_type", "Error"))
         self.reply = reply
 

@@ -329,10 +329,42 @@ class SnapshotCodec:
             except InvalidTag:
                 raise IntegrityError("snapshot state failed to decrypt") from None
         if h.flags & FLAG_ZSTD:
-            try:
-                payload = zstandard.ZstdDecompressor().decompress(
-                    payload, max_output_size=self.max_state_bytes
-                )
-            except zstandard.ZstdError:
-                raise IntegrityError("snapshot state failed to decompress") from None
+            payload = self._decompress(payload)
         return bytes(payload)
+
+    def _decompress(self, data: bytes) -> bytes:
+        # ``max_output_size`` only bounds frames without a content size, so a
+        # declared size (which may claim terabytes) is checked first
+        limit = self.max_state_bytes
+        try:
+            size = zstandard.frame_content_size(data)
+        except zstandard.ZstdError:
+            raise IntegrityError("snapshot state failed to decompress") from None
+        if size > limit:
+            raise self._too_large(size)
+        try:
+            out: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
+            return out
+        except zstandard.ZstdError:
+            if size < 0 and self._exceeds_limit(data):
+                raise self._too_large(None) from None
+            raise IntegrityError("snapshot state failed to decompress") from None
+
+    def _exceeds_limit(self, data: bytes) -> bool:
+        """True when a frame without a content size decompresses to over the limit."""
+        total = 0
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+                while chunk := reader.read(1 << 20):
+                    total += len(chunk)
+                    if total > self.max_state_bytes:
+                        return True
+        except zstandard.ZstdError:
+            pass
+        return False
+
+    def _too_large(self, size: int | None) -> StateTooLarge:
+        what = "over" if size is None else f"{size} bytes, over"
+        return StateTooLarge(
+            f"stored state is {what} the {self.max_state_bytes}-byte limit", part="state"
+        )

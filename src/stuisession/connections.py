@@ -8,6 +8,8 @@ trigger reliably, so the rule is activity-based and documented in
 - it is *connected* from its first request, and stays connected while it
   sends requests at least every ``idle_timeout`` seconds (default 60 s; a
   ``ping`` or any command counts as a heartbeat);
+- a session is *attached* to the connection whose session command on it last
+  succeeded (a refused request attaches nothing), and follows a rotated id;
 - after ``idle_timeout`` without a request it is *disconnected*, and the
   sessions it used become *detached*: nothing is lost, and any client that
   restores them (with the right credentials) re-attaches them.
@@ -31,6 +33,9 @@ class Connection:
     client_id: str | None = None
     requests: int = 0
     sessions: set[str] = attrs.field(factory=set)
+    #: the resume token last accepted from this connection, per attached session
+    #: (bearer secrets: never listed, never logged)
+    tokens: dict[str, str] = attrs.field(factory=dict, repr=False)
 
     def as_dict(self, now: float) -> dict[str, Any]:
         """A JSON-ready summary (session ids are not included: they are bearer secrets)."""
@@ -63,7 +68,11 @@ class ConnectionTracker:
         client_id: str | None = None,
         session_id: str | None = None,
     ) -> Connection:
-        """Record a request from *identity* (and the client and session it named)."""
+        """Record a request from *identity* (and the client it named).
+
+        *session_id* attaches that session at once; the bridge instead calls
+        :meth:`attach` once a session command on it has succeeded.
+        """
         with self._lock:
             conn = self._conns.get(identity)
             if conn is None:
@@ -78,25 +87,46 @@ class ConnectionTracker:
                 self._attach(conn, session_id)
             return conn
 
-    def attach(self, identity: str, session_id: str) -> None:
-        """Mark *session_id* as used by *identity* (e.g. from a create reply)."""
+    def attach(
+        self,
+        identity: str,
+        session_id: str,
+        resume_token: str | None = None,
+        *,
+        replaces: str | None = None,
+    ) -> None:
+        """Mark *session_id* as used by *identity* (after a successful session command).
+
+        *resume_token* is the token the connection proved it holds (kept for
+        capture hooks in strict mode). *replaces* is the id the session had
+        before a rotation: it is forgotten everywhere.
+        """
         with self._lock:
+            if replaces is not None and replaces != session_id:
+                self._detach(replaces)
             conn = self._conns.get(identity)
             if conn is not None:
                 self._attach(conn, session_id)
+                if resume_token is not None:
+                    conn.tokens[session_id] = resume_token
 
     def _attach(self, conn: Connection, session_id: str) -> None:
         # a session is attached to the connection that used it last
         for other in self._conns.values():
             if other is not conn:
                 other.sessions.discard(session_id)
+                other.tokens.pop(session_id, None)
         conn.sessions.add(session_id)
 
     def detach(self, session_id: str) -> None:
         """Forget *session_id* everywhere (closed or rotated)."""
         with self._lock:
-            for conn in self._conns.values():
-                conn.sessions.discard(session_id)
+            self._detach(session_id)
+
+    def _detach(self, session_id: str) -> None:
+        for conn in self._conns.values():
+            conn.sessions.discard(session_id)
+            conn.tokens.pop(session_id, None)
 
     def _evict_oldest(self) -> None:
         oldest = min(self._conns.values(), key=lambda c: c.last_seen)
@@ -120,6 +150,12 @@ class ConnectionTracker:
             if conn is not None and len(conn.sessions) == 1:
                 return next(iter(conn.sessions))
             return None
+
+    def token_of(self, identity: str, session_id: str) -> str | None:
+        """The resume token *identity* last presented for *session_id*, if any."""
+        with self._lock:
+            conn = self._conns.get(identity)
+            return None if conn is None else conn.tokens.get(session_id)
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """Every live connection, oldest first."""

@@ -20,6 +20,7 @@ _SESSION_ID_RE = re.compile(r"session_[A-Za-z0-9_-]{43}")
 #: printable, no whitespace other than space, no control characters
 _CLIENT_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 MAX_CLIENT_ID_LENGTH = 256
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def new_session_id() -> str:
@@ -56,4 +57,7 @@ def check_client_id(value: Any, field: str = "client_id") -> str:
         )
     if _CLIENT_ID_RE.fullmatch(value) is None:
         raise ValidationError(f"{field} contains control characters", field=field)
+    if _SURROGATE_RE.search(value) is not None:
+        # not encodable as UTF-8: the record could not be stored
+        raise ValidationError(f"{field} contains a lone surrogate", field=field)
     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,8 @@ from .errors import ValidationError
 
 #: Nesting deeper than this is refused (protects the recursive encoder and decoder).
 MAX_DEPTH = 200
+#: a lone surrogate (e.g. from a "\ud800" escape) can't be encoded as UTF-8
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 JSONValue = Any  # a recursive alias would need PEP 695 generics; keep the API readable
 
@@ -107,15 +110,20 @@ def dumps_with_raw(value: Any) -> bytes:
 def check_json_value(value: Any, field: str, max_depth: int = MAX_DEPTH) -> None:
     """Raise :class:`ValidationError` unless *value* is plain JSON data.
 
-    Plain JSON: dicts with string keys, lists, strings, bools, None, ints and
-    finite floats, nested at most *max_depth* levels.
+    Plain JSON: dicts with string keys, lists, strings (valid Unicode: no lone
+    surrogates), bools, None, ints and finite floats, nested at most
+    *max_depth* levels.
     """
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()
         if depth > max_depth:
             raise ValidationError(f"{field} is nested deeper than {max_depth} levels", field=field)
-        if v is None or isinstance(v, (str, bool, int)):
+        if isinstance(v, str):
+            if _SURROGATE.search(v) is not None:
+                raise ValidationError(f"{field} contains a lone surrogate", field=field)
+            continue
+        if v is None or isinstance(v, (bool, int)):
             continue
         if isinstance(v, float):
             if not math.isfinite(v):
@@ -125,6 +133,8 @@ def check_json_value(value: Any, field: str, max_depth: int = MAX_DEPTH) -> None
             for k, x in v.items():
                 if not isinstance(k, str):
                     raise ValidationError(f"{field} has a non-string key", field=field)
+                if _SURROGATE.search(k) is not None:
+                    raise ValidationError(f"{field} has a key with a lone surrogate", field=field)
                 stack.append((x, depth + 1))
             continue
         if isinstance(v, (list, tuple)):

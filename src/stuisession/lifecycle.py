@@ -94,6 +94,8 @@ def close(session: Session, now: float) -> Session:
     """``ACTIVE`` -> ``CLOSED`` (terminal)."""
     if session.status is SessionStatus.CLOSED:
         raise SessionClosed()
+    if session.status is SessionStatus.EXPIRED:
+        raise SessionExpired()
     now = max(now, session.last_modified)
     return attrs.evolve(
         session, status=SessionStatus.CLOSED, last_modified=now, revision=session.revision + 1
@@ -102,6 +104,10 @@ def close(session: Session, now: float) -> Session:
 
 def expire(session: Session, now: float) -> Session:
     """Mark an expired session ``EXPIRED`` (terminal)."""
+    if session.status is SessionStatus.CLOSED:
+        raise SessionClosed()
+    if session.status is SessionStatus.EXPIRED:
+        raise SessionExpired()
     return attrs.evolve(
         session,
         status=SessionStatus.EXPIRED,

@@ -41,9 +41,11 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from . import jsonutil
 from .clock import isoformat
@@ -69,6 +71,27 @@ MAX_POLL_WAIT = 1.0
 BATCH = 64
 #: only this much of a message is read to find ``command`` etc. for the request log
 PEEK_BYTES = 64 * 1024
+#: the members of ``parameters`` the serving thread reads to route a request
+_ROUTING_PARAMETERS = ("session_id", "client_id", "resume_token")
+#: session commands whose reply names the session (maybe a new id) and may carry a new token
+_ISSUES_CREDENTIALS = frozenset({"create_session", "restore_session", "rotate_credentials"})
+#: bounds of the interval between sweeps of idle connections (seconds)
+MIN_CONNECTION_SWEEP = 0.05
+
+
+@attrs.frozen
+class _Job:
+    """One accepted request: what its worker needs and where its reply goes."""
+
+    envelope: list[bytes]
+    body: bytes
+    command: Any
+    ident: str
+    started: float
+    identity: bytes
+    #: the session the request names (read cheaply; None: none or unreadable)
+    session_id: str | None
+    resume_token: str | None
 
 
 def _zmq() -> Any:
@@ -191,9 +214,16 @@ class BridgeServer:
             poller.register(self._socket, zmq.POLLIN)
             poller.register(self._wake, zmq.POLLIN)
             next_sweep = time.monotonic() + self.sweep_interval
+            # idle connections are dropped on a schedule of their own: the expiry
+            # sweep may run only every few minutes, much less often than idle_timeout
+            conn_interval = min(
+                self.sweep_interval, max(self.tracker.idle_timeout / 2, MIN_CONNECTION_SWEEP)
+            )
+            next_conn_sweep = time.monotonic() + conn_interval
             self.log.debug("serving on %s", self.bound_endpoint)
             while not self._stopping.is_set():
-                wait = min(max(next_sweep - time.monotonic(), 0.0), MAX_POLL_WAIT)
+                deadline = min(next_sweep, next_conn_sweep)
+                wait = min(max(deadline - time.monotonic(), 0.0), MAX_POLL_WAIT)
                 events = dict(poller.poll(int(wait * 1000)))
                 if self._wake in events:
                     self._drain(self._wake)
@@ -207,6 +237,9 @@ class BridgeServer:
                         except zmq.Again:
                             break
                         self._serve_one(frames)
+                if time.monotonic() >= next_conn_sweep:
+                    self._sweep_connections()
+                    next_conn_sweep = time.monotonic() + conn_interval
                 if time.monotonic() >= next_sweep and not self._stopping.is_set():
                     self._start_sweep()
                     next_sweep = time.monotonic() + self.sweep_interval
@@ -294,56 +327,72 @@ class BridgeServer:
             self._send(envelope, error_reply(problem), None, started, identity)
             return
         assert body is not None
-        meta = peek_fields(body, ("id", "command", "parameters"))
+        meta = peek_fields(
+            body, ("id", "command", "parameters"), nested={"parameters": _ROUTING_PARAMETERS}
+        )
         command = meta.get("command")
         raw_params = meta.get("parameters")
         params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
         session_id = params.get("session_id")
         session_id = session_id if is_valid_session_id(session_id) else None
         client_id = params.get("client_id") if isinstance(params.get("client_id"), str) else None
+        token = params.get("resume_token") if isinstance(params.get("resume_token"), str) else None
         ident = identity.hex()
-        self.tracker.seen(ident, time.time(), client_id=client_id, session_id=session_id)
+        # the session is attached only once a session command on it succeeds (_track)
+        self.tracker.seen(ident, time.time(), client_id=client_id)
         # one session's requests run in order; a connection's requests without a
         # (readable) session id run in order too
         key: tuple[str, str] = ("s", session_id) if session_id else ("c", ident)
+        job = _Job(envelope, body, command, ident, started, identity, session_id, token)
         assert self._executor is not None
         try:
-            self._executor.submit(
-                key, lambda: self._work(envelope, body, command, ident, started, identity)
-            )
+            self._executor.submit(key, lambda: self._work(job))
         except Busy as exc:
             reply = _error_for(meta.get("id"), exc)
             self._send(envelope, reply, command, started, identity)
 
-    def _work(  # noqa: PLR0917 - one job's context, built in one place
-        self,
-        envelope: list[bytes],
-        body: bytes,
-        command: Any,
-        ident: str,
-        started: float,
-        identity: bytes,
-    ) -> None:
+    def _work(self, job: _Job) -> None:
         """Handle one request (worker thread) and queue its reply for the serving thread."""
+        command = job.command
         try:
             if isinstance(command, str) and command in self.handler.commands:
-                reply = self.handler.handle_wire(body)
-                if command == "create_session":
-                    created = peek_fields(reply, ("status", "result"))
-                    result = created.get("result")
-                    if created.get("status") == "success" and isinstance(result, dict):
-                        self.tracker.attach(ident, str(result.get("session_id")))
+                reply = self.handler.handle_wire(job.body)
+                self._track(job, command, reply)
             else:
-                reply = self._forward(body, command, ident)
+                reply = self._forward(job.body, command, job.ident)
         except Exception:
             # handle_wire promises not to raise; a wrapped or buggy handler must
             # still not take the server down
             self.log.exception("handler raised; answering with an internal error")
             reply = error_reply("Internal error while handling the request", "Error")
-        self._results.put((envelope, reply, command, started, identity))
+        self._results.put((job.envelope, reply, command, job.started, job.identity))
         # a lost nudge only delays the reply until the next poll timeout
         with self._notify_lock, contextlib.suppress(self._zmq.ZMQError):
             self._notify.send(b"r", self._zmq.NOBLOCK)
+
+    def _track(self, job: _Job, command: str, reply: bytes) -> None:
+        """Attach the session a successful session command used (or detach a closed one)."""
+        if peek_fields(reply, ("status",)).get("status") != "success":
+            return  # a refused request (wrong owner, unknown id, ...) attaches nothing
+        if command == "close_session":
+            if job.session_id is not None:
+                self.tracker.detach(job.session_id)
+            return
+        if command in _ISSUES_CREDENTIALS:
+            # create, a (possibly rotating) restore, a token rotation: the reply has
+            # the session id (new after a rotation) and any newly issued token
+            result = _peek_result(reply, ("session_id",))
+            sid = result.get("session_id")
+            if not is_valid_session_id(sid):
+                return
+            assert isinstance(sid, str)
+            token = job.resume_token
+            if command != "restore_session" or sid != job.session_id:
+                issued = _peek_result(reply, ("session_id", "resume_token")).get("resume_token")
+                token = issued if isinstance(issued, str) else token
+            self.tracker.attach(job.ident, sid, token, replaces=job.session_id)
+        elif job.session_id is not None:
+            self.tracker.attach(job.ident, job.session_id, job.resume_token)
 
     def _forward(self, body: bytes, command: Any, ident: str) -> bytes:
         """Send a non-session request to the Pharo image (or say there is none)."""
@@ -379,17 +428,28 @@ class BridgeServer:
         except StuiSessionError as exc:
             return _error_for(request_id, exc)
         if session_id is not None and isinstance(command, str):
-            self._capture(command, doc, reply, session_id)
+            self._capture(command, doc, reply, session_id, ident)
         return jsonutil.dumps(reply)
 
     def _capture(
-        self, command: str, request: dict[str, Any], reply: dict[str, Any], session_id: str
+        self,
+        command: str,
+        request: dict[str, Any],
+        reply: dict[str, Any],
+        session_id: str,
+        ident: str,
     ) -> None:
         if reply.get("status", "success") != "success":
             return
         params = request.get("parameters") or {}
         token = params.get("resume_token") if isinstance(params, dict) else None
-        creds = Credentials(resume_token=token if isinstance(token, str) else None)
+        if not isinstance(token, str):
+            token = None
+            if self.handler.policy.strict:
+                # forwarded requests carry no token: use the one this connection
+                # last proved it holds for the session (compat mode needs none)
+                token = self.tracker.token_of(ident, session_id)
+        creds = Credentials(resume_token=token)
         for hook in self.hooks.for_command(command):
             try:
                 update = hook(request, reply)
@@ -428,14 +488,17 @@ class BridgeServer:
                 identity.hex(),
             )
 
-    def _start_sweep(self) -> None:
-        for conn in self.tracker.sweep(time.time()):
+    def _sweep_connections(self) -> None:
+        now = time.time()
+        for conn in self.tracker.sweep(now):
             self.log.info(
                 "connection %s idle for %.0f s: disconnected, %d session(s) detached",
                 conn.identity,
-                time.time() - conn.last_seen,
+                now - conn.last_seen,
                 len(conn.sessions),
             )
+
+    def _start_sweep(self) -> None:
         if self._sweeping.is_set() or self._executor is None:
             return  # the previous sweep is still running
         self._sweeping.set()
@@ -538,40 +601,79 @@ def peek_fields(
     data: bytes,
     names: tuple[str, ...],
     done: Callable[[dict[str, Any]], bool] | None = None,
+    *,
+    nested: Mapping[str, tuple[str, ...]] | None = None,
 ) -> dict[str, Any]:
     """Top-level members *names* of the JSON object in *data*, read cheaply.
 
     Reads members in order from the first :data:`PEEK_BYTES` bytes only and
     stops as soon as all *names* (or what *done* says is enough) are found, so
     a large ``parameters`` or ``result`` after them is never decoded. Anything
-    unreadable just ends the search: this is for logging, not validation.
+    unreadable just ends the search: this is for logging and routing, not
+    validation.
+
+    *nested* maps a member name to the names to read inside it when it is an
+    object: its value is then a dict of just those (read the same way), so
+    ``parameters.session_id`` is found even when a large ``state_data`` follows.
     """
-    found: dict[str, Any] = {}
     text = data[:PEEK_BYTES].decode("utf-8", "replace")
-    try:
-        i = _skip_ws(text, 0)
-        if text[i : i + 1] != "{":
-            return found
-        i += 1
-        while True:
-            i = _skip_ws(text, i)
-            if text[i : i + 1] != '"':
-                return found
-            key, i = _decoder.raw_decode(text, i)
-            i = _skip_ws(text, i)
-            if text[i : i + 1] != ":":
-                return found
-            value, i = _decoder.raw_decode(text, _skip_ws(text, i + 1))
-            if key in names and key not in found:
+    found: dict[str, Any] = {}
+    with contextlib.suppress(ValueError, RecursionError):
+        _peek_object(text, 0, found, names, done=done, nested=nested or {})
+    return found
+
+
+def _peek_object(
+    text: str,
+    i: int,
+    found: dict[str, Any],
+    names: tuple[str, ...],
+    *,
+    done: Callable[[dict[str, Any]], bool] | None = None,
+    nested: Mapping[str, tuple[str, ...]] | None = None,
+) -> int | None:
+    """Fill *found* from the object at *text[i]*; the index after it, or None if
+    the search stopped early (enough found, or unreadable)."""
+    i = _skip_ws(text, i)
+    if text[i : i + 1] != "{":
+        return None
+    i = _skip_ws(text, i + 1)
+    if text[i : i + 1] == "}":
+        return i + 1
+    while True:
+        if text[i : i + 1] != '"':
+            return None
+        key, i = _decoder.raw_decode(text, i)
+        i = _skip_ws(text, i)
+        if text[i : i + 1] != ":":
+            return None
+        i = _skip_ws(text, i + 1)
+        wanted = key in names and key not in found
+        if wanted and nested and key in nested and text[i : i + 1] == "{":
+            inner: dict[str, Any] = {}
+            found[key] = inner
+            end = _peek_object(text, i, inner, nested[key])
+            if end is None:
+                return None
+            i = end
+        else:
+            value, i = _decoder.raw_decode(text, i)
+            if wanted:
                 found[key] = value
-                if len(found) == len(names) or (done is not None and done(found)):
-                    return found
-            i = _skip_ws(text, i)
-            if text[i : i + 1] != ",":
-                return found
-            i += 1
-    except (ValueError, RecursionError):
-        return found
+        if wanted and (len(found) == len(names) or (done is not None and done(found))):
+            return None
+        i = _skip_ws(text, i)
+        if text[i : i + 1] == "}":
+            return i + 1
+        if text[i : i + 1] != ",":
+            return None
+        i = _skip_ws(text, i + 1)
+
+
+def _peek_result(reply: bytes, names: tuple[str, ...]) -> dict[str, Any]:
+    """Members *names* of a reply's ``result`` object, read cheaply."""
+    result = peek_fields(reply, ("result",), nested={"result": names}).get("result")
+    return result if isinstance(result, dict) else {}
 
 
 def _skip_ws(text: str, i: int) -> int:

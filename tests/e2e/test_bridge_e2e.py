@@ -1,0 +1,328 @@
+"""The bridge as real processes under failure.
+
+(a) Twenty client processes (``SessionClient``) update their sessions while the
+bridge is SIGKILLed and restarted twice; afterwards every acknowledged update
+is in the store. (b) Two bridges share one hermetic Redis: a session created
+through one is restored through the other after the first is SIGKILLed, and
+concurrent updates through both lose nothing.
+
+Only 127.0.0.1 is used. Every process is killed in a ``finally`` or fixture
+finaliser whatever happens; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from stuisession.client import SessionClient
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+#: how long a bridge process may take to answer its first request (slow CI, cold imports)
+START_TIMEOUT = 60.0
+
+N_CLIENTS = 20
+N_UPDATES = 50
+#: the whole kill-and-restart run must end within this (seconds)
+RUN_DEADLINE = 120.0
+
+#: one client process: create a session, update it N times, restore; every step to a file
+CLIENT_SCRIPT = r"""
+import json, sys, time
+from stuisession.client import SessionClient
+
+endpoint, client_id, out_path, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with open(out_path, "a", encoding="utf-8") as out:
+    def record(**fields):
+        out.write(json.dumps(fields) + "\n")
+        out.flush()
+    try:
+        with SessionClient(endpoint, client_id, timeout=1.0, retries=20, backoff=0.1) as c:
+            c.open()
+            record(event="open", session_id=c.session_id)
+            for i in range(n):
+                result = c.update(state_data={"k%d" % i: i}, mode="merge")
+                # acknowledged: the server answered with success
+                record(event="ack", key="k%d" % i, revision=result["revision"],
+                       session_id=c.session_id)
+                time.sleep(0.02)
+            final = c.restore()
+            record(event="final", session_id=c.session_id, revision=final["revision"],
+                   keys=sorted(final["session_state"]), reconnects=c.reconnects)
+    except BaseException as exc:
+        record(event="error", error=repr(exc))
+        raise
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Bridge:
+    """One ``stuisession serve`` process; stderr goes to a file (a pipe could fill up)."""
+
+    def __init__(self, store: str, log: Path, *extra: str) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.store = store
+        self.log = log
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Bridge:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("STUISESSION_KEYRING", None)
+        with self.log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "stuisession",
+                    "serve",
+                    "--bind",
+                    self.endpoint,
+                    "--store",
+                    self.store,
+                    "--log-level",
+                    "WARNING",
+                    *self.extra,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=ROOT,
+                env=env,
+            )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        """Poll with fresh REQ sockets until the server answers (or fail with its log)."""
+        ctx = zmq.Context()
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    pytest.fail(f"bridge exited with {self.proc.returncode}:\n{self.stderr()}")
+                sock = ctx.socket(zmq.REQ)  # a REQ socket that timed out is stuck
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.RCVTIMEO, 250)
+                sock.connect(self.endpoint)
+                try:
+                    sock.send(b'{"id": "ready", "command": "get_session_statistics"}')
+                    if json.loads(sock.recv())["status"] == "success":
+                        return
+                except zmq.Again:
+                    pass
+                finally:
+                    sock.close()
+        finally:
+            ctx.destroy(linger=0)
+        pytest.fail(f"bridge did not answer within {START_TIMEOUT} s:\n{self.stderr()}")
+
+    def sigkill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(30) == -signal.SIGKILL
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stderr(self) -> str:
+        return self.log.read_text("utf-8", "replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def bridges(tmp_path: Path) -> Iterator[Callable[..., Bridge]]:
+    """bridges(store, *extra_args) -> a started bridge; all are SIGKILLed at the end."""
+    made: list[Bridge] = []
+
+    def factory(store: str, *extra: str) -> Bridge:
+        b = Bridge(store, tmp_path / f"bridge-{len(made)}.log", *extra)
+        made.append(b)
+        return b.start()
+
+    yield factory
+    for b in made:
+        b.kill()
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_text("utf-8").splitlines()
+    # a line being written right now may be incomplete: only whole lines count
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def count_acks(paths: list[Path]) -> int:
+    return sum(1 for p in paths for r in read_records(p) if r["event"] == "ack")
+
+
+def restore_raw(endpoint: str, session_id: str, client_id: str) -> dict[str, Any]:
+    with SessionClient(endpoint, client_id, session_id=session_id, timeout=10.0) as c:
+        return c.restore()
+
+
+# -- (a) SIGKILL and restart under 20 writers ----------------------------------------------
+def test_twenty_clients_lose_no_acknowledged_update_across_two_sigkills(
+    tmp_path: Path, bridges: Callable[..., Bridge]
+):
+    store = str(tmp_path / "store")
+    server = bridges(store)
+    outs = [tmp_path / f"client-{n}.jsonl" for n in range(N_CLIENTS)]
+    errs = [tmp_path / f"client-{n}.err" for n in range(N_CLIENTS)]
+    procs: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
+    total = N_CLIENTS * N_UPDATES
+    kills_at: list[int] = []
+    try:
+        for n in range(N_CLIENTS):
+            with errs[n].open("wb") as err:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-c",
+                            CLIENT_SCRIPT,
+                            server.endpoint,
+                            f"e2e-client-{n}",
+                            str(outs[n]),
+                            str(N_UPDATES),
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        cwd=ROOT,
+                    )
+                )
+        # SIGKILL the bridge at two points of the run and start it again (same port and store)
+        for fraction in (0.2, 0.6):
+            while count_acks(outs) < fraction * total:
+                assert time.monotonic() - started < RUN_DEADLINE, "clients made no progress"
+                dead = [p.returncode for p in procs if p.poll() not in (None, 0)]
+                assert not dead, f"client processes failed: {dead}\n{errs[0].read_text()}"
+                time.sleep(0.02)
+            acked = count_acks(outs)
+            kills_at.append(acked)
+            server.sigkill()
+            server.start()
+        for n, p in enumerate(procs):
+            remaining = max(1.0, RUN_DEADLINE - (time.monotonic() - started))
+            assert p.wait(remaining) == 0, f"client {n} failed:\n{errs[n].read_text()}"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+    # both kills happened while updates were still going on
+    assert all(k < total for k in kills_at), kills_at
+
+    lost: list[str] = []
+    for n, out in enumerate(outs):
+        records = read_records(out)
+        acks = [r for r in records if r["event"] == "ack"]
+        finals = [r for r in records if r["event"] == "final"]
+        assert len(acks) == N_UPDATES, f"client {n}: {len(acks)} acknowledged updates"
+        assert len(finals) == 1, records[-3:]
+        sid = finals[0]["session_id"]
+        assert {a["session_id"] for a in acks} == {sid}
+        acked_keys = {a["key"] for a in acks}
+        revisions = [a["revision"] for a in acks]
+        assert revisions == sorted(revisions), f"client {n}: revisions went backwards"
+        # the client's own restore, and one from here, have every acknowledged key
+        assert acked_keys <= set(finals[0]["keys"]), n
+        restored = restore_raw(server.endpoint, sid, f"e2e-client-{n}")
+        missing = acked_keys - set(restored["session_state"])
+        lost += [f"client {n}: {k}" for k in sorted(missing)]
+        assert restored["revision"] >= max(revisions)
+        assert restored["session_state"] == {f"k{i}": i for i in range(N_UPDATES)}
+    assert lost == [], f"acknowledged updates lost: {lost}"
+    # the kills were felt: clients timed out, resent and carried on
+    finals = [r for out in outs for r in read_records(out) if r["event"] == "final"]
+    assert sum(r["reconnects"] for r in finals) >= 1
+    assert "Traceback" not in server.stderr()
+
+
+# -- (b) two bridges, one Redis -------------------------------------------------------------
+def test_two_bridges_share_one_redis(
+    tmp_path: Path, bridges: Callable[..., Bridge], redis_server_factory: Callable[..., Any]
+):
+    redis = redis_server_factory()
+    key_file = tmp_path / "keyring.json"
+    options = ("--key-file", str(key_file))
+    first = bridges(redis.url, *options)
+    second = bridges(redis.url, *options)
+
+    with SessionClient(first.endpoint, "tui-redis", timeout=5.0, retries=3) as c:
+        sid = c.open()["session_id"]
+        for i in range(3):
+            c.update(state_data={f"k{i}": i}, mode="merge")
+        c.update(workspace_context={"current_workspace": "main"})
+        before = c.restore()
+    assert before["revision"] == 5
+
+    first.sigkill()
+    with SessionClient(second.endpoint, "tui-redis", session_id=sid, timeout=5.0) as c2:
+        after = c2.open()
+    assert after["session_id"] == sid
+    assert after["revision"] == before["revision"]
+    assert after["session_state"] == before["session_state"] == {"k0": 0, "k1": 1, "k2": 2}
+    assert after["workspace_context"] == before["workspace_context"]
+
+    # concurrent merge updates through both bridges (the first one restarted)
+    first.start()
+    per_bridge = 30
+    acked: dict[str, list[str]] = {"a": [], "b": []}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def writer(endpoint: str, tag: str) -> None:
+        try:
+            with SessionClient(endpoint, "tui-redis", session_id=sid, timeout=5.0, retries=3) as w:
+                w.open()
+                barrier.wait(30)
+                for i in range(per_bridge):
+                    w.update(state_data={f"{tag}{i}": i}, mode="merge")
+                    acked[tag].append(f"{tag}{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=writer, args=(first.endpoint, "a")),
+        threading.Thread(target=writer, args=(second.endpoint, "b")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert len(acked["a"]) == len(acked["b"]) == per_bridge
+
+    for endpoint in (first.endpoint, second.endpoint):
+        final = restore_raw(endpoint, sid, "tui-redis")
+        keys = set(final["session_state"])
+        assert set(acked["a"]) | set(acked["b"]) | {"k0", "k1", "k2"} == keys
+        assert final["revision"] == before["revision"] + 2 * per_bridge
+    for b in (first, second):
+        assert "Traceback" not in b.stderr()
