@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import zmq
 
+from stuisession.dispatch import KeyedExecutor
 from stuisession.forwarding import CaptureHooks, ZmqUpstream
 from stuisession.policy import Policy
 from stuisession.protocol import ProtocolHandler
@@ -146,11 +147,7 @@ _probes = itertools.count()
 
 
 def stats(ctx: zmq.Context, endpoint: str) -> dict[str, Any]:
-    """get_session_statistics from a throwaway connection.
-
-    Each probe has an identity of its own: a ROUTER ignores a new peer that
-    reuses the identity of one whose disconnect it has not yet noticed.
-    """
+    """get_session_statistics from a throwaway connection (with an identity of its own)."""
     sock = connect(ctx, zmq.REQ, endpoint, identity=f"probe-{next(_probes)}".encode())
     try:
         return ok(call(sock, "stats", "get_session_statistics"))
@@ -455,6 +452,47 @@ def test_capture_in_strict_mode_follows_rotation(
     assert [e["source"] for e in history] == ["1 + 1", "2 + 2"]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"[1, 2]", b'{"id": "x", "status": "success", "result": NaN}'],
+    ids=["garbage", "not-an-object", "nan"],
+)
+def test_a_bad_reply_from_the_image_is_an_upstream_error(
+    start: Callable[..., Running],
+    ctx: zmq.Context,
+    double: Callable[..., UpstreamDoubleServer],
+    upstream: Callable[..., ZmqUpstream],
+    raw: bytes,
+):
+    image = double()
+    image.raw_reply = raw
+    r = start(upstream=upstream(image.endpoint))
+    req = connect(ctx, zmq.REQ, r.endpoint)
+    reply = call(req, "bad", "evaluate", code="1")
+    assert reply["status"] == "error"
+    assert reply["error_type"] == "UpstreamError"
+
+
+def test_lone_surrogates_pass_through_the_bridge_escaped(
+    start: Callable[..., Running],
+    ctx: zmq.Context,
+    double: Callable[..., UpstreamDoubleServer],
+    upstream: Callable[..., ZmqUpstream],
+):
+    # "\ud800" is valid JSON text but no UTF-8 string: it must stay an escape both ways
+    image = double()
+    r = start(upstream=upstream(image.endpoint))
+    req = connect(ctx, zmq.REQ, r.endpoint)
+    req.send(rb'{"id": "s1", "command": "evaluate", "parameters": {"code": "\ud800 + \u00e9"}}')
+    reply = json.loads(req.recv())
+    assert reply["status"] == "success", reply
+    assert image.requests[0]["parameters"]["code"] == "\ud800 + \u00e9"
+    image.raw_reply = rb'{"id": "s2", "status": "success", "result": "\udc00"}'
+    req.send(request("s2", "evaluate", code="2"))
+    reply = json.loads(req.recv())
+    assert reply == {"id": "s2", "status": "success", "result": "\udc00"}
+
+
 # -- back-pressure -----------------------------------------------------------------------------
 def test_busy_when_the_pool_is_saturated(
     start: Callable[..., Running],
@@ -487,6 +525,22 @@ def test_busy_when_the_pool_is_saturated(
         )
     )
     assert replies[-1]["result"]["pending_requests"] == 1
+
+
+def test_executor_shutdown_waits_at_most_its_timeout_in_all():
+    # workers stuck on a silent image must not hold a stop for timeout x workers
+    release = threading.Event()
+    pool = KeyedExecutor(workers=6, max_pending=10)
+    try:
+        for n in range(6):
+            pool.submit(("c", str(n)), lambda: release.wait(30) and None)
+        assert wait_for(lambda: pool.pending == 6)
+        started = time.monotonic()
+        pool.shutdown(timeout=0.5)
+        assert time.monotonic() - started < 2.5
+    finally:
+        release.set()
+    assert pool.drain(10)
 
 
 # -- ordering ------------------------------------------------------------------------------------
@@ -555,6 +609,20 @@ def test_statistics_list_connections(start: Callable[..., Running], ctx: zmq.Con
     assert sid not in json.dumps(st)  # session ids are bearer secrets: never listed
     assert st["requests_served"] >= 2
     assert st["upstream"] is False
+
+
+def test_a_client_reconnecting_with_its_own_identity_is_answered(
+    start: Callable[..., Running], ctx: zmq.Context
+):
+    # e.g. a harness that uses its client id as routing identity, reconnecting at once
+    r = start()
+    for n in range(20):
+        sock = connect(ctx, zmq.REQ, r.endpoint, identity=b"fixed-identity")
+        sock.setsockopt(zmq.RCVTIMEO, 5000)
+        try:
+            ok(call(sock, f"again-{n}", "get_session_statistics"))
+        finally:
+            sock.close()
 
 
 def test_idle_connection_disappears_and_its_session_is_detached_not_lost(

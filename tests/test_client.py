@@ -332,3 +332,57 @@ def test_request_failed_accepts_any_details():
     assert (exc.message, exc.error_type, exc.details) == ("boom", "Error", {"message": "x"})
     odd = RequestFailed({"status": "error", "details": ["not", "an", "object"]})
     assert (odd.message, odd.error_type, odd.details) == ("error", "Error", {})
+
+
+def test_open_while_the_server_restarts_restores_once(
+    tmp_path: Path, bridge: Callable[..., Bridge], client: Callable[..., SessionClient]
+):
+    # strict mode makes every restore visible: it rotates the session id
+    store = FileStore(tmp_path / "store")
+    b = bridge(ProtocolHandler(store, Policy(auth_mode="strict")))
+    first = client(b.endpoint, "tui-open-down")
+    first.open()
+    sid, token = first.session_id, first.resume_token
+    first.close()
+    b.stop()
+    c = client(
+        b.endpoint,
+        "tui-open-down",
+        session_id=sid,
+        resume_token=token,
+        timeout=0.3,
+        retries=30,
+        backoff=0.05,
+    )
+    restarter = threading.Timer(1.0, b.start)
+    restarter.start()
+    try:
+        opened = c.open()
+    finally:
+        restarter.join(30)
+    assert opened["session_id"] == c.session_id != sid
+    assert c.reconnects == 1
+    rotated = c.session_id
+    c.update(state_data={"after": "restart"})
+    assert c.session_id == rotated, "the update restored (and rotated) a second time"
+    assert c.reconnects == 1
+
+
+def test_an_interrupted_call_leaves_a_usable_client(
+    bridge: Callable[..., Bridge], client: Callable[..., SessionClient]
+):
+    b = bridge()
+    c = client(b.endpoint, "tui-interrupted")
+    c.open()
+    sock = c._connect()
+    real_recv = sock.recv
+
+    def interrupted(*args: Any, **kwargs: Any) -> bytes:
+        raise KeyboardInterrupt
+
+    sock.recv = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        c.update(state_data={"n": 1})
+    sock.recv = real_recv
+    # a REQ socket that sent and never received can not send again: a fresh one is used
+    assert c.update(state_data={"n": 2})["session_state"] == {"n": 2}

@@ -72,7 +72,7 @@ SID_A = "session_" + "A" * 43
 SID_B = "session_" + "B" * 43
 
 PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FAST = settings(max_examples=150, deadline=None)
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: records matter here, not states: cheap states, more examples
 LIGHT = sessions(states=st.just(SessionState()) | simple_session_states())
 

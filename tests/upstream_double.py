@@ -13,6 +13,8 @@ answers in a background thread, one request at a time like the image's
 
 Stall mode (``stall=N`` or ``double.stall = N``) sleeps *N* seconds before
 each answer; :meth:`UpstreamDoubleServer.close` interrupts a stall at once.
+``double.raw_reply = b"..."`` sends those bytes as every reply instead (a
+misbehaving image).
 Every received request is recorded in :attr:`UpstreamDoubleServer.requests`.
 """
 
@@ -42,6 +44,7 @@ class UpstreamDoubleServer:
 
     def __init__(self, *, stall: float = 0.0, bind: str = "tcp://127.0.0.1:*") -> None:
         self.stall = stall
+        self.raw_reply: bytes | None = None
         self.requests: list[dict[str, Any]] = []
         self.answered = 0
         self._changed = threading.Condition()
@@ -94,7 +97,11 @@ class UpstreamDoubleServer:
                 self._changed.notify_all()
             if self.stall > 0 and self._stop.wait(self.stall):
                 return  # closed while stalled: never answer
-            self._sock.send(json.dumps(self._answer(doc)).encode())
+            raw_reply = self.raw_reply
+            if raw_reply is not None:
+                self._sock.send(raw_reply)
+            else:
+                self._sock.send(json.dumps(self._answer(doc)).encode())
             with self._changed:
                 self.answered += 1
                 self._changed.notify_all()

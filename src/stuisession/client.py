@@ -152,6 +152,11 @@ class SessionClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            except BaseException:
+                # e.g. KeyboardInterrupt while waiting: the REQ socket is left
+                # expecting a reply, so the next call needs a fresh one
+                self._drop()
+                raise
             reply: dict[str, Any] = json.loads(raw)
             if reply.get("status") != "success":
                 raise RequestFailed(reply)
@@ -169,16 +174,19 @@ class SessionClient:
         if self.resume_token is not None:
             params.setdefault("resume_token", self.resume_token)
         result = self.call(command, **params)
-        if self._lost:  # the server went away during this call and came back
-            self._lost = False
-            self.reconnects += 1
+        self._reconnected()  # if the server went away during this call and came back
         return result
 
     def _ensure_attached(self) -> None:
         # after a lost connection, restore first: the server may have restarted
+        # (restore() counts the reconnect)
         if self._lost and self.session_id is not None:
-            self._lost = False
             self.restore()
+
+    def _reconnected(self) -> None:
+        # a call succeeded after the server had not answered: count it once
+        if self._lost:
+            self._lost = False
             self.reconnects += 1
 
     # -- session API --------------------------------------------------------------------
@@ -195,6 +203,7 @@ class SessionClient:
         self.session_id = result["session_id"]
         self.resume_token = result.get("resume_token")
         self.revision = result.get("revision")
+        self._reconnected()
         return result
 
     def restore(self, since_revision: int | None = None) -> dict[str, Any]:
@@ -211,6 +220,7 @@ class SessionClient:
         if result.get("resume_token"):
             self.resume_token = result["resume_token"]
         self.revision = result.get("revision")
+        self._reconnected()  # restored: nothing more to do after a lost connection
         return result
 
     def update(self, **parameters: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable, Hashable
 
 from .errors import Busy
@@ -96,9 +97,14 @@ class KeyedExecutor:
             return self._lock.wait_for(lambda: self._pending == 0, timeout)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Refuse new jobs, finish the queued ones, stop the threads."""
+        """Refuse new jobs, finish the queued ones, stop the threads.
+
+        Waits at most *timeout* seconds in all (not per thread); threads still
+        busy then are left to finish on their own (they are daemons).
+        """
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from . import jsonutil
 from .errors import UpstreamError
 from .updates import StateUpdate
 
@@ -68,9 +69,14 @@ class ZmqUpstream:
 
     def forward(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Send *request* to the image and return its reply."""
+        try:
+            data = json.dumps(request, ensure_ascii=False, allow_nan=False).encode()
+        except UnicodeEncodeError:
+            # a lone surrogate (from a "\ud800" escape) can't be UTF-8: keep it escaped
+            data = json.dumps(request, allow_nan=False).encode()
         sock = self._socket()
         try:
-            sock.send(json.dumps(request, ensure_ascii=False).encode())
+            sock.send(data)
             raw = sock.recv()
         except self._zmq.Again:
             sock.close(linger=0)  # a REQ socket that timed out is unusable
@@ -89,8 +95,8 @@ class ZmqUpstream:
             except queue.Full:
                 sock.close(linger=0)
         try:
-            reply = json.loads(raw)
-        except ValueError:
+            reply = jsonutil.loads(raw)  # strict: NaN/Infinity could not be passed on
+        except (ValueError, RecursionError):
             raise UpstreamError("Pharo backend sent a reply that is not JSON") from None
         if not isinstance(reply, dict):
             raise UpstreamError("Pharo backend sent a reply that is not a JSON object")

@@ -182,6 +182,10 @@ class BridgeServer:
             # a peer sending far more than the handler accepts is cut off instead of
             # buffered; up to this size it gets a structured MessageTooLarge reply
             sock.setsockopt(zmq.MAXMSGSIZE, 2 * handler.policy.max_message_size + 65536)
+            # a client that reconnects with the routing identity it set itself takes
+            # over at once; by default the new connection would be ignored until the
+            # old one is noticed gone (which, for a dropped network, may be never)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if "[" in bind:
                 sock.setsockopt(zmq.IPV6, 1)
             sock.bind(bind)
@@ -429,7 +433,11 @@ class BridgeServer:
             return _error_for(request_id, exc)
         if session_id is not None and isinstance(command, str):
             self._capture(command, doc, reply, session_id, ident)
-        return jsonutil.dumps(reply)
+        try:
+            return jsonutil.dumps(reply)
+        except UnicodeEncodeError:
+            # a lone surrogate from a "\ud800" escape in the image's reply: keep it escaped
+            return json.dumps(reply, separators=(",", ":")).encode()
 
     def _capture(
         self,
