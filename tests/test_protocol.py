@@ -1144,11 +1144,6 @@ class _BrokenStore(MemoryStore):
         raise RuntimeError("boom: secret-internals")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: internal errors are reported with error_type 'Error'; docs/protocol.md "
-    "says 'RuntimeError' and that upstream's 'Error' type is not produced",
-)
 def test_internal_error_is_a_runtime_error(clock: ManualClock) -> None:
     handler = ProtocolHandler(_BrokenStore(), Policy(rate_limit=None), clock=clock)
     message = envelope("i", "restore_session", session_id=UNKNOWN_SID)
@@ -1187,13 +1182,6 @@ def test_huge_integers_in_a_wire_message_are_invalid(handler: ProtocolHandler, s
         assert_error(reply, "InvalidRequest", None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: handle() raises ValueError for a mapping message of a state-changing "
-    "command whose id or parameters hold an int beyond sys.get_int_max_str_digits(): "
-    "dedup.request_key falls back to repr(), which fails too, outside any handler",
-)
 @pytest.mark.parametrize("where", ["id", "state_data"])
 def test_huge_integers_in_a_mapping_message_never_raise(
     client: Client, sid: str, where: str
@@ -1225,11 +1213,6 @@ def test_lone_surrogates_in_state_are_refused(client: Client, sid: str) -> None:
     assert client.revision(sid) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a lone surrogate in client_version is not validated; the store fails to "
-    "encode it and the reply is an internal error instead of ValidationError",
-)
 def test_lone_surrogate_in_client_version_is_a_validation_error(client: Client, sid: str) -> None:
     client.err("create_session", "ValidationError", client_id="x", client_version="\ud800")
     client.err(
@@ -1241,11 +1224,6 @@ def test_lone_surrogate_in_client_version_is_a_validation_error(client: Client, 
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: handle_wire can not encode a reply echoing a request id with a lone "
-    "surrogate: it answers 'internal error' with id null although the update was applied",
-)
 def test_lone_surrogate_in_request_id(handler: ProtocolHandler, sid: str) -> None:
     update = (
         '{"id": "\\ud800", "command": "update_session_state", '
@@ -1260,11 +1238,6 @@ def test_lone_surrogate_in_request_id(handler: ProtocolHandler, sid: str) -> Non
         assert info["revision"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the UnknownCommand message quotes the command; with a lone surrogate in it "
-    "handle_wire answers 'internal error' (error_type Error) with id null instead",
-)
 def test_lone_surrogate_in_command(handler: ProtocolHandler) -> None:
     unknown = json.loads(handler.handle_wire(b'{"id": "x", "command": "\\ud800"}'))
     assert_error(unknown, "UnknownCommand", "x")

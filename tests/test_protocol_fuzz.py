@@ -54,8 +54,8 @@ ERROR_TYPES = {
     "Busy",
     "UpstreamError",
 }
-#: "Error" is what an internal failure currently reports (see test_protocol's xfail)
-TOLERATED_TYPES = ERROR_TYPES | {"Error"}
+#: internal failures report upstream's RuntimeError
+TOLERATED_TYPES = ERROR_TYPES
 COMMANDS = [
     "create_session",
     "restore_session",

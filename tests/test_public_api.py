@@ -100,11 +100,6 @@ def _undocumented_methods() -> list[str]:
     return missing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs gap: Clock.now, SystemClock.now, ManualClock.now, ManualClock.set and "
-    "Snapshot.schema_version have no docstring",
-)
 def test_public_methods_have_docstrings() -> None:
     assert _undocumented_methods() == []
 

@@ -286,7 +286,7 @@ def test_handler_exception_becomes_error_reply(start: Callable[..., Running], ct
     req.send(request("x1", "get_session_statistics"))
     reply = json.loads(req.recv())
     assert reply["status"] == "error"
-    assert reply["error_type"] == "Error"
+    assert reply["error_type"] == "RuntimeError"
     assert "boom" not in reply["error"]
     handler.wire_error = None
     ok(call(req, "x2", "get_session_statistics"))

@@ -11,13 +11,16 @@ from typing import Protocol
 class Clock(Protocol):
     """Anything with a ``now()`` returning Unix seconds (float)."""
 
-    def now(self) -> float: ...
+    def now(self) -> float:
+        """The current time in Unix seconds."""
+        ...
 
 
 class SystemClock:
     """Wall-clock time."""
 
     def now(self) -> float:
+        """``time.time()``."""
         return time.time()
 
 
@@ -29,6 +32,7 @@ class ManualClock:
         self._lock = threading.Lock()
 
     def now(self) -> float:
+        """The clock's current time (Unix seconds)."""
         with self._lock:
             return self._now
 
@@ -38,6 +42,7 @@ class ManualClock:
             self._now += seconds
 
     def set(self, when: float) -> None:
+        """Jump to *when* (Unix seconds), forwards or backwards."""
         with self._lock:
             self._now = float(when)
 

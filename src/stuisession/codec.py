@@ -124,6 +124,7 @@ class Snapshot:
 
     @property
     def schema_version(self) -> int:
+        """The schema version of the stored state (before migration)."""
         return self.header.schema_version
 
     def state_json(self) -> bytes:

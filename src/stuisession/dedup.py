@@ -15,6 +15,7 @@ handled normally.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -27,12 +28,14 @@ from . import jsonutil
 def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
     """A digest identifying one request (its id, command and parameters)."""
     h = hashlib.sha256()
-    h.update(repr(request_id).encode())
+    h.update(repr(request_id).encode("utf-8", "surrogatepass"))
     h.update(b"\x00" + command.encode() + b"\x00")
     try:
         h.update(jsonutil.dumps_sorted(parameters))
     except (TypeError, ValueError):
-        h.update(repr(parameters).encode())
+        # not encodable (e.g. an int beyond Python's str conversion limit): such a
+        # request is refused by validation anyway; give it a key of its own
+        h.update(secrets.token_bytes(16))
     return h.digest()
 
 

@@ -31,6 +31,12 @@ class StuiSessionError(Exception):
         self.request_id: str | int | None = None
 
 
+class InternalError(StuiSessionError):
+    """A bug: reported with upstream's ``RuntimeError`` type, never with request contents."""
+
+    error_type = "RuntimeError"
+
+
 class InvalidRequest(StuiSessionError):
     """The message is not a valid request envelope (bad JSON, missing ``id``/``command``)."""
 
@@ -165,6 +171,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "IntegrityError",
+    "InternalError",
     "InvalidRequest",
     "MessageTooLarge",
     "RateLimited",

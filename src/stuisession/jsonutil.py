@@ -107,6 +107,10 @@ def dumps_with_raw(value: Any) -> bytes:
     return out
 
 
+#: about 3,900 decimal digits: below Python's default int/str conversion limit
+MAX_INT_BITS = 13_000
+
+
 def check_json_value(value: Any, field: str, max_depth: int = MAX_DEPTH) -> None:
     """Raise :class:`ValidationError` unless *value* is plain JSON data.
 
@@ -123,7 +127,12 @@ def check_json_value(value: Any, field: str, max_depth: int = MAX_DEPTH) -> None
             if _SURROGATE.search(v) is not None:
                 raise ValidationError(f"{field} contains a lone surrogate", field=field)
             continue
-        if v is None or isinstance(v, (bool, int)):
+        if v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, int):
+            # Python refuses to print ints beyond sys.get_int_max_str_digits() (4300 digits)
+            if v.bit_length() > MAX_INT_BITS:
+                raise ValidationError(f"{field} contains an integer that is too large", field=field)
             continue
         if isinstance(v, float):
             if not math.isfinite(v):

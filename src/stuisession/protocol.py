@@ -24,6 +24,7 @@ from .audit import AuditLog
 from .clock import Clock, isoformat
 from .dedup import ReplyCache, request_key
 from .errors import (
+    InternalError,
     InvalidRequest,
     MessageTooLarge,
     StuiSessionError,
@@ -130,9 +131,23 @@ def _optional_str(params: Params, name: str, max_length: int = 256) -> str | Non
     value = params.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > max_length:
-        raise ValidationError(f"{name} must be a string of 1-{max_length} characters", field=name)
+    if not isinstance(value, str) or not value or len(value) > max_length or not _encodable(value):
+        raise ValidationError(
+            f"{name} must be a UTF-8 string of 1-{max_length} characters", field=name
+        )
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: valid JSON escapes, not UTF-8
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _tool_id(params: Params, *, required: bool = True) -> str | None:
@@ -251,7 +266,9 @@ class ProtocolHandler:
             return dict(jsonutil.resolve_raw(reply))
         except Exception:  # pragma: no cover - stored bytes were verified JSON
             log.exception("could not decode a stored state")
-            return self._error_reply(reply.get("id"), StuiSessionError("internal error"))
+            return self._error_reply(
+                reply.get("id"), InternalError("Internal error while handling the request")
+            )
 
     def handle_wire(self, message: bytes | bytearray | memoryview | str) -> bytes:
         """Handle one request; return the UTF-8 JSON reply for the wire. Never raises.
@@ -263,7 +280,9 @@ class ProtocolHandler:
             return jsonutil.dumps_with_raw(reply)
         except Exception:  # pragma: no cover - every reply is built from JSON values
             log.exception("could not encode a reply")
-            return jsonutil.dumps(self._error_reply(None, StuiSessionError("internal error")))
+            return jsonutil.dumps(
+                self._error_reply(None, InternalError("Internal error while handling the request"))
+            )
 
     def respond(
         self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]
@@ -275,9 +294,8 @@ class ProtocolHandler:
             request_id = request.id
             command = self._commands.get(request.command)
             if command is None:
-                raise UnknownCommand(
-                    f"Unknown command: {request.command[:64]}", command=request.command[:64]
-                )
+                shown = _printable(request.command[:64])
+                raise UnknownCommand(f"Unknown command: {shown}", command=shown)
             if self.replies is not None and (
                 request.command in MUTATING
                 or (request.command == "restore_session" and self.policy.rotates_on_restore)
@@ -305,7 +323,7 @@ class ProtocolHandler:
             # a bug must not reach the transport; log the type only, never contents
             log.exception("internal error while handling a request")
             return self._error_reply(
-                request.id, StuiSessionError("Internal error while handling the request")
+                request.id, InternalError("Internal error while handling the request")
             )
         return {
             "id": request.id,
@@ -351,8 +369,12 @@ class ProtocolHandler:
             raise InvalidRequest("Message has no id", field="id")
         if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
             raise InvalidRequest("id must be a string", field="id")
-        if isinstance(request_id, str) and len(request_id) > self.policy.max_request_id_length:
-            raise InvalidRequest("id is too long", field="id")
+        if isinstance(request_id, str) and (
+            len(request_id) > self.policy.max_request_id_length or not _encodable(request_id)
+        ):
+            raise InvalidRequest("id is too long or not valid UTF-8", field="id")
+        if isinstance(request_id, int) and request_id.bit_length() > jsonutil.MAX_INT_BITS:
+            raise InvalidRequest("id is out of range", field="id")
         command = doc.get("command")
         if command is None:
             raise _with_id(InvalidRequest("Message has no command", field="command"), request_id)

@@ -368,7 +368,7 @@ class BridgeServer:
             # handle_wire promises not to raise; a wrapped or buggy handler must
             # still not take the server down
             self.log.exception("handler raised; answering with an internal error")
-            reply = error_reply("Internal error while handling the request", "Error")
+            reply = error_reply("Internal error while handling the request", "RuntimeError")
         self._results.put((job.envelope, reply, command, job.started, job.identity))
         # a lost nudge only delays the reply until the next poll timeout
         with self._notify_lock, contextlib.suppress(self._zmq.ZMQError):
