@@ -585,6 +585,8 @@ class _Fail(Exception):
 # -- admin subcommands: output helpers -----------------------------------------------
 def _clean(value: object) -> str:
     """*value* as one line of text: control and other unprintable characters escaped."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     text = "-" if value is None else str(value)
     if text.isprintable():
         return text
@@ -1142,7 +1144,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         raise _Fail(f"the reply from {args.endpoint} is not JSON") from None
     if not isinstance(reply, dict) or reply.get("status") != "success":
         error = reply.get("error") if isinstance(reply, dict) else None
-        raise _Fail(f"{args.endpoint} answered with an error: {error or reply!r}")
+        if not isinstance(error, str):
+            error = "unexpected reply"
+        kind = reply.get("error_type") if isinstance(reply, dict) else None
+        prefix = f"{kind}: " if isinstance(kind, str) else ""
+        raise _Fail(f"{args.endpoint} answered with an error: {prefix}{_clean(error[:200])}")
     result = reply.get("result")
     if not isinstance(result, dict):
         raise _Fail(f"the reply from {args.endpoint} has no result")
