@@ -20,8 +20,8 @@ import hashlib
 import hmac
 import logging
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import attrs
 
@@ -49,6 +49,8 @@ from .stores.base import SessionStore
 from .updates import StateUpdate, changes_since, check_rebase
 
 log = logging.getLogger("stuisession.service")
+
+_Loaded = TypeVar("_Loaded", Session, Snapshot)
 
 #: the scope string client tokens are bound to (in place of a session id)
 CLIENT_SCOPE = "client-scope"
@@ -193,25 +195,18 @@ class SessionService:
             raise
 
     def _load(self, session_id: str, creds: Credentials) -> Session:
-        check_session_id(session_id)
-        try:
-            session = self.store.load(session_id)
-        except SessionNotFound:
-            if creds.identified or self.policy.strict:
-                raise self._deny(session_id, creds, "unknown session") from None
-            raise
-        except IntegrityError as exc:
-            self._audit(
-                "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
-            )
-            raise
-        self._authorize(session, creds)
-        return session
+        return self._fetch(session_id, creds, self.store.load)
 
     def _load_snapshot(self, session_id: str, creds: Credentials) -> Snapshot:
+        return self._fetch(session_id, creds, self.store.load_snapshot)
+
+    def _fetch(
+        self, session_id: str, creds: Credentials, loader: Callable[[str], _Loaded]
+    ) -> _Loaded:
+        """Load with *loader*, then authorize; unknown ids are denied to identified callers."""
         check_session_id(session_id)
         try:
-            snap = self.store.load_snapshot(session_id)
+            loaded = loader(session_id)
         except SessionNotFound:
             if creds.identified or self.policy.strict:
                 raise self._deny(session_id, creds, "unknown session") from None
@@ -221,8 +216,8 @@ class SessionService:
                 "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
             )
             raise
-        self._authorize(snap.info, creds)
-        return snap
+        self._authorize(loaded if isinstance(loaded, SessionInfo) else loaded.info, creds)
+        return loaded
 
     def _authorize(self, info: SessionInfo, creds: Credentials) -> None:
         if creds.client_id is not None and not hmac.compare_digest(
