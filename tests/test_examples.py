@@ -24,7 +24,14 @@ def load(name: str) -> ModuleType:
 
 
 def test_every_example_is_covered() -> None:
-    covered = {"embed", "stdio_bridge", "minimal_bridge", "workspace_inspector", "client"}
+    covered = {
+        "embed",
+        "stdio_bridge",
+        "minimal_bridge",
+        "workspace_inspector",
+        "client",
+        "pytest_fixture",
+    }
     assert {p.stem for p in EXAMPLES.glob("*.py")} == covered
 
 
@@ -88,3 +95,28 @@ def test_minimal_bridge(tmp_path: Path) -> None:
         ctx.term()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_pytest_fixture_example() -> None:
+    # run the example as its own pytest session, as a harness author would
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--no-cov",
+            str(EXAMPLES / "pytest_fixture.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout

@@ -1,0 +1,54 @@
+"""A pytest fixture a test harness can copy: a live bridge on a free port with a temp store.
+
+Copy the two fixtures into your ``conftest.py``; a test then asks for
+``stui_bridge`` (the endpoint) or ``stui_client`` (a connected SessionClient)::
+
+    def test_my_tool_survives_a_reconnect(stui_client):
+        stui_client.open()
+        stui_client.update(state_data={"workspace": "x := 1."})
+        assert stui_client.restore()["session_state"] == {"workspace": "x := 1."}
+
+Run this file with pytest to see it work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stuisession import FileStore, Policy, ProtocolHandler
+from stuisession.client import SessionClient
+from stuisession.server import BridgeServer
+
+
+@pytest.fixture
+def stui_bridge(tmp_path: Path) -> Iterator[str]:
+    """A bridge serving a fresh file store; yields its endpoint."""
+    store = FileStore(tmp_path / "sessions", fsync=False)  # fsync off: tests need no durability
+    handler = ProtocolHandler(store, Policy(rate_limit=None))
+    server = BridgeServer(handler, "tcp://127.0.0.1:*")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.bound_endpoint
+    finally:
+        server.close()
+        thread.join(10)
+        store.close()
+
+
+@pytest.fixture
+def stui_client(stui_bridge: str) -> Iterator[SessionClient]:
+    """A SessionClient connected to ``stui_bridge``."""
+    with SessionClient(stui_bridge, client_id="test-harness", timeout=5.0) as client:
+        yield client
+
+
+def test_my_tool_survives_a_reconnect(stui_client: SessionClient) -> None:
+    stui_client.open()
+    stui_client.update(state_data={"workspace": "x := 1."})
+    stui_client.close()  # drop the connection; the next call reconnects
+    assert stui_client.restore()["session_state"] == {"workspace": "x := 1."}
