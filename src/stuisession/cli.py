@@ -180,8 +180,9 @@ def _add_serve(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--key-file",
         metavar="PATH",
-        help="keyring file for a Redis store (default $STUISESSION_KEYRING, else "
-        "./.stuisession/keyring.json, created 0600); every bridge sharing the store needs it",
+        help="keyring file (default $STUISESSION_KEYRING, else keyring.json in a file store, "
+        "./.stuisession/keyring.json for Redis; created 0600); every bridge sharing the "
+        "store needs it",
     )
     p.add_argument(
         "--config",
@@ -465,12 +466,6 @@ def _policy(args: argparse.Namespace) -> Any:
         raise UsageError(exc.message) from None
 
 
-def _open_store(path: str) -> Any:
-    from .stores.file import FileStore
-
-    return FileStore(path)
-
-
 # -- serve ----------------------------------------------------------------------------
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
@@ -492,7 +487,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     policy = attrs.evolve(base, **changed)
     if args.strict:
         policy = attrs.evolve(policy, auth_mode="strict")
-    store = _serve_store(args.store, args.key_file)
+    from .admin import open_store
+
+    store = open_store(args.store, key_file=args.key_file, create=True)
     upstream = None
     try:
         audit = _serve_audit(args, store)
@@ -528,19 +525,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             upstream.close()
         store.close()
     return EXIT_OK
-
-
-def _serve_store(spec: str, key_file: str | None = None) -> Any:
-    """A store from ``--store``: a directory, ``file:PATH``, or ``redis://``/``rediss://`` URL."""
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        from .keys import Keyring
-        from .stores.redis import RedisStore
-
-        ring = None if key_file else Keyring.from_env()
-        if ring is None:
-            ring = Keyring.load_or_create(key_file or str(Path(DEFAULT_STORE) / "keyring.json"))
-        return RedisStore.from_url(spec, keyring=ring)
-    return _open_store(spec.removeprefix("file:"))
 
 
 def _serve_audit(args: argparse.Namespace, store: Any) -> Any:

@@ -400,16 +400,7 @@ class ProtocolHandler:
 
     def _error_reply(self, request_id: str | int | None, exc: StuiSessionError) -> dict[str, Any]:
         rid = exc.request_id if exc.request_id is not None else request_id
-        reply: dict[str, Any] = {
-            "id": rid,
-            "status": "error",
-            "error": exc.message,
-            "error_type": exc.error_type,
-            "timestamp": isoformat(self.service.clock.now()),
-        }
-        if exc.details:
-            reply["details"] = exc.details
-        return reply
+        return error_response(rid, exc, self.service.clock.now())
 
     # -- commands -----------------------------------------------------------------------
     def _record(self, info: SessionInfo, now: float) -> dict[str, Any]:
@@ -688,6 +679,20 @@ def _summary(session: Session, tool_id: str | None) -> dict[str, Any]:
         "inspector_count": len(state.inspectors),
         "selected_inspector": state.selected_inspector,
     }
+
+
+def error_response(request_id: Any, exc: StuiSessionError, now: float) -> dict[str, Any]:
+    """The flat-envelope error reply for *exc* (``id`` null unless a str or int is given)."""
+    reply: dict[str, Any] = {
+        "id": request_id if isinstance(request_id, (str, int)) else None,
+        "status": "error",
+        "error": exc.message,
+        "error_type": exc.error_type,
+        "timestamp": isoformat(now),
+    }
+    if exc.details:
+        reply["details"] = exc.details
+    return reply
 
 
 def _rate_key(params: Params) -> str:

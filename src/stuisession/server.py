@@ -48,12 +48,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from . import jsonutil
-from .clock import isoformat
 from .connections import ConnectionTracker
 from .dispatch import KeyedExecutor
 from .errors import Busy, StuiSessionError, UpstreamError
 from .forwarding import CaptureHooks, Upstream, capture_evaluation
 from .ids import is_valid_session_id
+from .protocol import error_response
 from .service import Credentials
 
 if TYPE_CHECKING:
@@ -545,16 +545,7 @@ class BridgeServer:
 
 
 def _error_for(request_id: Any, exc: StuiSessionError) -> bytes:
-    reply: dict[str, Any] = {
-        "id": request_id if isinstance(request_id, (str, int)) else None,
-        "status": "error",
-        "error": exc.message,
-        "error_type": exc.error_type,
-        "timestamp": isoformat(time.time()),
-    }
-    if exc.details:
-        reply["details"] = exc.details
-    return jsonutil.dumps(reply)
+    return jsonutil.dumps(error_response(request_id, exc, time.time()))
 
 
 # -- framing --------------------------------------------------------------------------
@@ -588,15 +579,9 @@ def split_frames(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str | 
 
 def error_reply(message: str, error_type: str = "InvalidRequest") -> bytes:
     """An error reply in the flat envelope, for messages the handler never saw."""
-    return jsonutil.dumps(
-        {
-            "id": None,
-            "status": "error",
-            "error": message,
-            "error_type": error_type,
-            "timestamp": isoformat(time.time()),
-        }
-    )
+    exc = StuiSessionError(message)
+    exc.error_type = error_type
+    return _error_for(None, exc)
 
 
 # -- cheap peeking for the request log ---------------------------------------------------

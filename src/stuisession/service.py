@@ -465,11 +465,13 @@ class SessionService:
         )
 
     # -- expiry sweep -----------------------------------------------------------------
+    def _due_for_sweep(self, info: SessionInfo) -> bool:
+        """True when the sweep deletes *info*: expired, closed or past retention."""
+        now = self._now()
+        return not info.is_active(now) or self._expired_by_retention(info, now)
+
     def _sweepable(self) -> Iterator[SessionInfo]:
-        for info in self.store.iter_infos():
-            now = self._now()
-            if not info.is_active(now) or self._expired_by_retention(info, now):
-                yield info
+        return (info for info in self.store.iter_infos() if self._due_for_sweep(info))
 
     def sweep_step(self, max_items: int | None = None) -> SweepResult:
         """One bounded step of the expiry sweep: examine at most *max_items* sessions.
@@ -503,8 +505,7 @@ class SessionService:
                 yield _SKIP
 
     def _sweep_one(self, info: SessionInfo) -> bool:
-        now = self._now()
-        if info.is_active(now) and not self._expired_by_retention(info, now):
+        if not self._due_for_sweep(info):
             return False
         try:
             removed = self.store.delete(info.session_id)
