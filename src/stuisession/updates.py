@@ -20,19 +20,25 @@ conflicts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
+import cattrs
 
 from .errors import ConflictError, ValidationError
-from .jsonutil import check_json_value
-from .refs import is_ref
+from .jsonutil import MAX_DEPTH, check_json_value
+from .refs import check_object_id, is_ref, iter_refs
 from .state import (
     MAX_CHANGE_RECORDS,
     ChangeRecord,
     Evaluation,
+    Inspector,
+    Metadata,
+    ObjectRecord,
+    Preferences,
     SessionState,
+    ToolContext,
     Workspace,
     canonical,
     converter,
@@ -140,7 +146,18 @@ class StateUpdate:
         return [("workspaces", name, "history") for name in self.append_history]
 
     def apply(self, state: SessionState, new_revision: int) -> SessionState:
-        """The state with this update applied, validated, and logged as *new_revision*."""
+        """The state with this update applied, validated, and logged as *new_revision*.
+
+        Updates that only merge into existing parts take a fast path whose cost
+        grows with the size of the patch, not of the state (see
+        :func:`_apply_fast`); anything else -- and anything the fast path is
+        unsure about -- goes through the full model round trip. Both give the
+        same result.
+        """
+        fast = _apply_fast(self, state)
+        if fast is not None:
+            new, paths = fast
+            return self._finish(state, new, paths, new_revision, validate=False)
         model = unstructure_state(state)
         paths = self.paths(model)
         for section, patch in self.patches.items():
@@ -152,7 +169,19 @@ class StateUpdate:
                 model[section] = merge_patch(model.get(section, _default(section)), patch)
         for path, value in self.sets:
             _set_path(model, path, value)
-        new = structure_state(model)
+        return self._finish(state, structure_state(model), paths, new_revision, validate=True)
+
+    def _finish(
+        self,
+        state: SessionState,
+        new: SessionState,
+        paths: list[Path],
+        new_revision: int,
+        *,
+        validate: bool,
+    ) -> SessionState:
+        """History appends, counters and the change log; then validation."""
+        appended: list[Evaluation] = []
         if self.append_history:
             workspaces = dict(new.workspaces)
             limit = max(0, new.preferences.history_limit)
@@ -162,6 +191,7 @@ class StateUpdate:
                 if len(history) > limit:
                     history = history[len(history) - limit :]
                 workspaces[name] = attrs.evolve(ws, history=history)
+                appended.extend(entries)
             new = attrs.evolve(new, workspaces=workspaces)
         meta = new.metadata
         new = attrs.evolve(
@@ -183,7 +213,10 @@ class StateUpdate:
             ),
         )
         new = canonical(new)
-        validate_state(new)
+        if validate or not _appended_valid(appended, new):
+            validate_state(new)
+        elif new.selected_inspector is not None and new.selected_inspector not in new.inspectors:
+            validate_state(new)  # raises, naming the problem
         return new
 
 
@@ -214,6 +247,214 @@ def _log(changes: Iterable[ChangeRecord], record: ChangeRecord) -> list[ChangeRe
         total -= len(log[0].paths) + len(log[0].appends)
         log.pop(0)
     return log
+
+
+# -- the fast path -------------------------------------------------------------------------
+class _Fallback(Exception):
+    """The fast path can not (or will not) apply an update; use the full round trip."""
+
+
+_RECORD_CLASSES: dict[str, type[Any]] = {
+    "workspaces": Workspace,
+    "objects": ObjectRecord,
+    "inspectors": Inspector,
+    "contexts": ToolContext,
+}
+#: fields holding open JSON objects (merged in place, values checked one key at a time)
+_OPEN_FIELDS: dict[type[Any], dict[str, bool]] = {
+    # field -> whether its values may hold references
+    Workspace: {"variables": True, "settings": False},
+    ObjectRecord: {"slots": True},
+    Inspector: {},
+    ToolContext: {"variables": True, "data": False},
+}
+_OPEN_SECTIONS = ("session_state", "workspace_extra", "inspector_extra")
+_FLAT_SECTIONS = {"preferences": Preferences, "metadata": Metadata}
+for _cls in _OPEN_FIELDS:
+    attrs.resolve_types(_cls)
+
+
+class _View(Mapping[str, Any]):
+    """A read-only model-form view of an attrs record, built lazily.
+
+    :func:`patch_paths` only asks "is this a mapping, and what is under this
+    key?"; answering from the live objects keeps the cost proportional to the
+    patch. Fields equal to their default are absent, as in the model form.
+    """
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __getitem__(self, key: str) -> Any:
+        field = attrs.fields_dict(type(self._obj)).get(key)
+        if field is None:
+            raise KeyError(key)
+        value = getattr(self._obj, key)
+        default: Any = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        if value == default:
+            raise KeyError(key)
+        return _View(value) if attrs.has(type(value)) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return (f.name for f in attrs.fields(type(self._obj)) if f.name in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _SectionView(Mapping[str, Any]):
+    """A model-form view of a ``name -> record`` section."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: Mapping[str, Any]) -> None:
+        self._records = records
+
+    def __getitem__(self, key: str) -> Any:
+        return _View(self._records[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+def _apply_fast(update: StateUpdate, state: SessionState) -> tuple[SessionState, list[Path]] | None:
+    """Apply the merge patches of *update* touching only what they name, or None.
+
+    Covers merges into the record sections (workspaces, objects, inspectors,
+    contexts), the open sections and preferences/metadata -- the shape of
+    nearly every client update. Anything else (replacements, ``sets``,
+    deleting objects, which needs a whole-state reference check) returns None.
+    Whatever the touched parts must satisfy is checked here; a failure also
+    returns None, so the full path reports it with its usual message.
+    """
+    if update.sets or update.replace:
+        return None
+    try:
+        changes: dict[str, Any] = {}
+        paths: list[Path] = []
+        touched: dict[str, dict[str, Any]] = {}
+        for section, patch in update.patches.items():
+            if not isinstance(patch, Mapping) or not patch or is_ref(patch):
+                return None
+            if section in _RECORD_CLASSES:
+                old = getattr(state, section)
+                paths.extend(patch_paths((section,), patch, _SectionView(old)))
+                changes[section], touched[section] = _merge_records(
+                    old, patch, _RECORD_CLASSES[section], section
+                )
+            elif section in _OPEN_SECTIONS:
+                value = getattr(state, section)
+                paths.extend(patch_paths((section,), patch, value))
+                check_json_value(patch, section)
+                changes[section] = merge_patch(value, patch)
+            elif section in _FLAT_SECTIONS:
+                cls = _FLAT_SECTIONS[section]
+                model = converter.unstructure(getattr(state, section))
+                paths.extend(patch_paths((section,), patch, model))
+                changes[section] = converter.structure(merge_patch(model, patch), cls)
+            else:
+                return None
+        new = attrs.evolve(state, **changes)
+        _check_touched(new, touched)
+        return new, paths
+    except (_Fallback, ValidationError, TypeError, ValueError, cattrs.BaseValidationError):
+        return None
+
+
+def _merge_records(
+    old: dict[str, Any], patch: Mapping[str, Any], cls: type[Any], section: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(new section, name -> the fields each touched record had patched)."""
+    new = dict(old)  # a shallow copy: untouched records are shared, never mutated
+    touched: dict[str, Any] = {}
+    for key, sub in patch.items():
+        if sub is None:
+            if section == "objects":
+                raise _Fallback  # references to it must be looked for everywhere
+            new.pop(key, None)
+            continue
+        if not isinstance(sub, Mapping) or is_ref(sub):
+            raise _Fallback
+        if key in old:
+            new[key] = _merge_record(old[key], sub, cls)
+        else:
+            new[key] = converter.structure(merge_patch(None, sub), cls)
+        touched[key] = sub
+    return new, touched
+
+
+def _merge_record(obj: Any, patch: Mapping[str, Any], cls: type[Any]) -> Any:
+    fields = attrs.fields_dict(cls)
+    open_fields = _OPEN_FIELDS[cls]
+    kw: dict[str, Any] = {}
+    for name, sub in patch.items():
+        field = fields.get(name)
+        if field is None:
+            raise _Fallback  # an unknown key: the full path reports it
+        old = getattr(obj, name)
+        if name in open_fields:
+            if not isinstance(sub, Mapping):
+                raise _Fallback
+            kw[name] = merge_patch(old, sub)
+        else:
+            kw[name] = converter.structure(
+                merge_patch(converter.unstructure(old), sub), field.type or Any
+            )
+    return attrs.evolve(obj, **kw)
+
+
+def _values_valid(value: Any, refs: bool, objects: Mapping[str, Any], depth: int) -> bool:
+    try:
+        check_json_value(value, "value", MAX_DEPTH - depth)
+    except ValidationError:
+        return False
+    return not refs or all(target in objects for target in iter_refs(value))
+
+
+def _check_touched(state: SessionState, touched: dict[str, dict[str, Any]]) -> None:
+    """What :func:`validate_state` checks, for the touched records only.
+
+    Untouched records were valid before, and no object was deleted, so their
+    references still resolve.
+    """
+    objects = state.objects
+    for section, records in touched.items():
+        cls = _RECORD_CLASSES[section]
+        open_fields = _OPEN_FIELDS[cls]
+        for key, sub in records.items():
+            rec = getattr(state, section)[key]
+            if section == "objects":
+                check_object_id(key, "objects")
+            for name in sub:
+                value = getattr(rec, name)
+                if name in open_fields:
+                    # only the entries the patch named changed
+                    for k in sub[name]:
+                        if k in value and not _values_valid(
+                            value[k], open_fields[name], objects, 1
+                        ):
+                            raise _Fallback
+                elif name == "history":
+                    if not all(_values_valid(ev.result, True, objects, 0) for ev in value):
+                        raise _Fallback
+                elif name == "elements" and not _values_valid(value, True, objects, 0):
+                    raise _Fallback
+            if section == "inspectors" and rec.object_id not in objects:
+                raise _Fallback
+    check_json_value(state.preferences.extra, "preferences")
+    check_json_value(state.metadata.extra, "metadata")
+    check_json_value(state.metadata.client_info, "metadata.client_info")
+
+
+def _appended_valid(entries: list[Evaluation], state: SessionState) -> bool:
+    return all(_values_valid(ev.result, True, state.objects, 0) for ev in entries)
 
 
 def check_rebase(
