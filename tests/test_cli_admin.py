@@ -52,7 +52,8 @@ class Populated:
         self.ids: dict[str, str] = {}
 
     def handler(self, clock: ManualClock | None = None, **policy: Any) -> ProtocolHandler:
-        store = FileStore(self.root, fsync=False)
+        # no journal: every update rewrites the snapshot, so backups exist to check
+        store = FileStore(self.root, fsync=False, journal=False)
         audit = AuditLog(self.root / "audit.log", keyring=store.codec.keyring, fsync=False)
         return ProtocolHandler(store, Policy(rate_limit=None, **policy), clock=clock, audit=audit)
 
@@ -92,6 +93,12 @@ class Populated:
         sid = self.ids[name]
         path = self.root / "sessions" / sid[8:10] / f"{sid}.snap"
         return path if generation == 0 else path.with_name(f"{path.name}.{generation}")
+
+    def stored_size(self, name: str) -> int:
+        """Snapshot plus journal: the bytes the session takes on disk."""
+        journal = self.path_of(name).with_suffix(".jnl")
+        extra = journal.stat().st_size if journal.exists() else 0
+        return self.path_of(name).stat().st_size + extra
 
 
 @pytest.fixture
@@ -192,7 +199,7 @@ def test_list_shows_records_never_state(pop: Populated, capsys: pytest.CaptureFi
         (row,) = [line for line in lines if line.startswith(sid[:16] + "…")]
         assert sid not in row  # shortened
         assert row.endswith(state)
-        assert str(pop.path_of(name).stat().st_size) in row.split()
+        assert str(pop.stored_size(name)) in row.split()
     assert "4 session(s): 2 active, 1 closed, 1 expired" in out
     # columns are aligned: every row has its state column at the same offset
     assert len({line.rfind("  ") for line in lines[1:5]}) == 1
@@ -205,7 +212,7 @@ def test_list_shows_records_never_state(pop: Populated, capsys: pytest.CaptureFi
     by_id = {s["session_id"]: s for s in doc["sessions"]}
     assert set(by_id) == set(pop.ids.values())
     assert by_id[pop.ids["b1"]]["state"] == "closed"
-    assert by_id[pop.ids["a1"]]["size"] == pop.path_of("a1").stat().st_size
+    assert by_id[pop.ids["a1"]]["size"] == pop.stored_size("a1")
 
 
 def test_list_by_client(pop: Populated, capsys: pytest.CaptureFixture[str]) -> None:
@@ -231,6 +238,10 @@ def test_show_summarises_without_values(pop: Populated, capsys: pytest.CaptureFi
     assert fields["variables"] == "1"
     assert fields["history"] == "3"
     assert fields["session_state keys"] == "api_token, n"
+    # the current state as sealed: what the next compaction writes to disk
+    from stuisession import FileStore
+
+    FileStore(pop.root).load_snapshot(sid)
     assert fields["snapshot size"] == f"{pop.path_of('a1').stat().st_size} bytes"
     assert fields["encrypted"] == "yes"
     ring = json.loads((pop.root / "keyring.json").read_text())

@@ -98,7 +98,7 @@ def outcome(fn: Any) -> tuple[str, Any]:
 
 
 @settings(
-    max_examples=300,
+    max_examples=150,
     deadline=None,
     derandomize=True,
     database=None,

@@ -8,6 +8,7 @@ session either fully processed or untouched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,8 +20,9 @@ from typing import Any
 
 import attrs
 
+from . import journal
 from .audit import AuditLog
-from .codec import FLAG_ENCRYPTED, Snapshot, SnapshotCodec
+from .codec import FLAG_ENCRYPTED, Snapshot, SnapshotCodec, parse_header
 from .errors import (
     ConfigurationError,
     ConflictError,
@@ -35,6 +37,7 @@ from .state import to_wire
 from .stores.base import SessionStore
 from .stores.file import FileStore
 from .stores.redis import RedisStore
+from .updates import StateUpdate
 
 Progress = Callable[[int], None]
 
@@ -73,9 +76,14 @@ def rotate_keys(
     failed: list[str] = []
     for i, sid in enumerate(list(store._ids()), 1):
         try:
-            snap = store.load_snapshot(sid)
+            stored = store._get(sid)
+            sealed_with = None if stored is None else parse_header(stored).key_id
+            snap = store.load_snapshot(sid)  # may compact a journal, sealing with the new key
             if snap.header.key_id == ring.current_id:
-                skipped += 1
+                if sealed_with == ring.current_id:
+                    skipped += 1
+                else:
+                    resealed += 1
             else:
                 for _ in range(8):
                     try:
@@ -310,10 +318,14 @@ def iter_session_rows(
     for info in infos:
         size: int | None
         if isinstance(store, FileStore):
+            paths = store._paths(info.session_id)
             try:
-                size = os.stat(store._paths(info.session_id).current).st_size
+                size = os.stat(paths.current).st_size
             except FileNotFoundError:
                 size = None
+            with contextlib.suppress(FileNotFoundError):
+                if size is not None:
+                    size += os.stat(paths.journal).st_size  # changes not yet compacted
         else:
             blob = store._get(info.session_id)
             size = None if blob is None else len(blob)
@@ -377,7 +389,13 @@ def read_snapshot(store: SessionStore, session_id: str) -> Snapshot:
     blob = store._get(session_id)
     if blob is None:
         raise SessionNotFound("Session not found")
-    return store.codec.open(blob, expected_session_id=session_id)
+    snap = store.codec.open(blob, expected_session_id=session_id)
+    if isinstance(store, FileStore) and store.journal_records(session_id):
+        # changes since the snapshot live in the journal: show the current
+        # state, sealed in memory (nothing is written)
+        session = store.load(session_id)
+        snap = store.codec.open(store.codec.encode(session), expected_session_id=session_id)
+    return snap
 
 
 # -- verifying the files of a file store --------------------------------------------------
@@ -454,7 +472,43 @@ def _check_file(codec: SnapshotCodec, f: SnapshotFile) -> str | None:
         return f"could not be read ({exc.strerror})"
     if blob is None:
         return None  # gone meanwhile: nothing to check
-    return check_blob(codec, blob, f.session_id)
+    reason = check_blob(codec, blob, f.session_id)
+    if reason is None and f.generation == 0:
+        reason = _check_journal(codec, blob, f)
+    return reason
+
+
+def _check_journal(codec: SnapshotCodec, blob: bytes, f: SnapshotFile) -> str | None:
+    """Why the journal extending the snapshot *blob* is bad, or None (also: no journal)."""
+    path = f.path[: -len(".snap")] + ".jnl"
+    try:
+        data = FileStore._read(path)
+    except OSError as exc:
+        return f"journal could not be read ({exc.strerror})"
+    base = journal.snapshot_tag(blob)
+    if data is None or journal.base_of(data) != base:
+        return None  # none, or left behind by a compaction (ignored by readers too)
+    try:
+        records = journal.open_records(
+            codec,
+            data,
+            start=journal.HEADER_SIZE,
+            base_tag=base,
+            prev_tag=base,
+            session_id=f.session_id,
+        )
+        session = codec.open(blob, expected_session_id=f.session_id).session()
+        for r in records:
+            if r.kind == journal.KIND_UPDATE:
+                session = attrs.evolve(
+                    session,
+                    state=StateUpdate.from_json(r.payload).apply(session.state, r.info.revision),
+                )
+    except IntegrityError as exc:
+        return f"journal: {exc.message}"
+    except Exception as exc:
+        return f"journal record could not be replayed ({type(exc).__name__})"
+    return None
 
 
 # -- export / import directories --------------------------------------------------------

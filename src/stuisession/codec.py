@@ -133,6 +133,14 @@ class Snapshot:
             self._state_json = self._codec._unseal_payload(self)
         return self._state_json
 
+    def forget_state_json(self) -> None:
+        """Drop the decompressed state kept by :meth:`state_json` (to free memory)."""
+        self._state_json = None
+
+    def with_info(self, info: SessionInfo) -> Snapshot:
+        """The same stored state under a newer record (the record was kept elsewhere)."""
+        return Snapshot(self._codec, self.blob, self.header, info)
+
     def current_state_json(self) -> bytes:
         """The state as JSON of the *current* schema (migrated and re-encoded if older)."""
         if self.schema_version == SCHEMA_VERSION:

@@ -40,7 +40,7 @@ from .errors import (
     SessionNotFound,
     StuiSessionError,
 )
-from .ids import check_client_id, check_session_id, new_session_id
+from .ids import check_client_id, check_session_id
 from .model import Session, SessionInfo, SessionStatus
 from .policy import Policy
 from .ratelimit import TokenBucketLimiter
@@ -272,6 +272,7 @@ class SessionService:
                 timeout=self.policy.session_timeout,
                 absolute_lifetime=self.policy.absolute_lifetime,
                 state=SessionState(metadata=metadata or Metadata()),
+                session_id=self.store.new_session_id(client_id),
             )
             self.store.create(session, max_size=self.policy.max_snapshot_size)
         self._audit("create", client_id=client_id, session_id=session.session_id)
@@ -319,7 +320,9 @@ class SessionService:
     def _rotate_id(self, snap: Snapshot, now: float) -> Restored:
         old = snap.session()
         new = attrs.evolve(
-            lifecycle.touch(old, now), session_id=new_session_id(), token_generation=0
+            lifecycle.touch(old, now),
+            session_id=self.store.new_session_id(old.client_id),
+            token_generation=0,
         )
         # the new record exists before the old one goes: a crash never loses the session
         self.store.create(new)
@@ -414,7 +417,10 @@ class SessionService:
             )
             try:
                 self.store.save(
-                    new, expected_revision=current.revision, max_size=self.policy.max_snapshot_size
+                    new,
+                    expected_revision=current.revision,
+                    max_size=self.policy.max_snapshot_size,
+                    update=update,
                 )
             except ConflictError:
                 continue

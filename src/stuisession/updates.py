@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from . import jsonutil
 from .errors import ConflictError, ValidationError
 from .jsonutil import MAX_DEPTH, check_json_value
 from .refs import check_object_id, is_ref, iter_refs
@@ -129,6 +130,40 @@ class StateUpdate:
     client_version: str | None = None
     #: counts toward ``metadata.commands_run`` but not ``metadata.updates``
     counts_as_update: bool = True
+
+    def to_json(self) -> bytes:
+        """This update as JSON (what a journal record stores)."""
+        doc: dict[str, Any] = {"patches": self.patches}
+        if self.replace:
+            doc["replace"] = sorted(self.replace)
+        if self.sets:
+            doc["sets"] = [[list(path), value] for path, value in self.sets]
+        if self.append_history:
+            doc["append_history"] = {
+                name: [converter.unstructure(e) for e in entries]
+                for name, entries in self.append_history.items()
+            }
+        if self.client_version is not None:
+            doc["client_version"] = self.client_version
+        if not self.counts_as_update:
+            doc["counts_as_update"] = False
+        return jsonutil.dumps(doc)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> StateUpdate:
+        """The inverse of :meth:`to_json`."""
+        doc = jsonutil.loads(data)
+        return cls(
+            patches=doc["patches"],
+            replace=frozenset(doc.get("replace", ())),
+            sets=tuple((tuple(path), value) for path, value in doc.get("sets", ())),
+            append_history={
+                name: [converter.structure(e, Evaluation) for e in entries]
+                for name, entries in doc.get("append_history", {}).items()
+            },
+            client_version=doc.get("client_version"),
+            counts_as_update=doc.get("counts_as_update", True),
+        )
 
     def paths(self, model: Mapping[str, Any]) -> list[Path]:
         """Paths this update sets or deletes when applied to *model* (the model form)."""

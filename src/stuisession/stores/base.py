@@ -21,9 +21,10 @@ from .. import jsonutil
 from ..codec import Snapshot, SnapshotCodec
 from ..converters import unstructure_state
 from ..errors import IntegrityError, SessionNotFound, StateTooLarge
-from ..ids import check_client_id, check_session_id
+from ..ids import check_client_id, check_session_id, new_session_id
 from ..keys import Keyring
 from ..model import Session, SessionInfo, SessionState
+from ..updates import StateUpdate
 
 
 @attrs.frozen
@@ -87,6 +88,14 @@ class SessionStore(abc.ABC):
         """
         return self._get(session_id)
 
+    def new_session_id(self, client_id: str) -> str:
+        """A fresh id for a new session of *client_id*.
+
+        Stores that index sessions by client may shape the id (e.g. pick its
+        shard); it always has the format of :func:`stuisession.ids.new_session_id`.
+        """
+        return new_session_id()
+
     def _client_ids(self, client_id: str) -> Iterator[str] | None:
         """Session ids of *client_id* from an index, or None to fall back to a scan."""
         return None
@@ -136,11 +145,18 @@ class SessionStore(abc.ABC):
             return self._recover(session_id, exc).info
 
     def save(
-        self, session: Session, *, expected_revision: int, max_size: int | None = None
+        self,
+        session: Session,
+        *,
+        expected_revision: int,
+        max_size: int | None = None,
+        update: StateUpdate | None = None,
     ) -> None:
         """Replace the stored session if its revision is still *expected_revision*.
 
-        *max_size* as for :meth:`create`.
+        *max_size* as for :meth:`create`. *update*, when given, is the change
+        that turned revision *expected_revision* into *session*: a store with a
+        journal records it instead of the whole state (this one ignores it).
         """
         check_session_id(session.session_id)
         self._put(session.info, self._encode(session, max_size), expected_revision)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -29,12 +30,16 @@ import secrets
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
+import attrs
 import filelock
 
-from ..codec import Snapshot, SnapshotCodec, parse_header
+from .. import journal
+from ..codec import TAG_SIZE, Snapshot, SnapshotCodec, parse_header
 from ..errors import (
     ConfigurationError,
     ConflictError,
@@ -44,14 +49,22 @@ from ..errors import (
 )
 from ..ids import SESSION_ID_PREFIX, check_session_id, is_valid_session_id
 from ..keys import Keyring
-from ..model import SessionInfo
+from ..model import Session, SessionInfo, SessionState
+from ..updates import StateUpdate
 from .base import SessionStore
 
 log = logging.getLogger("stuisession.stores.file")
+_T = TypeVar("_T")
 
 FORMAT_NAME = "stuisession-file-store"
-FORMAT_VERSION = 1
+#: version 2 adds client-sharded session ids (the client index); version 1
+#: stores are still read and written, listing a client's sessions by a scan
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+REF_SUFFIX = ".ref"
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 SNAP_SUFFIX = ".snap"
+JOURNAL_SUFFIX = ".jnl"
 TMP_SUFFIX = ".tmp"
 #: temp files older than this (seconds) belong to a crashed writer
 STALE_TMP_AGE = 60.0
@@ -85,15 +98,135 @@ def session_ref(session_id: str) -> str:
 class _Paths:
     """The file names of one session (the id has been validated)."""
 
-    __slots__ = ("current", "dir", "sid")
+    __slots__ = ("current", "dir", "journal", "sid")
 
     def __init__(self, sessions_dir: str, session_id: str) -> None:
         self.sid = session_id
         self.dir = os.path.join(sessions_dir, session_id[_SHARD])
         self.current = os.path.join(self.dir, session_id + SNAP_SUFFIX)
+        self.journal = os.path.join(self.dir, session_id + JOURNAL_SUFFIX)
 
     def backup(self, k: int) -> str:
         return f"{self.current}.{k}"
+
+
+#: default bound of the decoded-session cache (estimated bytes)
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+#: a decoded state takes about this many times its JSON size in memory
+_DECODED_FACTOR = 6
+_MIN_JOURNAL_LIMIT = 64 * 1024
+
+_FileKey = tuple[int, int, int]
+
+
+@attrs.frozen
+class _Head:
+    """What the store knows of one session's files at one moment.
+
+    Valid while ``snap_key``/``jnl_key`` (inode, size, mtime) match the files.
+    """
+
+    snap_key: _FileKey
+    jnl_key: _FileKey | None
+    #: the verified snapshot the journal extends
+    snapshot: Snapshot
+    base_tag: bytes
+    #: tag of the last valid record (the base tag when there is none)
+    last_tag: bytes
+    #: offset just past the last valid record; 0 when the journal holds no
+    #: valid header for this snapshot (absent, empty, or left by a compaction)
+    end: int
+    records: int
+    #: how many of the records change the state (the others only the record)
+    updates: int
+    info: SessionInfo
+    #: the decoded current session, when it has been decoded
+    session: Session | None
+    #: estimated memory of this entry
+    cost: int
+
+    @property
+    def journal_bytes(self) -> int:
+        return max(0, self.end - journal.HEADER_SIZE)
+
+
+class _HeadCache:
+    """A bounded LRU of :class:`_Head` by session id (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, _Head] = OrderedDict()
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def get(self, sid: str) -> _Head | None:
+        with self._lock:
+            head = self._items.get(sid)
+            if head is not None:
+                self._items.move_to_end(sid)
+            return head
+
+    def put(self, sid: str, head: _Head) -> None:
+        with self._lock:
+            old = self._items.pop(sid, None)
+            if old is not None:
+                self._used -= old.cost
+            if head.cost > self.limit:
+                return
+            self._items[sid] = head
+            self._used += head.cost
+            while self._used > self.limit:
+                _, evicted = self._items.popitem(last=False)
+                self._used -= evicted.cost
+
+    def drop(self, sid: str) -> None:
+        with self._lock:
+            old = self._items.pop(sid, None)
+            if old is not None:
+                self._used -= old.cost
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+def _decoded_cost(blob_size: int) -> int:
+    # a sealed state is compressed about 7x; decoded it takes ~6x its JSON
+    return _DECODED_FACTOR * 7 * blob_size
+
+
+def _file_key(path: str) -> _FileKey | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _session_of(info: SessionInfo, state: SessionState) -> Session:
+    fields = {a.name: getattr(info, a.name) for a in attrs.fields(SessionInfo)}
+    return Session(**fields, state=state)
+
+
+def _replay(session: Session, records: list[journal.JournalRecord]) -> Session:
+    """*session* with the journal *records* applied in order."""
+    for r in records:
+        state = session.state
+        if r.kind == journal.KIND_UPDATE:
+            try:
+                state = StateUpdate.from_json(r.payload).apply(state, r.info.revision)
+            except Exception as exc:  # a sealed record that does not apply: a writer bug
+                raise IntegrityError(
+                    f"journal record for revision {r.info.revision} could not be replayed "
+                    f"({type(exc).__name__})"
+                ) from None
+        session = _session_of(r.info, state)
+    return session
 
 
 class FileStore(SessionStore):
@@ -112,6 +245,18 @@ class FileStore(SessionStore):
     :param fsync: make every write durable (fsync file and directory). Turn it
         off only for tests and benchmarks: a power loss can then lose writes
         that were acknowledged.
+    :param journal: record updates as sealed deltas appended to a per-session
+        journal (``<id>.jnl``) instead of rewriting the snapshot, folding them
+        into a new snapshot when the journal grows past *journal_limit* bytes
+        or a restore needs the stored bytes. Off, every update rewrites the
+        snapshot.
+    :param journal_limit: journal size (bytes) that triggers compaction; None:
+        the snapshot's own size, at least 64 KiB, so replaying costs at most
+        about as much as reading the snapshot.
+    :param cache_bytes: bound on the cache of decoded sessions (estimated
+        memory, bytes). Cached sessions are revalidated with a ``stat`` of
+        their files, so several processes may share the directory. 0 turns
+        the cache off.
     """
 
     def __init__(
@@ -126,7 +271,14 @@ class FileStore(SessionStore):
         lock_stripes: int = 64,
         lock_timeout: float = 10.0,
         fsync: bool = True,
+        journal: bool = True,
+        journal_limit: int | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
+        if cache_bytes < 0:
+            raise ConfigurationError("cache_bytes must be 0 or more")
+        if journal_limit is not None and journal_limit < 0:
+            raise ConfigurationError("journal_limit must be 0 or more")
         if backups < 0:
             raise ConfigurationError("backups must be 0 or more")
         if not 1 <= lock_stripes <= _MAX_STRIPES:
@@ -172,6 +324,9 @@ class FileStore(SessionStore):
         self._swept: set[str] = set()
         self._quarantined: list[Path] = []
         self._meta_lock = threading.Lock()
+        self._journal = journal
+        self._journal_max = journal_limit
+        self._cache = _HeadCache(cache_bytes)
 
     # -- public extras --------------------------------------------------------------
     @property
@@ -213,7 +368,13 @@ class FileStore(SessionStore):
         each other, so the stripe count is a property of the directory.
         """
         meta = self._root / "format.json"
-        doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "lock_stripes": lock_stripes}
+        doc = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "lock_stripes": lock_stripes,
+            # keys the client -> shard map, so a session id reveals nothing of its client
+            "client_shard_key": secrets.token_hex(16),
+        }
         try:
             if not meta.exists():
                 tmp = self._write_temp(str(self._root), "format", json.dumps(doc).encode())
@@ -232,8 +393,14 @@ class FileStore(SessionStore):
             name, version, stripes = found["format"], found["version"], found["lock_stripes"]
         except (ValueError, KeyError, TypeError):
             raise ConfigurationError(f"{meta} is not a valid file store format file") from None
-        if name != FORMAT_NAME or version != FORMAT_VERSION:
+        if name != FORMAT_NAME or version not in _READABLE_VERSIONS:
             raise ConfigurationError(f"{meta}: unsupported store format {name!r} v{version!r}")
+        self._shard_key: bytes | None = None
+        if version >= 2:
+            try:
+                self._shard_key = bytes.fromhex(found["client_shard_key"])
+            except (KeyError, TypeError, ValueError):
+                raise ConfigurationError(f"{meta} has no valid client_shard_key") from None
         if stripes != lock_stripes:
             raise ConfigurationError(
                 f"the store at {self._root} uses lock_stripes={stripes}; open it with the "
@@ -404,6 +571,470 @@ class FileStore(SessionStore):
                 data += more
             return data
 
+    # -- the client index -------------------------------------------------------------
+    # A version-2 store gives each client's sessions ids whose shard (the two
+    # characters after the prefix) is a keyed hash of the client id, so a
+    # client's sessions share one shard directory and listing them reads that
+    # directory only -- no index file to keep in step, no extra fsync per
+    # create. A session stored under an id that does not follow the rule
+    # (imported, or created with an id of its own) gets an empty marker
+    # ``<id>.ref`` in its client's shard instead.
+    def client_shard(self, client_id: str) -> str | None:
+        """The shard directory holding *client_id*'s sessions (None: a version-1 store)."""
+        if self._shard_key is None:
+            return None
+        d = hmac.new(self._shard_key, client_id.encode("utf-8", "surrogatepass"), "sha256").digest()
+        return _B64[d[0] % 64] + _B64[d[1] % 64]
+
+    def new_session_id(self, client_id: str) -> str:
+        """A fresh session id, placed in *client_id*'s shard (256-bit id, 244 bits random)."""
+        sid = super().new_session_id(client_id)
+        shard = self.client_shard(client_id)
+        if shard is None:
+            return sid
+        return sid[: _SHARD.start] + shard + sid[_SHARD.stop :]
+
+    def _client_ids(self, client_id: str) -> Iterator[str] | None:
+        shard = self.client_shard(client_id)
+        if shard is None:
+            return None
+        directory = os.path.join(self._sessions_dir, shard)
+        try:
+            names = [e.name for e in os.scandir(directory)]
+        except FileNotFoundError:
+            return iter(())
+        except OSError as exc:
+            raise _storage_error("list a sessions directory", exc) from exc
+        ids = []
+        for name in names:
+            sid, dot, suffix = name.partition(".")
+            if dot and suffix in (SNAP_SUFFIX[1:], REF_SUFFIX[1:]) and is_valid_session_id(sid):
+                ids.append(sid)
+        return iter(sorted(set(ids)))
+
+    def _marker(self, session_id: str, client_id: str) -> str | None:
+        """Path of the index marker a session needs, or None (its id is in the right shard)."""
+        shard = self.client_shard(client_id)
+        if shard is None or session_id[_SHARD] == shard:
+            return None
+        return os.path.join(self._sessions_dir, shard, session_id + REF_SUFFIX)
+
+    def _write_marker(self, path: str) -> None:
+        directory = os.path.dirname(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o600)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o700)
+            self._fsync_dir(self._sessions_dir)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o600)
+        os.close(fd)
+        self._fsync_dir(directory)
+
+    # -- the journal and the decoded-session cache -----------------------------------
+    @property
+    def cache_size(self) -> int:
+        """Estimated bytes held by the decoded-session cache now."""
+        return self._cache.used
+
+    def journal_records(self, session_id: str) -> int:
+        """How many journal records extend the session's snapshot now."""
+        check_session_id(session_id)
+        p = self._paths(session_id)
+        return self._io("read a session", lambda: self._head(p, decode=False)).records
+
+    def load(self, session_id: str) -> Session:
+        """The current session: snapshot plus journal, from the cache when still valid."""
+        check_session_id(session_id)
+        p = self._paths(session_id)
+        head = self._io("read a session", lambda: self._head(p, decode=True))
+        assert head.session is not None
+        return head.session
+
+    def load_snapshot(self, session_id: str) -> Snapshot:
+        """The verified snapshot of the current state, ready to hand over as stored bytes.
+
+        A session with journal records is compacted first (under its lock),
+        so the returned snapshot always holds the latest committed state.
+        """
+        check_session_id(session_id)
+        p = self._paths(session_id)
+        head = self._io("read a session", lambda: self._head(p, decode=False))
+        if head.updates == 0:
+            # a fresh Snapshot: the decompressed state it may keep is not the cache's
+            return head.snapshot.with_info(head.info)
+        return self._io("compact a session journal", lambda: self._compact(p))
+
+    def load_info(self, session_id: str) -> SessionInfo:
+        """The session's current record (snapshot head plus the last journal record)."""
+        check_session_id(session_id)
+        p = self._paths(session_id)
+        cached = self._cache.get(session_id)
+        if (
+            cached is not None
+            and cached.snap_key == _file_key(p.current)
+            and cached.jnl_key == _file_key(p.journal)
+        ):
+            return cached.info
+        return self._io("read a session record", lambda: self._read_info(p))
+
+    def save(
+        self,
+        session: Session,
+        *,
+        expected_revision: int,
+        max_size: int | None = None,
+        update: StateUpdate | None = None,
+    ) -> None:
+        """Commit *session* if the stored revision is still *expected_revision*.
+
+        With *update* (the change that turned that revision into *session*) and
+        the journal on, the change is appended to the journal; otherwise, or
+        when the journal is due for compaction, a new snapshot is written.
+        """
+        check_session_id(session.session_id)
+        if update is None or not self._journal:
+            blob = self._encode(session, max_size)
+            self._put(session.info, blob, expected_revision)
+            return
+        p = self._paths(session.session_id)
+        payload = update.to_json()
+        self._io(
+            "write a session journal",
+            lambda: self._commit(p, session, expected_revision, max_size, payload),
+        )
+
+    def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected_revision: int) -> None:
+        """Replace only the record (e.g. the access time): a small journal record."""
+        if not self._journal:
+            super().save_info(snapshot, info, expected_revision=expected_revision)
+            return
+        p = self._paths(info.session_id)
+        self._io(
+            "write a session journal",
+            lambda: self._commit(p, None, expected_revision, None, None, info=info),
+        )
+
+    def _io(self, action: str, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except OSError as exc:
+            raise _storage_error(action, exc) from exc
+
+    def _head(self, p: _Paths, *, decode: bool, locked: bool = False) -> _Head:
+        """The session's current head, revalidated against its files.
+
+        Without the lock, a compaction may replace the snapshot while we read:
+        the snapshot is stat'ed again after the journal has been read, and the
+        read is retried if it changed.
+        """
+        for _ in range(16):
+            snap_key = _file_key(p.current)
+            if snap_key is None:
+                raise SessionNotFound("Session not found")
+            jnl_key = _file_key(p.journal)
+            cached = self._cache.get(p.sid)
+            if cached is not None and cached.snap_key == snap_key:
+                if cached.jnl_key == jnl_key and (cached.session is not None or not decode):
+                    return cached
+                grown = self._catch_up(p, cached, jnl_key, decode)
+                if grown is not None:
+                    return grown
+            head = self._read_head(p, decode=decode, locked=locked)
+            if head is not None:
+                self._cache.put(p.sid, head)
+                return head
+        raise StorageError("session files kept changing while being read", reason="busy")
+
+    def _read_head(self, p: _Paths, *, decode: bool, locked: bool) -> _Head | None:
+        """Read snapshot and journal from disk (None: they changed meanwhile, retry)."""
+        snap_key = _file_key(p.current)
+        blob = self._read(p.current)
+        if blob is None or snap_key is None:
+            raise SessionNotFound("Session not found")
+        try:
+            snap = self.codec.open(blob, expected_session_id=p.sid)
+        except IntegrityError as exc:
+            if locked:
+                self._restore_locked(p, blob, exc)
+            else:
+                self._recover(p.sid, exc)
+            return None  # the current file was replaced by a backup: read again
+        jnl_key = _file_key(p.journal)
+        data = self._read(p.journal) or b""
+        if _file_key(p.current) != snap_key or _file_key(p.journal) != jnl_key:
+            return None
+        base_tag = journal.snapshot_tag(blob)
+        records: list[journal.JournalRecord] = []
+        end = 0
+        if journal.base_of(data) == base_tag:
+            records = journal.open_records(
+                self.codec,
+                data,
+                start=journal.HEADER_SIZE,
+                base_tag=base_tag,
+                prev_tag=base_tag,
+                session_id=p.sid,
+            )
+            end = records[-1].end if records else journal.HEADER_SIZE
+        info = records[-1].info if records else snap.info
+        session = None
+        cost = len(blob)
+        if decode:
+            session = _replay(snap.session(), records)
+            cost += _DECODED_FACTOR * len(snap.state_json())
+            snap.forget_state_json()
+        return _Head(
+            snap_key=snap_key,
+            jnl_key=jnl_key,
+            snapshot=snap,
+            base_tag=base_tag,
+            last_tag=records[-1].tag if records else base_tag,
+            end=end,
+            records=len(records),
+            updates=sum(r.kind == journal.KIND_UPDATE for r in records),
+            info=info,
+            session=session,
+            cost=cost,
+        )
+
+    def _catch_up(
+        self, p: _Paths, cached: _Head, jnl_key: _FileKey | None, decode: bool
+    ) -> _Head | None:
+        """*cached* plus the records appended since (None: read everything again)."""
+        if (
+            jnl_key is None
+            or cached.end < journal.HEADER_SIZE
+            or cached.jnl_key is None
+            or jnl_key[0] != cached.jnl_key[0]
+            or jnl_key[1] < cached.end
+            or (decode and cached.session is None)
+        ):
+            return None
+        fd = os.open(p.journal, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if journal.base_of(os.pread(fd, journal.HEADER_SIZE, 0)) != cached.base_tag:
+                return None
+            tail = os.pread(fd, st.st_size - cached.end, cached.end)
+        finally:
+            os.close(fd)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != jnl_key:
+            return None
+        records = journal.open_records(
+            self.codec,
+            tail,
+            start=0,
+            base_tag=cached.base_tag,
+            prev_tag=cached.last_tag,
+            session_id=p.sid,
+        )
+        session = cached.session
+        if session is not None:
+            session = _replay(session, records)
+        head = attrs.evolve(
+            cached,
+            jnl_key=jnl_key,
+            last_tag=records[-1].tag if records else cached.last_tag,
+            end=cached.end + (records[-1].end if records else 0),
+            records=cached.records + len(records),
+            updates=cached.updates + sum(r.kind == journal.KIND_UPDATE for r in records),
+            info=records[-1].info if records else cached.info,
+            session=session,
+            cost=cached.cost + sum(_DECODED_FACTOR * len(r.payload) for r in records),
+        )
+        self._cache.put(p.sid, head)
+        return head
+
+    def _read_info(self, p: _Paths, *, locked: bool = False) -> SessionInfo:
+        """The current record without reading the snapshot's state (listing, sweeps).
+
+        With *locked* (the caller holds the stripe lock) a damaged snapshot is
+        reported instead of recovered, which would need the lock.
+        """
+        for _ in range(16):
+            try:
+                fd = os.open(p.current, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
+            except FileNotFoundError:
+                raise SessionNotFound("Session not found") from None
+            try:
+                size = os.fstat(fd).st_size
+                head = os.pread(fd, _HEAD_READ, 0)
+                try:
+                    need = parse_header(head).payload_offset
+                    if need > len(head):
+                        head = os.pread(fd, need, 0)
+                    info = self.codec.read_info(head, expected_session_id=p.sid)
+                except IntegrityError as exc:
+                    if locked:
+                        raise
+                    return self._recover(p.sid, exc).info
+                jnl_key = _file_key(p.journal)
+                if jnl_key is None or jnl_key[1] <= journal.HEADER_SIZE:
+                    return info
+                base_tag = os.pread(fd, TAG_SIZE, max(0, size - TAG_SIZE))
+            finally:
+                os.close(fd)
+            data = self._read(p.journal) or b""
+            if _file_key(p.journal) != jnl_key:
+                continue  # appended or compacted meanwhile
+            if journal.base_of(data) != base_tag:
+                return info  # left by a compaction: not this snapshot's
+            records = journal.open_records(
+                self.codec,
+                data,
+                start=journal.HEADER_SIZE,
+                base_tag=base_tag,
+                prev_tag=base_tag,
+                session_id=p.sid,
+            )
+            return records[-1].info if records else info
+        raise StorageError("session files kept changing while being read", reason="busy")
+
+    def _journal_limit(self, head: _Head) -> int:
+        if self._journal_max is not None:
+            return self._journal_max
+        return max(_MIN_JOURNAL_LIMIT, len(head.snapshot.blob))
+
+    def _commit(
+        self,
+        p: _Paths,
+        session: Session | None,
+        expected_revision: int,
+        max_size: int | None,
+        payload: bytes | None,
+        *,
+        info: SessionInfo | None = None,
+    ) -> None:
+        """Append one record (an update, or with *info* a new record only) as a CAS."""
+        with self._locked(p.sid):
+            head = self._head(p, decode=False, locked=True)
+            if head.info.revision != expected_revision:
+                raise ConflictError(
+                    "session was changed by another writer", current_revision=head.info.revision
+                )
+            new_info = session.info if session is not None else info
+            assert new_info is not None
+            kind = journal.KIND_UPDATE if payload is not None else journal.KIND_INFO
+            record = journal.seal(
+                self.codec,
+                new_info,
+                kind=kind,
+                base_tag=head.base_tag,
+                prev_tag=head.last_tag,
+                payload=payload or b"",
+            )
+            grows = head.journal_bytes + len(record)
+            too_big = max_size is not None and len(head.snapshot.blob) + grows > max_size
+            if session is not None and (too_big or grows > self._journal_limit(head)):
+                # fold everything into a new snapshot; its size is checked exactly
+                self._write_snapshot_locked(p, session, self._encode(session, max_size))
+                return
+            self._append_locked(p, head, record)
+            new_session = None
+            if session is not None:
+                new_session = session
+            elif head.session is not None:
+                new_session = _session_of(new_info, head.session.state)
+            extra = _DECODED_FACTOR * len(payload or b"")
+            if new_session is not None and head.session is None:
+                extra = _decoded_cost(len(head.snapshot.blob))
+            self._cache.put(
+                p.sid,
+                attrs.evolve(
+                    head,
+                    jnl_key=_file_key(p.journal),
+                    last_tag=record[-(TAG_SIZE + 4) : -4],
+                    end=(head.end or journal.HEADER_SIZE) + len(record),
+                    records=head.records + 1,
+                    updates=head.updates + (payload is not None),
+                    info=new_info,
+                    session=new_session,
+                    cost=head.cost + extra,
+                ),
+            )
+
+    def _append_locked(self, p: _Paths, head: _Head, record: bytes) -> None:
+        """Append *record* durably (stripe lock held); cuts off a torn tail first."""
+        existed = head.jnl_key is not None
+        fd = os.open(
+            p.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o600
+        )
+        try:
+            size = os.fstat(fd).st_size
+            data = record
+            if head.end == 0:
+                # no valid journal for this snapshot yet: start one
+                if size:
+                    os.ftruncate(fd, 0)
+                data = journal.header(head.base_tag) + record
+            elif size != head.end:
+                os.ftruncate(fd, head.end)  # an unacknowledged, torn append
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self._fsync:
+                os.fdatasync(fd)
+        except BaseException:
+            # whatever reached the file is not acknowledged: cut it off again
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, head.end if head.end else 0)
+            raise
+        finally:
+            os.close(fd)
+        if not existed:
+            self._fsync_dir(p.dir)
+
+    def _compact(self, p: _Paths) -> Snapshot:
+        """Fold the journal into a new snapshot (takes the lock); return it."""
+        with self._locked(p.sid):
+            head = self._head(p, decode=True, locked=True)
+            if head.updates == 0:
+                return head.snapshot.with_info(head.info)
+            assert head.session is not None
+            blob = self.codec.encode(head.session)
+            return self._write_snapshot_locked(p, head.session, blob)
+
+    def _write_snapshot_locked(self, p: _Paths, session: Session, blob: bytes) -> Snapshot:
+        """Replace the snapshot by *blob* (the state after every journal record)."""
+        tmp = self._write_session_temp(p, blob)
+        try:
+            self._rotate_backups(p)
+            os.replace(tmp, p.current)
+            self._fsync_dir(p.dir)
+        finally:
+            self._discard(tmp)  # gone after the rename; removed if it failed
+        self._forget_journal(p)
+        snap = self.codec.open(blob, expected_session_id=p.sid)
+        snap_key = _file_key(p.current)
+        if snap_key is not None:
+            self._cache.put(
+                p.sid,
+                _Head(
+                    snap_key=snap_key,
+                    jnl_key=_file_key(p.journal),
+                    snapshot=snap,
+                    base_tag=journal.snapshot_tag(blob),
+                    last_tag=journal.snapshot_tag(blob),
+                    end=0,
+                    records=0,
+                    updates=0,
+                    info=session.info,
+                    session=session,
+                    cost=len(blob) + _decoded_cost(len(blob)),
+                ),
+            )
+        return snap
+
+    def _forget_journal(self, p: _Paths) -> None:
+        """Empty the journal after its snapshot was replaced (the rename is durable).
+
+        Not synced: a journal that survives a crash names the old snapshot and
+        is ignored.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(p.journal, 0)
+
     # -- primitives -------------------------------------------------------------------
     def _get(self, session_id: str) -> bytes | None:
         p = self._paths(session_id)
@@ -437,6 +1068,15 @@ class FileStore(SessionStore):
             if tmp is not None:
                 self._discard(tmp)
 
+    def create(self, session: Session, *, max_size: int | None = None) -> None:
+        """Store a new session (see :meth:`SessionStore.create`)."""
+        check_session_id(session.session_id)
+        marker = self._marker(session.session_id, session.client_id)
+        if marker is not None:
+            # before the session exists, so it is never missing from the index
+            self._io("write a client index marker", lambda: self._write_marker(marker))
+        super().create(session, max_size=max_size)
+
     def _create_locked(self, p: _Paths, tmp: str) -> None:
         try:
             os.link(tmp, p.current)  # atomic create-if-absent
@@ -447,30 +1087,23 @@ class FileStore(SessionStore):
         self._fsync_dir(p.dir)
 
     def _head_revision(self, p: _Paths) -> int | None:
-        head = self._read(p.current, head_only=True)
-        if head is None:
-            return None
         try:
-            return self.codec.read_info(head, expected_session_id=p.sid).revision
-        except IntegrityError:
+            return self._read_info(p, locked=True).revision
+        except (SessionNotFound, IntegrityError):
             return None
 
     def _replace_locked(self, p: _Paths, tmp: str, expected_revision: int) -> None:
-        current = self._read(p.current)
-        if current is None:
-            raise SessionNotFound("Session not found")
-        try:
-            # the whole snapshot is verified, not just its head: a corrupt
-            # current file must not be rotated into the backups, pushing out a
-            # good generation
-            revision = self.codec.open(current, expected_session_id=p.sid).info.revision
-        except IntegrityError as exc:
-            revision = self._restore_locked(p, current, exc).info.revision
+        # the whole snapshot is verified (when not cached), not just its head: a
+        # corrupt current file must not be rotated into the backups, pushing out
+        # a good generation
+        revision = self._head(p, decode=False, locked=True).info.revision
         if revision != expected_revision:
             raise ConflictError("session was changed by another writer", current_revision=revision)
         self._rotate_backups(p)
         os.replace(tmp, p.current)
         self._fsync_dir(p.dir)
+        self._forget_journal(p)
+        self._cache.drop(p.sid)
 
     def _rotate_backups(self, p: _Paths) -> None:
         """Shift backups one generation older and hard-link the current file as ``.1``.
@@ -495,8 +1128,16 @@ class FileStore(SessionStore):
         try:
             with self._locked(session_id):
                 existed = os.path.lexists(p.current)
-                # backups first: a crash part-way leaves the session in place,
-                # never backups without their session
+                marker = None
+                if existed:
+                    with contextlib.suppress(SessionNotFound, IntegrityError):
+                        info = self._read_info(p, locked=True)
+                        marker = self._marker(session_id, info.client_id)
+                self._cache.drop(session_id)
+                # backups and journal first: a crash part-way leaves the session
+                # in place, never backups without their session
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p.journal)
                 for path in self._backup_files(p):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
@@ -504,6 +1145,9 @@ class FileStore(SessionStore):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(p.current)
                     self._fsync_dir(p.dir)
+                if marker is not None:  # after the session: never a session without it
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(marker)
                 # "everything kept for it": set-aside copies go too
                 for path in self._quarantine_files(p.sid):
                     with contextlib.suppress(FileNotFoundError):
@@ -588,6 +1232,7 @@ class FileStore(SessionStore):
         """
         if self._must_not_roll_back(bad):
             raise error
+        self._cache.drop(p.sid)
         found: tuple[int, Snapshot] | None = None
         for k in range(1, self._backups + 1):
             blob = self._read(p.backup(k))
