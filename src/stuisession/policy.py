@@ -72,6 +72,9 @@ class Policy:
     rate_burst: int = attrs.field(default=200, validator=_positive)
     #: sessions examined per step of the expiry sweep (bounds the time of one step)
     sweep_batch: int = attrs.field(default=500, validator=_positive)
+    #: also audit every successful state update (a durable audit write each); off,
+    #: accesses (create, restore, close), denials and failures are still recorded
+    audit_updates: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.session_timeout > self.retention:

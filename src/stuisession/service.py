@@ -424,7 +424,8 @@ class SessionService:
                 )
             except ConflictError:
                 continue
-            self._audit("update", client_id=current.client_id, session_id=session_id)
+            if self.policy.audit_updates:
+                self._audit("update", client_id=current.client_id, session_id=session_id)
             return new
         raise ConflictError("Session is being changed too often; retry the update")
 

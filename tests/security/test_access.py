@@ -216,7 +216,7 @@ def test_audit_log_records_and_verifies(compat: ProtocolHandler, tmp_path: Path)
     log_path = tmp_path / "audit.log"
     lines = [json.loads(x) for x in log_path.read_text().splitlines()]
     events = [(x["event"], x["outcome"]) for x in lines]
-    assert ("create", "ok") in events and ("update", "ok") in events
+    assert ("create", "ok") in events and ("update", "ok") not in events  # audit_updates off
     assert ("deny", "denied") in events and ("close", "ok") in events
     raw = log_path.read_text()
     assert sid not in raw and SECRET not in raw
@@ -334,3 +334,15 @@ def test_world_readable_key_file_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigurationError):
         FileStore(tmp_path / "s")
+
+
+def test_audit_updates_records_each_update(tmp_path: Path, clock: ManualClock) -> None:
+    store = FileStore(tmp_path / "store", fsync=False)
+    audit = AuditLog(tmp_path / "audit.log", keyring=store.codec.keyring, clock=clock, fsync=False)
+    h = ProtocolHandler(
+        store, Policy(rate_limit=None, audit_updates=True), clock=clock, audit=audit
+    )
+    sid = ok(h, "create_session", client_id="alice")["session_id"]
+    ok(h, "update_session_state", session_id=sid, state_data={"s": SECRET})
+    lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [x["event"] for x in lines] == ["create", "update"]

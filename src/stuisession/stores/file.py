@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import hmac
 import json
@@ -311,6 +312,7 @@ class FileStore(SessionStore):
             os.path.join(self._locks_dir, f"{i:0{width}d}.lock") for i in range(self._stripes)
         ]
         self._create_lock_files(lock_paths)
+        self._lock_paths = lock_paths
         self._thread_locks = [threading.Lock() for _ in lock_paths]
         # one FileLock per stripe, shared by this process's threads (they are
         # serialised by the thread lock first); the lock file stays in place so
@@ -435,13 +437,25 @@ class FileStore(SessionStore):
 
     @contextlib.contextmanager
     def _locked(self, session_id: str) -> Iterator[None]:
-        """Hold the stripe lock of *session_id* (threads, then processes)."""
+        """Hold the stripe lock of *session_id* (threads, then processes).
+
+        Uncontended, a plain non-blocking ``flock`` on a fresh descriptor takes
+        microseconds; only when another process holds the stripe does
+        ``filelock`` do the bounded, polling wait.
+        """
         i = self._lock_index(session_id)
         deadline = time.monotonic() + self._lock_timeout
         thread_lock = self._thread_locks[i]
         if not thread_lock.acquire(timeout=self._lock_timeout):
             raise self._lock_timeout_error()
         try:
+            fd = self._try_flock(i)
+            if fd is not None:
+                try:
+                    yield
+                finally:
+                    os.close(fd)  # releases the flock
+                return
             flock = self._file_locks[i]
             try:
                 # timeout 0 is a single attempt; a negative one would wait forever
@@ -456,6 +470,22 @@ class FileStore(SessionStore):
                 flock.release()
         finally:
             thread_lock.release()
+
+    def _try_flock(self, i: int) -> int | None:
+        """A descriptor holding stripe *i*'s flock, or None if another process holds it."""
+        try:
+            fd = os.open(self._lock_paths[i], os.O_RDWR | _O_CLOEXEC | _O_NOFOLLOW)
+        except OSError as exc:
+            raise _storage_error("open a lock file", exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            os.close(fd)
+            raise _storage_error("acquire a lock file", exc) from exc
+        return fd
 
     def _lock_timeout_error(self) -> StorageError:
         return StorageError(
