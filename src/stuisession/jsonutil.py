@@ -83,23 +83,23 @@ def dumps_with_raw(value: Any) -> bytes:
 
     Each raw value is replaced by a random placeholder string, the rest is
     encoded normally, and the placeholders (which can not occur in user data,
-    being fresh random tokens) are swapped for the raw bytes.
+    being fresh random tokens) are swapped for the raw bytes. The encoder
+    meets a :class:`RawJSON` only through its ``default`` hook, so the rest of
+    the value is never walked in Python.
     """
     raws: dict[str, bytes] = {}
 
-    def swap(v: Any) -> Any:
+    def default(v: Any) -> Any:
         if isinstance(v, RawJSON):
             token = "\x00raw" + secrets.token_hex(8)
             raws[token] = v.data
             return token
-        if isinstance(v, dict):
-            return {k: swap(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [swap(x) for x in v]
-        return v
+        raise TypeError(f"{type(v).__name__} is not JSON serializable")
 
-    swapped = swap(value)
-    out = dumps(swapped)
+    encoder = json.JSONEncoder(
+        ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=default
+    )
+    out = encoder.encode(value).encode("utf-8")
     for token, data in raws.items():
         # the encoder escapes "\x00" as "\u0000", which user data can't forge
         # without also knowing the random token
@@ -118,38 +118,72 @@ def check_json_value(value: Any, field: str, max_depth: int = MAX_DEPTH) -> None
     surrogates), bools, None, ints and finite floats, nested at most
     *max_depth* levels.
     """
+    # exact-type dispatch first (what json.loads produces); subclasses and
+    # other mappings/sequences take the general branch below
     stack: list[tuple[Any, int]] = [(value, 0)]
+    pop, push = stack.pop, stack.append
     while stack:
-        v, depth = stack.pop()
+        v, depth = pop()
         if depth > max_depth:
             raise ValidationError(f"{field} is nested deeper than {max_depth} levels", field=field)
-        if isinstance(v, str):
-            if _SURROGATE.search(v) is not None:
+        t = type(v)
+        if t is str:
+            if not v.isascii() and _SURROGATE.search(v) is not None:
                 raise ValidationError(f"{field} contains a lone surrogate", field=field)
-            continue
-        if v is None or isinstance(v, bool):
-            continue
-        if isinstance(v, int):
+        elif t is dict:
+            depth += 1
+            for k, x in v.items():
+                if type(k) is not str:
+                    raise ValidationError(f"{field} has a non-string key", field=field)
+                if not k.isascii() and _SURROGATE.search(k) is not None:
+                    raise ValidationError(f"{field} has a key with a lone surrogate", field=field)
+                push((x, depth))
+        elif t is list:
+            depth += 1
+            for x in v:
+                push((x, depth))
+        elif t is int:
             # Python refuses to print ints beyond sys.get_int_max_str_digits() (4300 digits)
             if v.bit_length() > MAX_INT_BITS:
                 raise ValidationError(f"{field} contains an integer that is too large", field=field)
-            continue
-        if isinstance(v, float):
+        elif t is float:
             if not math.isfinite(v):
                 raise ValidationError(f"{field} contains a non-finite number", field=field)
+        elif v is None or t is bool:
             continue
-        if isinstance(v, Mapping):
-            for k, x in v.items():
-                if not isinstance(k, str):
-                    raise ValidationError(f"{field} has a non-string key", field=field)
-                if _SURROGATE.search(k) is not None:
-                    raise ValidationError(f"{field} has a key with a lone surrogate", field=field)
-                stack.append((x, depth + 1))
-            continue
-        if isinstance(v, (list, tuple)):
-            stack.extend((x, depth + 1) for x in v)
-            continue
-        raise ValidationError(
-            f"{field} contains a value of type {type(v).__name__}, which is not JSON",
-            field=field,
-        )
+        else:
+            _check_other(v, depth, field, push)
+
+
+def _check_other(v: Any, depth: int, field: str, push: Any) -> None:
+    """The general branch of :func:`check_json_value`: subclasses and other containers."""
+    if isinstance(v, bool):
+        return
+    if isinstance(v, str):
+        if _SURROGATE.search(v) is not None:
+            raise ValidationError(f"{field} contains a lone surrogate", field=field)
+        return
+    if isinstance(v, int):
+        if v.bit_length() > MAX_INT_BITS:
+            raise ValidationError(f"{field} contains an integer that is too large", field=field)
+        return
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValidationError(f"{field} contains a non-finite number", field=field)
+        return
+    if isinstance(v, Mapping):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise ValidationError(f"{field} has a non-string key", field=field)
+            if _SURROGATE.search(k) is not None:
+                raise ValidationError(f"{field} has a key with a lone surrogate", field=field)
+            push((x, depth + 1))
+        return
+    if isinstance(v, (list, tuple)):
+        for x in v:
+            push((x, depth + 1))
+        return
+    raise ValidationError(
+        f"{field} contains a value of type {type(v).__name__}, which is not JSON",
+        field=field,
+    )

@@ -493,6 +493,7 @@ class ProtocolHandler:
             replace=frozenset(replace),
             append_history=appends,
             client_version=_optional_str(params, "client_version"),
+            values_checked=True,  # _object checked every patch above
         )
 
     def _update_session_state(self, params: Params) -> Result:

@@ -228,6 +228,14 @@ def _structure_path_step(value: Any, _t: Any) -> str | int | None:
     return value
 
 
+def _is_open_object(t: Any) -> bool:
+    return bool(t == dict[str, Any])
+
+
+# open JSON objects (variables, slots, session_state, ...) are JSON already:
+# unstructuring hands them over as they are instead of walking every value
+# (they are never mutated in place; updates copy along the paths they change)
+converter.register_unstructure_hook_func(_is_open_object, lambda value: value)
 converter.register_structure_hook(str | int, _structure_path_step)
 converter.register_structure_hook(str | int | None, _structure_path_step)
 converter.register_structure_hook(Any, _structure_any)
@@ -368,14 +376,22 @@ def _values(state: SessionState) -> Iterator[tuple[str, Any]]:
         yield f"contexts.{tid}.variables", ctx.variables
 
 
-def validate_state(state: SessionState) -> None:
+def validate_state(state: SessionState, *, json_checked: frozenset[str] = frozenset()) -> None:
     """Check what the attrs validators can't: JSON-only values, ids, references.
+
+    *json_checked* names open sections (``session_state``, ``workspace_extra``,
+    ``inspector_extra``) whose values are known to be plain JSON already, so
+    a large replaced ``session_state`` is not walked twice.
 
     Raises :class:`ValidationError` naming the first offending place.
     """
-    check_json_value(state.session_state, "session_state")
-    check_json_value(state.workspace_extra, "workspace_context")
-    check_json_value(state.inspector_extra, "inspector_state")
+    for section, field in (
+        ("session_state", "session_state"),
+        ("workspace_extra", "workspace_context"),
+        ("inspector_extra", "inspector_state"),
+    ):
+        if section not in json_checked:
+            check_json_value(getattr(state, section), field)
     check_json_value(state.preferences.extra, "preferences")
     check_json_value(state.metadata.extra, "metadata")
     check_json_value(state.metadata.client_info, "metadata.client_info")

@@ -130,6 +130,9 @@ class StateUpdate:
     client_version: str | None = None
     #: counts toward ``metadata.commands_run`` but not ``metadata.updates``
     counts_as_update: bool = True
+    #: the caller has run :func:`~stuisession.jsonutil.check_json_value` over every
+    #: patch already, so the open sections it patches need no second pass
+    values_checked: bool = attrs.field(default=False, eq=False)
 
     def to_json(self) -> bytes:
         """This update as JSON (what a journal record stores)."""
@@ -248,7 +251,10 @@ class StateUpdate:
             ),
         )
         new = canonical(new)
-        if validate or not _appended_valid(appended, new):
+        if validate:
+            checked = frozenset(self.patches) if self.values_checked else frozenset()
+            validate_state(new, json_checked=checked)
+        elif not _appended_valid(appended, new):
             validate_state(new)
         elif new.selected_inspector is not None and new.selected_inspector not in new.inspectors:
             validate_state(new)  # raises, naming the problem
