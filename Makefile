@@ -48,11 +48,16 @@ dist: $(STAMP)
 faults: $(STAMP)
 	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
 
-## bench: the benchmark suite (prints figures and ratios; nothing is asserted)
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_core.py
-	$(BIN)/python benchmarks/bench_redis_cas.py
-	$(BIN)/python benchmarks/bench_sweep.py
+## bench: the whole benchmark suite (~5 min): prints figures, ratios and verdicts, writes
+## benchmarks/results/latest.json and renders docs/performance.md + docs/img/ (nothing asserted)
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist

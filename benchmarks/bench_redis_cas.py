@@ -1,6 +1,6 @@
 """Redis compare-and-swap benchmark: Lua script vs WATCH/MULTI/EXEC.
 
-Run:  python benchmarks/bench_redis_cas.py [--n 2000] [--threads 4]
+Run:  python benchmarks/bench_redis_cas.py [--n 2000] [--threads 4] [--json OUT]
 
 Starts its own redis-server on a free 127.0.0.1 port (no persistence), then
 measures, for ``RedisStore(cas="lua")`` and ``RedisStore(cas="watch")``:
@@ -19,6 +19,7 @@ round trip. No timing is asserted.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--per-thread", type=int, default=150)
+    ap.add_argument("--json", metavar="OUT", help="write the results as JSON")
     args = ap.parse_args()
     started = time.monotonic()
     server = start_redis_server()
@@ -187,6 +189,36 @@ def main() -> None:
     )
     print()
     print(f"faster (small p50): {faster}; took {time.monotonic() - started:.1f} s")
+    if args.json:
+        result = {
+            "ping_p50_us": pct(ping, 0.5) * 1000,
+            "ping_p99_us": pct(ping, 0.99) * 1000,
+            "writes": {
+                case: {
+                    cas: {
+                        "n": len(lat[(case, cas)]),
+                        "p50_us": pct(lat[(case, cas)], 0.5) * 1000,
+                        "p99_us": pct(lat[(case, cas)], 0.99) * 1000,
+                    }
+                    for cas in CAS
+                }
+                for case in cases
+            },
+            "contended": {
+                "threads": args.threads,
+                "increments": total,
+                **{
+                    cas: {
+                        "commits_per_s": statistics.median(rates[cas]),
+                        "conflicts": conflicts[cas],
+                    }
+                    for cas in CAS
+                },
+            },
+            "faster_small": faster,
+            "elapsed_s": time.monotonic() - started,
+        }
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
