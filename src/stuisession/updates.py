@@ -375,13 +375,22 @@ def _apply_fast(update: StateUpdate, state: SessionState) -> tuple[SessionState,
     Whatever the touched parts must satisfy is checked here; a failure also
     returns None, so the full path reports it with its usual message.
     """
-    if update.sets or update.replace:
+    if update.sets or not update.replace <= frozenset(_OPEN_SECTIONS):
         return None
     try:
         changes: dict[str, Any] = {}
         paths: list[Path] = []
         touched: dict[str, dict[str, Any]] = {}
         for section, patch in update.patches.items():
+            if section in update.replace:
+                # upstream's save: state_data replaces session_state wholesale
+                if type(patch) is not dict:
+                    return None
+                if not update.values_checked:
+                    check_json_value(patch, section)
+                paths.append((section,))
+                changes[section] = dict(patch)
+                continue
             if not isinstance(patch, Mapping) or not patch or is_ref(patch):
                 return None
             if section in _RECORD_CLASSES:
@@ -393,7 +402,8 @@ def _apply_fast(update: StateUpdate, state: SessionState) -> tuple[SessionState,
             elif section in _OPEN_SECTIONS:
                 value = getattr(state, section)
                 paths.extend(patch_paths((section,), patch, value))
-                check_json_value(patch, section)
+                if not update.values_checked:
+                    check_json_value(patch, section)
                 changes[section] = merge_patch(value, patch)
             elif section in _FLAT_SECTIONS:
                 cls = _FLAT_SECTIONS[section]
