@@ -62,6 +62,7 @@ class Keyring:
         self._current = current
         self._mac: dict[str, bytes] = {}
         self._enc: dict[str, bytes] = {}
+        self._derived: dict[tuple[str, str], bytes] = {}
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -192,7 +193,11 @@ class Keyring:
 
     def derive(self, purpose: str, key_id: str | None = None) -> bytes:
         """A 32-byte key for another *purpose* (e.g. audit hashing, tokens)."""
-        return _derive(self._keys[key_id or self._current], purpose.encode())
+        kid = key_id or self._current
+        k = self._derived.get((kid, purpose))
+        if k is None:  # HKDF per token or audit line would cost more than the MAC itself
+            k = self._derived[(kid, purpose)] = _derive(self._keys[kid], purpose.encode())
+        return k
 
     def rotated(self, key_id: str | None = None) -> Keyring:
         """A new keyring with a fresh current key; older keys are kept for reading."""

@@ -115,7 +115,7 @@ class _Paths:
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 #: a decoded state takes about this many times its JSON size in memory (measured
 #: with benchmarks/bench_memory.py: attrs objects, dicts and str headers)
-_DECODED_FACTOR = 12
+_DECODED_FACTOR = 14
 _MIN_JOURNAL_LIMIT = 64 * 1024
 
 _FileKey = tuple[int, int, int]
@@ -198,7 +198,7 @@ class _HeadCache:
 
 
 def _decoded_cost(blob_size: int) -> int:
-    # a sealed state is compressed about 7x; decoded it takes ~12x its JSON
+    # a sealed state is compressed about 7x; decoded it takes ~14x its JSON
     return _DECODED_FACTOR * 7 * blob_size
 
 
