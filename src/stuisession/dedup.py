@@ -49,6 +49,10 @@ class _Entry:
         self.cost = cost
 
 
+#: error types that a resend of the same request may not meet again: not remembered
+TRANSIENT_ERRORS = frozenset({"RateLimited", "Busy", "StorageError", "RuntimeError"})
+
+
 class ReplyCache:
     """Bounded (entries and estimated bytes), time-limited memory of replies. Thread-safe."""
 
@@ -101,8 +105,15 @@ class ReplyCache:
                 return entry.reply
             return compute()  # the first copy is stuck or failed: handle this one
         try:
-            entry.reply = compute()
-            return entry.reply
+            reply = compute()
+            if reply.get("error_type") in TRANSIENT_ERRORS:
+                # a resend must try again, not be told the same transient failure
+                with self._lock:
+                    if self._entries.get(key) is entry:
+                        self._bytes -= self._entries.pop(key).cost
+            else:
+                entry.reply = reply
+            return reply
         finally:
             entry.expires = time.monotonic() + self.ttl
             entry.done.set()

@@ -8,8 +8,11 @@ Time: by default the limiter reads :func:`time.monotonic`, which never jumps.
 With an injected :class:`~stuisession.clock.Clock` (wall time, or a
 :class:`~stuisession.clock.ManualClock` in tests) the limiter only ever sees
 time move forwards: a clock stepping backwards grants no tokens until it
-catches up with the latest time seen. Prefer the default in production, since a
-large backwards step of a wall clock pauses refills for that long.
+catches up with the latest time seen, so an oscillating clock can not mint
+tokens. That is why :class:`~stuisession.service.SessionService` gives the
+limiter its own monotonic time whenever the service runs on the system clock:
+a wall-clock spike followed by its correction would otherwise pause refills
+for the length of the spike.
 
 Memory: at most ``max_clients`` buckets are kept. When a new key arrives at the
 bound, buckets that have refilled to full are dropped first (dropping a full
@@ -114,8 +117,10 @@ class TokenBucketLimiter:
             else:
                 self._buckets.move_to_end(key)
             tokens = self._refilled(bucket, now)
-            if tokens >= cost:
-                bucket[0] = tokens - cost
+            # a few ulps of the timestamps' worth of tolerance: a client that
+            # waited exactly retry_after must not be refused for float rounding
+            if tokens + 4 * math.ulp(now) * self.rate >= cost:
+                bucket[0] = max(0.0, tokens - cost)
                 return 0.0
             wait = (cost - tokens) / self.rate
         # round up to whole milliseconds, ignoring float noise below a microsecond (time

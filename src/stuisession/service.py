@@ -38,6 +38,7 @@ from .errors import (
     SessionError,
     SessionExpired,
     SessionNotFound,
+    StorageError,
     StuiSessionError,
 )
 from .ids import check_client_id, check_session_id
@@ -143,7 +144,13 @@ class SessionService:
         self.limiter = (
             None
             if self.policy.rate_limit is None
-            else TokenBucketLimiter(self.policy.rate_limit, self.policy.rate_burst, clock=clock)
+            else TokenBucketLimiter(
+                self.policy.rate_limit,
+                self.policy.rate_burst,
+                # on the system clock, rate limiting runs on monotonic time, which
+                # never jumps; an injected clock (tests, simulations) is used as is
+                clock=None if isinstance(self.clock, SystemClock) else self.clock,
+            )
         )
         # serialises the limit check and the create of one client (in this process)
         self._create_locks = [threading.Lock() for _ in range(64)]
@@ -314,6 +321,11 @@ class SessionService:
                 # someone changed the session meanwhile; their write refreshed the
                 # access time, and this reader's view is still a committed revision
                 pass
+            except StorageError as exc:
+                # recording the access is best effort: the session itself was read
+                # intact (a full disk or read-only store must not block restores);
+                # the idle expiry then counts from the last recorded access
+                log.warning("could not record a session access: %s", exc.message)
         self._audit("restore", client_id=info.client_id, session_id=session_id)
         return Restored(info=info, snapshot=snap)
 
