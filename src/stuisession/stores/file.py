@@ -694,7 +694,14 @@ class FileStore(SessionStore):
         if head.updates == 0:
             # a fresh Snapshot: the decompressed state it may keep is not the cache's
             return head.snapshot.with_info(head.info)
-        return self._io("compact a session journal", lambda: self._compact(p))
+        try:
+            return self._io("compact a session journal", lambda: self._compact(p))
+        except StorageError:
+            # the state is intact, only folding it into a new snapshot failed (a
+            # full disk, a read-only store): seal it in memory and serve that
+            current = self.load(session_id)
+            blob = self.codec.encode(current)
+            return self.codec.open(blob, expected_session_id=session_id)
 
     def load_info(self, session_id: str) -> SessionInfo:
         """The session's current record (snapshot head plus the last journal record)."""
@@ -1063,8 +1070,14 @@ class FileStore(SessionStore):
         Not synced: a journal that survives a crash names the old snapshot and
         is ignored.
         """
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.truncate(p.journal, 0)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # the new snapshot is durable already; the journal names the old one
+            # and is ignored, and the next append starts it over
+            log.warning("file store: could not empty a journal: %s", _errno_name(exc))
 
     # -- primitives -------------------------------------------------------------------
     def _get(self, session_id: str) -> bytes | None:
