@@ -486,24 +486,15 @@ def _check_journal(codec: SnapshotCodec, blob: bytes, f: SnapshotFile) -> str | 
     except OSError as exc:
         return f"journal could not be read ({exc.strerror})"
     base = journal.snapshot_tag(blob)
-    if data is None or journal.base_of(data) != base:
-        return None  # none, or left behind by a compaction (ignored by readers too)
     try:
-        records = journal.open_records(
-            codec,
-            data,
-            start=journal.HEADER_SIZE,
-            base_tag=base,
-            prev_tag=base,
-            session_id=f.session_id,
-        )
+        records = journal.open_journal(codec, data or b"", base_tag=base, session_id=f.session_id)
+        if not records:
+            return None
         session = codec.open(blob, expected_session_id=f.session_id).session()
         for r in records:
             if r.kind == journal.KIND_UPDATE:
-                session = attrs.evolve(
-                    session,
-                    state=StateUpdate.from_json(r.payload).apply(session.state, r.info.revision),
-                )
+                update = StateUpdate.from_json(r.payload)
+                session = attrs.evolve(session, state=update.apply(session.state, r.info.revision))
     except IntegrityError as exc:
         return f"journal: {exc.message}"
     except Exception as exc:

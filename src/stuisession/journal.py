@@ -194,6 +194,21 @@ def open_records(
     return out
 
 
+def open_journal(
+    codec: SnapshotCodec, data: bytes, *, base_tag: bytes, session_id: str
+) -> list[JournalRecord] | None:
+    """Every record of the journal *data* extending the snapshot *base_tag*.
+
+    None when the journal has no header naming that snapshot (absent, empty,
+    or left behind by a compaction): it holds nothing for this snapshot.
+    """
+    if base_of(data) != base_tag:
+        return None
+    return open_records(
+        codec, data, start=HEADER_SIZE, base_tag=base_tag, prev_tag=base_tag, session_id=session_id
+    )
+
+
 def _open_one(  # noqa: PLR0917 - private helper of open_records
     codec: SnapshotCodec,
     body: bytes,
@@ -256,6 +271,7 @@ __all__ = [
     "JournalRecord",
     "base_of",
     "header",
+    "open_journal",
     "open_records",
     "seal",
     "snapshot_tag",

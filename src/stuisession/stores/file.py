@@ -803,17 +803,10 @@ class FileStore(SessionStore):
         if _file_key(p.current) != snap_key or _file_key(p.journal) != jnl_key:
             return None
         base_tag = journal.snapshot_tag(blob)
-        records: list[journal.JournalRecord] = []
+        found = journal.open_journal(self.codec, data, base_tag=base_tag, session_id=p.sid)
+        records = found or []
         end = 0
-        if journal.base_of(data) == base_tag:
-            records = journal.open_records(
-                self.codec,
-                data,
-                start=journal.HEADER_SIZE,
-                base_tag=base_tag,
-                prev_tag=base_tag,
-                session_id=p.sid,
-            )
+        if found is not None:
             end = records[-1].end if records else journal.HEADER_SIZE
         info = records[-1].info if records else snap.info
         session = None
@@ -916,16 +909,7 @@ class FileStore(SessionStore):
             data = self._read(p.journal) or b""
             if _file_key(p.journal) != jnl_key:
                 continue  # appended or compacted meanwhile
-            if journal.base_of(data) != base_tag:
-                return info  # left by a compaction: not this snapshot's
-            records = journal.open_records(
-                self.codec,
-                data,
-                start=journal.HEADER_SIZE,
-                base_tag=base_tag,
-                prev_tag=base_tag,
-                session_id=p.sid,
-            )
+            records = journal.open_journal(self.codec, data, base_tag=base_tag, session_id=p.sid)
             return records[-1].info if records else info
         raise StorageError("session files kept changing while being read", reason="busy")
 
