@@ -106,7 +106,11 @@ class ReplyCache:
             return compute()  # the first copy is stuck or failed: handle this one
         try:
             reply = compute()
-            if reply.get("error_type") in TRANSIENT_ERRORS:
+            details = reply.get("details") or {}
+            if (
+                reply.get("error_type") in TRANSIENT_ERRORS
+                and details.get("reason") != "durability_unknown"  # it did commit
+            ):
                 # a resend must try again, not be told the same transient failure
                 with self._lock:
                     if self._entries.get(key) is entry:

@@ -495,6 +495,24 @@ class FileStore(SessionStore):
             reason="lock_timeout",
         )
 
+    def _fsync_dir_committed(self, path: str) -> None:
+        """The directory fsync after a change became visible (a rename, link or first append).
+
+        The change is committed by then; if the fsync fails its durability is
+        unknown, which the error says (``reason: durability_unknown``) so that a
+        resend of the same request is answered, not applied again.
+        """
+        try:
+            self._fsync_dir(path)
+        except OSError as exc:
+            name = _errno_name(exc)
+            raise StorageError(
+                f"file store committed a change but could not make it durable: {name} "
+                f"({exc.strerror})",
+                errno=name,
+                reason="durability_unknown",
+            ) from exc
+
     def _fsync_dir(self, path: str) -> None:
         if not self._fsync:
             return
@@ -1005,7 +1023,7 @@ class FileStore(SessionStore):
         finally:
             os.close(fd)
         if not existed:
-            self._fsync_dir(p.dir)
+            self._fsync_dir_committed(p.dir)
 
     def _compact(self, p: _Paths) -> Snapshot:
         """Fold the journal into a new snapshot (takes the lock); return it."""
@@ -1023,7 +1041,7 @@ class FileStore(SessionStore):
         try:
             self._rotate_backups(p)
             os.replace(tmp, p.current)
-            self._fsync_dir(p.dir)
+            self._fsync_dir_committed(p.dir)
         finally:
             self._discard(tmp)  # gone after the rename; removed if it failed
         self._forget_journal(p)
@@ -1112,7 +1130,7 @@ class FileStore(SessionStore):
             raise ConflictError(
                 "session already exists", current_revision=self._head_revision(p)
             ) from None
-        self._fsync_dir(p.dir)
+        self._fsync_dir_committed(p.dir)
 
     def _head_revision(self, p: _Paths) -> int | None:
         try:
@@ -1129,7 +1147,7 @@ class FileStore(SessionStore):
             raise ConflictError("session was changed by another writer", current_revision=revision)
         self._rotate_backups(p)
         os.replace(tmp, p.current)
-        self._fsync_dir(p.dir)
+        self._fsync_dir_committed(p.dir)
         self._forget_journal(p)
         self._cache.drop(p.sid)
 
