@@ -505,12 +505,18 @@ class SessionService:
             if self._sweep_cursor is None:
                 self._sweep_cursor = self._iter_all_infos()
             cursor = self._sweep_cursor
-            for info in cursor:
-                scanned += 1
-                if info is not _SKIP and self._sweep_one(info):
-                    removed += 1
-                if scanned >= limit:
-                    return SweepResult(scanned=scanned, removed=removed, done=False)
+            try:
+                for info in cursor:
+                    scanned += 1
+                    if info is not _SKIP and self._sweep_one(info):
+                        removed += 1
+                    if scanned >= limit:
+                        return SweepResult(scanned=scanned, removed=removed, done=False)
+            except BaseException:
+                # a failed read ends the generator: start the next step afresh
+                # instead of reporting an exhausted cursor as a finished pass
+                self._sweep_cursor = None
+                raise
             self._sweep_cursor = None
         return SweepResult(scanned=scanned, removed=removed, done=True)
 

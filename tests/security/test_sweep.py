@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import tracemalloc
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler, lifecycle
 from stuisession.audit import AuditLog
+from stuisession.errors import StorageError
+from stuisession.service import SessionService
 
 
 def populate(store: FileStore, clock: ManualClock, total: int, expired_share: float) -> list[str]:
@@ -77,3 +82,33 @@ def test_retention_deletes_long_idle_sessions_even_with_a_long_timeout(tmp_path:
     assert handler.cleanup_expired() == 1
     assert list(store._ids()) == []
     assert not list((tmp_path / "s").rglob(f"{sid}*"))  # backups too
+
+
+def test_a_storage_error_mid_sweep_restarts_the_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    clock = ManualClock()
+    service = SessionService(
+        FileStore(tmp_path, fsync=False), Policy(rate_limit=None, session_timeout=60), clock=clock
+    )
+    for i in range(6):
+        service.create(f"c{i}")
+    clock.advance(120)  # all expired
+    real = service.store.load_info
+    calls = {"n": 0}
+
+    def flaky(sid: str) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise StorageError("simulated read failure")
+        return real(sid)
+
+    monkeypatch.setattr(service.store, "load_info", flaky)
+    with pytest.raises(StorageError):
+        service.sweep_step(max_items=10)
+    step = service.sweep_step(max_items=10)
+    # the first step deleted one session before the failure; the next runs a full
+    # pass over the other five (not an exhausted cursor that scans nothing)
+    assert step.done and step.scanned == 5
+    assert service.store.statistics(clock.now()).total_sessions == 0
