@@ -149,3 +149,12 @@ def test_fast_path_declines(patch: dict[str, Any]) -> None:
         patches={"objects": {"a": {"class_name": "A"}}, "workspaces": {"w": {}}}
     ).apply(SessionState(), 2)
     assert _apply_fast(StateUpdate(patches=patch), state) is None
+
+
+def test_null_for_an_unknown_key_of_a_new_record() -> None:
+    # found by Hypothesis: merge_patch drops the null, so the full path creates
+    # an empty workspace; the fast path must agree instead of failing
+    state = StateUpdate(patches={"objects": {"a": {"class_name": "A"}}}).apply(SessionState(), 2)
+    update = StateUpdate(patches={"workspaces": {"0": {"bogus": None}}})
+    assert update.apply(state, 3) == full_apply(update, state, 3)
+    assert update.apply(state, 3).workspaces["0"].variables == {}

@@ -415,7 +415,16 @@ def _apply_fast(update: StateUpdate, state: SessionState) -> tuple[SessionState,
         new = attrs.evolve(state, **changes)
         _check_touched(new, touched)
         return new, paths
-    except (_Fallback, ValidationError, TypeError, ValueError, cattrs.BaseValidationError):
+    except (
+        _Fallback,
+        ValidationError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        KeyError,
+        cattrs.BaseValidationError,
+    ):
+        # the full path decides (and words any error); declining is always safe
         return None
 
 
@@ -484,6 +493,8 @@ def _check_touched(state: SessionState, touched: dict[str, dict[str, Any]]) -> N
             if section == "objects":
                 check_object_id(key, "objects")
             for name in sub:
+                if name not in attrs.fields_dict(cls):
+                    continue  # a null for an unknown key of a new record: nothing was set
                 value = getattr(rec, name)
                 if name in open_fields:
                     # only the entries the patch named changed
