@@ -37,7 +37,6 @@ from .state import to_wire
 from .stores.base import SessionStore
 from .stores.file import FileStore
 from .stores.redis import RedisStore
-from .updates import StateUpdate
 
 Progress = Callable[[int], None]
 
@@ -490,15 +489,9 @@ def _check_journal(codec: SnapshotCodec, blob: bytes, f: SnapshotFile) -> str | 
         records = journal.open_journal(codec, data or b"", base_tag=base, session_id=f.session_id)
         if not records:
             return None
-        session = codec.open(blob, expected_session_id=f.session_id).session()
-        for r in records:
-            if r.kind == journal.KIND_UPDATE:
-                update = StateUpdate.from_json(r.payload)
-                session = attrs.evolve(session, state=update.apply(session.state, r.info.revision))
+        journal.replay(codec.open(blob, expected_session_id=f.session_id).session(), records)
     except IntegrityError as exc:
         return f"journal: {exc.message}"
-    except Exception as exc:
-        return f"journal record could not be replayed ({type(exc).__name__})"
     return None
 
 

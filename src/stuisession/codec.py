@@ -163,8 +163,7 @@ class Snapshot:
 
     def session(self) -> Session:
         """The full session (record + structured state)."""
-        fields = {a.name: getattr(self.info, a.name) for a in attrs.fields(SessionInfo)}
-        return Session(**fields, state=self.state())
+        return Session.from_info(self.info, self.state())
 
     def __repr__(self) -> str:
         return f"Snapshot(session_id={self.info.session_id!r}, revision={self.info.revision})"

@@ -47,7 +47,8 @@ from . import jsonutil
 from .codec import NONCE_SIZE, TAG_SIZE, SnapshotCodec
 from .converters import structure_info, unstructure_info
 from .errors import IntegrityError
-from .model import SessionInfo
+from .model import Session, SessionInfo
+from .updates import StateUpdate
 
 HEADER_MAGIC = b"STJH"
 RECORD_MAGIC = b"STJR"
@@ -80,6 +81,26 @@ class JournalRecord:
     tag: bytes
     #: offset just past this record in the journal
     end: int
+
+
+def replay(session: Session, records: list[JournalRecord]) -> Session:
+    """*session* with the journal *records* applied in order.
+
+    :class:`IntegrityError` if a record does not apply (a sealed record that
+    fails to replay means a writer bug).
+    """
+    for r in records:
+        state = session.state
+        if r.kind == KIND_UPDATE:
+            try:
+                state = StateUpdate.from_json(r.payload).apply(state, r.info.revision)
+            except Exception as exc:
+                raise IntegrityError(
+                    f"journal record for revision {r.info.revision} could not be replayed "
+                    f"({type(exc).__name__})"
+                ) from None
+        session = Session.from_info(r.info, state)
+    return session
 
 
 def snapshot_tag(blob: bytes) -> bytes:
@@ -273,6 +294,7 @@ __all__ = [
     "header",
     "open_journal",
     "open_records",
+    "replay",
     "seal",
     "snapshot_tag",
 ]

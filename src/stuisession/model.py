@@ -87,6 +87,12 @@ class Session(SessionInfo):
 
     state: SessionState = attrs.field(factory=SessionState)
 
+    @classmethod
+    def from_info(cls, info: SessionInfo, state: SessionState) -> Session:
+        """The session with record *info* and *state*."""
+        fields = {a.name: getattr(info, a.name) for a in attrs.fields(SessionInfo)}
+        return cls(**fields, state=state)
+
     @property
     def info(self) -> SessionInfo:
         """This session's record without the state."""

@@ -50,7 +50,7 @@ from ..errors import (
 )
 from ..ids import SESSION_ID_PREFIX, check_session_id, is_valid_session_id
 from ..keys import Keyring
-from ..model import Session, SessionInfo, SessionState
+from ..model import Session, SessionInfo
 from ..updates import StateUpdate
 from .base import SessionStore
 
@@ -208,27 +208,6 @@ def _file_key(path: str) -> _FileKey | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _session_of(info: SessionInfo, state: SessionState) -> Session:
-    fields = {a.name: getattr(info, a.name) for a in attrs.fields(SessionInfo)}
-    return Session(**fields, state=state)
-
-
-def _replay(session: Session, records: list[journal.JournalRecord]) -> Session:
-    """*session* with the journal *records* applied in order."""
-    for r in records:
-        state = session.state
-        if r.kind == journal.KIND_UPDATE:
-            try:
-                state = StateUpdate.from_json(r.payload).apply(state, r.info.revision)
-            except Exception as exc:  # a sealed record that does not apply: a writer bug
-                raise IntegrityError(
-                    f"journal record for revision {r.info.revision} could not be replayed "
-                    f"({type(exc).__name__})"
-                ) from None
-        session = _session_of(r.info, state)
-    return session
 
 
 class FileStore(SessionStore):
@@ -602,23 +581,28 @@ class FileStore(SessionStore):
             fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NOFOLLOW)
         except FileNotFoundError:
             return None
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            if not head_only:
-                return f.readall()
-            data = f.read(_HEAD_READ) or b""
-            if len(data) < _HEAD_READ:
-                return data
+        if head_only:
             try:
-                h = parse_header(data)
-            except IntegrityError:
-                return data  # read_info will report it
-            need = h.payload_offset  # header, key id, metadata, head tag
-            while len(data) < need:
-                more = f.read(need - len(data))
-                if not more:
-                    break  # truncated: read_info will report it
-                data += more
+                return FileStore._pread_head(fd)
+            finally:
+                os.close(fd)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            return f.readall()
+
+    @staticmethod
+    def _pread_head(fd: int) -> bytes:
+        """The snapshot head of the open file *fd*: header, key id, metadata, head tag.
+
+        A malformed or truncated head is returned as it is; ``read_info`` reports it.
+        """
+        data = os.pread(fd, _HEAD_READ, 0)
+        if len(data) < _HEAD_READ:
             return data
+        try:
+            need = parse_header(data).payload_offset
+        except IntegrityError:
+            return data
+        return os.pread(fd, need, 0) if need > len(data) else data
 
     # -- the client index -------------------------------------------------------------
     # A version-2 store gives each client's sessions ids whose shard (the two
@@ -830,7 +814,7 @@ class FileStore(SessionStore):
         session = None
         cost = len(blob)
         if decode:
-            session = _replay(snap.session(), records)
+            session = journal.replay(snap.session(), records)
             cost += _DECODED_FACTOR * len(snap.state_json())
             snap.forget_state_json()
         return _Head(
@@ -880,7 +864,7 @@ class FileStore(SessionStore):
         )
         session = cached.session
         if session is not None:
-            session = _replay(session, records)
+            session = journal.replay(session, records)
         head = attrs.evolve(
             cached,
             jnl_key=jnl_key,
@@ -908,11 +892,8 @@ class FileStore(SessionStore):
                 raise SessionNotFound("Session not found") from None
             try:
                 size = os.fstat(fd).st_size
-                head = os.pread(fd, _HEAD_READ, 0)
+                head = self._pread_head(fd)
                 try:
-                    need = parse_header(head).payload_offset
-                    if need > len(head):
-                        head = os.pread(fd, need, 0)
                     info = self.codec.read_info(head, expected_session_id=p.sid)
                 except IntegrityError as exc:
                     if locked:
@@ -975,7 +956,7 @@ class FileStore(SessionStore):
             if session is not None:
                 new_session = session
             elif head.session is not None:
-                new_session = _session_of(new_info, head.session.state)
+                new_session = Session.from_info(new_info, head.session.state)
             extra = _DECODED_FACTOR * len(payload or b"")
             if new_session is not None and head.session is None:
                 extra = _decoded_cost(len(head.snapshot.blob))
