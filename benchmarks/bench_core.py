@@ -38,7 +38,7 @@ import benchlib
 from benchlib import Stats, counter, measure, summary
 
 from stuisession import FileStore, MemoryStore, Policy, ProtocolHandler
-from stuisession.codec import TAG_SIZE, parse_header
+from stuisession.codec.snapshot import TAG_SIZE, parse_header
 from stuisession.stores.base import SessionStore
 
 

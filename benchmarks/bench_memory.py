@@ -40,7 +40,8 @@ from typing import Any
 
 import benchlib
 
-from stuisession import FileStore, Policy, ProtocolHandler, lifecycle
+from stuisession import FileStore, Policy, ProtocolHandler
+from stuisession.state.schema import lifecycle
 
 SAMPLE = 500  # sessions restored and described
 SAMPLE_UPDATES = 100  # of them also updated
@@ -121,7 +122,7 @@ def child(
     """Measure in this (fresh) process; *full* adds the all-sessions phase."""
     import zmq  # noqa: F401 - a bridge process has it loaded
 
-    import stuisession.server  # noqa: F401
+    import stuisession.bridge.server  # noqa: F401
 
     ids: list[str] = json.loads(Path(ids_path).read_text())
     gc.collect()

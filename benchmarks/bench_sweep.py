@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from stuisession import FileStore, ManualClock, Policy, ProtocolHandler, lifecycle
+from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
+from stuisession.state.schema import lifecycle
 
 
 def main() -> None:

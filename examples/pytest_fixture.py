@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from stuisession import FileStore, Policy, ProtocolHandler
+from stuisession.bridge.server import BridgeServer
 from stuisession.client import SessionClient
-from stuisession.server import BridgeServer
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from stuisession.refs import ref
-from stuisession.state import (
+from stuisession.state.refs import ref
+from stuisession.state.schema import (
     Evaluation,
     Inspector,
     Metadata,

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from state_strategies import session_states as typed_session_states
 from stuisession.ids import MAX_CLIENT_ID_LENGTH, SESSION_ID_PREFIX
-from stuisession.model import Session, SessionInfo, SessionState, SessionStatus
-from stuisession.state import Metadata, Preferences, canonical
+from stuisession.state.model import Session, SessionInfo, SessionState, SessionStatus
+from stuisession.state.schema import Metadata, Preferences, canonical
 
 #: the characters of a base64url token (``secrets.token_urlsafe``)
 BASE64URL = string.ascii_letters + string.digits + "-_"

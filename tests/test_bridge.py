@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import zmq
 
-from stuisession.dispatch import KeyedExecutor
-from stuisession.forwarding import CaptureHooks, ZmqUpstream
+from stuisession.bridge.forwarding import CaptureHooks, ZmqUpstream
+from stuisession.bridge.server import BridgeServer, peek_fields
+from stuisession.bridge.workers import KeyedExecutor
 from stuisession.policy import Policy
-from stuisession.protocol import ProtocolHandler
-from stuisession.server import BridgeServer, peek_fields
+from stuisession.protocol.handler import ProtocolHandler
+from stuisession.state.updates import StateUpdate
 from stuisession.stores.memory import MemoryStore
-from stuisession.updates import StateUpdate
 from upstream_double import UpstreamDoubleServer
 
 #: failure timeout of every receive (ms): it only bounds a broken test

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from stuisession import cli
+from stuisession.cli import app as cli
 
 
 @pytest.fixture(autouse=True)

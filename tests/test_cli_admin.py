@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 
-from stuisession import FileStore, ManualClock, Policy, ProtocolHandler, admin, cli
-from stuisession.audit import AuditLog
+from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
+from stuisession.admin import core as admin
+from stuisession.cli import app as cli
 from stuisession.ids import new_session_id
-from stuisession.model import Session, SessionState
-from stuisession.service import SessionService
+from stuisession.security.audit import AuditLog
+from stuisession.service.core import SessionService
+from stuisession.state.model import Session, SessionState
 
 #: put into every state; must never appear in list/show output
 SECRET = "hunter2-TOP-SECRET-value"
@@ -686,7 +688,7 @@ def test_audit_verify_detects_an_edited_line(
 
 # -- status -----------------------------------------------------------------------------------
 def test_status_of_a_running_bridge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from stuisession.server import BridgeServer
+    from stuisession.bridge.server import BridgeServer
 
     handler = ProtocolHandler(FileStore(tmp_path / "s", fsync=False), Policy(rate_limit=None))
     handler.handle({"id": "1", "command": "create_session", "parameters": {"client_id": "alice"}})

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import zmq
 
+from stuisession.bridge.server import BridgeServer
 from stuisession.client import RequestFailed, ServerUnavailable, SessionClient
 from stuisession.clock import ManualClock
 from stuisession.policy import Policy
-from stuisession.protocol import ProtocolHandler
-from stuisession.server import BridgeServer
-from stuisession.stores.file import FileStore
+from stuisession.protocol.handler import ProtocolHandler
+from stuisession.stores.file.store import FileStore
 from stuisession.stores.memory import MemoryStore
 
 

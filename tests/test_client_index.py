@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from stuisession import FileStore, lifecycle
+from stuisession import FileStore
 from stuisession.ids import is_valid_session_id
 from stuisession.keys import ENV_KEYRING, Keyring
+from stuisession.state import lifecycle
 
 NOW = 1_700_000_000.0
 

@@ -1,6 +1,6 @@
 """The snapshot codec and the small modules it rests on.
 
-Property tests for ``stuisession.codec`` (round trips, tamper detection,
+Property tests for ``stuisession.codec.snapshot`` (round trips, tamper detection,
 truncation, keys, payload transplants, size limits, rotation, migrations),
 then unit tests for ``jsonutil``, ``ids``, ``keys`` and ``lifecycle``.
 """
@@ -37,9 +37,11 @@ from strategies import (
     sessions,
     simple_session_states,
 )
-from stuisession import codec as codec_module
-from stuisession import ids, jsonutil, lifecycle, migrations
-from stuisession.codec import (
+from stuisession import _json as jsonutil
+from stuisession import ids
+from stuisession._json import RawJSON
+from stuisession.codec import snapshot as codec_module
+from stuisession.codec.snapshot import (
     FLAG_ENCRYPTED,
     FLAG_ZSTD,
     FORMAT_VERSION,
@@ -50,7 +52,6 @@ from stuisession.codec import (
     SnapshotCodec,
     parse_header,
 )
-from stuisession.converters import unstructure_info, unstructure_state
 from stuisession.errors import (
     ConfigurationError,
     IntegrityError,
@@ -59,10 +60,11 @@ from stuisession.errors import (
     StateTooLarge,
     ValidationError,
 )
-from stuisession.jsonutil import RawJSON
 from stuisession.keys import ENV_KEYRING, KEY_BYTES, Keyring
-from stuisession.model import SCHEMA_VERSION, Session, SessionInfo, SessionStatus
-from stuisession.state import SessionState, to_wire
+from stuisession.state import lifecycle, migrations
+from stuisession.state.forms import unstructure_info, unstructure_state
+from stuisession.state.model import SCHEMA_VERSION, Session, SessionInfo, SessionStatus
+from stuisession.state.schema import SessionState, to_wire
 
 # -- shared fixtures (module level: Hypothesis tests can't use function fixtures) -------
 RING = Keyring({"k1": bytes(range(32))}, "k1")

@@ -7,7 +7,7 @@ import threading
 import time
 
 from stuisession import MemoryStore, ProtocolHandler
-from stuisession.dedup import ReplyCache, request_key
+from stuisession.protocol.dedup import ReplyCache, request_key
 
 
 def test_resent_update_is_applied_once() -> None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stuisession.dispatch import KeyedExecutor
+from stuisession.bridge.workers import KeyedExecutor
 from stuisession.errors import Busy
 
 

@@ -16,8 +16,7 @@ from typing import Any
 import filelock
 import pytest
 
-from stuisession import lifecycle
-from stuisession.codec import HEADER_SIZE, MAGIC
+from stuisession.codec.snapshot import HEADER_SIZE, MAGIC
 from stuisession.errors import (
     ConfigurationError,
     ConflictError,
@@ -27,7 +26,8 @@ from stuisession.errors import (
     ValidationError,
 )
 from stuisession.keys import ENV_KEYRING, Keyring
-from stuisession.model import Session, SessionState
+from stuisession.state import lifecycle
+from stuisession.state.model import Session, SessionState
 from stuisession.stores import FileStore
 
 NOW = 1_700_000_000.0
@@ -205,7 +205,7 @@ def test_corrupt_current_falls_back_to_newest_backup(
     bad = CORRUPTIONS[how](current.read_bytes())
     current.write_bytes(bad)
 
-    with caplog.at_level("WARNING", logger="stuisession.stores.file"):
+    with caplog.at_level("WARNING", logger="stuisession.stores.file.store"):
         recovered = store.load(sid)
     assert recovered.revision == 2
     assert recovered.state.session_state == {"n": 2}
@@ -366,7 +366,7 @@ def test_invalid_options(root: Path, kwargs: dict[str, Any]) -> None:
 
 def test_codec_and_keyring_together_refused(root: Path) -> None:
     ring = Keyring.generate()
-    from stuisession.codec import SnapshotCodec
+    from stuisession.codec.snapshot import SnapshotCodec
 
     with pytest.raises(ConfigurationError):
         FileStore(root, codec=SnapshotCodec(ring), keyring=ring)

@@ -23,13 +23,13 @@ from typing import Any
 import attrs
 import pytest
 
-from stuisession.codec import FLAG_ENCRYPTED, FLAG_ZSTD, SnapshotCodec, parse_header
-from stuisession.converters import structure_info, unstructure_info
+from stuisession.codec.snapshot import FLAG_ENCRYPTED, FLAG_ZSTD, SnapshotCodec, parse_header
 from stuisession.errors import IntegrityError
 from stuisession.keys import Keyring
-from stuisession.migrations import migrate
-from stuisession.model import SCHEMA_VERSION
-from stuisession.state import from_wire, to_wire
+from stuisession.state.forms import structure_info, unstructure_info
+from stuisession.state.migrations import migrate
+from stuisession.state.model import SCHEMA_VERSION
+from stuisession.state.schema import from_wire, to_wire
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SNAPSHOTS = FIXTURES / "snapshots"

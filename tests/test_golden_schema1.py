@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
-from stuisession.codec import SnapshotCodec
+from stuisession.codec.snapshot import SnapshotCodec
 from stuisession.keys import Keyring
-from stuisession.state import to_wire
+from stuisession.state.schema import to_wire
 
 HERE = Path(__file__).parent / "fixtures" / "schema1"
 EXPECTED = json.loads((HERE / "expected.json").read_text())

@@ -17,15 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stuisession import FileStore, ManualClock, MemoryStore, Policy, ProtocolHandler, journal
-from stuisession.codec import SnapshotCodec
+from stuisession import FileStore, ManualClock, MemoryStore, Policy, ProtocolHandler
+from stuisession._json import resolve_raw
+from stuisession.codec import journal
+from stuisession.codec.snapshot import SnapshotCodec
 from stuisession.errors import ConflictError, IntegrityError, StorageError
-from stuisession.jsonutil import resolve_raw
 from stuisession.keys import ENV_KEYRING, Keyring
-from stuisession.lifecycle import new_session, with_state
-from stuisession.model import SessionInfo
-from stuisession.service import SessionService
-from stuisession.updates import StateUpdate
+from stuisession.service.core import SessionService
+from stuisession.state.lifecycle import new_session, with_state
+from stuisession.state.model import SessionInfo
+from stuisession.state.updates import StateUpdate
 
 NOW = 1_700_000_000.0
 
@@ -483,7 +484,8 @@ def test_journal_store_matches_memory_store(tmp_path_factory: Any, ops: list[Any
 def test_verify_checks_journals_and_rotation_reseals_them(
     tmp_path: Path, ring: Keyring, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from stuisession import admin, cli
+    from stuisession.admin import core as admin
+    from stuisession.cli import app as cli
 
     ring.save(tmp_path / "keyring.json")
     h = _handler(tmp_path, ring)

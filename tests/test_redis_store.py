@@ -19,8 +19,7 @@ import redis
 from redis.crc import key_slot
 
 from redis_server import RedisServer, free_port
-from stuisession import lifecycle
-from stuisession.codec import SnapshotCodec
+from stuisession.codec.snapshot import SnapshotCodec
 from stuisession.errors import (
     ConfigurationError,
     ConflictError,
@@ -29,7 +28,8 @@ from stuisession.errors import (
     StorageError,
 )
 from stuisession.keys import ENV_KEYRING, Keyring
-from stuisession.model import Session, SessionState
+from stuisession.state import lifecycle
+from stuisession.state.model import Session, SessionState
 from stuisession.stores.redis import (
     DEFAULT_TTL,
     RedisStore,

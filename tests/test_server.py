@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import zmq
 
-from stuisession import server as server_mod
+from stuisession.bridge import server as server_mod
+from stuisession.bridge.server import BridgeServer, peek_fields, split_frames
 from stuisession.clock import ManualClock
 from stuisession.policy import Policy
-from stuisession.protocol import ProtocolHandler
-from stuisession.server import BridgeServer, peek_fields, split_frames
+from stuisession.protocol.handler import ProtocolHandler
 from stuisession.stores.memory import MemoryStore
 
 #: failure timeout of every receive (ms): generous, it only bounds a broken test

@@ -17,7 +17,7 @@ from stuisession import (
     SessionNotFound,
     SessionService,
 )
-from stuisession.updates import StateUpdate
+from stuisession.state.updates import StateUpdate
 
 THREADS = 8
 

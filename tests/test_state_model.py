@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from state_strategies import session_states
 from stuisession.errors import ConflictError, ValidationError
-from stuisession.refs import check_object_id, is_ref, iter_refs, ref
-from stuisession.state import (
+from stuisession.state.refs import check_object_id, is_ref, iter_refs, ref
+from stuisession.state.schema import (
     Evaluation,
     Inspector,
     ObjectRecord,
@@ -25,7 +25,7 @@ from stuisession.state import (
     unstructure_state,
     validate_state,
 )
-from stuisession.updates import (
+from stuisession.state.updates import (
     StateUpdate,
     changes_since,
     check_rebase,

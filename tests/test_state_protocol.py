@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, given, settings
 
 from heavy_session import heavy_changes
 from state_strategies import json_objects, session_states
-from stuisession import FileStore, MemoryStore, ProtocolHandler, lifecycle
-from stuisession.codec import SnapshotCodec
+from stuisession import FileStore, MemoryStore, ProtocolHandler
+from stuisession.codec.snapshot import SnapshotCodec
 from stuisession.keys import Keyring
-from stuisession.state import SessionState, to_wire
+from stuisession.state import lifecycle
+from stuisession.state.schema import SessionState, to_wire
 
 
 def ok(handler: ProtocolHandler, command: str, **params: Any) -> dict[str, Any]:

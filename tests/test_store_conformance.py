@@ -35,8 +35,7 @@ from typing import Any, Literal
 
 import pytest
 
-from stuisession import lifecycle
-from stuisession.codec import Snapshot, SnapshotCodec, parse_header
+from stuisession.codec.snapshot import Snapshot, SnapshotCodec, parse_header
 from stuisession.errors import (
     ConflictError,
     IntegrityError,
@@ -46,7 +45,8 @@ from stuisession.errors import (
 )
 from stuisession.ids import new_session_id
 from stuisession.keys import Keyring
-from stuisession.model import Session, SessionInfo, SessionState, SessionStatus
+from stuisession.state import lifecycle
+from stuisession.state.model import Session, SessionInfo, SessionState, SessionStatus
 from stuisession.stores import FileStore, MemoryStore, SessionStore
 from stuisession.stores.redis import RedisStore
 

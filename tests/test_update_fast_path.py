@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from state_strategies import json_values, names, object_ids, session_states
-from stuisession import jsonutil
+from stuisession import _json as jsonutil
 from stuisession.errors import ValidationError
-from stuisession.refs import ref
-from stuisession.state import SessionState, to_wire
-from stuisession.updates import StateUpdate, _apply_fast
+from stuisession.state.refs import ref
+from stuisession.state.schema import SessionState, to_wire
+from stuisession.state.updates import StateUpdate, _apply_fast
 
 FIELDS = {
     "workspaces": ["variables", "settings", "contents", "history", "bogus"],
@@ -80,7 +80,7 @@ def patches(draw: st.DrawFn, state: SessionState) -> dict[str, Any]:
 
 
 def full_apply(update: StateUpdate, state: SessionState, revision: int) -> SessionState:
-    import stuisession.updates as updates
+    import stuisession.state.updates as updates
 
     original = updates._apply_fast
     updates._apply_fast = lambda *_: None  # type: ignore[assignment]

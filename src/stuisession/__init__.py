@@ -14,10 +14,10 @@ Layers, one direction: :class:`ProtocolHandler` (JSON commands) ->
 
 from __future__ import annotations
 
-from ._version import __version__
-from .clock import Clock, ManualClock, SystemClock
-from .codec import Snapshot, SnapshotCodec
-from .errors import (
+from stuisession._version import __version__
+from stuisession.clock import Clock, ManualClock, SystemClock
+from stuisession.codec.snapshot import Snapshot, SnapshotCodec
+from stuisession.errors import (
     AccessDenied,
     Busy,
     ConfigurationError,
@@ -37,14 +37,20 @@ from .errors import (
     UpstreamError,
     ValidationError,
 )
-from .keys import Keyring
-from .model import SCHEMA_VERSION, Session, SessionInfo, SessionState, SessionStatus
-from .policy import Policy
-from .protocol import ProtocolHandler
-from .service import SessionService
-from .stores.base import SessionStore, StoreStatistics
-from .stores.file import FileStore
-from .stores.memory import MemoryStore
+from stuisession.keys import Keyring
+from stuisession.policy import Policy
+from stuisession.protocol.handler import ProtocolHandler
+from stuisession.service.core import SessionService
+from stuisession.state.model import (
+    SCHEMA_VERSION,
+    Session,
+    SessionInfo,
+    SessionState,
+    SessionStatus,
+)
+from stuisession.stores.base import SessionStore, StoreStatistics
+from stuisession.stores.file.store import FileStore
+from stuisession.stores.memory import MemoryStore
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -1,5 +1,5 @@
 """``python -m stuisession``: the same as the ``stuisession`` command."""
 
-from .cli import main
+from stuisession.cli import main
 
 raise SystemExit(main())

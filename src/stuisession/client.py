@@ -26,7 +26,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from .errors import StuiSessionError, UpstreamError
+from stuisession.errors import StuiSessionError, UpstreamError
 
 
 class RequestFailed(StuiSessionError):

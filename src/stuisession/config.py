@@ -24,8 +24,8 @@ from typing import Any
 
 import attrs
 
-from .errors import ConfigurationError
-from .policy import Policy
+from stuisession.errors import ConfigurationError
+from stuisession.policy import Policy
 
 ENV_PREFIX = "STUISESSION_"
 _NAMES = {a.name: a for a in attrs.fields(Policy)}

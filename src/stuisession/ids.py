@@ -11,7 +11,7 @@ import re
 import secrets
 from typing import Any
 
-from .errors import ValidationError
+from stuisession.errors import ValidationError
 
 SESSION_ID_PREFIX = "session_"
 #: 32 random bytes -> 43 base64url characters (no padding)

@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import ConfigurationError
+from stuisession.errors import ConfigurationError
 
 KEY_BYTES = 32
 ENV_KEYRING = "STUISESSION_KEYRING"

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ConfigurationError
+from stuisession.errors import ConfigurationError
 
 MB = 1024 * 1024
 DAY = 86_400

@@ -40,8 +40,9 @@ from faultlib import (
     tmpfs,
 )
 
-from stuisession import FileStore, ProtocolHandler, StorageError, lifecycle
+from stuisession import FileStore, ProtocolHandler, StorageError
 from stuisession.keys import ENV_KEYRING
+from stuisession.state import lifecycle
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from stuisession import FileStore, ManualClock, MemoryStore, Policy, ProtocolHandler
-from stuisession.admin import rotate_keys, verify_store
-from stuisession.audit import AuditLog
-from stuisession.audit import verify as verify_audit
+from stuisession.admin.core import rotate_keys, verify_store
 from stuisession.ids import new_session_id
+from stuisession.security.audit import AuditLog
+from stuisession.security.audit import verify as verify_audit
 
 SECRET = "correct horse battery staple 7f3a9c"
 

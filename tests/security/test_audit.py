@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stuisession.audit import GENESIS, AuditLog, iter_session_events, verify
 from stuisession.clock import ManualClock
 from stuisession.errors import IntegrityError
 from stuisession.ids import new_session_id
 from stuisession.keys import Keyring
+from stuisession.security.audit import GENESIS, AuditLog, iter_session_events, verify
 
 
 @pytest.fixture
@@ -499,7 +499,7 @@ def test_failed_head_write_is_recoverable(
         raise OSError("disk full")
 
     with monkeypatch.context() as m:
-        m.setattr("stuisession.audit.os.replace", broken)
+        m.setattr("stuisession.security.audit.os.replace", broken)
         with pytest.raises(OSError):
             log.record("create")
     assert not [p for p in log.path.parent.iterdir() if p.name.endswith(".tmp")]

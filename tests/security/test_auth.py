@@ -10,16 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stuisession.auth import (
+from stuisession.clock import ManualClock
+from stuisession.errors import AccessDenied, ConfigurationError
+from stuisession.ids import new_session_id
+from stuisession.keys import Keyring
+from stuisession.security.auth import (
     TokenAuthority,
     client_secret_digest,
     new_client_secret,
     verify_client_secret,
 )
-from stuisession.clock import ManualClock
-from stuisession.errors import AccessDenied, ConfigurationError
-from stuisession.ids import new_session_id
-from stuisession.keys import Keyring
 
 CLIENT = "alice"
 

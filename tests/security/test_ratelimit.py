@@ -8,7 +8,7 @@ import pytest
 
 from stuisession.clock import ManualClock
 from stuisession.errors import ConfigurationError, RateLimited
-from stuisession.ratelimit import TokenBucketLimiter
+from stuisession.security.ratelimit import TokenBucketLimiter
 
 
 @pytest.fixture

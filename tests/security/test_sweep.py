@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from stuisession import FileStore, ManualClock, Policy, ProtocolHandler, lifecycle
-from stuisession.audit import AuditLog
+from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
 from stuisession.errors import StorageError
-from stuisession.service import SessionService
+from stuisession.security.audit import AuditLog
+from stuisession.service.core import SessionService
+from stuisession.state import lifecycle
 
 
 def populate(store: FileStore, clock: ManualClock, total: int, expired_share: float) -> list[str]:

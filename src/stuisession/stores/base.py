@@ -17,14 +17,14 @@ from collections.abc import Iterator
 
 import attrs
 
-from .. import jsonutil
-from ..codec import Snapshot, SnapshotCodec
-from ..converters import unstructure_state
-from ..errors import IntegrityError, SessionNotFound, StateTooLarge
-from ..ids import check_client_id, check_session_id, new_session_id
-from ..keys import Keyring
-from ..model import Session, SessionInfo, SessionState
-from ..updates import StateUpdate
+from stuisession import _json
+from stuisession.codec.snapshot import Snapshot, SnapshotCodec
+from stuisession.errors import IntegrityError, SessionNotFound, StateTooLarge
+from stuisession.ids import check_client_id, check_session_id, new_session_id
+from stuisession.keys import Keyring
+from stuisession.state.forms import unstructure_state
+from stuisession.state.model import Session, SessionInfo, SessionState
+from stuisession.state.updates import StateUpdate
 
 
 @attrs.frozen
@@ -39,7 +39,7 @@ class StoreStatistics:
 
 def state_part_sizes(state: SessionState) -> dict[str, int]:
     """Encoded size in bytes of each part of *state* (to say which part is too big)."""
-    return {k: len(jsonutil.dumps(v)) for k, v in unstructure_state(state).items()}
+    return {k: len(_json.dumps(v)) for k, v in unstructure_state(state).items()}
 
 
 class SessionStore(abc.ABC):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from ..codec import SnapshotCodec
-from ..errors import ConflictError, SessionNotFound
-from ..model import SessionInfo
-from .base import SessionStore
+from stuisession.codec.snapshot import SnapshotCodec
+from stuisession.errors import ConflictError, SessionNotFound
+from stuisession.state.model import SessionInfo
+from stuisession.stores.base import SessionStore
 
 
 class MemoryStore(SessionStore):

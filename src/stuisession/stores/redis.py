@@ -39,18 +39,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import attrs
 
-from ..codec import SnapshotCodec, parse_header
-from ..errors import (
+from stuisession.codec.snapshot import SnapshotCodec, parse_header
+from stuisession.errors import (
     ConfigurationError,
     ConflictError,
     IntegrityError,
     SessionNotFound,
     StorageError,
 )
-from ..ids import check_client_id, is_valid_session_id
-from ..keys import Keyring
-from ..model import SessionInfo
-from .base import SessionStore, StoreStatistics
+from stuisession.ids import check_client_id, is_valid_session_id
+from stuisession.keys import Keyring
+from stuisession.state.model import SessionInfo
+from stuisession.stores.base import SessionStore, StoreStatistics
 
 if TYPE_CHECKING:
     from redis.commands.core import Script

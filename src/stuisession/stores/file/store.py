@@ -39,20 +39,20 @@ from typing import TypeVar
 import attrs
 import filelock
 
-from .. import journal
-from ..codec import TAG_SIZE, Snapshot, SnapshotCodec, parse_header
-from ..errors import (
+from stuisession.codec import journal
+from stuisession.codec.snapshot import TAG_SIZE, Snapshot, SnapshotCodec, parse_header
+from stuisession.errors import (
     ConfigurationError,
     ConflictError,
     IntegrityError,
     SessionNotFound,
     StorageError,
 )
-from ..ids import SESSION_ID_PREFIX, check_session_id, is_valid_session_id
-from ..keys import Keyring
-from ..model import Session, SessionInfo
-from ..updates import StateUpdate
-from .base import SessionStore
+from stuisession.ids import SESSION_ID_PREFIX, check_session_id, is_valid_session_id
+from stuisession.keys import Keyring
+from stuisession.state.model import Session, SessionInfo
+from stuisession.state.updates import StateUpdate
+from stuisession.stores.base import SessionStore
 
 log = logging.getLogger("stuisession.stores.file")
 _T = TypeVar("_T")

@@ -31,9 +31,9 @@ from typing import Any
 import attrs
 import cattrs
 
-from .errors import ValidationError
-from .jsonutil import check_json_value
-from .refs import check_object_id, is_ref, iter_refs
+from stuisession._json import check_json_value
+from stuisession.errors import ValidationError
+from stuisession.state.refs import check_object_id, is_ref, iter_refs
 
 #: change-log records kept for "what changed since revision N" and auto-merges
 MAX_CHANGE_RECORDS = 64

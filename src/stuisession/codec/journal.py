@@ -43,12 +43,12 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import jsonutil
-from .codec import NONCE_SIZE, TAG_SIZE, SnapshotCodec
-from .converters import structure_info, unstructure_info
-from .errors import IntegrityError
-from .model import Session, SessionInfo
-from .updates import StateUpdate
+from stuisession import _json
+from stuisession.codec.snapshot import NONCE_SIZE, TAG_SIZE, SnapshotCodec
+from stuisession.errors import IntegrityError
+from stuisession.state.forms import structure_info, unstructure_info
+from stuisession.state.model import Session, SessionInfo
+from stuisession.state.updates import StateUpdate
 
 HEADER_MAGIC = b"STJH"
 RECORD_MAGIC = b"STJR"
@@ -144,7 +144,7 @@ def seal(
         nonce = os.urandom(NONCE_SIZE)
         aad = _aad(info.session_id, base_tag, prev_tag, kind, flags, key_id)
         payload = nonce + AESGCM(codec.keyring.enc_key(key_id)).encrypt(nonce, payload, aad)
-    meta = jsonutil.dumps(unstructure_info(info))
+    meta = _json.dumps(unstructure_info(info))
     body = b"".join(
         (
             _BODY_HEAD.pack(RECORD_MAGIC, VERSION, kind, flags, len(kid)),
@@ -261,7 +261,7 @@ def _open_one(  # noqa: PLR0917 - private helper of open_records
     meta = body[pos : pos + meta_len]
     payload = body[pos + meta_len :]
     try:
-        data: Any = jsonutil.loads(meta)
+        data: Any = _json.loads(meta)
         info = structure_info(data)
     except Exception:
         raise IntegrityError("journal record metadata is malformed") from None

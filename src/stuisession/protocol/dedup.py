@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from . import jsonutil
+from stuisession import _json
 
 
 def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
@@ -31,7 +31,7 @@ def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
     h.update(repr(request_id).encode("utf-8", "surrogatepass"))
     h.update(b"\x00" + command.encode() + b"\x00")
     try:
-        h.update(jsonutil.dumps_sorted(parameters))
+        h.update(_json.dumps_sorted(parameters))
     except (TypeError, ValueError):
         # not encodable (e.g. an int beyond Python's str conversion limit): such a
         # request is refused by validation anyway; give it a key of its own

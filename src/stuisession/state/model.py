@@ -15,8 +15,8 @@ from typing import Any
 
 import attrs
 
-from .ids import check_client_id, check_session_id
-from .state import SessionState
+from stuisession.ids import check_client_id, check_session_id
+from stuisession.state.schema import SessionState
 
 #: The schema version of :class:`SessionState` written by this release.
 SCHEMA_VERSION = 2

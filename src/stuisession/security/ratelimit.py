@@ -33,8 +33,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from .clock import Clock
-from .errors import ConfigurationError, RateLimited
+from stuisession.clock import Clock
+from stuisession.errors import ConfigurationError, RateLimited
 
 __all__ = ["TokenBucketLimiter"]
 

@@ -53,9 +53,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from .clock import Clock, SystemClock
-from .errors import IntegrityError
-from .keys import Keyring
+from stuisession.clock import Clock, SystemClock
+from stuisession.errors import IntegrityError
+from stuisession.keys import Keyring
 
 __all__ = [
     "EVENTS",

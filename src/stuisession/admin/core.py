@@ -20,23 +20,23 @@ from typing import Any
 
 import attrs
 
-from . import journal
-from .audit import AuditLog
-from .codec import FLAG_ENCRYPTED, Snapshot, SnapshotCodec, parse_header
-from .errors import (
+from stuisession.codec import journal
+from stuisession.codec.snapshot import FLAG_ENCRYPTED, Snapshot, SnapshotCodec, parse_header
+from stuisession.errors import (
     ConfigurationError,
     ConflictError,
     IntegrityError,
     SessionNotFound,
     StuiSessionError,
 )
-from .ids import SESSION_ID_PREFIX, check_client_id, is_valid_session_id
-from .keys import Keyring
-from .model import SessionInfo, SessionStatus
-from .state import to_wire
-from .stores.base import SessionStore
-from .stores.file import FileStore
-from .stores.redis import RedisStore
+from stuisession.ids import SESSION_ID_PREFIX, check_client_id, is_valid_session_id
+from stuisession.keys import Keyring
+from stuisession.security.audit import AuditLog
+from stuisession.state.model import SessionInfo, SessionStatus
+from stuisession.state.schema import to_wire
+from stuisession.stores.base import SessionStore
+from stuisession.stores.file.store import FileStore
+from stuisession.stores.redis import RedisStore
 
 Progress = Callable[[int], None]
 

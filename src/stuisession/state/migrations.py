@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import IntegrityError
-from .model import SCHEMA_VERSION
+from stuisession.errors import IntegrityError
+from stuisession.state.model import SCHEMA_VERSION
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -73,7 +73,7 @@ def _schema_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
     - ``inspector_state.selected_object`` becomes one selected inspector;
     - every other key is kept where the wire form shows it again.
     """
-    from .refs import OBJECT_ID_RE
+    from stuisession.state.refs import OBJECT_ID_RE
 
     registry = data.get("object_registry") or {}
     objects = {

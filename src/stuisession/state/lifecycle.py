@@ -19,9 +19,9 @@ from typing import TypeVar
 
 import attrs
 
-from .errors import SessionClosed, SessionExpired
-from .ids import new_session_id
-from .model import Session, SessionInfo, SessionState, SessionStatus
+from stuisession.errors import SessionClosed, SessionExpired
+from stuisession.ids import new_session_id
+from stuisession.state.model import Session, SessionInfo, SessionState, SessionStatus
 
 _Info = TypeVar("_Info", bound=SessionInfo)
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
-from .errors import Busy
+from stuisession.errors import Busy
 
 Job = Callable[[], None]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import cattrs
 
-from .model import SessionInfo
-from .state import SessionState, from_wire, to_wire
+from stuisession.state.model import SessionInfo
+from stuisession.state.schema import SessionState, from_wire, to_wire
 
 converter = cattrs.Converter(forbid_extra_keys=False)
 

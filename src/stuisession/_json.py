@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ValidationError
+from stuisession.errors import ValidationError
 
 #: Nesting deeper than this is refused (protects the recursive encoder and decoder).
 MAX_DEPTH = 200

@@ -26,8 +26,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ._version import __version__
-from .errors import StuiSessionError
+from stuisession._version import __version__
+from stuisession.errors import StuiSessionError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -453,7 +453,7 @@ def _setup_logging(level: int) -> None:
 
 
 def _policy(args: argparse.Namespace) -> Any:
-    from .policy import Policy
+    from stuisession.policy import Policy
 
     fields = {
         "session_timeout": args.timeout,
@@ -469,15 +469,15 @@ def _policy(args: argparse.Namespace) -> Any:
 # -- serve ----------------------------------------------------------------------------
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from .server import BridgeServer, _zmq
+        from stuisession.bridge.server import BridgeServer, _zmq
 
         zmq = _zmq()
     except ImportError as exc:
         raise _Fail(str(exc)) from None
     import attrs
 
-    from .config import load_policy
-    from .protocol import ProtocolHandler
+    from stuisession.config import load_policy
+    from stuisession.protocol.handler import ProtocolHandler
 
     overrides = attrs.asdict(_policy(args), recurse=False)
     defaults = attrs.asdict(type(_policy(args))(), recurse=False)
@@ -487,7 +487,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     policy = attrs.evolve(base, **changed)
     if args.strict:
         policy = attrs.evolve(policy, auth_mode="strict")
-    from .admin import open_store
+    from stuisession.admin.core import open_store
 
     store = open_store(args.store, key_file=args.key_file, create=True)
     upstream = None
@@ -495,7 +495,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         audit = _serve_audit(args, store)
         handler = ProtocolHandler(store, policy, audit=audit)
         if args.upstream:
-            from .forwarding import ZmqUpstream
+            from stuisession.bridge.forwarding import ZmqUpstream
 
             upstream = ZmqUpstream(args.upstream, timeout=args.upstream_timeout)
         try:
@@ -528,8 +528,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_audit(args: argparse.Namespace, store: Any) -> Any:
-    from .audit import AuditLog
-    from .stores.file import FileStore
+    from stuisession.security.audit import AuditLog
+    from stuisession.stores.file.store import FileStore
 
     if args.audit == "off":
         return None
@@ -604,7 +604,7 @@ def _print_json(obj: object) -> None:
 
 
 def _iso(ts: float | None) -> str | None:
-    from .clock import isoformat
+    from stuisession.clock import isoformat
 
     return None if ts is None else isoformat(ts)
 
@@ -678,35 +678,35 @@ class _DeferredInterrupt:
 
 # -- admin subcommands: helpers ---------------------------------------------------------
 def _admin_store(args: argparse.Namespace, key_file: str | None = None) -> Any:
-    from . import admin
+    from stuisession.admin import core
 
     options: dict[str, Any] = {}
-    if admin.is_redis_spec(args.store):
+    if core.is_redis_spec(args.store):
         options["prefix"] = args.redis_prefix
-    return admin.open_store(args.store, key_file=key_file or args.key_file, **options)
+    return core.open_store(args.store, key_file=key_file or args.key_file, **options)
 
 
 def _admin_audit(args: argparse.Namespace, store: Any) -> Any:
-    from . import admin
-    from .audit import AuditLog
+    from stuisession.admin import core
+    from stuisession.security.audit import AuditLog
 
     if args.audit == "off":
         return None
     if args.audit:
         return AuditLog(args.audit, keyring=store.codec.keyring)
-    directory = admin.store_directory(args.store)
+    directory = core.store_directory(args.store)
     if directory is None:
         return None
     return AuditLog(directory / "audit.log", keyring=store.codec.keyring)
 
 
 def _record_fields(info: Any, now: float) -> dict[str, Any]:
-    from . import admin
+    from stuisession.admin import core
 
     return {
         "session_id": info.session_id,
         "client_id": info.client_id,
-        "state": admin.session_state_name(info, now),
+        "state": core.session_state_name(info, now),
         "status": info.status.value,
         "created_at": _iso(info.created_at),
         "last_accessed": _iso(info.last_accessed),
@@ -721,13 +721,13 @@ def _record_fields(info: Any, now: float) -> dict[str, Any]:
 
 # -- list -------------------------------------------------------------------------------
 def _cmd_list(args: argparse.Namespace) -> int:
-    from . import admin
+    from stuisession.admin import core
 
     store = _admin_store(args)
     try:
         now = time.time()
         rows = sorted(
-            admin.iter_session_rows(store, client_id=args.client),
+            core.iter_session_rows(store, client_id=args.client),
             key=lambda r: (r[0].created_at, r[0].session_id),
         )
     finally:
@@ -739,7 +739,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             "created_at": _iso(info.created_at),
             "last_accessed": _iso(info.last_accessed),
             "size": size,
-            "state": admin.session_state_name(info, now),
+            "state": core.session_state_name(info, now),
             "revision": info.revision,
         }
         for info, size in rows
@@ -775,15 +775,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 # -- show -------------------------------------------------------------------------------
 def _cmd_show(args: argparse.Namespace) -> int:
-    from . import admin
-    from .errors import IntegrityError
+    from stuisession.admin import core
+    from stuisession.errors import IntegrityError
 
     store = _admin_store(args)
     try:
-        session_id = admin.resolve_session_id(store, args.session_id)
+        session_id = core.resolve_session_id(store, args.session_id)
         try:
-            snap = admin.read_snapshot(store, session_id)
-            summary = admin.summarize_snapshot(snap)
+            snap = core.read_snapshot(store, session_id)
+            summary = core.summarize_snapshot(snap)
         except IntegrityError as exc:
             raise _Fail(
                 f"the snapshot failed its check: {exc.message} (run `stuisession verify`; "
@@ -820,22 +820,22 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 # -- verify -----------------------------------------------------------------------------
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from . import admin
-    from .stores.file import FileStore
+    from stuisession.admin import core
+    from stuisession.stores.file.store import FileStore
 
     store = _admin_store(args)
     try:
         if isinstance(store, FileStore):
-            files = admin.snapshot_files(store)
+            files = core.snapshot_files(store)
             total = len(files)
             snapshots = sum(1 for f in files if f.generation == 0)
             with _progress(args, total, "verify ") as bar:
-                problems = list(admin.verify_snapshot_files(store, files, progress=bar))
+                problems = list(core.verify_snapshot_files(store, files, progress=bar))
         else:
             ids = list(store._ids())
             total = snapshots = len(ids)
             with _progress(args, total, "verify ") as bar:
-                problems = list(admin.verify_store(store, ids=ids, progress=bar))
+                problems = list(core.verify_store(store, ids=ids, progress=bar))
     finally:
         store.close()
     backups = total - snapshots
@@ -862,7 +862,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 # -- gc ---------------------------------------------------------------------------------
 def _gc_policy(args: argparse.Namespace) -> Any:
-    from .policy import Policy
+    from stuisession.policy import Policy
 
     fields: dict[str, Any] = {}
     if args.retention is not None:
@@ -878,8 +878,8 @@ def _gc_policy(args: argparse.Namespace) -> Any:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from .model import SessionStatus
-    from .service import SessionService
+    from stuisession.service.core import SessionService
+    from stuisession.state.model import SessionStatus
 
     policy = _gc_policy(args)
     store = _admin_store(args)
@@ -957,12 +957,12 @@ def _gc_dry_run(args: argparse.Namespace, service: Any, closed: Any) -> int:
 
 # -- export / import --------------------------------------------------------------------
 def _cmd_export(args: argparse.Namespace) -> int:
-    from . import admin
+    from stuisession.admin import core
 
     store = _admin_store(args)
     try:
         total = sum(1 for _ in store._ids())
-        manifest = admin.export_directory(store, args.directory)
+        manifest = core.export_directory(store, args.directory)
     finally:
         store.close()
     missing = max(0, total - len(manifest))
@@ -981,13 +981,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from . import admin
+    from stuisession.admin import core
 
     store = _admin_store(args)
     try:
-        total = len(admin.read_manifest(args.directory))
+        total = len(core.read_manifest(args.directory))
         with _progress(args, total, "import ") as bar:
-            report = admin.import_directory(store, args.directory, progress=bar)
+            report = core.import_directory(store, args.directory, progress=bar)
     finally:
         store.close()
     if args.json:
@@ -1002,10 +1002,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 # -- keys -------------------------------------------------------------------------------
 def _cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from . import admin
-    from .keys import ENV_KEYRING
+    from stuisession.admin import core
+    from stuisession.keys import ENV_KEYRING
 
-    directory = admin.store_directory(args.store)
+    directory = core.store_directory(args.store)
     key_file = args.key_file or (None if directory is None else str(directory / "keyring.json"))
     if key_file is None:
         raise UsageError("give --key-file for a Redis store: the rotated keyring is saved there")
@@ -1014,7 +1014,7 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> int:
         audit = _admin_audit(args, store)
         total = sum(1 for _ in store._ids())
         with _progress(args, total, "re-seal ") as bar:
-            report = admin.rotate_keys(store, key_file=key_file, audit=audit, progress=bar)
+            report = core.rotate_keys(store, key_file=key_file, audit=audit, progress=bar)
     finally:
         store.close()
     if args.json:
@@ -1046,9 +1046,9 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
-    from . import admin
+    from stuisession.admin import core
 
-    ring = admin.load_keyring(args.key_file, args.store)
+    ring = core.load_keyring(args.key_file, args.store)
     if args.json:
         _print_json({"current": ring.current_id, "keys": ring.key_ids})
         return EXIT_OK
@@ -1059,14 +1059,14 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
 
 # -- audit ------------------------------------------------------------------------------
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from . import admin
-    from .audit import verify
+    from stuisession.admin import core
+    from stuisession.security.audit import verify
 
-    directory = admin.store_directory(args.store)
+    directory = core.store_directory(args.store)
     log_path = args.log or (None if directory is None else str(directory / "audit.log"))
     if log_path is None:
         raise UsageError("give --log for a Redis store (it has no audit log of its own)")
-    ring = admin.load_keyring(args.key_file, args.store)
+    ring = core.load_keyring(args.key_file, args.store)
     report = verify(log_path, ring)
     if args.json:
         _print_json(
@@ -1095,7 +1095,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
 # -- status -----------------------------------------------------------------------------
 def _cmd_status(args: argparse.Namespace) -> int:
     try:
-        from .server import _zmq
+        from stuisession.bridge.server import _zmq
 
         zmq = _zmq()
     except ImportError as exc:

@@ -26,11 +26,11 @@ from typing import Any
 import attrs
 import cattrs
 
-from . import jsonutil
-from .errors import ConflictError, ValidationError
-from .jsonutil import MAX_DEPTH, check_json_value
-from .refs import check_object_id, is_ref, iter_refs
-from .state import (
+from stuisession import _json
+from stuisession._json import MAX_DEPTH, check_json_value
+from stuisession.errors import ConflictError, ValidationError
+from stuisession.state.refs import check_object_id, is_ref, iter_refs
+from stuisession.state.schema import (
     MAX_CHANGE_RECORDS,
     ChangeRecord,
     Evaluation,
@@ -150,12 +150,12 @@ class StateUpdate:
             doc["client_version"] = self.client_version
         if not self.counts_as_update:
             doc["counts_as_update"] = False
-        return jsonutil.dumps(doc)
+        return _json.dumps(doc)
 
     @classmethod
     def from_json(cls, data: bytes) -> StateUpdate:
         """The inverse of :meth:`to_json`."""
-        doc = jsonutil.loads(data)
+        doc = _json.loads(data)
         return cls(
             patches=doc["patches"],
             replace=frozenset(doc.get("replace", ())),

@@ -38,9 +38,9 @@ import secrets
 import struct
 from typing import Final, NoReturn
 
-from .clock import Clock, SystemClock
-from .errors import AccessDenied, ConfigurationError
-from .keys import Keyring
+from stuisession.clock import Clock, SystemClock
+from stuisession.errors import AccessDenied, ConfigurationError
+from stuisession.keys import Keyring
 
 __all__ = [
     "TokenAuthority",

@@ -19,11 +19,10 @@ from typing import Any
 
 import attrs
 
-from . import jsonutil
-from .audit import AuditLog
-from .clock import Clock, isoformat
-from .dedup import ReplyCache, request_key
-from .errors import (
+from stuisession import _json
+from stuisession._json import RawJSON
+from stuisession.clock import Clock, isoformat
+from stuisession.errors import (
     InternalError,
     InvalidRequest,
     MessageTooLarge,
@@ -31,14 +30,15 @@ from .errors import (
     UnknownCommand,
     ValidationError,
 )
-from .ids import check_client_id, check_session_id
-from .jsonutil import RawJSON
-from .model import Session, SessionInfo
-from .policy import Policy
-from .service import Credentials, SessionService
-from .state import Metadata, ToolContext
-from .stores.base import SessionStore
-from .updates import PATCHABLE, StateUpdate, structure_evaluations
+from stuisession.ids import check_client_id, check_session_id
+from stuisession.policy import Policy
+from stuisession.protocol.dedup import ReplyCache, request_key
+from stuisession.security.audit import AuditLog
+from stuisession.service.core import Credentials, SessionService
+from stuisession.state.model import Session, SessionInfo
+from stuisession.state.schema import Metadata, ToolContext
+from stuisession.state.updates import PATCHABLE, StateUpdate, structure_evaluations
+from stuisession.stores.base import SessionStore
 
 log = logging.getLogger("stuisession.protocol")
 
@@ -103,7 +103,7 @@ def _object(params: Params, name: str, *, required: bool = False) -> dict[str, A
     value = params[name]
     if not isinstance(value, Mapping):
         raise ValidationError(f"{name} must be a JSON object", field=name)
-    jsonutil.check_json_value(value, name)
+    _json.check_json_value(value, name)
     return dict(value)
 
 
@@ -217,7 +217,7 @@ class ProtocolHandler:
     ) -> None:
         if service is None:
             if store is None:
-                from .stores.memory import MemoryStore
+                from stuisession.stores.memory import MemoryStore
 
                 store = MemoryStore()
             service = SessionService(store, policy, clock=clock, audit=audit)
@@ -263,7 +263,7 @@ class ProtocolHandler:
         """Handle one request; return the response as a plain dict. Never raises."""
         reply = self.respond(message)
         try:
-            return dict(jsonutil.resolve_raw(reply))
+            return dict(_json.resolve_raw(reply))
         except Exception:  # pragma: no cover - stored bytes were verified JSON
             log.exception("could not decode a stored state")
             return self._error_reply(
@@ -277,10 +277,10 @@ class ProtocolHandler:
         """
         reply = self.respond(message)
         try:
-            return jsonutil.dumps_with_raw(reply)
+            return _json.dumps_with_raw(reply)
         except Exception:  # pragma: no cover - every reply is built from JSON values
             log.exception("could not encode a reply")
-            return jsonutil.dumps(
+            return _json.dumps(
                 self._error_reply(None, InternalError("Internal error while handling the request"))
             )
 
@@ -373,7 +373,7 @@ class ProtocolHandler:
             len(request_id) > self.policy.max_request_id_length or not _encodable(request_id)
         ):
             raise InvalidRequest("id is too long or not valid UTF-8", field="id")
-        if isinstance(request_id, int) and request_id.bit_length() > jsonutil.MAX_INT_BITS:
+        if isinstance(request_id, int) and request_id.bit_length() > _json.MAX_INT_BITS:
             raise InvalidRequest("id is out of range", field="id")
         command = doc.get("command")
         if command is None:
@@ -392,7 +392,7 @@ class ProtocolHandler:
     @staticmethod
     def _loads(text: str) -> Any:
         try:
-            return jsonutil.loads(text)
+            return _json.loads(text)
         except RecursionError:
             raise InvalidRequest("Message is nested too deeply") from None
         except ValueError as exc:
@@ -443,7 +443,7 @@ class ProtocolHandler:
             head["resume_token"] = restored.resume_token
         if since is not None:
             session = restored.snapshot.session()
-            from .updates import changes_since
+            from stuisession.state.updates import changes_since
 
             ops = changes_since(session.state, session.revision, since)
             if ops is not None:
@@ -451,7 +451,7 @@ class ProtocolHandler:
                 return head
         head["delta"] = False
         state_json = restored.snapshot.current_state_json()
-        head_json = jsonutil.dumps(head)
+        head_json = _json.dumps(head)
         if state_json == b"{}":
             return RawJSON(head_json)
         # the state's top-level keys are the upstream restore-result keys:

@@ -31,12 +31,17 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import jsonutil
-from .converters import structure_info, structure_state, unstructure_info, unstructure_state
-from .errors import IntegrityError, StateTooLarge
-from .keys import Keyring
-from .migrations import migrate
-from .model import SCHEMA_VERSION, Session, SessionInfo, SessionState
+from stuisession import _json
+from stuisession.errors import IntegrityError, StateTooLarge
+from stuisession.keys import Keyring
+from stuisession.state.forms import (
+    structure_info,
+    structure_state,
+    unstructure_info,
+    unstructure_state,
+)
+from stuisession.state.migrations import migrate
+from stuisession.state.model import SCHEMA_VERSION, Session, SessionInfo, SessionState
 
 MAGIC = b"STSN"
 FORMAT_VERSION = 1
@@ -145,12 +150,12 @@ class Snapshot:
         """The state as JSON of the *current* schema (migrated and re-encoded if older)."""
         if self.schema_version == SCHEMA_VERSION:
             return self.state_json()
-        return jsonutil.dumps(unstructure_state(self.state()))
+        return _json.dumps(unstructure_state(self.state()))
 
     def state(self) -> SessionState:
         """The state, migrated to the current schema and structured into attrs objects."""
         try:
-            data = jsonutil.loads(self.state_json())
+            data = _json.loads(self.state_json())
         except ValueError:
             raise IntegrityError("snapshot state is not valid JSON") from None
         if not isinstance(data, dict):
@@ -195,9 +200,7 @@ class SnapshotCodec:
     # -- writing ------------------------------------------------------------------
     def encode(self, session: Session) -> bytes:
         """Seal *session* into a snapshot."""
-        return self.encode_state_json(
-            session.info, jsonutil.dumps(unstructure_state(session.state))
-        )
+        return self.encode_state_json(session.info, _json.dumps(unstructure_state(session.state)))
 
     def encode_state_json(
         self, info: SessionInfo, state_json: bytes, *, schema_version: int = SCHEMA_VERSION
@@ -237,7 +240,7 @@ class SnapshotCodec:
     def _assemble(
         self, info: SessionInfo, payload: bytes, schema: int, flags: int, key_id: str
     ) -> bytes:
-        meta = jsonutil.dumps(unstructure_info(info))
+        meta = _json.dumps(unstructure_info(info))
         kid = key_id.encode("ascii")
         header = _HEADER.pack(
             MAGIC, FORMAT_VERSION, flags, schema, len(kid), 0, len(meta), len(payload)
@@ -313,7 +316,7 @@ class SnapshotCodec:
 
     def _info_from_meta(self, meta: bytes, expected_session_id: str | None) -> SessionInfo:
         try:
-            data: Any = jsonutil.loads(meta)
+            data: Any = _json.loads(meta)
             info = structure_info(data)
         except Exception:  # a valid tag over bad metadata means a writer bug or a leaked key
             raise IntegrityError("snapshot metadata is malformed") from None

@@ -23,9 +23,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from . import jsonutil
-from .errors import UpstreamError
-from .updates import StateUpdate
+from stuisession import _json
+from stuisession.errors import UpstreamError
+from stuisession.state.updates import StateUpdate
 
 
 class Upstream(Protocol):
@@ -95,7 +95,7 @@ class ZmqUpstream:
             except queue.Full:
                 sock.close(linger=0)
         try:
-            reply = jsonutil.loads(raw)  # strict: NaN/Infinity could not be passed on
+            reply = _json.loads(raw)  # strict: NaN/Infinity could not be passed on
         except (ValueError, RecursionError):
             raise UpstreamError("Pharo backend sent a reply that is not JSON") from None
         if not isinstance(reply, dict):
@@ -177,7 +177,7 @@ def capture_evaluation(request: Mapping[str, Any], reply: Mapping[str, Any]) -> 
             record["class_name"] = result["class_name"]
         patches["objects"] = {oid: record}
         entry["result"] = {"$ref": oid}
-    from .updates import structure_evaluations
+    from stuisession.state.updates import structure_evaluations
 
     return StateUpdate(
         patches=patches,

@@ -25,12 +25,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-from . import lifecycle
-from .audit import AuditLog
-from .auth import TokenAuthority
-from .clock import Clock, SystemClock
-from .codec import Snapshot
-from .errors import (
+from stuisession.clock import Clock, SystemClock
+from stuisession.codec.snapshot import Snapshot
+from stuisession.errors import (
     AccessDenied,
     ConflictError,
     IntegrityError,
@@ -41,13 +38,16 @@ from .errors import (
     StorageError,
     StuiSessionError,
 )
-from .ids import check_client_id, check_session_id
-from .model import Session, SessionInfo, SessionStatus
-from .policy import Policy
-from .ratelimit import TokenBucketLimiter
-from .state import Metadata, SessionState
-from .stores.base import SessionStore
-from .updates import StateUpdate, changes_since, check_rebase
+from stuisession.ids import check_client_id, check_session_id
+from stuisession.policy import Policy
+from stuisession.security.audit import AuditLog
+from stuisession.security.auth import TokenAuthority
+from stuisession.security.ratelimit import TokenBucketLimiter
+from stuisession.state import lifecycle
+from stuisession.state.model import Session, SessionInfo, SessionStatus
+from stuisession.state.schema import Metadata, SessionState
+from stuisession.state.updates import StateUpdate, changes_since, check_rebase
+from stuisession.stores.base import SessionStore
 
 log = logging.getLogger("stuisession.service")
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import ValidationError
+from stuisession.errors import ValidationError
 
 REF_KEY = "$ref"
 OBJECT_ID_RE = re.compile(r"[A-Za-z0-9_.:@#-]{1,128}")

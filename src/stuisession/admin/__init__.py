@@ -1,0 +1,24 @@
+"""Layer 7 — operator tasks on a store: open, verify, export/import, key rotation.
+
+May import: everything below the bridge (``service`` and lower), never ``cli``.
+"""
+
+from stuisession.admin.core import (
+    RotationReport,
+    VerifyProblem,
+    export_sessions,
+    import_sessions,
+    open_store,
+    rotate_keys,
+    verify_store,
+)
+
+__all__ = [
+    "RotationReport",
+    "VerifyProblem",
+    "export_sessions",
+    "import_sessions",
+    "open_store",
+    "rotate_keys",
+    "verify_store",
+]

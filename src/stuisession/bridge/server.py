@@ -1,0 +1,689 @@
+"""The ZeroMQ bridge: a ROUTER socket in front of a :class:`~stuisession.ProtocolHandler`.
+
+Upstream STUI clients talk to a REP socket with a REQ socket, one JSON frame
+per message. A ROUTER socket speaks the same wire protocol to them and serves
+any number of clients from one thread::
+
+    from stuisession import FileStore, ProtocolHandler
+    from stuisession.server import BridgeServer
+
+    with BridgeServer(ProtocolHandler(FileStore("./sessions")), "tcp://127.0.0.1:5555") as srv:
+        srv.serve_forever()          # until srv.stop() is called (from any thread)
+
+Framing. A message arrives as ``[identity, *routing, body]``. The frames up to
+and including the first empty frame (the REQ delimiter) are the routing
+envelope and are echoed in front of the reply; without an empty frame every
+frame but the last is envelope (DEALER clients: ``[identity, body]``). So REQ
+clients get ``[delimiter, reply]`` and DEALER clients ``[reply]``, as they
+expect. A message with no body frame after the delimiter, more than one, or
+an absurd number of frames is answered with an ``InvalidRequest`` error reply
+(``id`` null) instead of being handed to the handler.
+
+Concurrency. The serving thread only moves frames. Each request is handled
+on a bounded worker pool (:class:`~stuisession.dispatch.KeyedExecutor`):
+requests naming the same session run in arrival order, others in parallel;
+when ``max_pending`` requests are queued, further ones get a ``Busy`` error at
+once. The expiry sweep runs on the pool too, so it never stalls requests.
+
+Bridge duties (``docs/bridge.md``): connections are tracked by routing
+identity (:mod:`stuisession.connections`); requests that are not session
+commands are forwarded to the Pharo image when an ``upstream`` is given
+(:mod:`stuisession.forwarding`), else answered with an ``UpstreamError``
+("no backend"); capture hooks turn forwarded evaluations into session state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from stuisession import _json
+from stuisession.bridge.connections import ConnectionTracker
+from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
+from stuisession.bridge.workers import KeyedExecutor
+from stuisession.errors import Busy, StuiSessionError, UpstreamError
+from stuisession.ids import is_valid_session_id
+from stuisession.protocol.handler import error_response
+from stuisession.service.core import Credentials
+
+if TYPE_CHECKING:
+    from stuisession.protocol.handler import ProtocolHandler
+
+__all__ = ["BridgeServer"]
+
+log = logging.getLogger("stuisession.server")
+
+#: a message with more frames than this is refused without echoing its envelope
+MAX_FRAMES = 32
+#: the longest wait in one poll: a lost wake-up is still noticed this quickly (seconds)
+MAX_POLL_WAIT = 1.0
+#: messages handled per poll wake-up before stop/sweep deadlines are checked again
+BATCH = 64
+#: only this much of a message is read to find ``command`` etc. for the request log
+PEEK_BYTES = 64 * 1024
+#: the members of ``parameters`` the serving thread reads to route a request
+_ROUTING_PARAMETERS = ("session_id", "client_id", "resume_token")
+#: session commands whose reply names the session (maybe a new id) and may carry a new token
+_ISSUES_CREDENTIALS = frozenset({"create_session", "restore_session", "rotate_credentials"})
+#: bounds of the interval between sweeps of idle connections (seconds)
+MIN_CONNECTION_SWEEP = 0.05
+
+
+@attrs.frozen
+class _Job:
+    """One accepted request: what its worker needs and where its reply goes."""
+
+    envelope: list[bytes]
+    body: bytes
+    command: Any
+    ident: str
+    started: float
+    identity: bytes
+    #: the session the request names (read cheaply; None: none or unreadable)
+    session_id: str | None
+    resume_token: str | None
+
+
+def _zmq() -> Any:
+    try:
+        import zmq
+    except ImportError as exc:
+        raise ImportError("the ZeroMQ bridge needs pyzmq: pip install 'stuisession[zmq]'") from exc
+    return zmq
+
+
+class BridgeServer:
+    """Serve a :class:`~stuisession.ProtocolHandler` on a ZeroMQ ROUTER socket.
+
+    The socket is bound in the constructor, so a bad or busy address fails
+    here (with :class:`zmq.ZMQError`) and :attr:`bound_endpoint` is known
+    before :meth:`serve_forever` starts.
+
+    :param handler: answers each request (``handle_wire``) and sweeps expired
+        sessions (``cleanup_expired``).
+    :param bind: the ZeroMQ endpoint to bind; ``tcp://127.0.0.1:*`` picks a free port.
+    :param context: a :class:`zmq.Context` to use (default: a private one,
+        terminated by :meth:`close`).
+    :param sweep_interval: seconds between expiry sweeps (default:
+        ``handler.policy.cleanup_interval``).
+    :param logger: where request lines go (default ``stuisession.server``).
+    :param upstream: the Pharo STUIServer to forward other requests to (None: "no backend").
+    :param workers: worker threads handling requests.
+    :param max_pending: requests queued or running before new ones get ``Busy``.
+    :param idle_timeout: seconds without a request after which a connection
+        counts as gone and its sessions as detached.
+    :param hooks: capture hooks for forwarded commands (default: the built-in
+        ``evaluate`` capture).
+    """
+
+    def __init__(
+        self,
+        handler: ProtocolHandler,
+        bind: str = "tcp://127.0.0.1:5555",
+        *,
+        context: Any = None,
+        sweep_interval: float | None = None,
+        logger: logging.Logger | None = None,
+        upstream: Upstream | None = None,
+        workers: int = 8,
+        max_pending: int = 1024,
+        idle_timeout: float = 60.0,
+        hooks: CaptureHooks | None = None,
+    ) -> None:
+        zmq = _zmq()
+        self._zmq = zmq
+        self.handler = handler
+        self.log = logger if logger is not None else log
+        interval = handler.policy.cleanup_interval if sweep_interval is None else sweep_interval
+        if not interval > 0:
+            raise ValueError(f"sweep_interval must be positive, got {interval!r}")
+        self.sweep_interval = float(interval)
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._stopping = threading.Event()
+        self._idle = threading.Event()  # set while serve_forever is not running
+        self._idle.set()
+        self._closed = False
+        self._wake_endpoint = f"inproc://stuisession-bridge-wake-{id(self):x}-{time.monotonic_ns()}"
+        self._socket: Any = None
+        self._wake: Any = None
+        self._notify: Any = None
+        self.upstream = upstream
+        self.tracker = ConnectionTracker(idle_timeout)
+        if hooks is None:
+            hooks = CaptureHooks()
+            hooks.register("evaluate", capture_evaluation)
+        self.hooks = hooks
+        self.workers = workers
+        self.max_pending = max_pending
+        self._executor: KeyedExecutor | None = None
+        self._results: queue.SimpleQueue[tuple[list[bytes], bytes, Any, float, bytes]] = (
+            queue.SimpleQueue()
+        )
+        self._notify_lock = threading.Lock()
+        self._sweeping = threading.Event()
+        self.started_at = time.time()
+        self.requests_served = 0
+        handler.extra_statistics = self.bridge_statistics
+        try:
+            sock = self._socket = self._context.socket(zmq.ROUTER)
+            # replies still queued at shutdown get a moment to leave, not forever
+            sock.setsockopt(zmq.LINGER, 500)
+            # a peer sending far more than the handler accepts is cut off instead of
+            # buffered; up to this size it gets a structured MessageTooLarge reply
+            sock.setsockopt(zmq.MAXMSGSIZE, 2 * handler.policy.max_message_size + 65536)
+            # a client that reconnects with the routing identity it set itself takes
+            # over at once; by default the new connection would be ignored until the
+            # old one is noticed gone (which, for a dropped network, may be never)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            if "[" in bind:
+                sock.setsockopt(zmq.IPV6, 1)
+            sock.bind(bind)
+            self.bound_endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._wake = self._context.socket(zmq.PULL)
+            self._wake.setsockopt(zmq.LINGER, 0)
+            self._wake.bind(self._wake_endpoint)
+            # workers nudge the serving thread through this (used under a lock)
+            self._notify = self._context.socket(zmq.PUSH)
+            self._notify.setsockopt(zmq.LINGER, 0)
+            self._notify.connect(self._wake_endpoint)
+        except BaseException:
+            self._close_sockets()
+            if self._own_context:
+                self._context.term()
+            raise
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Answer requests until :meth:`stop` is called. Returns promptly after that."""
+        zmq = self._zmq
+        if self._closed:
+            raise RuntimeError("the server is closed")
+        if not self._idle.is_set():
+            raise RuntimeError("serve_forever is already running")
+        self._idle.clear()
+        self._executor = KeyedExecutor(self.workers, self.max_pending)
+        try:
+            poller = zmq.Poller()
+            poller.register(self._socket, zmq.POLLIN)
+            poller.register(self._wake, zmq.POLLIN)
+            next_sweep = time.monotonic() + self.sweep_interval
+            # idle connections are dropped on a schedule of their own: the expiry
+            # sweep may run only every few minutes, much less often than idle_timeout
+            conn_interval = min(
+                self.sweep_interval, max(self.tracker.idle_timeout / 2, MIN_CONNECTION_SWEEP)
+            )
+            next_conn_sweep = time.monotonic() + conn_interval
+            self.log.debug("serving on %s", self.bound_endpoint)
+            while not self._stopping.is_set():
+                deadline = min(next_sweep, next_conn_sweep)
+                wait = min(max(deadline - time.monotonic(), 0.0), MAX_POLL_WAIT)
+                events = dict(poller.poll(int(wait * 1000)))
+                if self._wake in events:
+                    self._drain(self._wake)
+                self._flush_results()
+                if self._socket in events:
+                    for _ in range(BATCH):
+                        if self._stopping.is_set():
+                            break
+                        try:
+                            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._serve_one(frames)
+                if time.monotonic() >= next_conn_sweep:
+                    self._sweep_connections()
+                    next_conn_sweep = time.monotonic() + conn_interval
+                if time.monotonic() >= next_sweep and not self._stopping.is_set():
+                    self._start_sweep()
+                    next_sweep = time.monotonic() + self.sweep_interval
+            # graceful stop: finish what was accepted, send its replies, then return
+            self._executor.shutdown()
+            self._flush_results()
+        finally:
+            self._idle.set()
+
+    def stop(self) -> None:
+        """Ask :meth:`serve_forever` to return. Safe from any thread and from signal handlers."""
+        self._stopping.set()
+        if self._closed:
+            return
+        # A private PUSH socket per call: ZeroMQ sockets must not be shared between
+        # threads, and the context itself is thread-safe. Python-level locks are
+        # avoided on purpose so a signal handler can never deadlock here.
+        zmq = self._zmq
+        try:
+            push = self._context.socket(zmq.PUSH)
+            try:
+                push.setsockopt(zmq.LINGER, 100)
+                push.connect(self._wake_endpoint)
+                push.send(b"stop", zmq.NOBLOCK)
+            finally:
+                push.close()
+        except zmq.ZMQError:
+            pass  # closing concurrently, or already woken: the flag is enough
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop serving, close the sockets and (if private) terminate the context.
+
+        Waits up to *timeout* seconds for a running :meth:`serve_forever` to
+        return first. Idempotent. Does not close the handler's store: the
+        caller that made it owns it.
+        """
+        if self._closed:
+            return
+        self.stop()
+        if not self._idle.wait(timeout):
+            # never close a socket under a thread still using it
+            self.log.warning("serve_forever did not return within %.1f s", timeout)
+            return
+        self._closed = True
+        self._close_sockets()
+        if self._own_context:
+            self._context.term()
+
+    @property
+    def serving(self) -> bool:
+        """True while :meth:`serve_forever` runs."""
+        return not self._idle.is_set()
+
+    def __enter__(self) -> BridgeServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------
+    def _close_sockets(self) -> None:
+        for sock in (self._socket, self._wake, self._notify):
+            if sock is not None:
+                sock.close()
+
+    def _drain(self, sock: Any) -> None:
+        zmq = self._zmq
+        while True:
+            try:
+                sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def _serve_one(self, frames: list[bytes]) -> None:
+        """Route one message (serving thread): answer framing errors, queue the rest."""
+        started = time.perf_counter()
+        identity = frames[0]
+        envelope, body, problem = split_frames(frames)
+        if problem is not None:
+            self._send(envelope, error_reply(problem), None, started, identity)
+            return
+        assert body is not None
+        meta = peek_fields(
+            body, ("id", "command", "parameters"), nested={"parameters": _ROUTING_PARAMETERS}
+        )
+        command = meta.get("command")
+        raw_params = meta.get("parameters")
+        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
+        session_id = params.get("session_id")
+        session_id = session_id if is_valid_session_id(session_id) else None
+        client_id = params.get("client_id") if isinstance(params.get("client_id"), str) else None
+        token = params.get("resume_token") if isinstance(params.get("resume_token"), str) else None
+        ident = identity.hex()
+        # the session is attached only once a session command on it succeeds (_track)
+        self.tracker.seen(ident, time.time(), client_id=client_id)
+        # one session's requests run in order; a connection's requests without a
+        # (readable) session id run in order too
+        key: tuple[str, str] = ("s", session_id) if session_id else ("c", ident)
+        job = _Job(envelope, body, command, ident, started, identity, session_id, token)
+        assert self._executor is not None
+        try:
+            self._executor.submit(key, lambda: self._work(job))
+        except Busy as exc:
+            reply = _error_for(meta.get("id"), exc)
+            self._send(envelope, reply, command, started, identity)
+
+    def _work(self, job: _Job) -> None:
+        """Handle one request (worker thread) and queue its reply for the serving thread."""
+        command = job.command
+        try:
+            if isinstance(command, str) and command in self.handler.commands:
+                reply = self.handler.handle_wire(job.body)
+                self._track(job, command, reply)
+            else:
+                reply = self._forward(job.body, command, job.ident)
+        except Exception:
+            # handle_wire promises not to raise; a wrapped or buggy handler must
+            # still not take the server down
+            self.log.exception("handler raised; answering with an internal error")
+            reply = error_reply("Internal error while handling the request", "RuntimeError")
+        self._results.put((job.envelope, reply, command, job.started, job.identity))
+        # a lost nudge only delays the reply until the next poll timeout
+        with self._notify_lock, contextlib.suppress(self._zmq.ZMQError):
+            self._notify.send(b"r", self._zmq.NOBLOCK)
+
+    def _track(self, job: _Job, command: str, reply: bytes) -> None:
+        """Attach the session a successful session command used (or detach a closed one)."""
+        if peek_fields(reply, ("status",)).get("status") != "success":
+            return  # a refused request (wrong owner, unknown id, ...) attaches nothing
+        if command == "close_session":
+            if job.session_id is not None:
+                self.tracker.detach(job.session_id)
+            return
+        if command in _ISSUES_CREDENTIALS:
+            # create, a (possibly rotating) restore, a token rotation: the reply has
+            # the session id (new after a rotation) and any newly issued token
+            result = _peek_result(reply, ("session_id",))
+            sid = result.get("session_id")
+            if not is_valid_session_id(sid):
+                return
+            assert isinstance(sid, str)
+            token = job.resume_token
+            if command != "restore_session" or sid != job.session_id:
+                issued = _peek_result(reply, ("session_id", "resume_token")).get("resume_token")
+                token = issued if isinstance(issued, str) else token
+            self.tracker.attach(job.ident, sid, token, replaces=job.session_id)
+        elif job.session_id is not None:
+            self.tracker.attach(job.ident, job.session_id, job.resume_token)
+
+    def _forward(self, body: bytes, command: Any, ident: str) -> bytes:
+        """Send a non-session request to the Pharo image (or say there is none)."""
+        try:
+            doc = _json.loads(body)
+        except (ValueError, RecursionError):
+            return self.handler.handle_wire(body)  # the handler words the JSON error
+        if not isinstance(doc, dict):
+            return self.handler.handle_wire(body)
+        if "command" in doc and not isinstance(command, str):
+            return self.handler.handle_wire(body)
+        request_id = doc.get("id")
+        if self.upstream is None:
+            return _error_for(
+                request_id,
+                UpstreamError(
+                    "No Pharo backend is configured for this bridge "
+                    "(start it with --upstream tcp://HOST:PORT)"
+                ),
+            )
+        params = doc.get("parameters")
+        session_id: str | None = None
+        if isinstance(params, dict):
+            session_id = (
+                params.get("session_id") if is_valid_session_id(params.get("session_id")) else None
+            )
+            if session_id is None:
+                session_id = self.tracker.session_of(ident)
+                if session_id is not None:
+                    doc["parameters"] = {**params, "session_id": session_id}
+        try:
+            reply = self.upstream.forward(doc)
+        except StuiSessionError as exc:
+            return _error_for(request_id, exc)
+        if session_id is not None and isinstance(command, str):
+            self._capture(command, doc, reply, session_id, ident)
+        try:
+            return _json.dumps(reply)
+        except UnicodeEncodeError:
+            # a lone surrogate from a "\ud800" escape in the image's reply: keep it escaped
+            return json.dumps(reply, separators=(",", ":")).encode()
+
+    def _capture(
+        self,
+        command: str,
+        request: dict[str, Any],
+        reply: dict[str, Any],
+        session_id: str,
+        ident: str,
+    ) -> None:
+        if reply.get("status", "success") != "success":
+            return
+        params = request.get("parameters") or {}
+        token = params.get("resume_token") if isinstance(params, dict) else None
+        if not isinstance(token, str):
+            token = None
+            if self.handler.policy.strict:
+                # forwarded requests carry no token: use the one this connection
+                # last proved it holds for the session (compat mode needs none)
+                token = self.tracker.token_of(ident, session_id)
+        creds = Credentials(resume_token=token)
+        for hook in self.hooks.for_command(command):
+            try:
+                update = hook(request, reply)
+                if update is not None:
+                    self.handler.service.update(session_id, update, creds)
+            except Exception:
+                # capture is best effort: the client still gets the image's reply
+                self.log.warning("capture hook for %s failed", command, exc_info=True)
+
+    def _flush_results(self) -> None:
+        while True:
+            try:
+                envelope, reply, command, started, identity = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._send(envelope, reply, command, started, identity)
+
+    def _send(
+        self, envelope: list[bytes], reply: bytes, command: Any, started: float, identity: bytes
+    ) -> None:
+        self.requests_served += 1
+        try:
+            self._socket.send_multipart([*envelope, reply], self._zmq.NOBLOCK)
+        except self._zmq.ZMQError as exc:
+            # ROUTER drops replies to vanished peers by itself; anything else is logged
+            self.log.warning("could not send a reply to %s: %s", identity.hex(), exc)
+        if self.log.isEnabledFor(logging.INFO):
+            meta = peek_fields(reply, ("id", "status", "error_type"), _reply_complete)
+            self.log.info(
+                "request command=%s id=%s status=%s error_type=%s duration_ms=%.1f client=%s",
+                _printable(command),
+                _printable(meta.get("id")),
+                _printable(meta.get("status")),
+                _printable(meta.get("error_type")),
+                (time.perf_counter() - started) * 1000.0,
+                identity.hex(),
+            )
+
+    def _sweep_connections(self) -> None:
+        now = time.time()
+        for conn in self.tracker.sweep(now):
+            self.log.info(
+                "connection %s idle for %.0f s: disconnected, %d session(s) detached",
+                conn.identity,
+                now - conn.last_seen,
+                len(conn.sessions),
+            )
+
+    def _start_sweep(self) -> None:
+        if self._sweeping.is_set() or self._executor is None:
+            return  # the previous sweep is still running
+        self._sweeping.set()
+        try:
+            self._executor.submit(("sweep", ""), self._sweep)
+        except Busy:
+            self._sweeping.clear()
+
+    def _sweep(self) -> None:
+        started = time.perf_counter()
+        try:
+            removed = self.handler.cleanup_expired()
+        except Exception:
+            self.log.exception("expiry sweep failed; retrying at the next interval")
+            return
+        finally:
+            self._sweeping.clear()
+        self.log.debug(
+            "expiry sweep removed %s sessions in %.1f ms",
+            removed,
+            (time.perf_counter() - started) * 1000.0,
+        )
+
+    def bridge_statistics(self) -> dict[str, Any]:
+        """What the bridge adds to ``get_session_statistics``."""
+        now = time.time()
+        return {
+            "connected_clients": len(self.tracker),
+            "attached_sessions": self.tracker.attached_sessions(),
+            "connections": self.tracker.snapshot(now),
+            "pending_requests": 0 if self._executor is None else self._executor.pending,
+            "requests_served": self.requests_served,
+            "uptime": int(now - self.started_at),
+            "upstream": self.upstream is not None,
+        }
+
+
+def _error_for(request_id: Any, exc: StuiSessionError) -> bytes:
+    return _json.dumps(error_response(request_id, exc, time.time()))
+
+
+# -- framing --------------------------------------------------------------------------
+def split_frames(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str | None]:
+    """Split a ROUTER message into ``(envelope, body, problem)``.
+
+    *envelope* is what to echo in front of the reply. *problem* is None when
+    *body* is the one request frame, else a message for the error reply.
+    """
+    if len(frames) > MAX_FRAMES:
+        # don't echo an arbitrarily long envelope; answer REQ-style if it looks like REQ
+        head = frames[:2] if len(frames) > 1 and frames[1] == b"" else frames[:1]
+        return head, None, f"Message has {len(frames)} frames; at most {MAX_FRAMES} are accepted"
+    delimiter = next((i for i in range(1, len(frames)) if frames[i] == b""), None)
+    if delimiter is None:
+        # DEALER style: [identity, *routing, body]
+        if len(frames) < 2:
+            return frames[:1], None, "Message has no body frame"
+        return frames[:-1], frames[-1], None
+    envelope, payload = frames[: delimiter + 1], frames[delimiter + 1 :]
+    if not payload:
+        return envelope, None, "Message has no body frame after the empty delimiter frame"
+    if len(payload) > 1:
+        return (
+            envelope,
+            None,
+            f"Message has {len(payload)} body frames; a request is one JSON frame",
+        )
+    return envelope, payload[0], None
+
+
+def error_reply(message: str, error_type: str = "InvalidRequest") -> bytes:
+    """An error reply in the flat envelope, for messages the handler never saw."""
+    exc = StuiSessionError(message)
+    exc.error_type = error_type
+    return _error_for(None, exc)
+
+
+# -- cheap peeking for the request log ---------------------------------------------------
+_decoder = json.JSONDecoder()
+_WS = re.compile(r"[ \t\n\r]*")
+_PLAIN = re.compile(r"[A-Za-z0-9_.:@/+-]{1,64}")
+
+
+def peek_fields(
+    data: bytes,
+    names: tuple[str, ...],
+    done: Callable[[dict[str, Any]], bool] | None = None,
+    *,
+    nested: Mapping[str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
+    """Top-level members *names* of the JSON object in *data*, read cheaply.
+
+    Reads members in order from the first :data:`PEEK_BYTES` bytes only and
+    stops as soon as all *names* (or what *done* says is enough) are found, so
+    a large ``parameters`` or ``result`` after them is never decoded. Anything
+    unreadable just ends the search: this is for logging and routing, not
+    validation.
+
+    *nested* maps a member name to the names to read inside it when it is an
+    object: its value is then a dict of just those (read the same way), so
+    ``parameters.session_id`` is found even when a large ``state_data`` follows.
+    """
+    text = data[:PEEK_BYTES].decode("utf-8", "replace")
+    found: dict[str, Any] = {}
+    with contextlib.suppress(ValueError, RecursionError):
+        _peek_object(text, 0, found, names, done=done, nested=nested or {})
+    return found
+
+
+def _peek_object(
+    text: str,
+    i: int,
+    found: dict[str, Any],
+    names: tuple[str, ...],
+    *,
+    done: Callable[[dict[str, Any]], bool] | None = None,
+    nested: Mapping[str, tuple[str, ...]] | None = None,
+) -> int | None:
+    """Fill *found* from the object at *text[i]*; the index after it, or None if
+    the search stopped early (enough found, or unreadable)."""
+    i = _skip_ws(text, i)
+    if text[i : i + 1] != "{":
+        return None
+    i = _skip_ws(text, i + 1)
+    if text[i : i + 1] == "}":
+        return i + 1
+    while True:
+        if text[i : i + 1] != '"':
+            return None
+        key, i = _decoder.raw_decode(text, i)
+        i = _skip_ws(text, i)
+        if text[i : i + 1] != ":":
+            return None
+        i = _skip_ws(text, i + 1)
+        wanted = key in names and key not in found
+        if wanted and nested and key in nested and text[i : i + 1] == "{":
+            inner: dict[str, Any] = {}
+            found[key] = inner
+            end = _peek_object(text, i, inner, nested[key])
+            if end is None:
+                return None
+            i = end
+        else:
+            value, i = _decoder.raw_decode(text, i)
+            if wanted:
+                found[key] = value
+        if wanted and (len(found) == len(names) or (done is not None and done(found))):
+            return None
+        i = _skip_ws(text, i)
+        if text[i : i + 1] == "}":
+            return i + 1
+        if text[i : i + 1] != ",":
+            return None
+        i = _skip_ws(text, i + 1)
+
+
+def _peek_result(reply: bytes, names: tuple[str, ...]) -> dict[str, Any]:
+    """Members *names* of a reply's ``result`` object, read cheaply."""
+    result = peek_fields(reply, ("result",), nested={"result": names}).get("result")
+    return result if isinstance(result, dict) else {}
+
+
+def _skip_ws(text: str, i: int) -> int:
+    match = _WS.match(text, i)
+    return i if match is None else match.end()
+
+
+def _reply_complete(found: dict[str, Any]) -> bool:
+    # a success reply has no error_type: stop before its (possibly large) result
+    return found.get("status") == "success" and "id" in found
+
+
+def _printable(value: Any) -> str:
+    """A log-safe rendering of a client-chosen scalar (no newlines, bounded length)."""
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else json.dumps(value)[:64]
+    if _PLAIN.fullmatch(text):
+        return text
+    return repr(text[:64])
