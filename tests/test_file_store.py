@@ -205,7 +205,7 @@ def test_corrupt_current_falls_back_to_newest_backup(
     bad = CORRUPTIONS[how](current.read_bytes())
     current.write_bytes(bad)
 
-    with caplog.at_level("WARNING", logger="stuisession.stores.file.store"):
+    with caplog.at_level("WARNING", logger="stuisession.stores.file"):
         recovered = store.load(sid)
     assert recovered.revision == 2
     assert recovered.state.session_state == {"n": 2}
