@@ -74,6 +74,10 @@ fn is_none<T>(v: &Option<T>) -> bool {
     v.is_none()
 }
 
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
 // --------------------------------------------------------------------------------------
 // create_session
 
@@ -163,14 +167,18 @@ pub struct RestoreSessionResponse {
     pub last_modified: String,
     pub timeout: u64,
     pub is_active: bool,
-    /// The state last written by `update_session_state` (absent in a delta reply).
-    #[serde(default)]
+    /// The state last written by `update_session_state`; `{}` when the
+    /// reply leaves it out (a session never updated, or a delta reply).
+    #[serde(default = "empty_object")]
     pub session_state: Value,
-    #[serde(default)]
+    /// `{}` when the reply leaves it out.
+    #[serde(default = "empty_object")]
     pub workspace_context: Value,
-    #[serde(default)]
+    /// `{}` when the reply leaves it out.
+    #[serde(default = "empty_object")]
     pub inspector_state: Value,
-    #[serde(default)]
+    /// `{}` when the reply leaves it out.
+    #[serde(default = "empty_object")]
     pub object_registry: Value,
     /// Additive fields (`revision`, `delta`, `changes`, `time_until_expiry`, ...).
     #[serde(flatten)]
