@@ -103,7 +103,9 @@ fn create_update_restore_info_list_statistics_close() {
     assert!(info.time_until_expiry > 0 && info.time_until_expiry <= 3600);
 
     // list
-    let listed = c.list_client_sessions(&client_id).expect("list_client_sessions");
+    let listed = c
+        .list_client_sessions(&client_id)
+        .expect("list_client_sessions");
     assert_eq!(listed.client_id, client_id);
     assert_eq!(listed.session_count, 1);
     assert_eq!(listed.sessions.len(), 1);
@@ -122,17 +124,24 @@ fn create_update_restore_info_list_statistics_close() {
     let closed = c.close_session(&id).expect("close_session");
     assert!(closed.closed);
     assert_eq!(closed.session_id, id);
-    let listed = c.list_client_sessions(&client_id).expect("list after close");
+    let listed = c
+        .list_client_sessions(&client_id)
+        .expect("list after close");
     assert_eq!(listed.session_count, 0);
     assert!(listed.sessions.is_empty());
 
     // a closed session is gone for restore: SessionNotFound, and the flow creates anew
     let e = server_error(c.restore_session(&RestoreSessionRequest::new(id.as_str())));
     assert_eq!(e.error_type, ErrorType::SessionNotFound, "{}", e);
-    match c.restore_or_create(&client_id, Some(&id)).expect("reconnect") {
+    match c
+        .restore_or_create(&client_id, Some(&id))
+        .expect("reconnect")
+    {
         Reconnected::Created { session, not_found } => {
             assert_ne!(session.session_id, id);
-            assert!(not_found.expect("the restore's error").is_session_not_found());
+            assert!(not_found
+                .expect("the restore's error")
+                .is_session_not_found());
         }
         other => panic!("expected a new session, got {:?}", other),
     }
@@ -153,7 +162,10 @@ fn reconnect_flow_restores_a_live_session() {
 
     // stored id of a live session: restore (a new client, as after a restart of the TUI)
     let mut again = client(&bridge);
-    match again.restore_or_create(&client_id, Some(&id)).expect("reconnect") {
+    match again
+        .restore_or_create(&client_id, Some(&id))
+        .expect("reconnect")
+    {
         Reconnected::Restored(r) => {
             assert_eq!(r.session_id, id);
             assert_eq!(r.session_state, json!({"workspace": "a := 1."}));
@@ -215,7 +227,9 @@ fn unknown_session_id_is_session_not_found_and_reconnect_creates() {
         Reconnected::Created { session, not_found } => {
             assert_eq!(session.client_id, client_id);
             assert_ne!(session.session_id, unknown);
-            assert!(not_found.expect("the restore's error").is_session_not_found());
+            assert!(not_found
+                .expect("the restore's error")
+                .is_session_not_found());
         }
         other => panic!("expected a new session, got {:?}", other),
     }
@@ -227,7 +241,10 @@ fn foreign_session_id_is_session_not_found_and_reconnect_creates() {
     let mut c = client(&bridge);
     let owner = unique_client_id("owner");
     let intruder = unique_client_id("intruder");
-    let theirs = c.create_session(&owner).expect("owner's session").session_id;
+    let theirs = c
+        .create_session(&owner)
+        .expect("owner's session")
+        .session_id;
     c.update_session_state(&theirs, json!({"secret": "owner's"}))
         .expect("owner's update");
 
@@ -299,7 +316,9 @@ fn upstream_format_session_id_is_session_not_found_and_reconnect_creates() {
     {
         Reconnected::Created { session, not_found } => {
             assert_eq!(session.client_id, client_id);
-            assert!(not_found.expect("the restore's error").is_session_not_found());
+            assert!(not_found
+                .expect("the restore's error")
+                .is_session_not_found());
         }
         other => panic!("expected a new session, got {:?}", other),
     }
@@ -403,7 +422,11 @@ fn integers_beyond_64_bits_come_back_as_f64() {
             .to_string(),
         )
         .expect("raw restore");
-    assert!(text.contains("123456789012345678901234567890123"), "{}", text);
+    assert!(
+        text.contains("123456789012345678901234567890123"),
+        "{}",
+        text
+    );
 
     // an integer beyond f64's range: the reply can not be decoded -> Protocol error
     let huge = format!("1{}", "0".repeat(400));
@@ -415,7 +438,11 @@ fn integers_beyond_64_bits_come_back_as_f64() {
     let reply = c
         .roundtrip_text("update_session_state", &request_id, &body)
         .expect("raw update");
-    assert!(reply.contains(&huge), "the bridge keeps the digits: {}", reply);
+    assert!(
+        reply.contains(&huge),
+        "the bridge keeps the digits: {}",
+        reply
+    );
     match c.restore_session(&RestoreSessionRequest::new(id.as_str())) {
         Err(ClientError::Protocol(message)) => {
             assert!(message.contains("out of range"), "{}", message)

@@ -43,9 +43,7 @@ pub fn free_port() -> u16 {
 /// The `stuisession` executable: `$STUISESSION_BIN`, else `stuisession` on PATH.
 pub fn stuisession_bin() -> PathBuf {
     let configured = env::var_os("STUISESSION_BIN");
-    let name = configured
-        .clone()
-        .unwrap_or_else(|| "stuisession".into());
+    let name = configured.clone().unwrap_or_else(|| "stuisession".into());
     let path = PathBuf::from(&name);
     let found = if path.components().count() > 1 {
         Some(path.clone()).filter(|p| p.is_file())
