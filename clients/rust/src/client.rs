@@ -449,3 +449,86 @@ impl Client {
         Ok(Reconnected::Created { session, not_found })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_upstream_s() {
+        let o = ClientOptions::default();
+        assert_eq!(o.endpoint, "tcp://localhost:5555");
+        assert_eq!(o.timeout, Duration::from_millis(5000));
+        assert_eq!(o.linger, Duration::from_millis(1000));
+        assert_eq!(o.max_tries, 3);
+        assert_eq!(o.curve, None);
+    }
+
+    #[test]
+    fn socket_options_are_applied() {
+        let c = Client::with_options(
+            ClientOptions::new("tcp://127.0.0.1:1")
+                .timeout(Duration::from_millis(1234))
+                .linger(Duration::from_millis(10)),
+        )
+        .unwrap();
+        let s = c.socket.as_ref().unwrap();
+        assert_eq!(s.get_socket_type().unwrap(), zmq::REQ);
+        assert_eq!(s.get_rcvtimeo().unwrap(), 1234);
+        assert_eq!(s.get_sndtimeo().unwrap(), 1234);
+        assert_eq!(s.get_linger().unwrap(), 10);
+    }
+
+    #[test]
+    fn request_ids_are_unique() {
+        let mut a = Client::new("tcp://127.0.0.1:1").unwrap();
+        let mut b = Client::new("tcp://127.0.0.1:1").unwrap();
+        let ids = [
+            a.next_request_id(),
+            a.next_request_id(),
+            b.next_request_id(),
+        ];
+        assert_ne!(ids[0], ids[1]);
+        assert_ne!(ids[0], ids[2]);
+    }
+
+    #[test]
+    fn bad_options_fail_early() {
+        assert!(matches!(
+            Client::with_options(ClientOptions::new("not an endpoint")),
+            Err(ClientError::Zmq(_))
+        ));
+        assert!(matches!(
+            Client::with_options(ClientOptions::new("tcp://127.0.0.1:1").max_tries(0)),
+            Err(ClientError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn curve_keys_are_checked_and_set() {
+        if zmq::has("curve") != Some(true) {
+            panic!("this libzmq has no CURVE support; the crate's CURVE option needs it");
+        }
+        let server = zmq::CurveKeyPair::new().unwrap();
+        let client = zmq::CurveKeyPair::new().unwrap();
+        let z85 = |k: &[u8]| zmq::z85_encode(k).unwrap();
+        let keys = CurveKeys {
+            server_public_key: z85(&server.public_key),
+            public_key: z85(&client.public_key),
+            secret_key: z85(&client.secret_key),
+        };
+        assert!(!format!("{:?}", keys).contains(&keys.secret_key));
+        let c = Client::with_options(ClientOptions::new("tcp://127.0.0.1:1").curve(keys.clone()))
+            .unwrap();
+        let s = c.socket.as_ref().unwrap();
+        assert_eq!(s.get_curve_serverkey().unwrap(), server.public_key.to_vec());
+        assert_eq!(s.get_curve_publickey().unwrap(), client.public_key.to_vec());
+
+        let mut bad = keys;
+        bad.secret_key = "too short".into();
+        match Client::with_options(ClientOptions::new("tcp://127.0.0.1:1").curve(bad)) {
+            Err(ClientError::Config(m)) => assert!(m.contains("secret_key"), "{}", m),
+            other => panic!("expected a Config error, got {:?}", other),
+        }
+    }
+}

@@ -202,3 +202,50 @@ impl From<zmq::Error> for ClientError {
         ClientError::Zmq(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(json: &str) -> ServerError {
+        ServerError::from_response(&serde_json::from_str(json).unwrap())
+    }
+
+    #[test]
+    fn the_four_upstream_types_parse_and_others_are_kept() {
+        for (s, t) in [
+            ("SessionError", ErrorType::SessionError),
+            ("SessionNotFound", ErrorType::SessionNotFound),
+            ("RuntimeError", ErrorType::RuntimeError),
+            ("Error", ErrorType::Error),
+        ] {
+            assert_eq!(ErrorType::parse(s), t);
+            assert_eq!(t.as_str(), s);
+            assert!(t.is_upstream());
+        }
+        let other = ErrorType::parse("ValidationError");
+        assert_eq!(other, ErrorType::Other("ValidationError".into()));
+        assert!(!other.is_upstream());
+        assert_eq!(other.to_string(), "ValidationError");
+    }
+
+    #[test]
+    fn server_errors_map_from_replies() {
+        let e = reply(
+            r#"{"id":"r","status":"error","error":"gone","error_type":"SessionNotFound",
+                "error_code":"AccessDenied","timestamp":"t"}"#,
+        );
+        assert!(e.is_session_not_found());
+        assert_eq!(e.error_code.as_deref(), Some("AccessDenied"));
+        assert_eq!(e.to_string(), "SessionNotFound: gone (AccessDenied)");
+        let client_error = ClientError::Server(Box::new(e));
+        assert!(client_error.is_session_not_found());
+        assert!(!client_error.is_timeout());
+
+        // no error_type at all: upstream's generic fallback
+        let e = reply(r#"{"id":"r","status":"error"}"#);
+        assert_eq!(e.error_type, ErrorType::Error);
+        assert_eq!(e.message, "error");
+        assert!(!e.is_session_not_found());
+    }
+}

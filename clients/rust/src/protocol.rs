@@ -383,3 +383,146 @@ impl Command for GetSessionStatisticsRequest {
     const NAME: &'static str = "get_session_statistics";
     type Response = GetSessionStatisticsResponse;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn wire<C: Command>(request: &C) -> Value {
+        serde_json::to_value(Envelope {
+            id: "req-1".into(),
+            command: C::NAME.into(),
+            parameters: serde_json::to_value(request).unwrap(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_use_the_upstream_field_names_and_leave_out_unset_options() {
+        assert_eq!(
+            wire(&CreateSessionRequest::new("tui-1")),
+            json!({"id": "req-1", "command": "create_session",
+                   "parameters": {"client_id": "tui-1"}})
+        );
+        assert_eq!(
+            wire(&RestoreSessionRequest {
+                session_id: "s".into(),
+                client_id: Some("c".into()),
+                since_revision: Some(7),
+                lineage: Some(json!("l")),
+            }),
+            json!({"id": "req-1", "command": "restore_session",
+                   "parameters": {"session_id": "s", "client_id": "c",
+                                  "since_revision": 7, "lineage": "l"}})
+        );
+        assert_eq!(
+            wire(&RestoreSessionRequest::new("s"))["parameters"],
+            json!({"session_id": "s"})
+        );
+        assert_eq!(
+            wire(&UpdateSessionStateRequest::new("s", json!({"a": [1]})))["parameters"],
+            json!({"session_id": "s", "state_data": {"a": [1]}})
+        );
+        assert_eq!(
+            wire(&CloseSessionRequest::new("s"))["command"],
+            json!("close_session")
+        );
+        assert_eq!(
+            wire(&GetSessionInfoRequest::new("s"))["command"],
+            json!("get_session_info")
+        );
+        assert_eq!(
+            wire(&ListClientSessionsRequest::new("c"))["parameters"],
+            json!({"client_id": "c"})
+        );
+        // statistics sends an empty object, as upstream's example
+        assert_eq!(
+            wire(&GetSessionStatisticsRequest::default()),
+            json!({"id": "req-1", "command": "get_session_statistics", "parameters": {}})
+        );
+    }
+
+    #[test]
+    fn error_replies_keep_the_additive_fields() {
+        let r: Response = serde_json::from_str(
+            r#"{"id":"r1","status":"error","error":"Session not found",
+                "error_type":"SessionNotFound","error_code":"AccessDenied",
+                "details":{"reason":"closed"},"timestamp":"2025-09-01T08:00:05Z"}"#,
+        )
+        .unwrap();
+        assert!(!r.is_success());
+        assert_eq!(r.error_type.as_deref(), Some("SessionNotFound"));
+        assert_eq!(r.error_code.as_deref(), Some("AccessDenied"));
+        assert_eq!(r.details, Some(json!({"reason": "closed"})));
+        assert_eq!(r.result, None);
+
+        // upstream's reply without the additive fields
+        let r: Response = serde_json::from_str(
+            r#"{"id":"r1","status":"error","error":"Session not found",
+                "error_type":"SessionNotFound","timestamp":"2025-09-01T08:00:05Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.error_code, None);
+        assert_eq!(r.details, None);
+    }
+
+    #[test]
+    fn results_decode_upstream_examples_and_keep_extra_fields() {
+        let restored: RestoreSessionResponse = serde_json::from_value(json!({
+            "session_id": "session_4_1756713600_0000000042", "client_id": "tui-laptop-01",
+            "created_at": "2025-09-01T08:00:00Z", "last_modified": "2025-09-01T08:40:00Z",
+            "timeout": 3600, "is_active": true,
+            "session_state": {"workspace": "x := 3 + 4.", "inspector": "open"},
+            "workspace_context": {"variables": ["x"]},
+            "inspector_state": {"selected_object": "obj_7"},
+            "object_registry": {"obj_7": "a SmallInteger(7)"},
+            "revision": 4
+        }))
+        .unwrap();
+        assert_eq!(restored.session_state["workspace"], "x := 3 + 4.");
+        assert_eq!(restored.extra["revision"], 4);
+
+        // a restore without state sections: empty objects
+        let bare: RestoreSessionResponse = serde_json::from_value(json!({
+            "session_id": "s", "client_id": "c", "created_at": "t", "last_modified": "t",
+            "timeout": 3600, "is_active": true
+        }))
+        .unwrap();
+        assert_eq!(bare.session_state, json!({}));
+        assert_eq!(bare.object_registry, json!({}));
+
+        let stats: GetSessionStatisticsResponse = serde_json::from_value(json!({
+            "total_sessions": 2, "active_clients": 1, "max_sessions_per_client": 5,
+            "default_timeout": 3600, "cleanup_interval": 300
+        }))
+        .unwrap();
+        assert_eq!(stats.max_sessions_per_client, 5);
+        assert!(stats.extra.is_empty());
+    }
+
+    #[test]
+    fn integers_in_state_decode_as_documented() {
+        let v: Value = serde_json::from_str(
+            r#"{"u":18446744073709551615,"i":-9223372036854775808,"big":18446744073709551616}"#,
+        )
+        .unwrap();
+        assert_eq!(v["u"].as_u64(), Some(u64::MAX));
+        assert_eq!(v["i"].as_i64(), Some(i64::MIN));
+        assert!(v["big"].is_f64());
+        assert_eq!(v["big"].as_f64(), Some(18446744073709551616.0));
+        let huge = format!("[1{}]", "0".repeat(400));
+        let err = serde_json::from_str::<Value>(&huge).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{}", err);
+        // float_roundtrip: the exact f64 comes back
+        for f in [
+            0.1_f64,
+            5e-324,
+            1.7976931348623157e308,
+            2.220446049250313e-16,
+        ] {
+            let back: f64 = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+            assert_eq!(back.to_bits(), f.to_bits());
+        }
+    }
+}
