@@ -19,7 +19,7 @@ fn rich_state() -> Value {
         "u64_max": u64::MAX,
         "zero": 0,
         "minus_one": -1,
-        "floats": [0.1, -2.5e-300, 1.7976931348623157e308, 5e-324, 3.141592653589793,
+        "floats": [0.1, -2.5e-300, 1.7976931348623157e308, 5e-324, std::f64::consts::PI,
                    1e21, 123456789.125, -0.5, 2.220446049250313e-16],
         "escapes": "quote \" backslash \\ newline \n tab \t nul \u{0} ctrl \u{1f} del \u{7f}",
         "empty_object": {},
