@@ -92,6 +92,11 @@
 //! `.cargo/config.toml` replaces crates.io with that directory and sets
 //! `offline = true`. See `README.md`.
 
+// compile (not run) the README's Rust examples with `cargo test`
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod client;
 mod error;
 pub mod protocol;
