@@ -141,7 +141,7 @@ fn a_resend_after_a_timeout_is_applied_once() {
     let bridge = Bridge::start();
     let mut c = Client::with_options(
         ClientOptions::new(bridge.endpoint())
-            .timeout(Duration::from_millis(1500))
+            .timeout(Duration::from_millis(2000))
             .retry_delay(Duration::from_millis(100)),
     )
     .expect("client");
@@ -156,7 +156,7 @@ fn a_resend_after_a_timeout_is_applied_once() {
     bridge.signal(libc::SIGSTOP);
     let pid = bridge.pid();
     let resumer = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(2000));
+        thread::sleep(Duration::from_millis(2500));
         unsafe { libc::kill(pid, libc::SIGCONT) };
     });
     let started = Instant::now();
@@ -164,7 +164,7 @@ fn a_resend_after_a_timeout_is_applied_once() {
     resumer.join().expect("resumer thread");
     let second = result.expect("update 2 across the stop");
     assert!(
-        started.elapsed() >= Duration::from_millis(1500),
+        started.elapsed() >= Duration::from_millis(2000),
         "the first try must have timed out"
     );
     assert_eq!(second.session_state, state(2));
