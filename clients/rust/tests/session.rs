@@ -172,6 +172,18 @@ fn reconnect_flow_restores_a_live_session() {
         }
         other => panic!("expected the session back, got {:?}", other),
     }
+
+    // the optional restore parameters are accepted (since_revision: a delta reply)
+    let delta = again
+        .restore_session(&RestoreSessionRequest {
+            session_id: id.clone(),
+            client_id: Some(client_id.clone()),
+            since_revision: Some(0),
+            lineage: Some(json!({"parent": null})),
+        })
+        .expect("restore with since_revision and lineage");
+    assert_eq!(delta.session_id, id);
+    assert!(delta.extra["delta"].is_boolean(), "{:?}", delta.extra);
 }
 
 /// Send `command` for `session_id` (with `client_id` when given); the error reply.
