@@ -7,7 +7,7 @@ BIND ?= tcp://127.0.0.1:5555
 STORE ?= ./.stuisession
 SRC := src tests examples benchmarks
 
-.PHONY: run test lint typecheck pytest docs dist bench faults clean
+.PHONY: run test lint typecheck pytest docs dist bench faults rust-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,6 +47,12 @@ dist: $(STAMP)
 ## faults: the fault-injection suite in full (500 SIGKILLs of a writer)
 faults: $(STAMP)
 	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
+
+## rust-test: the Rust client crate's tests (clients/rust) against a real bridge from the venv;
+## needs cargo and the Debian crate packages (clients/rust/install-deps.sh); never skips
+rust-test: $(STAMP)
+	@command -v cargo >/dev/null 2>&1 || { echo "rust-test: cargo not found on PATH; install a Rust toolchain (e.g. apt-get install cargo) and run clients/rust/install-deps.sh" >&2; exit 1; }
+	cd clients/rust && STUISESSION_BIN=$(abspath $(BIN))/stuisession cargo test --no-fail-fast
 
 ## bench: the whole benchmark suite (~5 min): prints figures, ratios and verdicts, writes
 ## benchmarks/results/latest.json and renders docs/performance.md + docs/img/ (nothing asserted)
