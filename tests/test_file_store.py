@@ -680,3 +680,18 @@ def test_head_read_of_large_metadata(tmp_path: Path) -> None:
     f.write_bytes(blob[:5000])  # truncated: returned as far as it goes
     assert read_file(str(f), head_only=True) == blob[:5000]
     assert read_file(str(tmp_path / "missing"), head_only=True) is None
+
+
+# -- planted symlinks (issue 17 item 10) ----------------------------------------------------
+def test_planted_symlink_journal_is_never_truncated_through(root: Path, tmp_path: Path) -> None:
+    # emptying the journal after a compaction once called truncate(path), which
+    # followed a journal swapped for a symlink and emptied a file outside the store
+    store = FileStore(root, keyring=Keyring.generate(), fsync=False)
+    s = history(store, 1)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    p = store._paths(s.session_id)
+    os.symlink(outside, p.journal)
+    store._jw.forget_journal(p)
+    assert outside.read_bytes() == b"precious"
+    assert os.path.islink(p.journal)

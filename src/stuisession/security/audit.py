@@ -467,7 +467,13 @@ class AuditLog:
             return self._append(ring, body)
 
     def _append(self, ring: Keyring, body: dict[str, Any]) -> int:
-        fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # O_NOFOLLOW: a planted audit.log symlink is refused, so the torn-line
+        # repair below can never truncate a file outside the log's directory
+        fd = os.open(
+            self._path,
+            os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | _fs.O_NOFOLLOW,
+            0o600,
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)

@@ -366,7 +366,13 @@ class JournalWriter:
         is ignored.
         """
         try:
-            os.truncate(p.journal, 0)
+            # ftruncate on an O_NOFOLLOW descriptor: a journal swapped for a
+            # symlink is refused (ELOOP), never followed out of the store
+            fd = os.open(p.journal, os.O_WRONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             pass
         except OSError as exc:
