@@ -29,6 +29,7 @@ from stuisession.keys import ENV_KEYRING, Keyring
 from stuisession.state import lifecycle
 from stuisession.state.model import Session, SessionState
 from stuisession.stores import FileStore
+from stuisession.stores.file.atomic import read_file
 
 NOW = 1_700_000_000.0
 
@@ -518,7 +519,7 @@ def test_no_fsync_mode_works(root: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_lock_held_by_another_process_times_out(root: Path) -> None:
     store = FileStore(root, keyring=Keyring.generate(), lock_timeout=0.2)
     s = history(store, 1)
-    lock_file = store._file_locks[store._lock_index(s.session_id)].lock_file
+    lock_file = store._locks.file_locks[store._locks.index(s.session_id)].lock_file
     held, done = threading.Event(), threading.Event()
 
     def holder() -> None:
@@ -551,7 +552,7 @@ def test_lock_held_by_another_thread_times_out(root: Path) -> None:
     held, done = threading.Event(), threading.Event()
 
     def holder() -> None:
-        with store._locked(s.session_id):
+        with store._locks.locked(s.session_id):
             held.set()
             done.wait(30)
 
@@ -674,8 +675,23 @@ def test_head_read_of_large_metadata(tmp_path: Path) -> None:
     blob = header + b"k1" + b"m" * meta_len + b"t" * 32 + b"p" * 10 + b"T" * 32
     f = tmp_path / "big"
     f.write_bytes(blob)
-    head = FileStore._read(str(f), head_only=True)
+    head = read_file(str(f), head_only=True)
     assert head == blob[: HEADER_SIZE + 2 + meta_len + 32]
     f.write_bytes(blob[:5000])  # truncated: returned as far as it goes
-    assert FileStore._read(str(f), head_only=True) == blob[:5000]
-    assert FileStore._read(str(tmp_path / "missing"), head_only=True) is None
+    assert read_file(str(f), head_only=True) == blob[:5000]
+    assert read_file(str(tmp_path / "missing"), head_only=True) is None
+
+
+# -- planted symlinks (issue 17 item 10) ----------------------------------------------------
+def test_planted_symlink_journal_is_never_truncated_through(root: Path, tmp_path: Path) -> None:
+    # emptying the journal after a compaction once called truncate(path), which
+    # followed a journal swapped for a symlink and emptied a file outside the store
+    store = FileStore(root, keyring=Keyring.generate(), fsync=False)
+    s = history(store, 1)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    p = store._paths(s.session_id)
+    os.symlink(outside, p.journal)
+    store._jw.forget_journal(p)
+    assert outside.read_bytes() == b"precious"
+    assert os.path.islink(p.journal)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from stuisession import _fs
 from stuisession.errors import ConfigurationError
 
 KEY_BYTES = 32
@@ -137,31 +137,10 @@ class Keyring:
         """Write the keyring durably to *path* with mode 0600 (atomic replace)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        data = self.to_json().encode()
-        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            if exclusive:
-                # link() publishes the complete file or fails if one exists, so a
-                # process starting at the same moment never reads a half-written key
-                os.link(tmp, p)
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, p)
-            dfd = os.open(p.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # with *exclusive*, link() publishes the complete file or fails if one
+        # exists, so a process starting at the same moment never reads a
+        # half-written key
+        _fs.atomic_write(p, self.to_json().encode(), create_only=exclusive)
 
     # -- use ----------------------------------------------------------------------
     @property

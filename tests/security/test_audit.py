@@ -643,3 +643,16 @@ def test_concurrent_appends_from_processes_form_one_chain(tmp_path: Path, ring: 
     for tag in ("p0", "p1", "main"):  # each writer's own lines stay in its order
         mine = [c for c in clients if c.startswith(tag + "-")]
         assert mine == [f"{tag}-{i}" for i in range(count)]
+
+
+def test_planted_audit_log_symlink_is_never_followed(tmp_path: Path) -> None:
+    # the torn-line repair truncates audit.log: through a symlink it would cut
+    # a file outside the log's directory
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious, with no newline at the end")
+    log_path = tmp_path / "audit.log"
+    log_path.symlink_to(outside)
+    audit = AuditLog(log_path, keyring=Keyring.generate())
+    with pytest.raises(OSError):
+        audit.record("create", client_id="alice")
+    assert outside.read_bytes() == b"precious, with no newline at the end"

@@ -8,20 +8,18 @@ session either fully processed or untouched.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from stuisession.codec import journal
-from stuisession.codec.snapshot import FLAG_ENCRYPTED, Snapshot, SnapshotCodec, parse_header
+from stuisession import _fs
+from stuisession.codec.snapshot import FLAG_ENCRYPTED, Snapshot, parse_header
 from stuisession.errors import (
     ConfigurationError,
     ConflictError,
@@ -34,11 +32,49 @@ from stuisession.keys import Keyring
 from stuisession.security.audit import AuditLog
 from stuisession.state.model import SessionInfo, SessionStatus
 from stuisession.state.schema import to_wire
-from stuisession.stores.base import SessionStore
+from stuisession.stores.base import (
+    Progress,
+    SessionStore,
+    VerifyItem,
+    VerifyProblem,
+    check_blob,
+)
+from stuisession.stores.file.layout import KEYRING_FILE, recorded_lock_stripes
 from stuisession.stores.file.store import FileStore
 from stuisession.stores.redis import RedisStore
 
-Progress = Callable[[int], None]
+#: one snapshot file of a file store (the current one or a backup): a verify item
+SnapshotFile = VerifyItem
+
+__all__ = [
+    "DEFAULT_STORE",
+    "MANIFEST",
+    "REDIS_SCHEMES",
+    "ImportReport",
+    "Progress",
+    "RotationReport",
+    "SnapshotFile",
+    "VerifyProblem",
+    "check_blob",
+    "export_directory",
+    "export_sessions",
+    "import_directory",
+    "import_sessions",
+    "is_redis_spec",
+    "iter_session_rows",
+    "load_keyring",
+    "open_store",
+    "read_manifest",
+    "read_snapshot",
+    "resolve_session_id",
+    "rotate_keys",
+    "session_state_name",
+    "snapshot_files",
+    "store_directory",
+    "summarize_snapshot",
+    "verify_snapshot_files",
+    "verify_store",
+]
 
 
 @attrs.frozen
@@ -73,9 +109,9 @@ def rotate_keys(
         audit.record("key_rotation", reason=f"new key {ring.current_id}")
     resealed = skipped = 0
     failed: list[str] = []
-    for i, sid in enumerate(list(store._ids()), 1):
+    for i, sid in enumerate(list(store.ids()), 1):
         try:
-            stored = store._get(sid)
+            stored = store.raw_snapshot(sid)
             sealed_with = None if stored is None else parse_header(stored).key_id
             snap = store.load_snapshot(sid)  # may compact a journal, sealing with the new key
             if snap.header.key_id == ring.current_id:
@@ -103,31 +139,6 @@ def rotate_keys(
     return RotationReport(ring.current_id, resealed, skipped, failed)
 
 
-@attrs.frozen
-class VerifyProblem:
-    """One snapshot that failed verification."""
-
-    session_id: str
-    reason: str
-    #: the file that failed (file stores), None for other backends
-    path: str | None = None
-
-
-def check_blob(codec: SnapshotCodec, blob: bytes, session_id: str) -> str | None:
-    """Why *blob* is not a valid snapshot of *session_id*, or None if it is.
-
-    The full check: both tags, decryption, decompression, migration and the
-    state schema. The reason never contains state contents.
-    """
-    try:
-        codec.open(blob, expected_session_id=session_id).state()
-    except IntegrityError as exc:
-        return exc.message
-    except Exception as exc:  # e.g. a migration choking on odd data: name the type only
-        return f"state could not be decoded ({type(exc).__name__})"
-    return None
-
-
 def verify_store(
     store: SessionStore,
     *,
@@ -139,14 +150,8 @@ def verify_store(
     Reads only; a corrupt snapshot is reported, not repaired. Yields problems.
     *ids* limits the check to those sessions (default: every stored one).
     """
-    for i, sid in enumerate(store._ids() if ids is None else ids, 1):
-        blob = store._get(sid)
-        if blob is not None:
-            reason = check_blob(store.codec, blob, sid)
-            if reason is not None:
-                yield VerifyProblem(sid, reason)
-        if progress is not None:
-            progress(i)
+    chosen = store.ids() if ids is None else ids
+    yield from store.verify([VerifyItem(sid) for sid in chosen], progress=progress)
 
 
 def export_sessions(store: SessionStore, directory: str | os.PathLike[str]) -> dict[str, str]:
@@ -158,7 +163,7 @@ def export_sessions(store: SessionStore, directory: str | os.PathLike[str]) -> d
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, str] = {}
-    for sid in store._ids():
+    for sid in store.ids():
         try:
             snap = store.load_snapshot(sid)
         except (SessionNotFound, IntegrityError):
@@ -220,17 +225,7 @@ def load_keyring(key_file: str | os.PathLike[str] | None, spec: str | None = Non
             "no keyring: give --key-file PATH (the keyring shared by every process "
             "using the store) or set $STUISESSION_KEYRING"
         )
-    return Keyring.load(directory / "keyring.json")
-
-
-def _lock_stripes(directory: Path) -> int | None:
-    """The lock striping recorded in an existing file store (None if not readable)."""
-    try:
-        doc = json.loads((directory / "format.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    stripes = doc.get("lock_stripes") if isinstance(doc, dict) else None
-    return stripes if isinstance(stripes, int) and not isinstance(stripes, bool) else None
+    return Keyring.load(directory / KEYRING_FILE)
 
 
 def open_store(
@@ -277,7 +272,7 @@ def open_store(
     if not create and not directory.is_dir():
         raise ConfigurationError(f"there is no store at {directory}")
     if "lock_stripes" not in options:
-        stripes = _lock_stripes(directory)
+        stripes = recorded_lock_stripes(directory)
         if stripes is not None:
             options["lock_stripes"] = stripes
     if key_file is not None:
@@ -305,30 +300,9 @@ def iter_session_rows(
     snapshots are skipped (``verify`` reports them). The size is None when the
     snapshot vanished meanwhile.
     """
-    if isinstance(store, RedisStore):
-        key = store.all_key if client_id is None else store.client_key(client_id)
-        if client_id is not None:
-            check_client_id(client_id)
-        yield from store._readable(key, sizes=True, client_id=client_id)
-        return
-    infos: Iterable[SessionInfo] = (
-        store.iter_infos() if client_id is None else store.list_by_client(client_id)
-    )
-    for info in infos:
-        size: int | None
-        if isinstance(store, FileStore):
-            paths = store._paths(info.session_id)
-            try:
-                size = os.stat(paths.current).st_size
-            except FileNotFoundError:
-                size = None
-            with contextlib.suppress(FileNotFoundError):
-                if size is not None:
-                    size += os.stat(paths.journal).st_size  # changes not yet compacted
-        else:
-            blob = store._get(info.session_id)
-            size = None if blob is None else len(blob)
-        yield info, size
+    if client_id is not None:
+        check_client_id(client_id)
+    yield from store.session_rows(client_id)
 
 
 def resolve_session_id(store: SessionStore, text: str) -> str:
@@ -342,7 +316,7 @@ def resolve_session_id(store: SessionStore, text: str) -> str:
     prefix = text.rstrip("…").rstrip(".")
     if len(prefix) < len(SESSION_ID_PREFIX) + 4 or not prefix.startswith(SESSION_ID_PREFIX):
         raise SessionNotFound("not a session id (nor a prefix of one of 12+ characters)")
-    found = [sid for sid in store._ids() if sid.startswith(prefix)]
+    found = [sid for sid in store.ids() if sid.startswith(prefix)]
     if not found:
         raise SessionNotFound("no session id starts with that prefix")
     if len(found) > 1:
@@ -385,135 +359,30 @@ def read_snapshot(store: SessionStore, session_id: str) -> Snapshot:
     Unlike :meth:`SessionStore.load_snapshot` a corrupt snapshot is not
     replaced by a backup: :class:`IntegrityError` is raised instead.
     """
-    blob = store._get(session_id)
-    if blob is None:
-        raise SessionNotFound("Session not found")
-    snap = store.codec.open(blob, expected_session_id=session_id)
-    if isinstance(store, FileStore) and store.journal_records(session_id):
-        # changes since the snapshot live in the journal: show the current
-        # state, sealed in memory (nothing is written)
-        session = store.load(session_id)
-        snap = store.codec.open(store.codec.encode(session), expected_session_id=session_id)
-    return snap
+    return store.read_snapshot(session_id)
 
 
 # -- verifying the files of a file store --------------------------------------------------
-@attrs.frozen
-class SnapshotFile:
-    """One snapshot file of a file store: the current one or a backup."""
-
-    session_id: str
-    path: str
-    #: 0 for the current snapshot, N for the backup ``<id>.snap.N``
-    generation: int
-    #: (device, inode): hard-linked copies are checked once
-    identity: tuple[int, int] = (0, 0)
-
-
-def snapshot_files(store: FileStore) -> list[SnapshotFile]:
-    """Every snapshot and backup file of the file store *store* (names only are read)."""
-    sessions = Path(store.path) / "sessions"
-    found: list[SnapshotFile] = []
-    try:
-        shards = sorted(
-            (e for e in os.scandir(sessions) if e.is_dir(follow_symlinks=False)),
-            key=lambda e: e.name,
-        )
-    except FileNotFoundError:
-        return found
-    shard_slice = slice(len(SESSION_ID_PREFIX), len(SESSION_ID_PREFIX) + 2)
-    for shard in shards:
-        try:
-            entries = list(os.scandir(shard.path))
-        except FileNotFoundError:
-            continue
-        for e in entries:
-            sid, sep, rest = e.name.partition(".snap")
-            if not sep or not is_valid_session_id(sid) or sid[shard_slice] != shard.name:
-                continue  # temp files and strays
-            if rest == "":
-                generation = 0
-            elif rest[:1] == "." and rest[1:].isdigit():
-                generation = int(rest[1:])
-            else:
-                continue
-            found.append(SnapshotFile(sid, e.path, generation, (shard.inode(), e.inode())))
-    found.sort(key=lambda f: (f.path.rpartition(".snap")[0], f.generation))
-    return found
+def snapshot_files(store: SessionStore) -> list[SnapshotFile]:
+    """What verify checks in *store* (a file store: every snapshot and backup file)."""
+    return store.verify_items()
 
 
 def verify_snapshot_files(
-    store: FileStore, files: Iterable[SnapshotFile], *, progress: Progress | None = None
+    store: SessionStore, files: Iterable[SnapshotFile], *, progress: Progress | None = None
 ) -> Iterator[VerifyProblem]:
-    """Check each of *files* fully (as :func:`verify_store` does); yield the bad ones.
+    """Check each of *files* fully (:meth:`SessionStore.verify`); yield the bad ones.
 
     Files that vanished meanwhile (a live bridge deleted or rotated them) are
     skipped. Reads only: nothing is repaired or moved.
     """
-    done: dict[tuple[int, int], str | None] = {}
-    for i, f in enumerate(files, 1):
-        if f.identity in done:
-            reason = done[f.identity]
-        else:
-            reason = _check_file(store.codec, f)
-            if f.identity != (0, 0):
-                done[f.identity] = reason
-        if reason is not None:
-            yield VerifyProblem(f.session_id, reason, f.path)
-        if progress is not None:
-            progress(i)
-
-
-def _check_file(codec: SnapshotCodec, f: SnapshotFile) -> str | None:
-    try:
-        blob = FileStore._read(f.path)
-    except OSError as exc:
-        return f"could not be read ({exc.strerror})"
-    if blob is None:
-        return None  # gone meanwhile: nothing to check
-    reason = check_blob(codec, blob, f.session_id)
-    if reason is None and f.generation == 0:
-        reason = _check_journal(codec, blob, f)
-    return reason
-
-
-def _check_journal(codec: SnapshotCodec, blob: bytes, f: SnapshotFile) -> str | None:
-    """Why the journal extending the snapshot *blob* is bad, or None (also: no journal)."""
-    path = f.path[: -len(".snap")] + ".jnl"
-    try:
-        data = FileStore._read(path)
-    except OSError as exc:
-        return f"journal could not be read ({exc.strerror})"
-    base = journal.snapshot_tag(blob)
-    try:
-        records = journal.open_journal(codec, data or b"", base_tag=base, session_id=f.session_id)
-        if not records:
-            return None
-        journal.replay(codec.open(blob, expected_session_id=f.session_id).session(), records)
-    except IntegrityError as exc:
-        return f"journal: {exc.message}"
-    return None
+    return store.verify(files, progress=progress)
 
 
 # -- export / import directories --------------------------------------------------------
 #: the checksum manifest of an export directory
 MANIFEST = "manifest.json"
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def export_directory(store: SessionStore, directory: str | os.PathLike[str]) -> dict[str, str]:
@@ -525,7 +394,7 @@ def export_directory(store: SessionStore, directory: str | os.PathLike[str]) -> 
     out = Path(directory)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     manifest = export_sessions(store, out)
-    _write_private(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    _fs.atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest
 
 

@@ -529,14 +529,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_audit(args: argparse.Namespace, store: Any) -> Any:
     from stuisession.security.audit import AuditLog
-    from stuisession.stores.file.store import FileStore
 
     if args.audit == "off":
         return None
     if args.audit:
         return AuditLog(args.audit, keyring=store.codec.keyring)
-    if isinstance(store, FileStore):
-        return AuditLog(Path(store.root) / "audit.log", keyring=store.codec.keyring)
+    directory = store.local_directory
+    if directory is not None:
+        return AuditLog(Path(directory) / "audit.log", keyring=store.codec.keyring)
     return None
 
 
@@ -820,22 +820,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 # -- verify -----------------------------------------------------------------------------
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from stuisession.admin import core
-    from stuisession.stores.file.store import FileStore
-
     store = _admin_store(args)
     try:
-        if isinstance(store, FileStore):
-            files = core.snapshot_files(store)
-            total = len(files)
-            snapshots = sum(1 for f in files if f.generation == 0)
-            with _progress(args, total, "verify ") as bar:
-                problems = list(core.verify_snapshot_files(store, files, progress=bar))
-        else:
-            ids = list(store._ids())
-            total = snapshots = len(ids)
-            with _progress(args, total, "verify ") as bar:
-                problems = list(core.verify_store(store, ids=ids, progress=bar))
+        # a file store lists its backup files too (generation > 0)
+        items = store.verify_items()
+        total = len(items)
+        snapshots = sum(1 for f in items if f.generation == 0)
+        with _progress(args, total, "verify ") as bar:
+            problems = list(store.verify(items, progress=bar))
     finally:
         store.close()
     backups = total - snapshots
@@ -961,7 +953,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     store = _admin_store(args)
     try:
-        total = sum(1 for _ in store._ids())
+        total = sum(1 for _ in store.ids())
         manifest = core.export_directory(store, args.directory)
     finally:
         store.close()
@@ -1012,7 +1004,7 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> int:
     store = _admin_store(args, key_file)
     try:
         audit = _admin_audit(args, store)
-        total = sum(1 for _ in store._ids())
+        total = sum(1 for _ in store.ids())
         with _progress(args, total, "re-seal ") as bar:
             report = core.rotate_keys(store, key_file=key_file, audit=audit, progress=bar)
     finally:

@@ -38,14 +38,12 @@ or put in an exception message.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
-import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from stuisession import _fs
 from stuisession.clock import Clock, SystemClock
 from stuisession.errors import IntegrityError
 from stuisession.keys import Keyring
@@ -468,7 +467,13 @@ class AuditLog:
             return self._append(ring, body)
 
     def _append(self, ring: Keyring, body: dict[str, Any]) -> int:
-        fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # O_NOFOLLOW: a planted audit.log symlink is refused, so the torn-line
+        # repair below can never truncate a file outside the log's directory
+        fd = os.open(
+            self._path,
+            os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | _fs.O_NOFOLLOW,
+            0o600,
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
@@ -527,27 +532,7 @@ class AuditLog:
         kid = ring.current_id
         body: dict[str, Any] = {"v": FORMAT_VERSION, "seq": seq, "last": mac, "kid": kid}
         data = _canonical({**body, "mac": _head_mac(ring, kid, body)}) + b"\n"
-        head = _head_path(self._path)
-        tmp = head.with_name(f".{head.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                os.write(fd, data)
-                if self._fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, head)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        if self._fsync:
-            dfd = os.open(head.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        _fs.atomic_write(_head_path(self._path), data, fsync=self._fsync)
 
     def verify(self, *, require_head: bool = True) -> AuditReport:
         """:func:`verify` this log with this log's keyring."""

@@ -523,7 +523,7 @@ class SessionService:
     def _iter_all_infos(self) -> Iterator[SessionInfo]:
         # yields every examined session so a step is bounded by sessions read,
         # not by sessions removed
-        for sid in self.store._ids():
+        for sid in self.store.ids():
             try:
                 yield self.store.load_info(sid)
             except (SessionNotFound, IntegrityError):

@@ -1,11 +1,31 @@
-"""The pluggable storage interface.
+"""The pluggable storage interface and the store boundary.
 
 A backend subclasses :class:`SessionStore` and implements a handful of small
-byte-level methods (as Django's ``SessionBase`` does): ``_get``, ``_put``,
-``_delete`` and ``_ids``. Everything else -- sealing and verifying snapshots,
-compare-and-swap semantics, listing, expiry and statistics -- is built on top
-of them here, so every backend behaves the same (the conformance suite in
-``tests/test_store_conformance.py`` checks that).
+byte-level primitives (as Django's ``SessionBase`` does):
+
+* required: ``_get``, ``_put``, ``_delete`` and ``_ids``;
+* optional: ``_get_head`` (read a prefix cheaply), ``_client_ids`` (a
+  per-client index), ``_recover`` (fall back to a backup) and
+  ``new_session_id`` (shape ids for an index).
+
+Everything else -- sealing and verifying snapshots, compare-and-swap
+semantics, listing, expiry, statistics, verification -- is built on them here,
+so every backend behaves the same (the conformance suite in
+``tests/test_store_conformance.py`` checks that). A backend may also override
+a public method, but only to do the same thing faster or with its own
+representation, never to change what it returns; those that do, and why:
+
+* the file store overrides ``load``, ``load_snapshot``, ``load_info``,
+  ``save``, ``save_info`` and ``create`` for its journal of deltas (a session
+  is its snapshot plus journal records) and its client index markers, and
+  ``read_snapshot``, ``session_rows`` and ``verify_items``/``verify`` to include
+  the journal and the backup files;
+* the Redis store overrides ``iter_infos``, ``list_by_client``,
+  ``statistics`` and ``session_rows`` to read heads in pipelined batches from
+  its indexes.
+
+Code outside ``stores/`` (admin, CLI, service) uses only the public methods
+below; it never calls a primitive nor checks a concrete store class.
 
 Stores know nothing of JSON commands; they move sealed snapshots.
 """
@@ -13,7 +33,8 @@ Stores know nothing of JSON commands; they move sealed snapshots.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import attrs
 
@@ -35,6 +56,48 @@ class StoreStatistics:
     active_sessions: int
     clients: int
     stored_bytes: int | None = None
+
+
+@attrs.frozen
+class VerifyItem:
+    """One stored snapshot that :meth:`SessionStore.verify` checks."""
+
+    session_id: str
+    #: 0 for the current snapshot, N for the backup N generations old
+    generation: int = 0
+    #: the file holding it (file stores), None for other backends
+    path: str | None = None
+    #: (directory inode, inode): hard-linked copies are checked once; (0, 0): unknown
+    identity: tuple[int, int] = (0, 0)
+
+
+@attrs.frozen
+class VerifyProblem:
+    """One snapshot that failed verification."""
+
+    session_id: str
+    reason: str
+    #: the file that failed (file stores), None for other backends
+    path: str | None = None
+
+
+#: called with the number of items done so far
+Progress = Callable[[int], None]
+
+
+def check_blob(codec: SnapshotCodec, blob: bytes, session_id: str) -> str | None:
+    """Why *blob* is not a valid snapshot of *session_id*, or None if it is.
+
+    The full check: both tags, decryption, decompression, migration and the
+    state schema. The reason never contains state contents.
+    """
+    try:
+        codec.open(blob, expected_session_id=session_id).state()
+    except IntegrityError as exc:
+        return exc.message
+    except Exception as exc:  # e.g. a migration choking on odd data: name the type only
+        return f"state could not be decoded ({type(exc).__name__})"
+    return None
 
 
 def state_part_sizes(state: SessionState) -> dict[str, int]:
@@ -223,6 +286,88 @@ class SessionStore(abc.ABC):
                 active += 1
                 clients.add(info.client_id)
         return StoreStatistics(total_sessions=total, active_sessions=active, clients=len(clients))
+
+    # -- the store boundary: what admin tools, the CLI and the service use -------------
+    @property
+    def local_directory(self) -> Path | None:
+        """The local directory the store keeps its files in, None if it has none.
+
+        Tools put files that belong with the store there (e.g. ``audit.log``).
+        """
+        return None
+
+    def ids(self) -> Iterator[str]:
+        """Every stored session id, readable or not (order unspecified).
+
+        Sweeps count what they examine by these ids, so a snapshot that fails
+        its check is still counted (``load_info`` then raises for it).
+        """
+        return self._ids()
+
+    def raw_snapshot(self, session_id: str) -> bytes | None:
+        """The stored snapshot bytes of *session_id* as they are, None if there are none.
+
+        Not verified, not recovered, no journal applied: for tools that look
+        at the stored form (which key sealed it, its size).
+        """
+        check_session_id(session_id)
+        return self._get(session_id)
+
+    def read_snapshot(self, session_id: str) -> Snapshot:
+        """The verified snapshot of *session_id*'s current state, read without side effects.
+
+        Unlike :meth:`load_snapshot` nothing is written: a corrupt snapshot is
+        not replaced by a backup (:class:`~stuisession.errors.IntegrityError`
+        is raised instead) and a journal is not compacted.
+        """
+        blob = self.raw_snapshot(session_id)
+        if blob is None:
+            raise SessionNotFound("Session not found")
+        return self.codec.open(blob, expected_session_id=session_id)
+
+    def session_rows(
+        self, client_id: str | None = None
+    ) -> Iterator[tuple[SessionInfo, int | None]]:
+        """``(record, stored bytes)`` of every readable session (of *client_id*).
+
+        Only records are read (head tags verified), never states; unreadable
+        snapshots are skipped (:meth:`verify` reports them). The size is None
+        when the session vanished meanwhile.
+        """
+        infos: Iterable[SessionInfo] = (
+            self.iter_infos() if client_id is None else self.list_by_client(client_id)
+        )
+        for info in infos:
+            blob = self._get(info.session_id)
+            yield info, None if blob is None else len(blob)
+
+    def verify_items(self) -> list[VerifyItem]:
+        """What :meth:`verify` checks by default: one item per stored snapshot.
+
+        Stores with backups list those too (``generation`` > 0).
+        """
+        return [VerifyItem(sid) for sid in self._ids()]
+
+    def verify(
+        self,
+        items: Iterable[VerifyItem] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> Iterator[VerifyProblem]:
+        """Check *items* (default: :meth:`verify_items`) fully; yield the bad ones.
+
+        The full check of :func:`check_blob` (tags, decryption, decompression,
+        schema). Reads only: nothing is repaired or moved; items that vanished
+        meanwhile are skipped. *progress* is called with the count done.
+        """
+        for i, item in enumerate(self.verify_items() if items is None else items, 1):
+            blob = self._get(item.session_id)
+            if blob is not None:
+                reason = check_blob(self.codec, blob, item.session_id)
+                if reason is not None:
+                    yield VerifyProblem(item.session_id, reason, item.path)
+            if progress is not None:
+                progress(i)
 
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release resources (connections, file handles)."""

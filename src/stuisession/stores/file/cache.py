@@ -1,0 +1,118 @@
+"""The decoded-session cache of a file store: a bounded LRU of session heads.
+
+A :class:`Head` is what the store knows of one session's files at one moment
+(verified snapshot, journal position, current record, maybe the decoded
+session); it stays valid while the files' ``(inode, size, mtime)`` match, so
+several processes may share a directory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+import attrs
+
+from stuisession.codec import journal
+from stuisession.codec.snapshot import Snapshot
+from stuisession.state.model import Session, SessionInfo
+
+#: default bound of the decoded-session cache (estimated bytes)
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+#: a decoded state takes about this many times its JSON size in memory (measured
+#: with benchmarks/bench_memory.py: attrs objects, dicts and str headers)
+DECODED_FACTOR = 14
+
+FileKey = tuple[int, int, int]
+
+
+def file_key(path: str) -> FileKey | None:
+    """``(inode, size, mtime_ns)`` of *path* (not following a symlink), None if absent."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def decoded_cost(blob_size: int) -> int:
+    """Estimated memory of a decoded session whose sealed snapshot is *blob_size* bytes."""
+    # a sealed state is compressed about 7x; decoded it takes ~14x its JSON
+    return DECODED_FACTOR * 7 * blob_size
+
+
+@attrs.frozen
+class Head:
+    """What the store knows of one session's files at one moment.
+
+    Valid while ``snap_key``/``jnl_key`` (inode, size, mtime) match the files.
+    """
+
+    snap_key: FileKey
+    jnl_key: FileKey | None
+    #: the verified snapshot the journal extends
+    snapshot: Snapshot
+    base_tag: bytes
+    #: tag of the last valid record (the base tag when there is none)
+    last_tag: bytes
+    #: offset just past the last valid record; 0 when the journal holds no
+    #: valid header for this snapshot (absent, empty, or left by a compaction)
+    end: int
+    records: int
+    #: how many of the records change the state (the others only the record)
+    updates: int
+    info: SessionInfo
+    #: the decoded current session, when it has been decoded
+    session: Session | None
+    #: estimated memory of this entry
+    cost: int
+
+    @property
+    def journal_bytes(self) -> int:
+        return max(0, self.end - journal.HEADER_SIZE)
+
+
+class HeadCache:
+    """A bounded LRU of :class:`Head` by session id (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, Head] = OrderedDict()
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def get(self, sid: str) -> Head | None:
+        with self._lock:
+            head = self._items.get(sid)
+            if head is not None:
+                self._items.move_to_end(sid)
+            return head
+
+    def put(self, sid: str, head: Head) -> None:
+        with self._lock:
+            old = self._items.pop(sid, None)
+            if old is not None:
+                self._used -= old.cost
+            if head.cost > self.limit:
+                return
+            self._items[sid] = head
+            self._used += head.cost
+            while self._used > self.limit:
+                _, evicted = self._items.popitem(last=False)
+                self._used -= evicted.cost
+
+    def drop(self, sid: str) -> None:
+        with self._lock:
+            old = self._items.pop(sid, None)
+            if old is not None:
+                self._used -= old.cost
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

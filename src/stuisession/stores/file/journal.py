@@ -1,0 +1,399 @@
+"""The journal and compaction of a file store.
+
+Updates are sealed deltas appended to ``<id>.jnl``; a session's current state
+is its snapshot plus the journal's records (a :class:`~.cache.Head`). When the
+journal grows past its limit, or a restore needs the stored bytes, it is
+folded into a new snapshot (compaction) and emptied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+import attrs
+
+from stuisession import _fs
+from stuisession.codec import journal
+from stuisession.codec.snapshot import TAG_SIZE, Snapshot, SnapshotCodec
+from stuisession.errors import ConflictError, IntegrityError, SessionNotFound, StorageError
+from stuisession.state.model import Session, SessionInfo
+from stuisession.stores.file.atomic import FileWriter, pread_head, read_file
+from stuisession.stores.file.cache import (
+    DECODED_FACTOR,
+    FileKey,
+    Head,
+    HeadCache,
+    decoded_cost,
+    file_key,
+)
+from stuisession.stores.file.layout import SessionPaths, errno_name
+from stuisession.stores.file.locking import StripeLocks
+from stuisession.stores.file.recovery import Recovery
+
+log = logging.getLogger("stuisession.stores.file")
+
+_MIN_JOURNAL_LIMIT = 64 * 1024
+#: how often a read is retried when the files change under it
+_READ_ATTEMPTS = 16
+
+
+class HeadReader:
+    """Reads a session's head (snapshot plus journal), through the cache."""
+
+    def __init__(self, codec: SnapshotCodec, cache: HeadCache, recovery: Recovery) -> None:
+        self._codec = codec
+        self._cache = cache
+        self._recovery = recovery
+
+    def head(self, p: SessionPaths, *, decode: bool, locked: bool = False) -> Head:
+        """The session's current head, revalidated against its files.
+
+        Without the lock, a compaction may replace the snapshot while we read:
+        the snapshot is stat'ed again after the journal has been read, and the
+        read is retried if it changed.
+        """
+        for _ in range(_READ_ATTEMPTS):
+            snap_key = file_key(p.current)
+            if snap_key is None:
+                raise SessionNotFound("Session not found")
+            jnl_key = file_key(p.journal)
+            cached = self._cache.get(p.sid)
+            if cached is not None and cached.snap_key == snap_key:
+                if cached.jnl_key == jnl_key and (cached.session is not None or not decode):
+                    return cached
+                grown = self._catch_up(p, cached, jnl_key, decode)
+                if grown is not None:
+                    return grown
+            head = self._read_head(p, decode=decode, locked=locked)
+            if head is not None:
+                self._cache.put(p.sid, head)
+                return head
+        raise StorageError("session files kept changing while being read", reason="busy")
+
+    def _read_head(self, p: SessionPaths, *, decode: bool, locked: bool) -> Head | None:
+        """Read snapshot and journal from disk (None: they changed meanwhile, retry)."""
+        snap_key = file_key(p.current)
+        blob = read_file(p.current)
+        if blob is None or snap_key is None:
+            raise SessionNotFound("Session not found")
+        try:
+            snap = self._codec.open(blob, expected_session_id=p.sid)
+        except IntegrityError as exc:
+            if locked:
+                self._recovery.restore_locked(p, blob, exc)
+            else:
+                self._recovery.recover(p.sid, exc)
+            return None  # the current file was replaced by a backup: read again
+        jnl_key = file_key(p.journal)
+        data = read_file(p.journal) or b""
+        if file_key(p.current) != snap_key or file_key(p.journal) != jnl_key:
+            return None
+        base_tag = journal.snapshot_tag(blob)
+        found = journal.open_journal(self._codec, data, base_tag=base_tag, session_id=p.sid)
+        records = found or []
+        end = 0
+        if found is not None:
+            end = records[-1].end if records else journal.HEADER_SIZE
+        info = records[-1].info if records else snap.info
+        session = None
+        cost = len(blob)
+        if decode:
+            session = journal.replay(snap.session(), records)
+            cost += DECODED_FACTOR * len(snap.state_json())
+            snap.forget_state_json()
+        return Head(
+            snap_key=snap_key,
+            jnl_key=jnl_key,
+            snapshot=snap,
+            base_tag=base_tag,
+            last_tag=records[-1].tag if records else base_tag,
+            end=end,
+            records=len(records),
+            updates=sum(r.kind == journal.KIND_UPDATE for r in records),
+            info=info,
+            session=session,
+            cost=cost,
+        )
+
+    def _catch_up(
+        self, p: SessionPaths, cached: Head, jnl_key: FileKey | None, decode: bool
+    ) -> Head | None:
+        """*cached* plus the records appended since (None: read everything again)."""
+        if (
+            jnl_key is None
+            or cached.end < journal.HEADER_SIZE
+            or cached.jnl_key is None
+            or jnl_key[0] != cached.jnl_key[0]
+            or jnl_key[1] < cached.end
+            or (decode and cached.session is None)
+        ):
+            return None
+        fd = os.open(p.journal, os.O_RDONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if journal.base_of(os.pread(fd, journal.HEADER_SIZE, 0)) != cached.base_tag:
+                return None
+            tail = os.pread(fd, st.st_size - cached.end, cached.end)
+        finally:
+            os.close(fd)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != jnl_key:
+            return None
+        records = journal.open_records(
+            self._codec,
+            tail,
+            start=0,
+            base_tag=cached.base_tag,
+            prev_tag=cached.last_tag,
+            session_id=p.sid,
+        )
+        session = cached.session
+        if session is not None:
+            session = journal.replay(session, records)
+        head = attrs.evolve(
+            cached,
+            jnl_key=jnl_key,
+            last_tag=records[-1].tag if records else cached.last_tag,
+            end=cached.end + (records[-1].end if records else 0),
+            records=cached.records + len(records),
+            updates=cached.updates + sum(r.kind == journal.KIND_UPDATE for r in records),
+            info=records[-1].info if records else cached.info,
+            session=session,
+            cost=cached.cost + sum(DECODED_FACTOR * len(r.payload) for r in records),
+        )
+        self._cache.put(p.sid, head)
+        return head
+
+    def read_info(self, p: SessionPaths, *, locked: bool = False) -> SessionInfo:
+        """The current record without reading the snapshot's state (listing, sweeps).
+
+        With *locked* (the caller holds the stripe lock) a damaged snapshot is
+        reported instead of recovered, which would need the lock.
+        """
+        for _ in range(_READ_ATTEMPTS):
+            try:
+                fd = os.open(p.current, os.O_RDONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+            except FileNotFoundError:
+                raise SessionNotFound("Session not found") from None
+            try:
+                size = os.fstat(fd).st_size
+                head = pread_head(fd)
+                try:
+                    info = self._codec.read_info(head, expected_session_id=p.sid)
+                except IntegrityError as exc:
+                    if locked:
+                        raise
+                    return self._recovery.recover(p.sid, exc).info
+                jnl_key = file_key(p.journal)
+                if jnl_key is None or jnl_key[1] <= journal.HEADER_SIZE:
+                    return info
+                base_tag = os.pread(fd, TAG_SIZE, max(0, size - TAG_SIZE))
+            finally:
+                os.close(fd)
+            data = read_file(p.journal) or b""
+            if file_key(p.journal) != jnl_key:
+                continue  # appended or compacted meanwhile
+            records = journal.open_journal(self._codec, data, base_tag=base_tag, session_id=p.sid)
+            return records[-1].info if records else info
+        raise StorageError("session files kept changing while being read", reason="busy")
+
+
+class JournalWriter:
+    """Appends journal records as compare-and-swaps and compacts journals."""
+
+    def __init__(
+        self,
+        codec: SnapshotCodec,
+        cache: HeadCache,
+        locks: StripeLocks,
+        reader: HeadReader,
+        writer: FileWriter,
+        *,
+        backups: int,
+        journal_limit: int | None,
+        encode: Callable[[Session, int | None], bytes],
+    ) -> None:
+        self._codec = codec
+        self._cache = cache
+        self._locks = locks
+        self._reader = reader
+        self._writer = writer
+        self._backups = backups
+        self._journal_max = journal_limit
+        self._encode = encode
+
+    def _limit(self, head: Head) -> int:
+        if self._journal_max is not None:
+            return self._journal_max
+        return max(_MIN_JOURNAL_LIMIT, len(head.snapshot.blob))
+
+    def commit(
+        self,
+        p: SessionPaths,
+        session: Session | None,
+        expected_revision: int,
+        max_size: int | None,
+        payload: bytes | None,
+        *,
+        info: SessionInfo | None = None,
+    ) -> None:
+        """Append one record (an update, or with *info* a new record only) as a CAS."""
+        with self._locks.locked(p.sid):
+            head = self._reader.head(p, decode=False, locked=True)
+            if head.info.revision != expected_revision:
+                raise ConflictError(
+                    "session was changed by another writer", current_revision=head.info.revision
+                )
+            new_info = session.info if session is not None else info
+            assert new_info is not None
+            kind = journal.KIND_UPDATE if payload is not None else journal.KIND_INFO
+            record = journal.seal(
+                self._codec,
+                new_info,
+                kind=kind,
+                base_tag=head.base_tag,
+                prev_tag=head.last_tag,
+                payload=payload or b"",
+            )
+            grows = head.journal_bytes + len(record)
+            too_big = max_size is not None and len(head.snapshot.blob) + grows > max_size
+            if session is not None and (too_big or grows > self._limit(head)):
+                # fold everything into a new snapshot; its size is checked exactly
+                self.write_snapshot_locked(p, session, self._encode(session, max_size))
+                return
+            self._append_locked(p, head, record)
+            new_session = None
+            if session is not None:
+                new_session = session
+            elif head.session is not None:
+                new_session = Session.from_info(new_info, head.session.state)
+            extra = DECODED_FACTOR * len(payload or b"")
+            if new_session is not None and head.session is None:
+                extra = decoded_cost(len(head.snapshot.blob))
+            self._cache.put(
+                p.sid,
+                attrs.evolve(
+                    head,
+                    jnl_key=file_key(p.journal),
+                    last_tag=record[-(TAG_SIZE + 4) : -4],
+                    end=(head.end or journal.HEADER_SIZE) + len(record),
+                    records=head.records + 1,
+                    updates=head.updates + (payload is not None),
+                    info=new_info,
+                    session=new_session,
+                    cost=head.cost + extra,
+                ),
+            )
+
+    def _append_locked(self, p: SessionPaths, head: Head, record: bytes) -> None:
+        """Append *record* durably (stripe lock held); cuts off a torn tail first."""
+        existed = head.jnl_key is not None
+        fd = os.open(
+            p.journal,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | _fs.O_CLOEXEC | _fs.O_NOFOLLOW,
+            0o600,
+        )
+        try:
+            size = os.fstat(fd).st_size
+            data = record
+            if head.end == 0:
+                # no valid journal for this snapshot yet: start one
+                if size:
+                    os.ftruncate(fd, 0)
+                data = journal.header(head.base_tag) + record
+            elif size != head.end:
+                os.ftruncate(fd, head.end)  # an unacknowledged, torn append
+            _fs.write_all(fd, data)
+            if self._writer.fsync:
+                os.fdatasync(fd)
+        except BaseException:
+            # whatever reached the file is not acknowledged: cut it off again
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, head.end if head.end else 0)
+            raise
+        finally:
+            os.close(fd)
+        if not existed:
+            self._writer.fsync_dir_committed(p.dir)
+
+    def compact(self, p: SessionPaths) -> Snapshot:
+        """Fold the journal into a new snapshot (takes the lock); return it."""
+        with self._locks.locked(p.sid):
+            head = self._reader.head(p, decode=True, locked=True)
+            if head.updates == 0:
+                return head.snapshot.with_info(head.info)
+            assert head.session is not None
+            blob = self._codec.encode(head.session)
+            return self.write_snapshot_locked(p, head.session, blob)
+
+    def write_snapshot_locked(self, p: SessionPaths, session: Session, blob: bytes) -> Snapshot:
+        """Replace the snapshot by *blob* (the state after every journal record)."""
+        tmp = self._writer.write_session_temp(p, blob)
+        try:
+            self.rotate_backups(p)
+            os.replace(tmp, p.current)
+            self._writer.fsync_dir_committed(p.dir)
+        finally:
+            self._writer.discard(tmp)  # gone after the rename; removed if it failed
+        self.forget_journal(p)
+        snap = self._codec.open(blob, expected_session_id=p.sid)
+        snap_key = file_key(p.current)
+        if snap_key is not None:
+            self._cache.put(
+                p.sid,
+                Head(
+                    snap_key=snap_key,
+                    jnl_key=file_key(p.journal),
+                    snapshot=snap,
+                    base_tag=journal.snapshot_tag(blob),
+                    last_tag=journal.snapshot_tag(blob),
+                    end=0,
+                    records=0,
+                    updates=0,
+                    info=session.info,
+                    session=session,
+                    cost=len(blob) + decoded_cost(len(blob)),
+                ),
+            )
+        return snap
+
+    def forget_journal(self, p: SessionPaths) -> None:
+        """Empty the journal after its snapshot was replaced (the rename is durable).
+
+        Not synced: a journal that survives a crash names the old snapshot and
+        is ignored.
+        """
+        try:
+            # ftruncate on an O_NOFOLLOW descriptor: a journal swapped for a
+            # symlink is refused (ELOOP), never followed out of the store
+            fd = os.open(p.journal, os.O_WRONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # the new snapshot is durable already; the journal names the old one
+            # and is ignored, and the next append starts it over
+            log.warning("file store: could not empty a journal: %s", errno_name(exc))
+
+    def rotate_backups(self, p: SessionPaths) -> None:
+        """Shift backups one generation older and hard-link the current file as ``.1``.
+
+        Renames and a link only: no snapshot is copied, and the current file
+        stays in place throughout.
+        """
+        if self._backups == 0:
+            return
+        for k in range(self._backups - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(p.backup(k), p.backup(k + 1))
+        first = p.backup(1)
+        try:
+            os.link(p.current, first)
+        except FileExistsError:  # backups=1, or an earlier write failed after linking
+            os.unlink(first)
+            os.link(p.current, first)
