@@ -23,12 +23,17 @@ class SystemClock:
         """``time.time()``."""
         return time.time()
 
+    def monotonic(self) -> float:
+        """``time.monotonic()``: never steps, so a step of :meth:`now` shows against it."""
+        return time.monotonic()
+
 
 class ManualClock:
     """A clock that only moves when told to: for tests and simulations."""
 
     def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
         self._now = float(start)
+        self._mono = 0.0
         self._lock = threading.Lock()
 
     def now(self) -> float:
@@ -36,15 +41,27 @@ class ManualClock:
         with self._lock:
             return self._now
 
+    def monotonic(self) -> float:
+        """Elapsed real time: moved forwards by :meth:`advance` and :meth:`set`, never back."""
+        with self._lock:
+            return self._mono
+
     def advance(self, seconds: float) -> None:
         """Move the clock by *seconds* (may be negative: a clock jumping backwards)."""
         with self._lock:
             self._now += seconds
+            self._mono += max(0.0, seconds)
 
     def set(self, when: float) -> None:
         """Jump to *when* (Unix seconds), forwards or backwards."""
         with self._lock:
+            self._mono += max(0.0, float(when) - self._now)
             self._now = float(when)
+
+    def step(self, seconds: float) -> None:
+        """A clock fault: the wall clock steps by *seconds* while no real time passes."""
+        with self._lock:
+            self._now += seconds
 
 
 def isoformat(ts: float) -> str:

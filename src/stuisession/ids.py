@@ -30,6 +30,11 @@ def new_session_id() -> str:
     return SESSION_ID_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
 
 
+def new_lineage() -> str:
+    """A fresh history id for a session record: 16 URL-safe characters (96 bits)."""
+    return secrets.token_urlsafe(12)
+
+
 def is_valid_session_id(value: object) -> bool:
     """True when *value* is a string of the exact session-id format."""
     return isinstance(value, str) and _SESSION_ID_RE.fullmatch(value) is not None

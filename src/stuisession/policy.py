@@ -89,7 +89,7 @@ class Policy:
 
     #: the expiry sweep refuses to delete when the clock is this far (seconds) ahead
     #: of the newest activity in the store or jumped this far since the last sweep
-    max_clock_skew: int = attrs.field(default=DAY, validator=_positive)
+    max_clock_skew: int = attrs.field(default=300, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.session_timeout > self.retention:

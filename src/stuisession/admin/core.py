@@ -30,6 +30,7 @@ from stuisession.errors import (
 from stuisession.ids import SESSION_ID_PREFIX, check_client_id, is_valid_session_id
 from stuisession.keys import Keyring
 from stuisession.security.audit import AuditLog
+from stuisession.state import lifecycle
 from stuisession.state.model import SessionInfo, SessionStatus
 from stuisession.state.schema import to_wire
 from stuisession.stores.base import (
@@ -123,7 +124,7 @@ def rotate_keys(
                 for _ in range(8):
                     try:
                         session = snap.session()
-                        store.save(session, expected_revision=session.revision)
+                        store.save(lifecycle.revise(session), expected=session)
                         resealed += 1
                         break
                     except ConflictError:

@@ -16,7 +16,6 @@ the session's resume token.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import threading
@@ -43,6 +42,8 @@ from stuisession.policy import Policy
 from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
 from stuisession.security.ratelimit import TokenBucketLimiter
+from stuisession.service.clockguard import ClockGuard
+from stuisession.service.retry import AGAIN, cas_retry
 from stuisession.state import lifecycle
 from stuisession.state.model import Session, SessionInfo, SessionStatus
 from stuisession.state.schema import Metadata, SessionState
@@ -152,8 +153,7 @@ class SessionService:
                 clock=None if isinstance(self.clock, SystemClock) else self.clock,
             )
         )
-        # serialises the limit check and the create of one client (in this process)
-        self._create_locks = [threading.Lock() for _ in range(64)]
+        self._clock_guard = ClockGuard(self.clock, self.policy.max_clock_skew)
         self._sweep_lock = threading.Lock()
         self._sweep_cursor: Iterator[SessionInfo] | None = None
 
@@ -262,26 +262,28 @@ class SessionService:
                 "create", client_id=client_id, outcome="denied", reason="client not allowed"
             )
             raise SessionError("Client is not allowed to use sessions")
-        stripe = int.from_bytes(hashlib.blake2b(client_id.encode(), digest_size=2).digest())
-        with self._create_locks[stripe % len(self._create_locks)]:
-            now = self._now()
-            active = [i for i in self.store.list_by_client(client_id) if i.is_active(now)]
-            if len(active) >= self.policy.max_sessions_per_client:
-                self._audit("create", client_id=client_id, outcome="denied", reason="limit")
-                raise SessionError(
-                    f"Client has reached the limit of {self.policy.max_sessions_per_client} "
-                    "active sessions",
-                    limit=self.policy.max_sessions_per_client,
-                )
-            session = lifecycle.new_session(
-                client_id,
+        now = self._now()
+        session = lifecycle.new_session(
+            client_id,
+            now=now,
+            timeout=self.policy.session_timeout,
+            absolute_lifetime=self.policy.absolute_lifetime,
+            state=SessionState(metadata=metadata or Metadata()),
+            session_id=self.store.new_session_id(client_id),
+        )
+        try:
+            # the store counts and creates in one atomic step (across processes
+            # and bridges sharing it), so the limit holds under concurrency
+            self.store.create(
+                session,
+                max_size=self.policy.max_snapshot_size,
+                max_per_client=self.policy.max_sessions_per_client,
                 now=now,
-                timeout=self.policy.session_timeout,
-                absolute_lifetime=self.policy.absolute_lifetime,
-                state=SessionState(metadata=metadata or Metadata()),
-                session_id=self.store.new_session_id(client_id),
             )
-            self.store.create(session, max_size=self.policy.max_snapshot_size)
+        except SessionError as exc:
+            if "limit" in exc.details:
+                self._audit("create", client_id=client_id, outcome="denied", reason="limit")
+            raise
         self._audit("create", client_id=client_id, session_id=session.session_id)
         return Created(
             session=session,
@@ -313,14 +315,10 @@ class SessionService:
         if self.policy.rotates_on_restore:
             return self._rotate_id(snap, now)
         if lifecycle.needs_touch(info, now, self.policy.touch_granularity):
-            touched = lifecycle.touch(info, now)
             try:
-                self.store.save_info(snap, touched, expected_revision=info.revision)
-                info = touched
+                info = self._record_access(snap, now)
             except ConflictError:
-                # someone changed the session meanwhile; their write refreshed the
-                # access time, and this reader's view is still a committed revision
-                pass
+                pass  # changed too often meanwhile: every one of those writes is newer
             except StorageError as exc:
                 # recording the access is best effort: the session itself was read
                 # intact (a full disk or read-only store must not block restores);
@@ -329,17 +327,46 @@ class SessionService:
         self._audit("restore", client_id=info.client_id, session_id=session_id)
         return Restored(info=info, snapshot=snap)
 
+    def _record_access(self, snap: Snapshot, now: float) -> SessionInfo:
+        """Persist an access time as a compare-and-swap on the record version.
+
+        A write-back of the record read before another write (a rotation, a
+        close) fails its compare-and-swap and is redone on the fresh record,
+        so it never undoes that write. Returns the record served.
+        """
+        state = {"snap": snap}
+
+        def step() -> SessionInfo | object:
+            current = state["snap"]
+            info = current.info
+            if not info.is_active(now) or not lifecycle.needs_touch(
+                info, now, self.policy.touch_granularity
+            ):
+                return info  # closed meanwhile, or someone else recorded the access
+            touched = lifecycle.touch(info, now)
+            try:
+                self.store.save_info(current, touched, expected=info)
+            except ConflictError:
+                state["snap"] = self.store.load_snapshot(info.session_id)
+                return AGAIN
+            return touched
+
+        result = cas_retry(self.policy.max_update_retries, step, "recording the access")
+        assert isinstance(result, SessionInfo)
+        return result
+
     def _rotate_id(self, snap: Snapshot, now: float) -> Restored:
         old = snap.session()
         new = attrs.evolve(
             lifecycle.touch(old, now),
             session_id=self.store.new_session_id(old.client_id),
             token_generation=0,
+            applied=(),
         )
         # the new record exists before the old one goes: a crash never loses the session
         self.store.create(new)
         try:
-            self.store.save(lifecycle.close(old, now), expected_revision=old.revision)
+            self.store.save(lifecycle.close(old, now), expected=old)
         except ConflictError:
             self.store.delete(new.session_id)
             raise
@@ -360,22 +387,31 @@ class SessionService:
     def rotate_token(
         self, session_id: str, creds: Credentials = ANONYMOUS
     ) -> tuple[SessionInfo, str]:
-        """Revoke every earlier resume token of the session and issue a new one."""
-        for _ in range(self.policy.max_update_retries):
+        """Revoke every earlier resume token of the session and issue a new one.
+
+        A compare-and-swap on the record version: of two concurrent rotations
+        one wins and the other is redone on top of it (a higher generation), so
+        two tokens of one generation are never issued.
+        """
+
+        def step() -> tuple[SessionInfo, str] | object:
             snap = self._load_snapshot(session_id, creds)
             now = self._now()
             self._require_active(snap.info, now)
-            info = attrs.evolve(snap.info, token_generation=snap.info.token_generation + 1)
+            info = lifecycle.revise(snap.info, token_generation=snap.info.token_generation + 1)
             try:
-                self.store.save_info(snap, info, expected_revision=snap.info.revision)
+                self.store.save_info(snap, info, expected=snap.info)
             except ConflictError:
-                continue
+                return AGAIN
             self._audit("token_rotation", client_id=info.client_id, session_id=session_id)
             token = self.authority.issue(
                 info.client_id, session_id, generation=info.token_generation
             )
             return info, token
-        raise ConflictError("Session is being changed too often; retry")
+
+        result = cas_retry(self.policy.max_update_retries, step, "the rotation")
+        assert isinstance(result, tuple)
+        return result
 
     def info(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """The session's record (also for expired or closed sessions not yet swept)."""
@@ -409,6 +445,7 @@ class SessionService:
         creds: Credentials = ANONYMOUS,
         *,
         base_revision: int | None = None,
+        request_key: str | None = None,
     ) -> Session:
         """Apply *update* to the current state and commit it with compare-and-swap.
 
@@ -417,9 +454,20 @@ class SessionService:
         the update is applied only if no revision after *base_revision* touched
         the same data (see :func:`stuisession.updates.check_rebase`); otherwise
         :class:`ConflictError` carries the current revision.
+
+        *request_key* (a digest of caller, request id and content) makes the
+        update apply at most once, durably: the record keeps the last
+        :data:`APPLIED_KEYS` keys with the revision each produced, checked and
+        written in the same compare-and-swap. A resend returns the current
+        session with ``revision`` set to the one the first application produced.
         """
-        for _ in range(self.policy.max_update_retries):
+
+        def step() -> Session | object:
             current = self._load(session_id, creds)
+            if request_key is not None:
+                for key, revision in current.applied:
+                    if key == request_key:
+                        return attrs.evolve(current, revision=revision)
             now = self._now()
             self._require_active(current, now)
             if base_revision is not None:
@@ -427,34 +475,44 @@ class SessionService:
             new = lifecycle.with_state(
                 current, update.apply(current.state, current.revision + 1), now
             )
+            if request_key is not None:
+                applied = (*current.applied, (request_key, new.revision))[-APPLIED_KEYS:]
+                new = attrs.evolve(new, applied=applied)
             try:
                 self.store.save(
                     new,
-                    expected_revision=current.revision,
+                    expected=current,
                     max_size=self.policy.max_snapshot_size,
                     update=update,
                 )
             except ConflictError:
-                continue
+                return AGAIN
             if self.policy.audit_updates:
                 self._audit("update", client_id=current.client_id, session_id=session_id)
             return new
-        raise ConflictError("Session is being changed too often; retry the update")
+
+        result = cas_retry(self.policy.max_update_retries, step, "the update")
+        assert isinstance(result, Session)
+        return result
 
     def close(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """Close a session (idempotent: closing a closed session succeeds)."""
-        for _ in range(self.policy.max_update_retries):
+
+        def step() -> SessionInfo | object:
             current = self._load(session_id, creds)
             if current.status is SessionStatus.CLOSED:
                 return current.info
             closed = lifecycle.close(current, self._now())
             try:
-                self.store.save(closed, expected_revision=current.revision)
+                self.store.save(closed, expected=current)
             except ConflictError:
-                continue
+                return AGAIN
             self._audit("close", client_id=current.client_id, session_id=session_id)
             return closed.info
-        raise ConflictError("Session is being changed too often; retry closing it")
+
+        result = cas_retry(self.policy.max_update_retries, step, "closing it")
+        assert isinstance(result, SessionInfo)
+        return result
 
     def list_client(self, client_id: str, creds: Credentials = ANONYMOUS) -> list[SessionInfo]:
         """The client's sessions that are not closed (expired ones until swept).
@@ -503,6 +561,7 @@ class SessionService:
         scanned = removed = 0
         with self._sweep_lock:
             if self._sweep_cursor is None:
+                self._clock_guard.begin_pass()
                 self._sweep_cursor = self._iter_all_infos()
             cursor = self._sweep_cursor
             try:
@@ -532,8 +591,16 @@ class SessionService:
     def _sweep_one(self, info: SessionInfo) -> bool:
         if not self._due_for_sweep(info):
             return False
+        refusal = self._clock_guard.refusal(info, self._now())
+        if refusal is not None:
+            if self._clock_guard.first_report(refusal):
+                log.warning("expiry sweep refuses to delete: %s", refusal)
+                self._audit("expire", outcome="denied", reason=refusal)
+            return False
         try:
-            removed = self.store.delete(info.session_id)
+            # only the record read, still expired: a session touched, rotated or
+            # re-created since is kept (its version changed)
+            removed = self.store.delete(info.session_id, expected=info)
         except StuiSessionError:  # pragma: no cover - raced with another sweeper
             return False
         if removed:
@@ -559,6 +626,9 @@ class SessionService:
             log.info("swept %d expired or closed sessions", removed)
         return removed
 
+
+#: applied request keys a session record keeps for durable deduplication
+APPLIED_KEYS = 16
 
 #: placeholder for an unreadable record in the sweep cursor
 _SKIP: Any = object()

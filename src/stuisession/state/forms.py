@@ -26,6 +26,9 @@ def unstructure_info(info: SessionInfo) -> dict[str, Any]:
         "status": info.status.value,
         "absolute_expires_at": info.absolute_expires_at,
         "token_generation": info.token_generation,
+        "version": info.version,
+        "lineage": info.lineage,
+        "applied": [list(a) for a in info.applied],
     }
 
 

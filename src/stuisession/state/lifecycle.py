@@ -9,18 +9,20 @@ Rules:
 - ``revision`` is incremented by every committed change of state or status
   (:func:`with_state`, :func:`close`, :func:`expire`). Refreshing the access
   time (:func:`touch`) is not a change of the session and keeps the revision.
+- ``version`` is incremented by every transition here (every write of the
+  record): stores compare it, so a write based on a stale read always fails.
 - Only an ``ACTIVE``, unexpired session may be touched or changed.
 - ``CLOSED`` and ``EXPIRED`` are terminal.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
 from stuisession.errors import SessionClosed, SessionExpired
-from stuisession.ids import new_session_id
+from stuisession.ids import new_lineage, new_session_id
 from stuisession.state.model import Session, SessionInfo, SessionState, SessionStatus
 
 _Info = TypeVar("_Info", bound=SessionInfo)
@@ -45,6 +47,8 @@ def new_session(
         expires_at=now + timeout,
         timeout=timeout,
         revision=1,
+        version=1,
+        lineage=new_lineage(),
         status=SessionStatus.ACTIVE,
         absolute_expires_at=None if absolute_lifetime is None else now + absolute_lifetime,
         state=state or SessionState(),
@@ -64,7 +68,19 @@ def touch(session: _Info, now: float) -> _Info:
     require_active(session, now)
     # a clock that jumped backwards must not shorten a session's life
     now = max(now, session.last_accessed)
-    return attrs.evolve(session, last_accessed=now, expires_at=now + session.timeout)
+    return attrs.evolve(
+        session, last_accessed=now, expires_at=now + session.timeout, version=session.version + 1
+    )
+
+
+def revise(session: _Info, **changes: Any) -> _Info:
+    """*session* with *changes* to its record (e.g. ``token_generation``), version bumped."""
+    return attrs.evolve(session, version=session.version + 1, **changes)
+
+
+def relineage(session: _Info) -> _Info:
+    """*session* on a new history: after a rollback to an older state (recovery, import)."""
+    return attrs.evolve(session, lineage=new_lineage(), version=session.version + 1)
 
 
 def needs_touch(session: SessionInfo, now: float, granularity: float) -> bool:
@@ -87,6 +103,7 @@ def with_state(session: Session, state: SessionState, now: float) -> Session:
         last_modified=now,
         expires_at=now + session.timeout,
         revision=session.revision + 1,
+        version=session.version + 1,
     )
 
 
@@ -98,7 +115,11 @@ def close(session: Session, now: float) -> Session:
         raise SessionExpired()
     now = max(now, session.last_modified)
     return attrs.evolve(
-        session, status=SessionStatus.CLOSED, last_modified=now, revision=session.revision + 1
+        session,
+        status=SessionStatus.CLOSED,
+        last_modified=now,
+        revision=session.revision + 1,
+        version=session.version + 1,
     )
 
 
@@ -113,4 +134,5 @@ def expire(session: Session, now: float) -> Session:
         status=SessionStatus.EXPIRED,
         last_modified=max(now, session.last_modified),
         revision=session.revision + 1,
+        version=session.version + 1,
     )

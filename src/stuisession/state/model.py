@@ -43,6 +43,10 @@ def _non_negative(inst: Any, attribute: attrs.Attribute[Any], value: float) -> N
         raise ValueError(f"{attribute.name} must not be negative")
 
 
+def _applied(value: Any) -> tuple[tuple[str, int], ...]:
+    return tuple((str(k), int(r)) for k, r in value)
+
+
 @attrs.frozen
 class SessionInfo:
     """A session's record without its state (kept readable for listing and expiry)."""
@@ -60,6 +64,22 @@ class SessionInfo:
     absolute_expires_at: float | None = None
     #: resume tokens of an older generation are revoked (strict mode)
     token_generation: int = 0
+    #: record version: bumped by EVERY write of the record (access times,
+    #: rotations, closes, state changes), unlike ``revision`` (state and status
+    #: only). Stores compare it, with ``lineage``, in every compare-and-swap.
+    version: int = attrs.field(default=0, validator=_non_negative)
+    #: the history ``revision`` belongs to: minted at creation and replaced on
+    #: every rollback (recovery from a backup, import), so two different states
+    #: never share a (lineage, revision) pair. "" for records written before it existed
+    lineage: str = ""
+    #: the last few applied request keys (digest of caller + request id +
+    #: content) with the revision each produced: a resend is never applied twice
+    applied: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_applied)
+
+    @property
+    def cas_token(self) -> tuple[int, str]:
+        """What a compare-and-swap compares: the record version and its lineage."""
+        return (self.version, self.lineage)
 
     def is_expired(self, now: float) -> bool:
         """True when the idle timeout or the absolute lifetime has passed."""

@@ -33,6 +33,9 @@ Stores know nothing of JSON commands; they move sealed snapshots.
 from __future__ import annotations
 
 import abc
+import contextlib
+import hashlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -40,7 +43,13 @@ import attrs
 
 from stuisession import _json
 from stuisession.codec.snapshot import Snapshot, SnapshotCodec
-from stuisession.errors import IntegrityError, SessionNotFound, StateTooLarge
+from stuisession.errors import (
+    ConflictError,
+    IntegrityError,
+    SessionError,
+    SessionNotFound,
+    StateTooLarge,
+)
 from stuisession.ids import check_client_id, check_session_id, new_session_id
 from stuisession.keys import Keyring
 from stuisession.state.forms import unstructure_state
@@ -105,6 +114,17 @@ def state_part_sizes(state: SessionState) -> dict[str, int]:
     return {k: len(_json.dumps(v)) for k, v in unstructure_state(state).items()}
 
 
+def check_successor(new: SessionInfo, expected: SessionInfo) -> None:
+    """Refuse a write whose record does not follow *expected* (a caller bug).
+
+    A write that kept the version would let a later stale write-back succeed.
+    """
+    if new.session_id != expected.session_id or new.version <= expected.version:
+        raise ConflictError(
+            "a record write must increase the record version", current_revision=None
+        )
+
+
 class SessionStore(abc.ABC):
     """Base class of all session stores.
 
@@ -119,6 +139,9 @@ class SessionStore(abc.ABC):
 
     def __init__(self, codec: SnapshotCodec | None = None) -> None:
         self.codec = codec if codec is not None else SnapshotCodec(Keyring.generate())
+        # per-client critical sections of this process (stores shared by several
+        # processes override _client_lock with one that spans them)
+        self._client_thread_locks = [threading.Lock() for _ in range(64)]
 
     # -- backend primitives ---------------------------------------------------------
     @abc.abstractmethod
@@ -126,19 +149,37 @@ class SessionStore(abc.ABC):
         """The stored snapshot of *session_id*, or None if there is none."""
 
     @abc.abstractmethod
-    def _put(self, info: SessionInfo, blob: bytes, expected_revision: int | None) -> None:
+    def _put(self, info: SessionInfo, blob: bytes, expected: SessionInfo | None) -> None:
         """Store *blob* for ``info.session_id``, atomically, as a compare-and-swap.
 
-        With ``expected_revision=None`` the session must not exist yet; otherwise
-        the stored revision must equal *expected_revision* (raise
+        With ``expected=None`` the session must not exist yet; otherwise the
+        stored record's :attr:`~SessionInfo.cas_token` (version and lineage)
+        must equal ``expected.cas_token`` (raise
         :class:`~stuisession.errors.SessionNotFound` if there is no session). On mismatch raise
         :class:`~stuisession.errors.ConflictError` (with ``current_revision``)
         and change nothing. A failed write must leave the previous snapshot intact.
         """
 
     @abc.abstractmethod
-    def _delete(self, session_id: str) -> bool:
-        """Remove the session; True if it existed."""
+    def _delete(self, session_id: str, expected: SessionInfo | None = None) -> bool:
+        """Remove the session; True if it existed.
+
+        With *expected*, only if the stored record's ``cas_token`` still equals
+        ``expected.cas_token`` (else nothing is removed and False is returned).
+        """
+
+    @contextlib.contextmanager
+    def _client_lock(self, client_id: str) -> Iterator[None]:
+        """Serialise count-and-create for *client_id* (this process only by default).
+
+        Stores shared by several processes override it with a lock they all see.
+        """
+        stripe = int.from_bytes(hashlib.blake2b(client_id.encode(), digest_size=2).digest())
+        with self._client_thread_locks[stripe % len(self._client_thread_locks)]:
+            yield
+
+    def _prepare_create(self, session: Session) -> None:  # noqa: B027 - optional hook
+        """Called (under the client lock, when there is a limit) right before a create."""
 
     @abc.abstractmethod
     def _ids(self) -> Iterator[str]:
@@ -172,14 +213,40 @@ class SessionStore(abc.ABC):
         raise error
 
     # -- public API -----------------------------------------------------------------
-    def create(self, session: Session, *, max_size: int | None = None) -> None:
+    def create(
+        self,
+        session: Session,
+        *,
+        max_size: int | None = None,
+        max_per_client: int | None = None,
+        now: float | None = None,
+    ) -> None:
         """Store a new session; :class:`ConflictError` if its id is taken.
 
         With *max_size*, a snapshot larger than that many bytes is refused with
         :class:`~stuisession.errors.StateTooLarge` and nothing is written.
+        With *max_per_client*, the create is refused with
+        :class:`~stuisession.errors.SessionError` (``limit``) when the client
+        already has that many sessions active at *now* (Unix seconds; default
+        the session's ``created_at``); count and create are one atomic step
+        for every user of the store (threads, processes, bridges).
         """
         check_session_id(session.session_id)
-        self._put(session.info, self._encode(session, max_size), None)
+        blob = self._encode(session, max_size)
+        if max_per_client is None:
+            self._prepare_create(session)
+            self._put(session.info, blob, None)
+            return
+        at = session.created_at if now is None else now
+        with self._client_lock(session.client_id):
+            active = sum(1 for i in self.list_by_client(session.client_id) if i.is_active(at))
+            if active >= max_per_client:
+                raise SessionError(
+                    f"Client has reached the limit of {max_per_client} active sessions",
+                    limit=max_per_client,
+                )
+            self._prepare_create(session)
+            self._put(session.info, blob, None)
 
     def load_snapshot(self, session_id: str) -> Snapshot:
         """The verified snapshot of *session_id* (state not yet decoded)."""
@@ -211,18 +278,23 @@ class SessionStore(abc.ABC):
         self,
         session: Session,
         *,
-        expected_revision: int,
+        expected: SessionInfo,
         max_size: int | None = None,
         update: StateUpdate | None = None,
     ) -> None:
-        """Replace the stored session if its revision is still *expected_revision*.
+        """Replace the stored session if its record is still *expected* (the one read).
 
+        The compare-and-swap is on the record's version and lineage, which
+        every write changes: a write based on any older read fails with
+        :class:`ConflictError`. *session* must have a higher version than
+        *expected* (every :mod:`~stuisession.state.lifecycle` transition bumps it).
         *max_size* as for :meth:`create`. *update*, when given, is the change
-        that turned revision *expected_revision* into *session*: a store with a
-        journal records it instead of the whole state (this one ignores it).
+        that turned *expected* into *session*: a store with a journal records
+        it instead of the whole state (this one ignores it).
         """
         check_session_id(session.session_id)
-        self._put(session.info, self._encode(session, max_size), expected_revision)
+        check_successor(session, expected)
+        self._put(session.info, self._encode(session, max_size), expected)
 
     def _encode(self, session: Session, max_size: int | None) -> bytes:
         blob = self.codec.encode(session)
@@ -235,14 +307,22 @@ class SessionStore(abc.ABC):
             )
         return blob
 
-    def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected_revision: int) -> None:
-        """Replace only the record of a session (e.g. its access time), keeping the state."""
-        self._put(info, self.codec.rewrite_info(snapshot, info), expected_revision)
+    def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected: SessionInfo) -> None:
+        """Replace only the record of a session (e.g. its access time), keeping the state.
 
-    def delete(self, session_id: str) -> bool:
-        """Remove a session and everything kept for it; True if it existed."""
+        A compare-and-swap as for :meth:`save`.
+        """
+        check_successor(info, expected)
+        self._put(info, self.codec.rewrite_info(snapshot, info), expected)
+
+    def delete(self, session_id: str, *, expected: SessionInfo | None = None) -> bool:
+        """Remove a session and everything kept for it; True if it was removed.
+
+        With *expected*, only if its record is still that one (same version and
+        lineage): the sweep deletes only what is still expired at the version it read.
+        """
         check_session_id(session_id)
-        return self._delete(session_id)
+        return self._delete(session_id, expected)
 
     def iter_infos(self) -> Iterator[SessionInfo]:
         """Every readable session record. Unreadable snapshots are skipped."""

@@ -21,30 +21,35 @@ class MemoryStore(SessionStore):
 
     def __init__(self, codec: SnapshotCodec | None = None) -> None:
         super().__init__(codec)
-        self._blobs: dict[str, tuple[int, str, bytes]] = {}  # id -> (revision, client, blob)
+        # id -> (cas token, client, blob, revision)
+        self._blobs: dict[str, tuple[tuple[int, str], str, bytes, int]] = {}
         self._lock = threading.Lock()
 
     def _get(self, session_id: str) -> bytes | None:
         entry = self._blobs.get(session_id)
         return None if entry is None else entry[2]
 
-    def _put(self, info: SessionInfo, blob: bytes, expected_revision: int | None) -> None:
+    def _put(self, info: SessionInfo, blob: bytes, expected: SessionInfo | None) -> None:
         with self._lock:
             current = self._blobs.get(info.session_id)
-            if expected_revision is None:
+            if expected is None:
                 if current is not None:
-                    raise ConflictError("session already exists", current_revision=current[0])
+                    raise ConflictError("session already exists", current_revision=current[3])
             elif current is None:
                 raise SessionNotFound("Session not found")
-            elif current[0] != expected_revision:
+            elif current[0] != expected.cas_token:
                 raise ConflictError(
-                    "session was changed by another writer", current_revision=current[0]
+                    "session was changed by another writer", current_revision=current[3]
                 )
-            self._blobs[info.session_id] = (info.revision, info.client_id, blob)
+            self._blobs[info.session_id] = (info.cas_token, info.client_id, blob, info.revision)
 
-    def _delete(self, session_id: str) -> bool:
+    def _delete(self, session_id: str, expected: SessionInfo | None = None) -> bool:
         with self._lock:
-            return self._blobs.pop(session_id, None) is not None
+            current = self._blobs.get(session_id)
+            if current is None or (expected is not None and current[0] != expected.cas_token):
+                return False
+            del self._blobs[session_id]
+            return True
 
     def _ids(self) -> Iterator[str]:
         with self._lock:
@@ -53,11 +58,11 @@ class MemoryStore(SessionStore):
 
     def _client_ids(self, client_id: str) -> Iterator[str]:
         with self._lock:
-            ids = [sid for sid, (_, cid, _) in self._blobs.items() if cid == client_id]
+            ids = [sid for sid, entry in self._blobs.items() if entry[1] == client_id]
         return iter(ids)
 
     def corrupt(self, session_id: str, blob: bytes) -> None:
         """Replace a stored snapshot with arbitrary bytes (for corruption tests)."""
         with self._lock:
-            rev, cid, _ = self._blobs[session_id]
-            self._blobs[session_id] = (rev, cid, blob)
+            token, cid, _, rev = self._blobs[session_id]
+            self._blobs[session_id] = (token, cid, blob, rev)

@@ -2,7 +2,7 @@
 
 Key layout (see ``docs/backends.md``), with ``P`` the store's *prefix*::
 
-    P:s:{<session_id>}        hash  blob, head, rev, client   (TTL = retention)
+    P:s:{<session_id>}        hash  blob, head, rev, ver, client   (TTL = retention)
     P:c:{<sha256(client_id)>} zset  session ids of one client  (TTL = retention)
     P:all                     zset  every session id (score: when it was indexed)
 
@@ -68,29 +68,31 @@ _SCHEMES = ("redis", "rediss", "unix")
 _PREFIX_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-:/")
 
 # KEYS[1] session hash
-# ARGV: expected revision ('' = create), new revision, blob, head, client hash, ttl (0 = none)
+# ARGV: expected record token (version:lineage, '' for records older than it),
+#       new token, blob, head, client hash, ttl (0 = none), '1' to create, new revision
 # -> {1, previous client hash} written | {0, current revision} conflict | {-1, ''} not found
 _PUT_LUA = """
 local key = KEYS[1]
-local want, rev, blob = ARGV[1], ARGV[2], ARGV[3]
-local cur = redis.call('HGET', key, 'rev')
+local want, ver, blob = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call('HGET', key, 'ver') or ''
 local function applied()
   -- the same write, already applied (its reply was lost and it was sent again)
-  return cur == rev and redis.call('HGET', key, 'blob') == blob
+  return cur == ver and redis.call('HGET', key, 'blob') == blob
 end
-if want == '' then
+if ARGV[7] == '1' then
   if redis.call('EXISTS', key) == 1 then
     if applied() then return {1, ''} end
-    return {0, cur or ''}
+    return {0, redis.call('HGET', key, 'rev') or ''}
   end
 elseif redis.call('EXISTS', key) == 0 then
   return {-1, ''}
 elseif cur ~= want then
   if applied() then return {1, ''} end
-  return {0, cur or ''}
+  return {0, redis.call('HGET', key, 'rev') or ''}
 end
 local old = redis.call('HGET', key, 'client') or ''
-redis.call('HSET', key, 'rev', rev, 'client', ARGV[5], 'head', ARGV[4], 'blob', blob)
+redis.call('HSET', key, 'rev', ARGV[8], 'ver', ver, 'client', ARGV[5], 'head', ARGV[4],
+  'blob', blob)
 local ttl = tonumber(ARGV[6])
 if ttl > 0 then
   redis.call('EXPIRE', key, ttl)
@@ -100,9 +102,13 @@ end
 return {1, old}
 """
 
-# KEYS[1] session hash -> {deleted count, client hash}
+# KEYS[1] session hash; ARGV[1] '1' to delete only if ARGV[2] is the record token
+# -> {deleted count, client hash}
 _DELETE_LUA = """
 local client = redis.call('HGET', KEYS[1], 'client') or ''
+if ARGV[1] == '1' and (redis.call('HGET', KEYS[1], 'ver') or '') ~= ARGV[2] then
+  return {0, client}
+end
 return {redis.call('DEL', KEYS[1]), client}
 """
 
@@ -126,7 +132,9 @@ class _Write:
     """One compare-and-swap write, as the Lua and WATCH variants need it."""
 
     key: str
-    want: bytes  # expected revision, b"" to create
+    want: bytes  # expected record token (see record_token)
+    ver: bytes  # the new record token
+    create: bool
     rev: bytes
     blob: bytes
     head: bytes
@@ -134,6 +142,13 @@ class _Write:
     #: commands sent before the CAS (index entries of a new session) and after it
     pre: list[tuple[Any, ...]] = attrs.Factory(list)
     post: list[tuple[Any, ...]] = attrs.Factory(list)
+
+
+def record_token(info: SessionInfo) -> bytes:
+    """The compare-and-swap token of a record as kept in the ``ver`` field."""
+    if info.cas_token == (0, ""):
+        return b""  # written before records had versions: no ``ver`` field
+    return f"{info.version}:{info.lineage}".encode()
 
 
 def _import_redis() -> Any:
@@ -440,13 +455,16 @@ class RedisStore(SessionStore):
             head: bytes | None = self._client.hget(self.session_key(session_id), "head")
         return head if head is not None else self._get(session_id)
 
-    def _put(self, info: SessionInfo, blob: bytes, expected_revision: int | None) -> None:
+    def _put(self, info: SessionInfo, blob: bytes, expected: SessionInfo | None) -> None:
         sid = info.session_id
         chash = client_hash(info.client_id)
         ckey = self._client_key_hashed(chash)
+        expected_revision = None if expected is None else expected.revision
         w = _Write(
             key=self.session_key(sid),
-            want=b"" if expected_revision is None else str(expected_revision).encode(),
+            want=b"" if expected is None else record_token(expected),
+            ver=record_token(info),
+            create=expected is None,
             rev=str(info.revision).encode(),
             blob=blob,
             head=blob[: parse_header(blob).payload_offset],
@@ -481,7 +499,7 @@ class RedisStore(SessionStore):
 
         The pipeline is not a transaction (its keys live in different slots).
         """
-        args = [w.want, w.rev, w.blob, w.head, w.chash, self._ttl or 0]
+        args = [w.want, w.ver, w.blob, w.head, w.chash, self._ttl or 0, int(w.create), w.rev]
         rexc = self._redis.exceptions
         results = self._put_pipeline(w, args)
         if isinstance(results[len(w.pre)], rexc.NoScriptError):
@@ -518,19 +536,25 @@ class RedisStore(SessionStore):
             for _ in range(_WATCH_ATTEMPTS):
                 try:
                     pipe.watch(w.key)
-                    cur, old = self._watch_read(pipe, w.key)
+                    cur, old, ver = self._watch_read(pipe, w.key)
                     exists = cur is not None or old is not None
                     current = cur or b""
-                    if w.want and not exists:
+                    if not w.create and not exists:
                         return -1, ""
-                    if (cur != w.want) if w.want else exists:
-                        if cur == w.rev and pipe.hget(w.key, "blob") == w.blob:
+                    if exists if w.create else (ver or b"") != w.want:
+                        if (ver or b"") == w.ver and pipe.hget(w.key, "blob") == w.blob:
                             return 1, ""  # the same write, already applied
                         return 0, _text(cur)
                     pipe.multi()
                     pipe.hset(
                         w.key,
-                        mapping={"rev": w.rev, "client": w.chash, "head": w.head, "blob": w.blob},
+                        mapping={
+                            "rev": w.rev,
+                            "ver": w.ver,
+                            "client": w.chash,
+                            "head": w.head,
+                            "blob": w.blob,
+                        },
                     )
                     pipe.execute_command(*self._expire_cmd(w.key))
                     for cmd in w.post:
@@ -545,15 +569,36 @@ class RedisStore(SessionStore):
                     pipe.reset()  # unwatches
         return 0, _text(current)
 
-    def _watch_read(self, pipe: Any, key: str) -> tuple[bytes | None, bytes | None]:
-        rev, old = pipe.hmget(key, "rev", "client")
-        return rev, old
+    def _watch_read(self, pipe: Any, key: str) -> tuple[bytes | None, bytes | None, bytes | None]:
+        rev, old, ver = pipe.hmget(key, "rev", "client", "ver")
+        return rev, old, ver
 
-    def _delete(self, session_id: str) -> bool:
+    @contextlib.contextmanager
+    def _client_lock(self, client_id: str) -> Iterator[None]:
+        # single-node: a lease lock (SET NX PX) per client around count-and-create;
+        # on Redis Cluster the create with its limit check becomes one script
+        lock = self._client.lock(
+            f"{self._prefix}:lock:{{{client_hash(client_id)}}}",
+            timeout=30,
+            blocking_timeout=10,
+        )
+        with self._errors("lock a client"):
+            if not lock.acquire():
+                raise StorageError("client lock not acquired within 10 s", reason="lock_timeout")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # expired lease: nothing left to release
+                lock.release()
+
+    def _delete(self, session_id: str, expected: SessionInfo | None = None) -> bool:
         key = self.session_key(session_id)
+        args = [b"0", b""] if expected is None else [b"1", record_token(expected)]
         with self._errors("delete a session"):
-            deleted, chash = self._delete_script(keys=[key])
+            deleted, chash = self._delete_script(keys=[key], args=args)
             chash = _text(chash)
+            if not deleted and expected is not None:
+                return False  # changed since the caller read it: still indexed, still there
             # the indexes go after the session: it is never left unindexed
             pipe = self._client.pipeline(transaction=False)
             if chash:

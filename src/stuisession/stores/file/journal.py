@@ -233,16 +233,20 @@ class JournalWriter:
         self,
         p: SessionPaths,
         session: Session | None,
-        expected_revision: int,
+        expected: SessionInfo,
         max_size: int | None,
         payload: bytes | None,
         *,
         info: SessionInfo | None = None,
     ) -> None:
-        """Append one record (an update, or with *info* a new record only) as a CAS."""
+        """Append one record (an update, or with *info* a new record only) as a CAS.
+
+        The CAS compares the record version and lineage (every write bumps the
+        version), so a write-back of a stale read never lands.
+        """
         with self._locks.locked(p.sid):
             head = self._reader.head(p, decode=False, locked=True)
-            if head.info.revision != expected_revision:
+            if head.info.cas_token != expected.cas_token:
                 raise ConflictError(
                     "session was changed by another writer", current_revision=head.info.revision
                 )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from stuisession.codec.snapshot import Snapshot, SnapshotCodec, parse_header
 from stuisession.errors import IntegrityError, SessionNotFound
+from stuisession.state import lifecycle
 from stuisession.stores.file.atomic import FileWriter, read_file
 from stuisession.stores.file.cache import HeadCache
 from stuisession.stores.file.layout import Layout, SessionPaths, storage_error
@@ -117,9 +118,22 @@ class Recovery:
         for k in range(1, good):  # newer backups that failed their check too
             if os.path.lexists(p.backup(k)):
                 moved.append(self._quarantine(p, p.backup(k), f"snap.{k}", move=True))
+        # the backup is an older state: put it on a new lineage (and a higher
+        # record version) so a client that saw a later revision is told it is
+        # not in sync, and no write based on the lost record lands
+        snap = self._codec.open(
+            self._codec.rewrite_info(snap, lifecycle.relineage(snap.info)),
+            expected_session_id=p.sid,
+        )
+        tmp = self._writer.write_session_temp(p, snap.blob)
         # one atomic rename swaps the bad current file for the good backup:
         # readers see one or the other, never nothing
-        os.replace(p.backup(good), p.current)
+        try:
+            os.replace(tmp, p.current)
+        except BaseException:
+            self._writer.discard(tmp)
+            raise
+        os.unlink(p.backup(good))
         older = [k for k in range(good + 1, self._backups + 1) if os.path.lexists(p.backup(k))]
         for new_k, old_k in enumerate(older, start=1):
             os.replace(p.backup(old_k), p.backup(new_k))

@@ -16,6 +16,7 @@ processes sharing one directory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -34,7 +35,13 @@ from stuisession.ids import check_session_id
 from stuisession.keys import Keyring
 from stuisession.state.model import Session, SessionInfo
 from stuisession.state.updates import StateUpdate
-from stuisession.stores.base import Progress, SessionStore, VerifyItem, VerifyProblem
+from stuisession.stores.base import (
+    Progress,
+    SessionStore,
+    VerifyItem,
+    VerifyProblem,
+    check_successor,
+)
 from stuisession.stores.file import verify as _verify
 from stuisession.stores.file.atomic import STALE_TMP_AGE, FileWriter, read_file
 from stuisession.stores.file.cache import DEFAULT_CACHE_BYTES, HeadCache, file_key
@@ -50,6 +57,8 @@ from stuisession.stores.file.locking import StripeLocks
 from stuisession.stores.file.recovery import Recovery, session_ref
 
 log = logging.getLogger("stuisession.stores.file")
+#: lock files serialising per-client count-and-create across processes
+_CLIENT_STRIPES = 16
 _T = TypeVar("_T")
 
 __all__ = ["DEFAULT_CACHE_BYTES", "STALE_TMP_AGE", "FileStore", "session_ref"]
@@ -126,6 +135,15 @@ class FileStore(SessionStore):
         fmt = layout.open_format(lock_stripes, fsync=fsync)
         self._index = ClientIndex(layout, fmt.shard_key)
         self._locks = StripeLocks(layout.lock_paths(fmt.lock_stripes), lock_timeout)
+        # separate files from the session stripes: a create holds its client's
+        # lock while it takes its session's stripe, so they must never coincide
+        self._client_locks = StripeLocks(
+            [
+                os.path.join(layout.locks_dir, f"client-{i:02d}.lock")
+                for i in range(_CLIENT_STRIPES)
+            ],
+            lock_timeout,
+        )
         self._writer = FileWriter(
             layout.sessions_dir, fsync=fsync, sweep_age=max(STALE_TMP_AGE, 2 * float(lock_timeout))
         )
@@ -269,47 +287,54 @@ class FileStore(SessionStore):
         self,
         session: Session,
         *,
-        expected_revision: int,
+        expected: SessionInfo,
         max_size: int | None = None,
         update: StateUpdate | None = None,
     ) -> None:
-        """Commit *session* if the stored revision is still *expected_revision*.
+        """Commit *session* if the stored record is still *expected* (see the base class).
 
         With *update* (the change that turned that revision into *session*) and
         the journal on, the change is appended to the journal; otherwise, or
         when the journal is due for compaction, a new snapshot is written.
         """
         check_session_id(session.session_id)
+        check_successor(session, expected)
         if update is None or not self._journal:
             blob = self._encode(session, max_size)
-            self._put(session.info, blob, expected_revision)
+            self._put(session.info, blob, expected)
             return
         p = self._paths(session.session_id)
         payload = update.to_json()
         self._io(
             "write a session journal",
-            lambda: self._jw.commit(p, session, expected_revision, max_size, payload),
+            lambda: self._jw.commit(p, session, expected, max_size, payload),
         )
 
-    def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected_revision: int) -> None:
+    def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected: SessionInfo) -> None:
         """Replace only the record (e.g. the access time): a small journal record."""
+        check_successor(info, expected)
         if not self._journal:
-            super().save_info(snapshot, info, expected_revision=expected_revision)
+            super().save_info(snapshot, info, expected=expected)
             return
         p = self._paths(info.session_id)
         self._io(
             "write a session journal",
-            lambda: self._jw.commit(p, None, expected_revision, None, None, info=info),
+            lambda: self._jw.commit(p, None, expected, None, None, info=info),
         )
 
-    def create(self, session: Session, *, max_size: int | None = None) -> None:
-        """Store a new session (see :meth:`SessionStore.create`)."""
-        check_session_id(session.session_id)
+    def _prepare_create(self, session: Session) -> None:
         marker = self._index.marker(session.session_id, session.client_id)
         if marker is not None:
             # before the session exists, so it is never missing from the index
             self._io("write a client index marker", lambda: self._writer.write_marker(marker))
-        super().create(session, max_size=max_size)
+
+    @contextlib.contextmanager
+    def _client_lock(self, client_id: str) -> Iterator[None]:
+        # an flock on a per-client lock file: count-and-create is atomic for
+        # every process sharing the directory
+        key = hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()
+        with self._client_locks.locked(key):
+            yield
 
     # -- the store boundary -------------------------------------------------------------
     def read_snapshot(self, session_id: str) -> Snapshot:
@@ -366,7 +391,7 @@ class FileStore(SessionStore):
         except OSError as exc:
             raise storage_error("read a session snapshot", exc) from exc
 
-    def _put(self, info: SessionInfo, blob: bytes, expected_revision: int | None) -> None:
+    def _put(self, info: SessionInfo, blob: bytes, expected: SessionInfo | None) -> None:
         p = self._paths(info.session_id)
         tmp: str | None = None
         try:
@@ -374,10 +399,10 @@ class FileStore(SessionStore):
             tmp = self._writer.write_session_temp(p, blob)
             self._writer.sweep_once(p.dir)
             with self._locks.locked(p.sid):
-                if expected_revision is None:
+                if expected is None:
                     self._create_locked(p, tmp)
                 else:
-                    self._replace_locked(p, tmp, expected_revision)
+                    self._replace_locked(p, tmp, expected)
         except OSError as exc:
             raise storage_error("write a session snapshot", exc) from exc
         finally:
@@ -399,29 +424,38 @@ class FileStore(SessionStore):
         except (SessionNotFound, IntegrityError):
             return None
 
-    def _replace_locked(self, p: SessionPaths, tmp: str, expected_revision: int) -> None:
+    def _replace_locked(self, p: SessionPaths, tmp: str, expected: SessionInfo) -> None:
         # the whole snapshot is verified (when not cached), not just its head: a
         # corrupt current file must not be rotated into the backups, pushing out
         # a good generation
-        revision = self._reader.head(p, decode=False, locked=True).info.revision
-        if revision != expected_revision:
-            raise ConflictError("session was changed by another writer", current_revision=revision)
+        stored = self._reader.head(p, decode=False, locked=True).info
+        if stored.cas_token != expected.cas_token:
+            raise ConflictError(
+                "session was changed by another writer", current_revision=stored.revision
+            )
         self._jw.rotate_backups(p)
         os.replace(tmp, p.current)
         self._writer.fsync_dir_committed(p.dir)
         self._jw.forget_journal(p)
         self._cache.drop(p.sid)
 
-    def _delete(self, session_id: str) -> bool:
+    def _delete(self, session_id: str, expected: SessionInfo | None = None) -> bool:
         p = self._paths(session_id)
         try:
             with self._locks.locked(session_id):
                 existed = os.path.lexists(p.current)
                 marker = None
                 if existed:
+                    info: SessionInfo | None = None
                     with contextlib.suppress(SessionNotFound, IntegrityError):
                         info = self._reader.read_info(p, locked=True)
                         marker = self._index.marker(session_id, info.client_id)
+                    if expected is not None and (
+                        info is None or info.cas_token != expected.cas_token
+                    ):
+                        return False  # written (or damaged) since the caller read it
+                elif expected is not None:
+                    return False
                 self._cache.drop(session_id)
                 # backups and journal first: a crash part-way leaves the session
                 # in place, never backups without their session
