@@ -49,6 +49,7 @@ import attrs
 
 from stuisession import _json
 from stuisession.bridge.connections import ConnectionTracker
+from stuisession.bridge.intake import admit_forwarded  # [limits hook]
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
 from stuisession.bridge.workers import KeyedExecutor
 from stuisession.errors import Busy, StuiSessionError, UpstreamError
@@ -400,12 +401,11 @@ class BridgeServer:
 
     def _forward(self, body: bytes, command: Any, ident: str) -> bytes:
         """Send a non-session request to the Pharo image (or say there is none)."""
+        # [limits hook] size limit, bounded parse and rate limit, as for session commands
         try:
-            doc = _json.loads(body)
-        except (ValueError, RecursionError):
-            return self.handler.handle_wire(body)  # the handler words the JSON error
-        if not isinstance(doc, dict):
-            return self.handler.handle_wire(body)
+            doc = admit_forwarded(body, self.handler.service, ident)
+        except StuiSessionError as exc:
+            return _error_for(exc.request_id, exc)
         if "command" in doc and not isinstance(command, str):
             return self.handler.handle_wire(body)
         request_id = doc.get("id")
