@@ -183,6 +183,10 @@ class BridgeServer:
             # a peer sending far more than the handler accepts is cut off instead of
             # buffered; up to this size it gets a structured MessageTooLarge reply
             sock.setsockopt(zmq.MAXMSGSIZE, 2 * handler.policy.max_message_size + 65536)
+            # [limits hook] complete messages queued per peer, each way (ROUTER drops
+            # replies to a peer whose queue is full); see docs/security.md "Limits"
+            sock.setsockopt(zmq.SNDHWM, handler.policy.socket_hwm)
+            sock.setsockopt(zmq.RCVHWM, handler.policy.socket_hwm)
             # a client that reconnects with the routing identity it set itself takes
             # over at once; by default the new connection would be ignored until the
             # old one is noticed gone (which, for a dropped network, may be never)

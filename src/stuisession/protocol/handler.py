@@ -33,7 +33,7 @@ from stuisession.errors import (
 from stuisession.ids import check_client_id, check_session_id
 from stuisession.policy import Policy
 from stuisession.protocol.dedup import ReplyCache, request_key
-from stuisession.protocol.limits import parse_message  # [limits hook]
+from stuisession.protocol.limits import bound_reply, parse_message  # [limits hook]
 from stuisession.security.audit import AuditLog
 from stuisession.service.core import Credentials, SessionService
 from stuisession.state.model import Session, SessionInfo
@@ -278,7 +278,10 @@ class ProtocolHandler:
         """
         reply = self.respond(message)
         try:
-            return _json.dumps_with_raw(reply)
+            # [limits hook] a reply over max_reply_bytes is refused, never queued
+            return bound_reply(
+                _json.dumps_with_raw(reply), reply, self.policy, self.service.clock.now()
+            )
         except Exception:  # pragma: no cover - every reply is built from JSON values
             log.exception("could not encode a reply")
             return _json.dumps(

@@ -7,13 +7,14 @@ forwarded requests, so both meet the same bounds (``docs/security.md``, "Limits"
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from stuisession import _json
-from stuisession.errors import InvalidRequest
+from stuisession.errors import InvalidRequest, StuiSessionError
 from stuisession.policy import Policy
 
-__all__ = ["json_limits", "parse_message"]
+__all__ = ["ReplyTooLarge", "bound_reply", "json_limits", "parse_message"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -46,3 +47,30 @@ def parse_message(text: bytes | str, policy: Policy, *, refuse_surrogates: bool 
         ) from None
     except ValueError as exc:
         raise InvalidRequest(f"Message is not valid JSON: {exc}") from None
+
+
+class ReplyTooLarge(StuiSessionError):
+    """A reply would exceed ``Policy.max_reply_bytes``; it is refused, never queued."""
+
+    error_type = "SessionError"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"Reply of {size} bytes exceeds the limit of {limit} bytes",
+            code="ReplyTooLarge",
+            size=size,
+            limit=limit,
+        )
+
+
+def bound_reply(
+    encoded: bytes, reply: Mapping[str, Any], policy: Policy, now: float
+) -> bytes:
+    """*encoded*, or a small ``ReplyTooLarge`` error reply if it is over ``max_reply_bytes``."""
+    if len(encoded) <= policy.max_reply_bytes:
+        return encoded
+    from stuisession.protocol.handler import error_response
+
+    request_id = reply.get("id")
+    exc = ReplyTooLarge(len(encoded), policy.max_reply_bytes)
+    return _json.dumps(error_response(request_id, exc, now))
