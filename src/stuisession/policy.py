@@ -93,7 +93,7 @@ class Policy:
     #: bytes of replies all connections together may have waiting to be sent
     max_queued_bytes: int = attrs.field(default=256 * MB, validator=_positive)
     #: complete messages queued per connection in ZeroMQ (send and receive high-water marks)
-    socket_hwm: int = attrs.field(default=16, validator=_positive)
+    socket_hwm: int = attrs.field(default=1000, validator=_positive)
     #: sessions the store may hold in total (None: no cap)
     max_sessions_total: int | None = attrs.field(default=100_000, validator=_optional_positive)
     #: sessions created per second across all clients (None: no cap)
