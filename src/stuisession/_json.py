@@ -122,7 +122,8 @@ def loads_limited(data: bytes | str, limits: Limits, *, refuse_surrogates: bool 
     nodes = node_estimate(data)
     if nodes > limits.max_nodes:
         raise LimitExceeded(
-            f"message holds more than {limits.max_nodes} JSON values", "max_json_nodes",
+            f"message holds more than {limits.max_nodes} JSON values",
+            "max_json_nodes",
             limits.max_nodes,
         )
     max_digits = limits.max_int_digits
@@ -132,7 +133,8 @@ def loads_limited(data: bytes | str, limits: Limits, *, refuse_surrogates: bool 
         digits = len(text) - (text[0] == "-")
         if digits > max_digits:
             raise LimitExceeded(
-                f"message holds an integer of more than {max_digits} digits", "max_int_digits",
+                f"message holds an integer of more than {max_digits} digits",
+                "max_int_digits",
                 max_digits,
             )
         return int(text)
@@ -140,7 +142,8 @@ def loads_limited(data: bytes | str, limits: Limits, *, refuse_surrogates: bool 
     def parse_float(text: str) -> float:
         if len(text) > max_digits + 32:  # float() is linear, but bound the literal anyway
             raise LimitExceeded(
-                f"message holds a number of more than {max_digits} digits", "max_int_digits",
+                f"message holds a number of more than {max_digits} digits",
+                "max_int_digits",
                 max_digits,
             )
         return float(text)
@@ -148,7 +151,8 @@ def loads_limited(data: bytes | str, limits: Limits, *, refuse_surrogates: bool 
     def object_hook(obj: dict[str, Any]) -> dict[str, Any]:
         if len(obj) > max_keys:
             raise LimitExceeded(
-                f"message holds an object of more than {max_keys} members", "max_object_keys",
+                f"message holds an object of more than {max_keys} members",
+                "max_object_keys",
                 max_keys,
             )
         return obj

@@ -97,9 +97,7 @@ class Policy:
     #: sessions the store may hold in total (None: no cap)
     max_sessions_total: int | None = attrs.field(default=100_000, validator=_optional_positive)
     #: sessions created per second across all clients (None: no cap)
-    max_creates_per_second: float | None = attrs.field(
-        default=50.0, validator=_optional_positive
-    )
+    max_creates_per_second: float | None = attrs.field(default=50.0, validator=_optional_positive)
     #: bytes the store may use on disk before creates are refused (None: no cap)
     max_store_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
     #: refusals (denials, rate limits, caps) are audited as one summary line per

@@ -190,7 +190,7 @@ class ConnectionTracker:
     def snapshot(self, now: float, limit: int = MAX_LISTED) -> list[dict[str, Any]]:
         """At most *limit* connections, most recently seen first (bounded reply size)."""
         with self._lock:
-            out = []
+            out: list[dict[str, Any]] = []
             for conn in reversed(self._conns.values()):
                 if len(out) >= limit:
                     break

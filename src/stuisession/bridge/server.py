@@ -49,8 +49,8 @@ import attrs
 
 from stuisession import _json
 from stuisession.bridge.connections import ConnectionTracker
-from stuisession.bridge.intake import admit_forwarded  # [limits hook]
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
+from stuisession.bridge.intake import admit_forwarded  # [limits hook]
 from stuisession.bridge.workers import KeyedExecutor
 from stuisession.errors import Busy, StuiSessionError, UpstreamError
 from stuisession.ids import is_valid_session_id

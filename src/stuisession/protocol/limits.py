@@ -36,9 +36,7 @@ def parse_message(text: bytes | str, policy: Policy, *, refuse_surrogates: bool 
     and ``details.limit_value`` its value).
     """
     try:
-        return _json.loads_limited(
-            text, json_limits(policy), refuse_surrogates=refuse_surrogates
-        )
+        return _json.loads_limited(text, json_limits(policy), refuse_surrogates=refuse_surrogates)
     except RecursionError:
         raise InvalidRequest("Message is nested too deeply") from None
     except _json.LimitExceeded as exc:
@@ -63,9 +61,7 @@ class ReplyTooLarge(StuiSessionError):
         )
 
 
-def bound_reply(
-    encoded: bytes, reply: Mapping[str, Any], policy: Policy, now: float
-) -> bytes:
+def bound_reply(encoded: bytes, reply: Mapping[str, Any], policy: Policy, now: float) -> bytes:
     """*encoded*, or a small ``ReplyTooLarge`` error reply if it is over ``max_reply_bytes``."""
     if len(encoded) <= policy.max_reply_bytes:
         return encoded

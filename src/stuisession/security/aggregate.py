@@ -32,6 +32,12 @@ log = logging.getLogger("stuisession.audit")
 _Key = tuple[str | None, str, str | None]
 
 
+def _close_at_exit(ref: weakref.ref[RefusalAggregator]) -> None:
+    agg = ref()
+    if agg is not None:
+        agg.close()
+
+
 class RefusalAggregator:
     """Counts refusals and writes one audit line per ``(client, event, reason)`` per interval.
 
@@ -46,8 +52,7 @@ class RefusalAggregator:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._closed = False
-        ref = weakref.ref(self)
-        atexit.register(lambda: (agg := ref()) is not None and agg.close())
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     def client_field(self, client_id: str | None) -> str | None:
         """*client_id* as it may appear in the log (a session id is replaced by its keyed hash)."""

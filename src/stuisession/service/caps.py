@@ -156,7 +156,11 @@ class StateSizeGuard:
         self._lock = threading.Lock()
 
     def check(
-        self, session_id: str, base_revision: int, state: SessionState, update_bytes: int,
+        self,
+        session_id: str,
+        base_revision: int,
+        state: SessionState,
+        update_bytes: int,
         revision: int,
     ) -> None:
         """Raise :class:`StateTooLarge` if *state* (revision *revision*) is over the limit."""

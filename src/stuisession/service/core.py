@@ -40,8 +40,8 @@ from stuisession.errors import (
 )
 from stuisession.ids import check_client_id, check_session_id
 from stuisession.policy import Policy
-from stuisession.security.audit import AuditLog
 from stuisession.security.aggregate import RefusalAggregator  # [limits hook]
+from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
 from stuisession.security.ratelimit import TokenBucketLimiter
 from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
