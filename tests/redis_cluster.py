@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from redis_server import HOST, RedisServerMissing, find_redis_server, ping  # noqa: E402
+from redis_server import HOST, RedisServerMissing, find_redis_server, ping
 
 
 def find_redis_cli() -> str:
