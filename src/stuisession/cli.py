@@ -518,8 +518,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            if getattr(store, "durability", None):
-                print(f"store durability: {store.durability}", file=sys.stderr, flush=True)
+            durability = getattr(store, "durability", None)
+            if durability:
+                print(f"store durability: {durability}", file=sys.stderr, flush=True)
             with _SignalStop(server.stop):
                 server.serve_forever()
         log.info("bridge stopped")
