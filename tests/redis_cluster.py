@@ -196,13 +196,27 @@ class RedisClusterServers:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             infos = [self.info(p) for p in self.alive()]
-            if infos and all(
-                i.get("cluster_state") == "ok" and i.get("cluster_slots_ok") == "16384"
-                for i in infos
+            if (
+                infos
+                and all(
+                    i.get("cluster_state") == "ok" and i.get("cluster_slots_ok") == "16384"
+                    for i in infos
+                )
+                and self._replicas_in_sync()
             ):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"the Redis cluster did not reach cluster_state:ok within {timeout} s")
+
+    def _replicas_in_sync(self) -> bool:
+        """Every live replica's link to its primary is up (so WAIT can be answered)."""
+        for port in self.alive():
+            role = _command(port, "ROLE")
+            if not role:
+                return False
+            if role[0] in (b"slave", "slave") and role[3] not in (b"connected", "connected"):
+                return False
+        return True
 
     def masters(self) -> list[int]:
         """Ports of the live primaries (by ``ROLE``)."""
@@ -233,6 +247,21 @@ class RedisClusterServers:
             proc.send_signal(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
+
+    def restart(self, port: int, timeout: float = 30.0) -> None:
+        """Start a killed node again (same port and directory); it rejoins the cluster.
+
+        A primary that was replaced comes back as a replica of its successor.
+        """
+        if self.procs[port].poll() is None:
+            return
+        self._start_node(port)
+        deadline = time.monotonic() + timeout
+        while not ping(port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster node {port} did not restart")
+            time.sleep(0.02)
+        self.wait_ok(max(1.0, deadline - time.monotonic()))
 
     def wait_failover(self, killed: int, timeout: float = 30.0) -> int:
         """After *killed* died: wait until a replica took over; the new primary's port."""
@@ -298,3 +327,87 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- loads shared by the tests and the loss measurements ----------------------------------
+def update_load(
+    handlers: Sequence[Any],
+    session_ids: Sequence[str],
+    *,
+    seconds: float,
+    during: Any = None,
+    threads_per_session: int = 1,
+) -> dict[str, Any]:
+    """Writers merging ``{"w<t>": i}`` (i = 0, 1, 2 ...) into sessions through *handlers*.
+
+    Each writer sends its requests round-robin over the handlers (several
+    bridges as one service), resends a request that failed with a retryable
+    error (same id) a few times, then moves on. *during*, if given, is called
+    once from the main thread after a third of *seconds* (e.g. to kill a node).
+    Returns the acknowledged values per (session, writer key), and the error
+    types seen (with counts).
+    """
+    import threading
+
+    acked: dict[tuple[str, str], list[int]] = {}
+    errors: dict[str, int] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(t: int, sid: str) -> None:
+        key = f"w{t}"
+        i = 0
+        while not stop.is_set():
+            request = {
+                "id": f"{key}-{i}",
+                "command": "update_session_state",
+                "parameters": {"session_id": sid, "state_data": {key: i}, "mode": "merge"},
+            }
+            for attempt in range(20):
+                reply = handlers[(i + attempt) % len(handlers)].handle(request)
+                if reply["status"] == "success":
+                    with lock:
+                        acked.setdefault((sid, key), []).append(i)
+                    break
+                kind = reply.get("error_type", "?")
+                reason = (reply.get("details") or {}).get("reason", "")
+                with lock:
+                    name = f"{kind}:{reason}" if reason == "durability_unknown" else kind
+                    errors[name] = errors.get(name, 0) + 1
+                if stop.is_set() or reason == "durability_unknown":
+                    break
+                time.sleep(0.05)
+            i += 1
+
+    workers = [
+        threading.Thread(target=writer, args=(n * threads_per_session + k, sid), daemon=True)
+        for n, sid in enumerate(session_ids)
+        for k in range(threads_per_session)
+    ]
+    for w in workers:
+        w.start()
+    time.sleep(seconds / 3)
+    if during is not None:
+        during()
+    time.sleep(seconds * 2 / 3)
+    stop.set()
+    for w in workers:
+        w.join(timeout=30)
+    return {"acked": acked, "errors": errors}
+
+
+def count_lost(store: Any, acked: dict[tuple[str, str], list[int]]) -> tuple[int, int]:
+    """(acknowledged updates lost, acknowledged updates) after a crash.
+
+    A writer's updates are sequential, so the stored value ``v`` of its key
+    holds every update up to ``v``: each acknowledged value above ``v`` was lost.
+    """
+    lost = total = 0
+    for (sid, key), values in acked.items():
+        try:
+            value = store.load(sid).state.session_state.get(key, -1)
+        except Exception:
+            value = -1
+        total += len(values)
+        lost += sum(1 for v in values if v > value)
+    return lost, total

@@ -478,6 +478,9 @@ class RedisStore(SessionStore):
             raise ConfigurationError("layout must be 1, 2 or None")
         self._durability = _Durability.parse(durability)
         self._durability_timeout = durability_timeout
+        if self._durability.mode == "replicas":
+            # a WAIT must time out on the server, not on the socket
+            socket_timeout = max(socket_timeout, durability_timeout + 1.0)
         if codec is not None and keyring is not None:
             raise ConfigurationError("give either a codec or a keyring, not both")
         if codec is None:
@@ -696,11 +699,13 @@ class RedisStore(SessionStore):
         )
 
     def _has_waitaof(self, node: Any) -> bool:
+        """Whether the server has WAITAOF (Redis 7.2 and later), by its version."""
         try:
-            info = node.execute_command("COMMAND", "INFO", "WAITAOF")
-        except self._redis.exceptions.ResponseError:
+            version = _text(node.info("server").get("redis_version"))
+            major, minor = (int(x) for x in version.split(".")[:2])
+        except (self._redis.exceptions.RedisError, ValueError, TypeError):
             return False
-        return bool(info) and info[0] is not None
+        return (major, minor) >= (7, 2)
 
     # -- public extras ------------------------------------------------------------------
     @property
