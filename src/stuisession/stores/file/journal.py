@@ -20,8 +20,8 @@ from stuisession.codec import journal
 from stuisession.codec.snapshot import TAG_SIZE, Snapshot, SnapshotCodec
 from stuisession.errors import ConflictError, IntegrityError, SessionNotFound, StorageError
 from stuisession.state.model import Session, SessionInfo
-from stuisession.stores.file.atomic import FileWriter, pread_head, read_file
 from stuisession.stores._cost import decoded_cost
+from stuisession.stores.file.atomic import FileWriter, pread_head, read_file
 from stuisession.stores.file.cache import FileKey, Head, HeadCache, file_key
 from stuisession.stores.file.layout import SessionPaths, errno_name
 from stuisession.stores.file.locking import StripeLocks

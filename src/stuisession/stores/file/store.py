@@ -34,9 +34,9 @@ from stuisession.errors import (
 )
 from stuisession.ids import check_session_id
 from stuisession.keys import Keyring
+from stuisession.state.forms import unstructure_state
 from stuisession.state.model import Session, SessionInfo
 from stuisession.state.updates import StateUpdate
-from stuisession.state.forms import unstructure_state
 from stuisession.stores.base import (
     Progress,
     SessionStore,
