@@ -44,9 +44,10 @@ dist: $(STAMP)
 	$(BIN)/python -m build --sdist --wheel --outdir dist .
 	$(BIN)/twine check --strict dist/*
 
-## faults: the fault-injection suite in full (500 SIGKILLs of a writer)
+## faults: the fault-injection suite in full (500 SIGKILLs of a writer) and the adversarial
+## suite (issue 17: attacks on a real serve; writes benchmarks/results/adversarial.json)
 faults: $(STAMP)
-	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
+	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults tests/adversarial
 
 ## rust-test: the Rust client crate's tests (clients/rust) against a real bridge from the venv;
 ## needs cargo and the Debian crate packages (clients/rust/install-deps.sh); never skips

@@ -77,6 +77,8 @@ PEEK_BYTES = 64 * 1024
 _ROUTING_PARAMETERS = ("session_id", "client_id", "resume_token")
 #: session commands whose reply names the session (maybe a new id) and may carry a new token
 _ISSUES_CREDENTIALS = frozenset({"create_session", "restore_session", "rotate_credentials"})
+#: requests larger than this are "heavy": few are parsed at once (bridge/workers.py)
+HEAVY_BYTES = 1024 * 1024
 #: bounds of the interval between sweeps of idle connections (seconds)
 MIN_CONNECTION_SWEEP = 0.05
 
@@ -372,7 +374,7 @@ class BridgeServer:
         job = _Job(envelope, body, command, ident, started, identity, session_id, token)
         assert self._executor is not None
         try:
-            self._executor.submit(key, lambda: self._work(job))
+            self._executor.submit(key, lambda: self._work(job), heavy=len(body) > HEAVY_BYTES)
         except Busy as exc:
             self.budget.request_done(ident, len(body))
             reply = _error_for(meta.get("id"), exc)
