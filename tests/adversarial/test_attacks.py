@@ -111,8 +111,8 @@ def test_attacks_stay_within_bounds(tmp_path: Path) -> None:
     assert not failures, failures
     cpu_row = next(r for r in rows if r["attack"].startswith("cpu_valid_json"))
     # The issue's target, p99 under 3x unloaded with 8 attacking connections, is NOT
-    # met on a 2-core machine: measured 350-530 ms against an unloaded 56-124 ms
-    # (4-9x; the issue measured a 6.4 s median). What holds, and is asserted: the
+    # met on a 2-core machine: measured 350-530 ms against an unloaded 36-124 ms
+    # (4-10x; the issue measured a 6.4 s median). What holds, and is asserted: the
     # median is unaffected, and the p99 stays under 1.5 s.
     assert cpu_row["benign_p50_ms"] < 3 * baseline["benign_p50_ms"], (cpu_row, baseline)
     assert cpu_row["benign_p99_ms"] < max(3 * baseline["benign_p99_ms"], 1500), cpu_row
