@@ -50,21 +50,16 @@ def register_status(sub: Any) -> None:
 # -- status -----------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        from stuisession.bridge.server import _zmq
+        from stuisession.client import req_socket, zmq_module
 
-        zmq = _zmq()
+        zmq = zmq_module()
     except ImportError as exc:
         raise Fail(str(exc)) from None
     request = {"id": "stuisession-status", "command": "get_session_statistics", "parameters": {}}
-    ms = max(1, int(args.timeout * 1000))
     ctx = zmq.Context()
     try:
-        sock = ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, ms)
-        sock.setsockopt(zmq.SNDTIMEO, ms)
         try:
-            sock.connect(args.endpoint)
+            sock = req_socket(ctx, args.endpoint, args.timeout)
         except zmq.ZMQError as exc:
             raise UsageError(f"invalid --endpoint {args.endpoint!r}: {exc}") from None
         try:
