@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from stuisession.cli._common import (
@@ -62,10 +63,14 @@ def register_export(sub: Any) -> None:
         parents=admin_parents(json_parent()),
         help="copy every verified snapshot into a directory, with manifest.json",
         description="Copy every verified snapshot (still sealed) into DIR (created 0700) and "
-        "write DIR/manifest.json ({session_id: sha256}). Imports into any backend that "
-        "shares the keyring.",
+        "write DIR/manifest.json ({session_id: sha256}); every file is 0600. Imports into "
+        "any backend that shares the keyring. A previous export in DIR is not overwritten "
+        "without --force.",
     )
     p.add_argument("directory", metavar="DIR")
+    p.add_argument(
+        "--force", action="store_true", help="overwrite a previous export in DIR (its manifest)"
+    )
     p.set_defaults(handler=cmd_export, parser=p)
 
 
@@ -186,6 +191,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from stuisession.admin import core
 
+    previous = Path(args.directory) / "manifest.json"
+    if previous.exists() and not args.force:
+        raise Fail(
+            f"{args.directory} holds a previous export ({previous.name}); "
+            "give --force to overwrite it, or choose another directory"
+        )
     store = admin_store(args)
     try:
         total = sum(1 for _ in store._ids())
