@@ -14,8 +14,7 @@ Use them to let a type checker catch a misspelt key::
     created["sesion_id"]                                    # mypy: TypedDict has no key
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: TypedDict reads NotRequired at runtime
 from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
