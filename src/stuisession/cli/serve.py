@@ -79,7 +79,7 @@ def register_serve(sub: Any) -> None:
         "--key-file",
         metavar="PATH",
         help="keyring file (default $STUISESSION_KEYRING, else keyring.json in a file store, "
-        "./.stuisession/keyring.json for Redis; created 0600); every bridge sharing the "
+        "required for Redis; created 0600); every bridge sharing the "
         "store needs it",
     )
     p.add_argument(
