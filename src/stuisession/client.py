@@ -17,9 +17,11 @@ resend safe for state-changing commands. When the server answers again after
 having been gone, the client restores its session before going on, so the
 caller sees one continuous session.
 
-Until the server has answered once, a client does not retry: with the bridge
-down, the first call fails after ``connect_timeout`` seconds (default 3) with
-:class:`ServerUnavailable` instead of riding out every retry.
+A request is only sent over a completed connection. Until the server has
+answered once, no connection within ``connect_timeout`` seconds (default 3)
+fails the call at once with :class:`ServerUnavailable` ("is the bridge
+running?") instead of riding out every retry; a slow *reply* is waited for
+and resent as usual.
 
 ``RateLimited`` and ``Busy`` replies are waited out: the request is resent
 after the reply's ``details.retry_after`` (``Busy``: a short backoff), for at
@@ -86,22 +88,29 @@ def zmq_module() -> Any:
     return zmq
 
 
-def req_socket(context: Any, endpoint: str, timeout: float) -> Any:
+def req_socket(
+    context: Any, endpoint: str, timeout: float, *, connect_timeout: float | None = None
+) -> Any:
     """A ZeroMQ REQ socket connected to *endpoint*, the one factory of the package.
 
-    LINGER 0 (closing never blocks on unsent messages) and send/receive
-    timeouts of *timeout* seconds (at least 1 ms), so that a silent peer raises
-    ``zmq.Again`` instead of blocking. A REQ socket whose receive timed out can
-    not send again: close it and make a new one. Raises ``zmq.ZMQError`` for a
-    malformed endpoint and ``ImportError`` without pyzmq.
+    LINGER 0 (closing never blocks on unsent messages) and a receive timeout of
+    *timeout* seconds (at least 1 ms), so that a silent peer raises ``zmq.Again``
+    instead of blocking. With *connect_timeout*, a message is only handed to a
+    completed connection (``IMMEDIATE``) and ``send`` raises ``zmq.Again`` after
+    that many seconds without one (nobody listening); otherwise the send timeout
+    is *timeout* too. A REQ socket that timed out can not be used again: close it
+    and make a new one. Raises ``zmq.ZMQError`` for a malformed endpoint and
+    ``ImportError`` without pyzmq.
     """
     zmq = zmq_module()
-    ms = max(1, int(timeout * 1000))
     sock = context.socket(zmq.REQ)
     try:
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, ms)
-        sock.setsockopt(zmq.SNDTIMEO, ms)
+        sock.setsockopt(zmq.RCVTIMEO, max(1, int(timeout * 1000)))
+        send = timeout if connect_timeout is None else connect_timeout
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(send * 1000)))
+        if connect_timeout is not None:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.connect(endpoint)
     except BaseException:
         sock.close(linger=0)
@@ -119,8 +128,11 @@ class SessionClient:
     :param retries: resends after a timeout before giving up (upstream default 3); they
         apply once the server has answered (a server restart is ridden through).
     :param backoff: first delay between resends; doubles each time, capped at 5 s.
-    :param connect_timeout: seconds to wait for the very first reply, without resends
-        (default 3); ``None``: the first call uses ``timeout`` and ``retries`` too.
+    :param connect_timeout: seconds to wait for a connection to the bridge before a
+        request is sent (default 3). Until the bridge has answered once, no connection
+        within it raises :class:`ServerUnavailable` at once (no resends); later it
+        counts as a timeout and is resent. ``None``: no separate connect wait (the
+        request is queued and ``timeout``/``retries`` apply from the first call).
     :param max_throttle_wait: seconds a call may spend waiting out ``RateLimited`` and
         ``Busy`` replies before raising :class:`RequestFailed` (default 30; 0: never wait).
     :param close_on_exit: leaving the ``with`` block (or :meth:`close`) also closes the
@@ -156,7 +168,6 @@ class SessionClient:
         self.close_on_exit = close_on_exit
         self._ctx = context or self._zmq.Context.instance()
         self._socket: Any = None
-        self._socket_timeout = timeout
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)
         #: times the client restored its session after the server came back
@@ -165,13 +176,12 @@ class SessionClient:
         self._answered = False  # has the server ever replied to this client?
 
     # -- plumbing ---------------------------------------------------------------------
-    def _connect(self, timeout: float | None = None) -> Any:
-        wanted = self.timeout if timeout is None else timeout
-        if self._socket is not None and self._socket_timeout != wanted:
-            self._drop()
+    def _connect(self) -> Any:
         if self._socket is None:
-            self._socket = req_socket(self._ctx, self.endpoint, wanted)
-            self._socket_timeout = wanted
+            # the connect wait only until the bridge has answered once: later a lost
+            # bridge shows as a reply timeout, counted and ridden through as before
+            wait = None if self._answered else self.connect_timeout
+            self._socket = req_socket(self._ctx, self.endpoint, self.timeout, connect_timeout=wait)
         return self._socket
 
     def _drop(self) -> None:
@@ -241,28 +251,38 @@ class SessionClient:
 
     def _exchange(self, command: str, request_id: str, body: bytes) -> dict[str, Any]:
         """One request/reply, resent on timeouts; the decoded reply."""
-        first_contact = not self._answered and self.connect_timeout is not None
-        timeout = self.connect_timeout if first_contact else self.timeout
-        retries = 0 if first_contact else self.retries
         delay = self.backoff
-        for attempt in range(retries + 1):
+        for attempt in range(self.retries + 1):
+            stage = "reply"
             try:
-                sock = self._connect(timeout)
+                sock = self._connect()
+                stage = "connection"
                 sock.send(body)
+                stage = "reply"
                 raw = sock.recv()
             except self._zmq.Again:
-                # a REQ socket whose receive timed out can not send again
+                # a REQ socket that timed out can not send again
                 self._drop()
                 self._lost = True
-                if attempt == retries:
+                if stage == "connection" and not self._answered:
+                    # nobody has ever answered: the bridge is most likely not running
+                    message = (
+                        f"no connection to {self.endpoint} within {self.connect_timeout:g} s: "
+                        "is the bridge running there? (SessionClient connect_timeout)"
+                    )
+                    log.warning("%s (request %s)", message, request_id)
+                    raise ServerUnavailable(message, command=command) from None
+                if attempt == self.retries:
                     break
+                waited = self.timeout if stage == "reply" else self.connect_timeout
                 log.warning(
-                    "no reply from %s to %s within %g s (try %d of %d); resending in %g s",
+                    "no %s from %s for %s within %g s (try %d of %d); resending in %g s",
+                    stage,
                     self.endpoint,
                     command,
-                    timeout,
+                    waited,
                     attempt + 1,
-                    retries + 1,
+                    self.retries + 1,
                     delay,
                 )
                 time.sleep(delay)
@@ -273,16 +293,13 @@ class SessionClient:
                 # expecting a reply, so the next call needs a fresh one
                 self._drop()
                 raise
-            self._answered = True
+            if not self._answered:
+                self._answered = True
+                if self.connect_timeout is not None:
+                    self._drop()  # replaced by a socket without the connect wait
             reply: dict[str, Any] = json.loads(raw)
             return reply
-        if first_contact:
-            message = (
-                f"no reply from {self.endpoint} within {timeout:g} s: is the bridge "
-                "running there? (SessionClient connect_timeout)"
-            )
-        else:
-            message = f"no reply from {self.endpoint} after {retries + 1} tries"
+        message = f"no reply from {self.endpoint} after {self.retries + 1} tries"
         log.warning("%s (request %s)", message, request_id)
         raise ServerUnavailable(message, command=command)
 
