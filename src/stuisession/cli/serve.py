@@ -272,15 +272,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_audit(args: argparse.Namespace, store: Any) -> Any:
+    from stuisession.admin.core import store_directory
     from stuisession.security.audit import AuditLog
-    from stuisession.stores.file.store import FileStore
 
     if args.audit == "off":
         return None
     if args.audit:
         return AuditLog(args.audit, keyring=store.codec.keyring)
-    if isinstance(store, FileStore):
-        return AuditLog(Path(store.root) / "audit.log", keyring=store.codec.keyring)
+    directory = store_directory(args.store)  # the spec says the kind: no class check
+    if directory is not None:
+        return AuditLog(directory / "audit.log", keyring=store.codec.keyring)
     return None
 
 
