@@ -77,3 +77,18 @@ def test_gitignore_covers_what_the_quickstart_creates() -> None:
         check=False,
     )
     assert sorted(proc.stdout.split()) == sorted(created), proc.stdout + proc.stderr
+
+
+def test_readme_install_lines_work_without_pypi() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_block = readme.split("```")[1]
+    assert first_block.splitlines()[1].startswith("make run")
+    assert first_block.splitlines()[2].startswith("make test")
+    # the package is not published: no line installs it by name from an index
+    assert not re.search(r"pip install '?stuisession\[", readme)
+    assert "pip install -e '.[zmq]'" in readme
+    assert "make dist" in readme and "dist/*.whl" in readme
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^dist:", makefile, re.M)
+    assert re.search(r"^run: \$\(RUN_STAMP\)$", makefile, re.M)  # serving installs .[zmq] only
+    assert "pip install -q -e '.[zmq]'" in makefile
