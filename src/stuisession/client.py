@@ -84,7 +84,7 @@ def zmq_module() -> Any:
     try:
         import zmq
     except ImportError as exc:  # pragma: no cover - the zmq extra is a dev dependency
-        raise ImportError("SessionClient needs pyzmq: pip install 'stuisession[zmq]'") from exc
+        raise ImportError("SessionClient needs pyzmq (the zmq extra): pip install pyzmq") from exc
     return zmq
 
 

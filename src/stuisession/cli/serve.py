@@ -172,7 +172,7 @@ def _check_redis(spec: str, key_file: str | None) -> None:
         import redis
     except ImportError as exc:
         raise Fail(
-            f"a Redis store needs redis-py: pip install 'stuisession[redis]': {exc}"
+            f"a Redis store needs redis-py (the redis extra): pip install redis: {exc}"
         ) from None
     try:
         client = redis.Redis.from_url(spec, socket_connect_timeout=2.0, socket_timeout=2.0)
