@@ -26,8 +26,8 @@ def main(fail_under: str) -> int:
         text=True,
         check=False,
     )
-    for line in proc.stdout.splitlines():
-        line = line.rstrip()
+    for raw in proc.stdout.splitlines():
+        line = raw.rstrip()
         if len(line) <= WIDTH:
             print(line)
         else:  # the Missing column of a file with many gaps: continue on indented lines

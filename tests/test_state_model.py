@@ -316,7 +316,8 @@ def test_appends_commute_but_conflict_with_replacement() -> None:
         check_rebase(s4, 4, StateUpdate(append_history={"w": [Evaluation(source="c")]}), 3)
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.mark.volume
+@settings(max_examples=examples(full=60, quick=20), deadline=None)
 @given(session_states(max_objects=4), st.data())
 def test_changes_since_reproduces_the_current_wire_form(
     state: SessionState, data: st.DataObject
