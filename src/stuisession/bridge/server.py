@@ -50,6 +50,7 @@ import attrs
 from stuisession import _json
 from stuisession.bridge.connections import ConnectionTracker
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
+from stuisession.bridge.intake import admit_forwarded  # [limits hook]
 from stuisession.bridge.workers import KeyedExecutor
 from stuisession.errors import Busy, StuiSessionError, UpstreamError
 from stuisession.ids import is_valid_session_id
@@ -182,6 +183,10 @@ class BridgeServer:
             # a peer sending far more than the handler accepts is cut off instead of
             # buffered; up to this size it gets a structured MessageTooLarge reply
             sock.setsockopt(zmq.MAXMSGSIZE, 2 * handler.policy.max_message_size + 65536)
+            # [limits hook] complete messages queued per peer, each way (ROUTER drops
+            # replies to a peer whose queue is full); see docs/security.md "Limits"
+            sock.setsockopt(zmq.SNDHWM, handler.policy.socket_hwm)
+            sock.setsockopt(zmq.RCVHWM, handler.policy.socket_hwm)
             # a client that reconnects with the routing identity it set itself takes
             # over at once; by default the new connection would be ignored until the
             # old one is noticed gone (which, for a dropped network, may be never)
@@ -400,12 +405,11 @@ class BridgeServer:
 
     def _forward(self, body: bytes, command: Any, ident: str) -> bytes:
         """Send a non-session request to the Pharo image (or say there is none)."""
+        # [limits hook] size limit, bounded parse and rate limit, as for session commands
         try:
-            doc = _json.loads(body)
-        except (ValueError, RecursionError):
-            return self.handler.handle_wire(body)  # the handler words the JSON error
-        if not isinstance(doc, dict):
-            return self.handler.handle_wire(body)
+            doc = admit_forwarded(body, self.handler.service, ident)
+        except StuiSessionError as exc:
+            return _error_for(exc.request_id, exc)
         if "command" in doc and not isinstance(command, str):
             return self.handler.handle_wire(body)
         request_id = doc.get("id")

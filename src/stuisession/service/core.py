@@ -40,9 +40,11 @@ from stuisession.errors import (
 )
 from stuisession.ids import check_client_id, check_session_id
 from stuisession.policy import Policy
+from stuisession.security.aggregate import RefusalAggregator  # [limits hook]
 from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
 from stuisession.security.ratelimit import TokenBucketLimiter
+from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
 from stuisession.state import lifecycle
 from stuisession.state.model import Session, SessionInfo, SessionStatus
 from stuisession.state.schema import Metadata, SessionState
@@ -156,6 +158,12 @@ class SessionService:
         self._create_locks = [threading.Lock() for _ in range(64)]
         self._sweep_lock = threading.Lock()
         self._sweep_cursor: Iterator[SessionInfo] | None = None
+        # [limits hook] global caps, decoded state size, refusals audited as summaries
+        self.caps = GlobalCaps(store, self.policy)
+        self.state_guard = StateSizeGuard(self.policy.max_state_bytes)
+        self.refusals = (
+            None if audit is None else RefusalAggregator(audit, self.policy.audit_interval)
+        )
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
@@ -171,6 +179,9 @@ class SessionService:
         reason: str | None = None,
     ) -> None:
         if self.audit is None:
+            return
+        if outcome == "denied" and self.refusals is not None:  # [limits hook]
+            self.refusals.add(event, client_id, reason)
             return
         try:
             self.audit.record(
@@ -273,6 +284,11 @@ class SessionService:
                     "active sessions",
                     limit=self.policy.max_sessions_per_client,
                 )
+            try:  # [limits hook] global caps (total, creates/s, disk)
+                self.caps.check_create()
+            except CapacityExceeded as exc:
+                self._audit("create", client_id=client_id, outcome="denied", reason=exc.cap)
+                raise
             session = lifecycle.new_session(
                 client_id,
                 now=now,
@@ -281,7 +297,11 @@ class SessionService:
                 state=SessionState(metadata=metadata or Metadata()),
                 session_id=self.store.new_session_id(client_id),
             )
-            self.store.create(session, max_size=self.policy.max_snapshot_size)
+            self.store.create_within_limit(
+                session,
+                limit=self.policy.max_sessions_per_client,
+                max_size=self.policy.max_snapshot_size,
+            )
         self._audit("create", client_id=client_id, session_id=session.session_id)
         return Created(
             session=session,
@@ -426,6 +446,9 @@ class SessionService:
                 check_rebase(current.state, current.revision, update, base_revision)
             new = lifecycle.with_state(
                 current, update.apply(current.state, current.revision + 1), now
+            )
+            self.state_guard.check(  # [limits hook] decoded state size
+                session_id, current.revision, new.state, len(update.to_json()), new.revision
             )
             try:
                 self.store.save(
