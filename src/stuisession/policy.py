@@ -1,4 +1,9 @@
-"""Session policy: timeouts, limits and sizes. Defaults are upstream STUI's."""
+"""Session policy: timeouts, limits and sizes. Defaults are upstream STUI's.
+
+Defaults per role: an embedded ``Policy()`` (a ``ProtocolHandler`` in a test
+harness or tool) has no rate limit; ``stuisession serve`` starts from
+:data:`SERVE_DEFAULTS`, which turn it on.
+"""
 
 from __future__ import annotations
 
@@ -77,8 +82,9 @@ class Policy:
     rotate_on_restore: bool | None = None
     #: resume/client tokens older than this are refused (None: valid while the session is)
     token_ttl: int | None = attrs.field(default=None, validator=_optional_positive)
-    #: sustained requests per second per client (token bucket); None disables the limit
-    rate_limit: float | None = attrs.field(default=100.0, validator=_optional_positive)
+    #: sustained requests per second per client (token bucket); None (the embedded
+    #: default) disables the limit; ``stuisession serve`` uses 100 (SERVE_DEFAULTS)
+    rate_limit: float | None = attrs.field(default=None, validator=_optional_positive)
     #: requests a client may burst above the sustained rate
     rate_burst: int = attrs.field(default=200, validator=_positive)
     #: sessions examined per step of the expiry sweep (bounds the time of one step)
@@ -90,6 +96,34 @@ class Policy:
     #: the expiry sweep refuses to delete when the clock is this far (seconds) ahead
     #: of the newest activity in the store or jumped this far since the last sweep
     max_clock_skew: int = attrs.field(default=300, validator=_positive)
+
+    # -- bounds under hostile input (docs/security.md, "Limits") ---------------------
+    #: longest integer literal accepted in a request, in decimal digits (parsing cost
+    #: grows quadratically with the digit count; Python's own bound, 4300, is too high)
+    max_int_digits: int = attrs.field(default=640, validator=_positive)
+    #: most members one JSON object of a request may have
+    max_object_keys: int = attrs.field(default=100_000, validator=_positive)
+    #: most JSON values (objects, arrays, scalars) one request may hold
+    max_json_nodes: int = attrs.field(default=1_000_000, validator=_positive)
+    #: largest session state, as decoded JSON bytes (None: only the snapshot limit applies)
+    max_state_bytes: int | None = attrs.field(default=16 * MB, validator=_optional_positive)
+    #: largest reply the bridge builds; a larger one is refused (e.g. a huge restore)
+    max_reply_bytes: int = attrs.field(default=32 * MB, validator=_positive)
+    #: bytes of replies one connection may have waiting to be sent before it is dropped
+    max_queued_bytes_per_connection: int = attrs.field(default=64 * MB, validator=_positive)
+    #: bytes of replies all connections together may have waiting to be sent
+    max_queued_bytes: int = attrs.field(default=256 * MB, validator=_positive)
+    #: complete messages queued per connection in ZeroMQ (send and receive high-water marks)
+    socket_hwm: int = attrs.field(default=1000, validator=_positive)
+    #: sessions the store may hold in total (None: no cap)
+    max_sessions_total: int | None = attrs.field(default=100_000, validator=_optional_positive)
+    #: sessions created per second across all clients (None: no cap)
+    max_creates_per_second: float | None = attrs.field(default=50.0, validator=_optional_positive)
+    #: bytes the store may use on disk before creates are refused (None: no cap)
+    max_store_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
+    #: refusals (denials, rate limits, caps) are audited as one summary line per
+    #: (client, event, reason) per interval of this many seconds
+    audit_interval: float = attrs.field(default=60.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.session_timeout > self.retention:
@@ -117,3 +151,9 @@ class Policy:
         if client_id in self.deny_clients:
             return False
         return self.allow_clients is None or client_id in self.allow_clients
+
+
+#: what ``stuisession serve`` changes from ``Policy()`` before its ``--config`` file,
+#: the environment and its options apply: a served bridge faces many clients, so
+#: each gets a token bucket of 100 requests/s with a burst of 200
+SERVE_DEFAULTS: dict[str, Any] = {"rate_limit": 100.0, "rate_burst": 200}

@@ -39,9 +39,11 @@ from stuisession.errors import (
 )
 from stuisession.ids import check_client_id, check_session_id
 from stuisession.policy import Policy
+from stuisession.security.aggregate import RefusalAggregator  # [limits hook]
 from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
 from stuisession.security.ratelimit import TokenBucketLimiter
+from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
 from stuisession.service.clockguard import ClockGuard
 from stuisession.service.retry import AGAIN, cas_retry
 from stuisession.state import lifecycle
@@ -156,6 +158,12 @@ class SessionService:
         self._clock_guard = ClockGuard(self.clock, self.policy.max_clock_skew)
         self._sweep_lock = threading.Lock()
         self._sweep_cursor: Iterator[SessionInfo] | None = None
+        # [limits hook] global caps, decoded state size, refusals audited as summaries
+        self.caps = GlobalCaps(store, self.policy)
+        self.state_guard = StateSizeGuard(self.policy.max_state_bytes)
+        self.refusals = (
+            None if audit is None else RefusalAggregator(audit, self.policy.audit_interval)
+        )
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
@@ -171,6 +179,9 @@ class SessionService:
         reason: str | None = None,
     ) -> None:
         if self.audit is None:
+            return
+        if outcome == "denied" and self.refusals is not None:  # [limits hook]
+            self.refusals.add(event, client_id, reason)
             return
         try:
             self.audit.record(
@@ -262,6 +273,11 @@ class SessionService:
                 "create", client_id=client_id, outcome="denied", reason="client not allowed"
             )
             raise SessionError("Client is not allowed to use sessions")
+        try:  # [limits hook] global caps (total, creates/s, disk)
+            self.caps.check_create()
+        except CapacityExceeded as exc:
+            self._audit("create", client_id=client_id, outcome="denied", reason=exc.cap)
+            raise
         now = self._now()
         session = lifecycle.new_session(
             client_id,
@@ -474,6 +490,9 @@ class SessionService:
                 check_rebase(current.state, current.revision, update, base_revision)
             new = lifecycle.with_state(
                 current, update.apply(current.state, current.revision + 1), now
+            )
+            self.state_guard.check(  # [limits hook] decoded state size
+                session_id, current.revision, new.state, len(update.to_json()), new.revision
             )
             if request_key is not None:
                 applied = (*current.applied, (request_key, new.revision))[-APPLIED_KEYS:]

@@ -248,6 +248,12 @@ class SessionStore(abc.ABC):
             self._prepare_create(session)
             self._put(session.info, blob, None)
 
+    def create_within_limit(
+        self, session: Session, *, limit: int, max_size: int | None = None
+    ) -> None:
+        """``create(session, max_size=max_size, max_per_client=limit)`` (an older name)."""
+        self.create(session, max_size=max_size, max_per_client=limit)
+
     def load_snapshot(self, session_id: str) -> Snapshot:
         """The verified snapshot of *session_id* (state not yet decoded)."""
         check_session_id(session_id)
