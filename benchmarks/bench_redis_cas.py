@@ -90,7 +90,7 @@ def contended(store: RedisStore, threads: int, per_thread: int) -> tuple[float, 
                 try:
                     store.save(
                         lifecycle.with_state(cur, SessionState(session_state=data), NOW),
-                        expected_revision=cur.revision,
+                        expected=cur,
                     )
                     break
                 except ConflictError:

@@ -4,7 +4,7 @@ Run:  python benchmarks/bench_redis_cluster.py [--n 300] [--loss] [--json OUT]
 
 Starts its own servers on free 127.0.0.1 ports (``tests/redis_server.py``,
 ``tests/redis_cluster.py``: 3 primaries + 3 replicas). Latency: p50/p99 (ms)
-of store-level create (``create_within_limit``, the bridge's create), update
+of store-level create (``create(max_per_client=)``, the bridge's create), update
 (``save``, a CAS write of a ~1 KB state) and restore (``load_snapshot``) for
 
 - ``single``: one server, ``durability="none"``;
@@ -65,11 +65,11 @@ def latency(store: RedisStore, n: int) -> dict[str, dict[str, float]]:
             state=SessionState(session_state={"data": rnd.randbytes(400).hex()}),
         )
         t = time.perf_counter()
-        store.create_within_limit(s, limit=10**6)
+        store.create(s, max_per_client=10**6)
         times["create"].append(time.perf_counter() - t)
         s2 = lifecycle.with_state(s, SessionState(session_state={"data": "x", "i": i}), now)
         t = time.perf_counter()
-        store.save(s2, expected_revision=1)
+        store.save(s2, expected=s)
         times["update"].append(time.perf_counter() - t)
         t = time.perf_counter()
         store.load_snapshot(s.session_id)

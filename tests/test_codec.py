@@ -92,13 +92,15 @@ LIGHT = sessions(states=st.just(SessionState()) | simple_session_states())
 
 
 def _session(sid: str = SID_A, **state: Any) -> Session:
-    return lifecycle.new_session(
+    session = lifecycle.new_session(
         "client-1",
         now=T0,
         timeout=3600,
         session_id=sid,
         state=SessionState(session_state=state or {"x": 1, "text": "héllo ✓"}),
     )
+    # a fixed history id: each call makes the same session (creation mints a random one)
+    return attrs.evolve(session, lineage="codec-tests-lineage")
 
 
 def _head_end(blob: bytes) -> int:

@@ -61,7 +61,7 @@ def updated(session: Session, **entries: Any) -> Session:
 
 def save_next(store: FileStore, session: Session, **entries: Any) -> Session:
     nxt = updated(session, **entries)
-    store.save(nxt, expected_revision=session.revision)
+    store.save(nxt, expected=session)
     return nxt
 
 
@@ -121,12 +121,12 @@ def test_listing_and_statistics(store: FileStore) -> None:
 
 
 # -- compare-and-swap ------------------------------------------------------------------
-def test_stale_expected_revision_conflicts(store: FileStore) -> None:
+def test_stale_expected_record_conflicts(store: FileStore) -> None:
     s = new()
     store.create(s)
     s2 = save_next(store, s, a=1)
     with pytest.raises(ConflictError) as info:
-        store.save(updated(s, b=2), expected_revision=1)
+        store.save(updated(s, b=2), expected=s)
     assert info.value.current_revision == 2
     assert store.load(s.session_id) == s2
 
@@ -144,7 +144,7 @@ def test_create_existing_id_conflicts(store: FileStore) -> None:
 def test_save_missing_session_not_found(store: FileStore) -> None:
     s = new()
     with pytest.raises(SessionNotFound):
-        store.save(updated(s, a=1), expected_revision=1)
+        store.save(updated(s, a=1), expected=s)
     with pytest.raises(SessionNotFound):
         store.load(s.session_id)
     with pytest.raises(SessionNotFound):
@@ -252,7 +252,7 @@ def test_save_over_corrupt_current_compares_with_backup(store: FileStore) -> Non
     sid = s.session_id
     snap(store, sid).write_bytes(b"garbage")
     with pytest.raises(ConflictError) as info:
-        store.save(updated(s, x=1), expected_revision=3)
+        store.save(updated(s, x=1), expected=s)
     assert info.value.current_revision == 2
     assert len(store.quarantined()) == 1
     good = store.load(sid)
@@ -271,7 +271,7 @@ def test_everything_corrupt_raises_integrity_error(store: FileStore) -> None:
     with pytest.raises(IntegrityError):
         store.load(sid)
     with pytest.raises(IntegrityError):
-        store.save(updated(s, x=1), expected_revision=3)
+        store.save(updated(s, x=1), expected=s)
     # nothing was moved or overwritten
     assert [f.read_bytes() for f in files] == before
     assert store.quarantined() == []
@@ -376,7 +376,9 @@ def test_codec_and_keyring_together_refused(root: Path) -> None:
 def test_lock_striping_is_fixed_per_directory(root: Path) -> None:
     ring = Keyring.generate()
     FileStore(root, keyring=ring, lock_stripes=8)
-    assert len(list((root / "locks").iterdir())) == 8
+    # the session stripes (the per-client create locks are separate files)
+    stripes = [p for p in (root / "locks").iterdir() if not p.name.startswith("client-")]
+    assert len(stripes) == 8
     with pytest.raises(ConfigurationError, match="lock_stripes=8"):
         FileStore(root, keyring=ring)
     FileStore(root, keyring=ring, lock_stripes=8)
@@ -441,7 +443,7 @@ def test_write_faults_leave_previous_snapshot(
     sid = s.session_id
     monkeypatch.setattr(os, name, _failing(getattr(os, name), code, when))
     with pytest.raises(StorageError) as info:
-        store.save(updated(s, lost=True), expected_revision=3)
+        store.save(updated(s, lost=True), expected=s)
     assert errno.errorcode[code] in info.value.message
     assert info.value.retryable
     monkeypatch.undo()
@@ -483,7 +485,7 @@ def test_directory_fsync_failure_is_reported(
 
     monkeypatch.setattr(os, "fsync", second_fails)
     with pytest.raises(StorageError, match="EIO"):
-        store.save(updated(s, x=1), expected_revision=2)
+        store.save(updated(s, x=1), expected=s)
     monkeypatch.undo()
     # the rename had happened: whichever snapshot is there is complete
     assert store.load(s.session_id).revision in (2, 3)
@@ -534,7 +536,7 @@ def test_lock_held_by_another_process_times_out(root: Path) -> None:
     try:
         assert held.wait(30)
         with pytest.raises(StorageError, match="lock") as info:
-            store.save(updated(s, x=1), expected_revision=1)
+            store.save(updated(s, x=1), expected=s)
         assert info.value.retryable
         with pytest.raises(StorageError, match="lock"):
             store.delete(s.session_id)
@@ -561,7 +563,7 @@ def test_lock_held_by_another_thread_times_out(root: Path) -> None:
     try:
         assert held.wait(30)
         with pytest.raises(StorageError, match="lock"):
-            store.save(updated(s, x=1), expected_revision=1)
+            store.save(updated(s, x=1), expected=s)
     finally:
         done.set()
         t.join(30)
@@ -573,7 +575,7 @@ def _cas_add_keys(store: FileStore, sid: str, tag: str, n: int) -> int:
         for _attempt in range(10_000):
             cur = store.load(sid)
             try:
-                store.save(updated(cur, **{f"{tag}-{j}": j}), expected_revision=cur.revision)
+                store.save(updated(cur, **{f"{tag}-{j}": j}), expected=cur)
                 break
             except ConflictError:
                 conflicts += 1

@@ -334,9 +334,9 @@ def test_compare_and_swap_through_the_journal(tmp_path: Path, ring: Keyring) -> 
     store.create(session)
     update = StateUpdate(patches={"session_state": {"k": 1}})
     one = with_state(session, update.apply(session.state, 2), NOW)
-    store.save(one, expected_revision=1, update=update)
+    store.save(one, expected=session, update=update)
     with pytest.raises(ConflictError) as exc:
-        store.save(one, expected_revision=1, update=update)
+        store.save(one, expected=session, update=update)
     assert exc.value.details["current_revision"] == 2
     assert store.load(session.session_id).state.session_state == {"k": 1}
 
@@ -524,7 +524,7 @@ def test_cache_charges_decoded_size_not_compressed_size(tmp_path: Path, ring: Ke
         # the 5 MB update compacts into a snapshot of a few kB, kept decoded
         update = StateUpdate(patches={"session_state": {"blob": "x" * state_bytes}})
         big = with_state(session, update.apply(session.state, 2), NOW)
-        store.save(big, expected_revision=1, update=update)
+        store.save(big, expected=session, update=update)
         assert len(store._cache.get(session.session_id).snapshot.blob) < state_bytes // 100
         ids.append(session.session_id)
     for sid in ids:  # and the read path

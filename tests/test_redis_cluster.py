@@ -182,7 +182,7 @@ def test_the_client_limit_is_one_atomic_step(cluster_store: Callable[..., RedisS
         )
         barrier.wait(timeout=30)
         try:
-            store.create_within_limit(s, limit=5)
+            store.create(s, max_per_client=5)
             results.append("ok")
         except SessionError as exc:
             assert exc.details["limit"] == 5
@@ -198,11 +198,11 @@ def test_the_client_limit_is_one_atomic_step(cluster_store: Callable[..., RedisS
     # a closed session no longer counts
     first = stores[0].list_by_client("limited")[0]
     closed = lifecycle.close(stores[0].load(first.session_id), now)
-    stores[1].save(closed, expected_revision=first.revision)
+    stores[1].save(closed, expected=first)
     extra = lifecycle.new_session(
         "limited", now=now, timeout=3600, session_id=stores[1].new_session_id("limited")
     )
-    stores[1].create_within_limit(extra, limit=5)
+    stores[1].create(extra, max_per_client=5)
 
 
 # -- two bridges on the cluster -------------------------------------------------------------

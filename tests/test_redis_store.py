@@ -109,14 +109,16 @@ def test_key_layout_uses_hash_tags(store: RedisStore) -> None:
     assert key_slot(store.client_key(s.client_id).encode()) == key_slot(ch.encode())
     c = store.client
     assert c.type(store.session_key(sid)) == b"hash"
-    assert set(c.hkeys(store.session_key(sid))) == {b"blob", b"head", b"rev", b"client"}
+    assert set(c.hkeys(store.session_key(sid))) == {b"blob", b"head", b"rev", b"ver", b"client"}
     assert c.hget(store.session_key(sid), "rev") == b"1"
+    # the compare-and-swap token: record version and lineage
+    assert c.hget(store.session_key(sid), "ver") == f"1:{s.lineage}".encode()
     assert c.hget(store.session_key(sid), "client") == ch.encode()
     blob = c.hget(store.session_key(sid), "blob")
     assert blob.startswith(c.hget(store.session_key(sid), "head"))
     assert c.zrange(store.client_key(s.client_id), 0, -1) == [sid.encode()]
     assert c.zrange(store.all_key, 0, -1) == [sid.encode()]
-    store.save(changed(s, x=1), expected_revision=1)
+    store.save(changed(s, x=1), expected=s)
     assert c.hget(store.session_key(sid), "rev") == b"2"
 
 
@@ -135,7 +137,7 @@ def test_client_index_moves_with_the_client(store: RedisStore) -> None:
     s = new("alice")
     store.create(s)
     moved = attrs.evolve(changed(s, x=1), client_id="bob")
-    store.save(moved, expected_revision=1)
+    store.save(moved, expected=s)
     assert store.list_by_client("alice") == []
     assert [i.session_id for i in store.list_by_client("bob")] == [s.session_id]
     assert store.client.zcard(store.client_key("alice")) == 0
@@ -151,12 +153,12 @@ def test_ttl_is_set_and_refreshed_on_write(make_store: Callable[..., RedisStore]
     assert 3590 <= store.client.ttl(ckey) <= 3600
     store.client.expire(key, 10)
     store.client.expire(ckey, 10)
-    store.save(changed(s, x=1), expected_revision=1)
+    store.save(changed(s, x=1), expected=s)
     assert store.client.ttl(key) > 3000
     assert store.client.ttl(ckey) > 3000
     store.client.expire(key, 10)
     snap = store.load_snapshot(s.session_id)
-    store.save_info(snap, lifecycle.touch(snap.info, NOW + 5), expected_revision=2)
+    store.save_info(snap, lifecycle.touch(snap.info, NOW + 5), expected=snap.info)
     assert store.client.ttl(key) > 3000
     assert store.client.ttl(store.all_key) == -1  # the global index never expires
 
@@ -168,7 +170,7 @@ def test_default_ttl_and_none(make_store: Callable[..., RedisStore]) -> None:
     store.create(s)
     assert store.client.ttl(store.session_key(s.session_id)) == -1
     store.client.expire(store.session_key(s.session_id), 100)
-    store.save(changed(s), expected_revision=1)
+    store.save(changed(s), expected=s)
     assert store.client.ttl(store.session_key(s.session_id)) == -1
 
 
@@ -262,7 +264,7 @@ def test_lua_and_watch_writers_exclude_each_other(make_store: Callable[..., Redi
     def write(st: RedisStore, n: int) -> None:
         barrier.wait()
         try:
-            st.save(changed(s, n=n), expected_revision=1)
+            st.save(changed(s, n=n), expected=s)
             results.append("won")
         except ConflictError as exc:
             results.append(f"lost:{exc.current_revision}")
@@ -287,11 +289,11 @@ def test_a_repeated_write_is_recognised(make_store: Callable[..., RedisStore], c
     store._put(s.info, blob, None)
     s2 = changed(s, x=1)
     blob2 = store.codec.encode(s2)
-    store._put(s2.info, blob2, 1)
-    store._put(s2.info, blob2, 1)
+    store._put(s2.info, blob2, s.info)
+    store._put(s2.info, blob2, s.info)
     assert store.load(s.session_id) == s2
-    with pytest.raises(ConflictError):  # other bytes at that revision still conflict
-        store._put(s2.info, store.codec.encode(s2), 1)
+    with pytest.raises(ConflictError):  # other bytes at that version still conflict
+        store._put(s2.info, store.codec.encode(s2), s.info)
 
 
 def test_watch_retries_when_the_key_changes_under_it(
@@ -305,16 +307,33 @@ def test_watch_retries_when_the_key_changes_under_it(
 
     def interfering(self: RedisStore, pipe: Any, key: str) -> Any:
         calls.append(key)
-        if len(calls) == 1:  # an access-time update at the same revision sneaks in
-            snap = other.load_snapshot(s.session_id)
-            other.save_info(snap, lifecycle.touch(snap.info, NOW + 1), expected_revision=1)
+        if len(calls) == 1:  # a write that leaves the record as it was sneaks in
+            other.client.hset(key, "client", other.client.hget(key, "client"))
         return original(self, pipe, key)
 
     monkeypatch.setattr(RedisStore, "_watch_read", interfering)
     s2 = changed(s, x=1)
-    store.save(s2, expected_revision=1)
+    store.save(s2, expected=s)
     assert len(calls) == 2
     assert store.load(s.session_id) == s2
+
+
+@pytest.mark.parametrize("cas", CAS)
+def test_no_stale_write_back_after_an_access_time_write(
+    make_store: Callable[..., RedisStore], monkeypatch: pytest.MonkeyPatch, cas: str
+) -> None:
+    # an access-time write keeps the revision but is a new record version: a
+    # write based on the record read before it must fail, not undo it
+    store, other = make_store(cas=cas), make_store(cas="lua")
+    s = new()
+    store.create(s)
+    snap = other.load_snapshot(s.session_id)
+    touched = lifecycle.touch(snap.info, NOW + 1)
+    other.save_info(snap, touched, expected=snap.info)
+    with pytest.raises(ConflictError) as info:
+        store.save(changed(s, x=1), expected=s)
+    assert info.value.current_revision == 1
+    assert store.load_info(s.session_id) == touched
 
 
 def test_watch_gives_up_under_endless_interference(
@@ -332,7 +351,7 @@ def test_watch_gives_up_under_endless_interference(
 
     monkeypatch.setattr(RedisStore, "_watch_read", interfering)
     with pytest.raises(ConflictError) as info:
-        store.save(changed(s), expected_revision=1)
+        store.save(changed(s), expected=s)
     assert info.value.current_revision == 1
 
 
@@ -343,7 +362,7 @@ def test_lost_script_cache_is_reloaded(make_store: Callable[..., RedisStore], ca
     store.client.script_flush()
     store.create(a)
     store.client.script_flush()
-    store.save(changed(a, x=1), expected_revision=1)
+    store.save(changed(a, x=1), expected=a)
     store.create(b)
     store.client.script_flush()
     assert store.delete(b.session_id)
@@ -364,7 +383,7 @@ def test_wrong_type_at_a_session_key(store: RedisStore) -> None:
     with pytest.raises(StorageError, match="WRONGTYPE"):
         store.create(s)
     with pytest.raises(StorageError, match="WRONGTYPE"):
-        store.save(changed(s), expected_revision=1)
+        store.save(changed(s), expected=s)
 
 
 def test_entries_in_the_wrong_client_index_are_skipped(store: RedisStore) -> None:
@@ -545,7 +564,7 @@ def test_password_and_acl_user(
             assert store.load(s.session_id) == s
             other = new("acl")
             store.create(other)
-            store.save(changed(other), expected_revision=1)
+            store.save(changed(other), expected=other)
             assert [i.session_id for i in store.list_by_client("acl")] == [other.session_id]
             assert store.statistics(NOW).total_sessions == 2
             assert store.delete(other.session_id)
@@ -580,7 +599,7 @@ def test_server_restart_mid_run(
         ops: list[Callable[[], object]] = [
             lambda: store.load(s.session_id),
             lambda: store.load_info(s.session_id),
-            lambda: store.save(changed(s), expected_revision=1),
+            lambda: store.save(changed(s), expected=s),
             lambda: store.create(fresh),
             lambda: store.delete(s.session_id),
             lambda: store.list_by_client("client-a"),
@@ -600,7 +619,7 @@ def test_server_restart_mid_run(
             store.load(s.session_id)
         store.create(fresh)
         s2 = changed(fresh, x=1)
-        store.save(s2, expected_revision=1)
+        store.save(s2, expected=fresh)
         assert store.load(fresh.session_id) == s2
         assert store.list_by_client("client-a") == [s2.info]
         assert store.delete(fresh.session_id)
@@ -621,7 +640,7 @@ def test_timeout_mid_write_is_retryable_and_never_half_applied(
         admin.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")
         resumes = time.monotonic() + pause_ms / 1000
         with pytest.raises(StorageError) as info:
-            store.save(s2, expected_revision=1)
+            store.save(s2, expected=s)
         assert info.value.retryable
         assert info.value.details["reason"] == "TimeoutError"
         time.sleep(max(0.0, resumes - time.monotonic()) + 0.2)
@@ -632,7 +651,7 @@ def test_timeout_mid_write_is_retryable_and_never_half_applied(
     assert store.load(s.session_id) in (s, s2)
     current = store.load(s.session_id)
     s3 = changed(current, y=2)
-    store.save(s3, expected_revision=current.revision)
+    store.save(s3, expected=current)
     assert store.load(s.session_id) == s3
 
 

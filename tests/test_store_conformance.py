@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import attrs
 import pytest
 
 from stuisession.codec.snapshot import Snapshot, SnapshotCodec, parse_header
@@ -70,6 +71,26 @@ def changed(session: Session, now: float = NOW, **entries: Any) -> Session:
     """The next revision of *session*, with *entries* merged into its session_state."""
     state = SessionState(session_state={**session.state.session_state, **entries})
     return lifecycle.with_state(session, state, now)
+
+
+def assert_rolled_back(served: SessionInfo, written: list[Any]) -> None:
+    """*served* is one of the *written* generations; an older one on a new history.
+
+    A store that falls back to a backup serves a state older than it
+    acknowledged: it must move the session to a new lineage, so that no
+    (lineage, revision) pair names two different states.
+    """
+    same = [
+        w
+        for w in written
+        if attrs.evolve(served, version=w.version, lineage=w.lineage, applied=w.applied) == w
+    ]
+    assert same, served
+    latest = written[-1]
+    if served.revision < latest.revision:
+        assert served.lineage != latest.lineage
+    else:
+        assert served == latest
 
 
 def rich_state() -> SessionState:
@@ -151,18 +172,18 @@ class StoreConformance:
             store.load(s.session_id)
         store.create(s)
         with pytest.raises(StateTooLarge):
-            store.save(changed(s, big="x" * 5000), expected_revision=1, max_size=300)
+            store.save(changed(s, big="x" * 5000), expected=s, max_size=300)
         assert store.load(s.session_id) == s
 
     # -- save / compare-and-swap --------------------------------------------------------
-    def test_save_with_expected_revision(self, store: SessionStore) -> None:
+    def test_save_with_expected_record(self, store: SessionStore) -> None:
         s1 = new()
         store.create(s1)
         s2 = changed(s1, NOW + 1, step=2)
-        store.save(s2, expected_revision=1)
+        store.save(s2, expected=s1)
         assert store.load(s1.session_id) == s2
         s3 = changed(s2, NOW + 2, step=3)
-        store.save(s3, expected_revision=2)
+        store.save(s3, expected=s2)
         loaded = store.load(s1.session_id)
         assert loaded == s3
         assert loaded.revision == 3
@@ -172,27 +193,28 @@ class StoreConformance:
         s1 = new()
         store.create(s1)
         s2 = changed(s1, NOW + 1, winner=True)
-        store.save(s2, expected_revision=1)
+        store.save(s2, expected=s1)
         loser = changed(s1, NOW + 2, winner=False)  # also based on revision 1
         with pytest.raises(ConflictError) as info:
-            store.save(loser, expected_revision=1)
+            store.save(loser, expected=s1)
         assert info.value.current_revision == 2
         assert info.value.details["current_revision"] == 2
         assert info.value.retryable
         assert store.load(s1.session_id) == s2
+        # the same version on another history (lineage) is another record
         with pytest.raises(ConflictError) as info:
-            store.save(changed(s2, NOW + 3), expected_revision=7)
+            store.save(changed(s2, NOW + 3), expected=attrs.evolve(s2.info, lineage="other"))
         assert info.value.current_revision == 2
         assert store.load(s1.session_id) == s2
 
     def test_save_on_missing_or_deleted(self, store: SessionStore) -> None:
         s = new()
         with pytest.raises(SessionNotFound):
-            store.save(changed(s), expected_revision=1)
+            store.save(changed(s), expected=s)
         store.create(s)
         assert store.delete(s.session_id)
         with pytest.raises(SessionNotFound):
-            store.save(changed(s), expected_revision=1)
+            store.save(changed(s), expected=s)
         with pytest.raises(SessionNotFound):
             store.load(s.session_id)
 
@@ -215,19 +237,24 @@ class StoreConformance:
         store.create(s)
         snap = store.load_snapshot(s.session_id)
         touched = lifecycle.touch(snap.info, NOW + 100)
-        store.save_info(snap, touched, expected_revision=s.revision)
+        store.save_info(snap, touched, expected=snap.info)
         loaded = store.load(s.session_id)
         assert loaded.info == touched
         assert loaded.revision == s.revision
+        assert loaded.version == s.version + 1
         assert loaded.last_accessed == NOW + 100
         assert loaded.state == s.state
-        # a second access at the same revision is fine; a stale one is not
+        # a second access based on the latest record is fine; one based on a
+        # record read before another write is not, even at the same revision
         snap2 = store.load_snapshot(s.session_id)
-        store.save_info(snap2, lifecycle.touch(snap2.info, NOW + 200), expected_revision=1)
-        s2 = changed(loaded, NOW + 300, more=1)
-        store.save(s2, expected_revision=1)
+        store.save_info(snap2, lifecycle.touch(snap2.info, NOW + 200), expected=snap2.info)
+        with pytest.raises(ConflictError):
+            store.save(changed(loaded, NOW + 300, stale=1), expected=loaded)
+        latest = store.load(s.session_id)
+        s2 = changed(latest, NOW + 300, more=1)
+        store.save(s2, expected=latest)
         with pytest.raises(ConflictError) as info:
-            store.save_info(snap2, lifecycle.touch(snap2.info, NOW + 400), expected_revision=1)
+            store.save_info(snap2, lifecycle.touch(snap2.info, NOW + 400), expected=snap2.info)
         assert info.value.current_revision == 2
         assert store.load(s.session_id) == s2
 
@@ -274,7 +301,7 @@ class StoreConformance:
             store.create(s)
         store.delete(a1.session_id)
         a2b = changed(a2, NOW + 5, x=1)
-        store.save(a2b, expected_revision=1)
+        store.save(a2b, expected=a2)
         assert store.list_by_client("alice") == [a2b.info]
 
     def test_iter_expired(self, store: SessionStore) -> None:
@@ -297,7 +324,7 @@ class StoreConformance:
         assert len(list(store.iter_expired(NOW + 86401))) == 4
         # a touch slides the idle expiry
         snap = store.load_snapshot(short.session_id)
-        store.save_info(snap, lifecycle.touch(snap.info, NOW + 50), expected_revision=1)
+        store.save_info(snap, lifecycle.touch(snap.info, NOW + 50), expected=snap.info)
         assert short.session_id not in {i.session_id for i in store.iter_expired(NOW + 61)}
 
     def test_statistics(self, store: SessionStore) -> None:
@@ -328,9 +355,9 @@ class StoreConformance:
         s1 = lifecycle.new_session("client-a", now=NOW, timeout=3600, state=rich_state())
         store.create(s1)
         s2 = changed(s1, NOW + 1, gen=2)
-        store.save(s2, expected_revision=1)
+        store.save(s2, expected=s1)
         s3 = changed(s2, NOW + 2, gen=3)
-        store.save(s3, expected_revision=2)
+        store.save(s3, expected=s2)
         return [s1, s2, s3]
 
     @pytest.mark.parametrize(
@@ -359,16 +386,16 @@ class StoreConformance:
         except IntegrityError:
             pass
         else:  # a store with backups may bring back an earlier good generation
-            assert loaded in versions
+            assert_rolled_back(loaded, versions)
         try:
             info = store.load_info(sid)
         except IntegrityError:
             pass
         else:
-            assert info in [v.info for v in versions]
+            assert_rolled_back(info, [v.info for v in versions])
         # listing never fails because of one bad snapshot
         for listed in store.list_by_client("client-a"):
-            assert listed in [v.info for v in versions]
+            assert_rolled_back(listed, [v.info for v in versions])
         store.statistics(NOW)
 
     def test_snapshot_of_another_session_is_refused(self, store: SessionStore) -> None:
@@ -411,7 +438,8 @@ class StoreConformance:
                     barrier.wait()
                     attempt = changed(base, NOW + r + 1, writer=n, round=r)
                     try:
-                        store.save(attempt, expected_revision=r + 1)
+                        assert base.revision == r + 1
+                        store.save(attempt, expected=base)
                         result = f"won:{n}"
                     except ConflictError as exc:
                         result = f"lost:{exc.current_revision}"
@@ -453,7 +481,7 @@ class StoreConformance:
                         cur = store.load(s.session_id)
                         nxt = changed(cur, NOW, count=cur.state.session_state["count"] + 1)
                         try:
-                            store.save(nxt, expected_revision=cur.revision)
+                            store.save(nxt, expected=cur)
                             break
                         except ConflictError:
                             continue
@@ -487,7 +515,7 @@ class StoreConformance:
         assert loaded == s
         assert len(store.load_snapshot(s.session_id).state_json()) > 450_000
         s2 = changed(loaded, NOW + 1, extra="x")
-        store.save(s2, expected_revision=1)
+        store.save(s2, expected=loaded)
         assert store.load(s.session_id) == s2
         assert store.load_info(s.session_id) == s2.info
 

@@ -63,24 +63,31 @@ def require_active(session: SessionInfo, now: float) -> None:
         raise SessionExpired()
 
 
+def _next_record(session: SessionInfo) -> dict[str, Any]:
+    """The version (and, for a record from before versions, a lineage) of the next write."""
+    # a record without a lineage gets one on its first write: naming its
+    # history is not a rollback, and no earlier pair carried this new id
+    return {"version": session.version + 1, "lineage": session.lineage or new_lineage()}
+
+
 def touch(session: _Info, now: float) -> _Info:
     """Record an access: slides the idle expiry; the revision does not change."""
     require_active(session, now)
     # a clock that jumped backwards must not shorten a session's life
     now = max(now, session.last_accessed)
     return attrs.evolve(
-        session, last_accessed=now, expires_at=now + session.timeout, version=session.version + 1
+        session, last_accessed=now, expires_at=now + session.timeout, **_next_record(session)
     )
 
 
 def revise(session: _Info, **changes: Any) -> _Info:
     """*session* with *changes* to its record (e.g. ``token_generation``), version bumped."""
-    return attrs.evolve(session, version=session.version + 1, **changes)
+    return attrs.evolve(session, **_next_record(session), **changes)
 
 
 def relineage(session: _Info) -> _Info:
     """*session* on a new history: after a rollback to an older state (recovery, import)."""
-    return attrs.evolve(session, lineage=new_lineage(), version=session.version + 1)
+    return attrs.evolve(session, version=session.version + 1, lineage=new_lineage())
 
 
 def needs_touch(session: SessionInfo, now: float, granularity: float) -> bool:
@@ -103,7 +110,7 @@ def with_state(session: Session, state: SessionState, now: float) -> Session:
         last_modified=now,
         expires_at=now + session.timeout,
         revision=session.revision + 1,
-        version=session.version + 1,
+        **_next_record(session),
     )
 
 
@@ -119,7 +126,7 @@ def close(session: Session, now: float) -> Session:
         status=SessionStatus.CLOSED,
         last_modified=now,
         revision=session.revision + 1,
-        version=session.version + 1,
+        **_next_record(session),
     )
 
 
@@ -134,5 +141,5 @@ def expire(session: Session, now: float) -> Session:
         status=SessionStatus.EXPIRED,
         last_modified=max(now, session.last_modified),
         revision=session.revision + 1,
-        version=session.version + 1,
+        **_next_record(session),
     )
