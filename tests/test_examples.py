@@ -60,7 +60,7 @@ def test_stdio_bridge(tmp_path: Path) -> None:
     load("stdio_bridge").serve(lines, out, str(tmp_path))
     replies = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [r["status"] for r in replies] == ["success", "error", "success"]
-    assert replies[1]["error_type"] == "InvalidRequest"
+    assert replies[1]["error_code"] == "InvalidRequest"
     assert replies[2]["result"]["total_sessions"] == 1
 
 

@@ -249,7 +249,7 @@ def test_malformed_messages_get_error_replies(
     assert got[:-1] == expect_prefix
     reply = json.loads(got[-1])
     assert reply["status"] == "error"
-    assert reply["error_type"] == "InvalidRequest"
+    assert reply["error_code"] == "InvalidRequest"
     assert {"id", "error", "timestamp"} <= reply.keys()
     # and the server still serves
     req = connect(ctx, zmq.REQ, r.endpoint)
@@ -274,7 +274,7 @@ def test_too_large_message_gets_message_too_large(start: Callable[..., Running],
     req.send(request("big", "create_session", client_id="c", client_info={"x": "y" * 4000}))
     reply = json.loads(req.recv())
     assert reply["status"] == "error"
-    assert reply["error_type"] == "MessageTooLarge"
+    assert reply["error_code"] == "MessageTooLarge"
     ok(call(req, "small", "get_session_statistics"))
 
 
@@ -286,7 +286,7 @@ def test_handler_exception_becomes_error_reply(start: Callable[..., Running], ct
     req.send(request("x1", "get_session_statistics"))
     reply = json.loads(req.recv())
     assert reply["status"] == "error"
-    assert reply["error_type"] == "RuntimeError"
+    assert reply["error_code"] == "InternalError"
     assert "boom" not in reply["error"]
     handler.wire_error = None
     ok(call(req, "x2", "get_session_statistics"))
@@ -428,7 +428,7 @@ def test_sweep_removes_expired_sessions(start: Callable[..., Running], ctx: zmq.
     assert handler.wait_sweeps(n + 2)  # one full sweep after the clock moved
     reply = call(req, "i", "get_session_info", session_id=sid)
     assert reply["status"] == "error"
-    assert reply["error_type"] == "SessionNotFound"
+    assert reply["error_code"] == "SessionNotFound"
 
 
 def test_sweep_errors_are_logged_not_raised(
@@ -467,7 +467,9 @@ def test_one_log_line_per_request_without_contents(
     text = "\n".join(lines)
     assert "command=create_session id=log-c status=success error_type=-" in text
     assert "command=update_session_state id=log-u status=success" in text
-    assert "status=error error_type=UpstreamError" in text  # no backend configured
+    assert (
+        "status=error error_type=RuntimeError error_code=UpstreamError" in text
+    )  # no backend configured
     assert "\nINJECTED" not in text
     for secret in (sid, "hunter2", "secretive", "password"):
         assert secret not in text

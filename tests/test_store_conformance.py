@@ -240,7 +240,7 @@ class StoreConformance:
         def refuse(*_: object) -> bytes:
             raise AssertionError("the state was decrypted or decompressed")
 
-        monkeypatch.setattr(SnapshotCodec, "_unseal_payload", refuse)
+        monkeypatch.setattr(SnapshotCodec, "unseal_state", refuse)
         assert store.load_info(s.session_id) == s.info
         assert [i.session_id for i in store.list_by_client("client-a")] == [s.session_id]
         assert store.statistics(NOW).total_sessions == 1

@@ -30,7 +30,8 @@ from stuisession.errors import StuiSessionError, UpstreamError
 
 
 class RequestFailed(StuiSessionError):
-    """The server answered with an error; ``error_type`` is the server's."""
+    """The server answered with an error; ``error_type`` (upstream's) and ``error_code``
+    (ours, finer; falls back to ``error_type`` for servers that send none) are the server's."""
 
     def __init__(self, reply: dict[str, Any]) -> None:
         super().__init__(str(reply.get("error", "error")))
@@ -39,13 +40,14 @@ class RequestFailed(StuiSessionError):
         details = reply.get("details")
         self.details = dict(details) if isinstance(details, dict) else {}
         self.error_type = str(reply.get("error_type", "Error"))
+        self.error_code = str(reply.get("error_code", self.error_type))
         self.reply = reply
 
 
 class ServerUnavailable(UpstreamError):
     """No reply from the server after every retry."""
 
-    error_type = "ServerUnavailable"
+    error_code = "ServerUnavailable"
 
 
 def _zmq() -> Any:
@@ -196,7 +198,7 @@ class SessionClient:
             try:
                 return self.restore()
             except RequestFailed as exc:
-                if exc.error_type not in ("SessionNotFound", "AccessDenied"):
+                if exc.error_code not in ("SessionNotFound", "AccessDenied"):
                     raise
                 self.session_id = None
         result = self.call("create_session", client_id=self.client_id)

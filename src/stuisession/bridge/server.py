@@ -51,7 +51,7 @@ from stuisession import _json
 from stuisession.bridge.connections import ConnectionTracker
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
 from stuisession.bridge.workers import KeyedExecutor
-from stuisession.errors import Busy, StuiSessionError, UpstreamError
+from stuisession.errors import Busy, InternalError, InvalidRequest, StuiSessionError, UpstreamError
 from stuisession.ids import is_valid_session_id
 from stuisession.protocol.handler import error_response
 from stuisession.service.core import Credentials
@@ -368,7 +368,7 @@ class BridgeServer:
             # handle_wire promises not to raise; a wrapped or buggy handler must
             # still not take the server down
             self.log.exception("handler raised; answering with an internal error")
-            reply = error_reply("Internal error while handling the request", "RuntimeError")
+            reply = error_reply("Internal error while handling the request", InternalError)
         self._results.put((job.envelope, reply, command, job.started, job.identity))
         # a lost nudge only delays the reply until the next poll timeout
         with self._notify_lock, contextlib.suppress(self._zmq.ZMQError):
@@ -485,13 +485,15 @@ class BridgeServer:
             # ROUTER drops replies to vanished peers by itself; anything else is logged
             self.log.warning("could not send a reply to %s: %s", identity.hex(), exc)
         if self.log.isEnabledFor(logging.INFO):
-            meta = peek_fields(reply, ("id", "status", "error_type"), _reply_complete)
+            meta = peek_fields(reply, ("id", "status", "error_type", "error_code"), _reply_complete)
             self.log.info(
-                "request command=%s id=%s status=%s error_type=%s duration_ms=%.1f client=%s",
+                "request command=%s id=%s status=%s error_type=%s error_code=%s duration_ms=%.1f "
+                "client=%s",
                 _printable(command),
                 _printable(meta.get("id")),
                 _printable(meta.get("status")),
                 _printable(meta.get("error_type")),
+                _printable(meta.get("error_code")),
                 (time.perf_counter() - started) * 1000.0,
                 identity.hex(),
             )
@@ -577,11 +579,12 @@ def split_frames(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str | 
     return envelope, payload[0], None
 
 
-def error_reply(message: str, error_type: str = "InvalidRequest") -> bytes:
-    """An error reply in the flat envelope, for messages the handler never saw."""
-    exc = StuiSessionError(message)
-    exc.error_type = error_type
-    return _error_for(None, exc)
+def error_reply(message: str, kind: type[StuiSessionError] = InvalidRequest) -> bytes:
+    """An error reply in the flat envelope, for messages the handler never saw.
+
+    *kind* gives both the upstream ``error_type`` and our ``error_code``.
+    """
+    return _error_for(None, kind(message))
 
 
 # -- cheap peeking for the request log ---------------------------------------------------

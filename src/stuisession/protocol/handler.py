@@ -30,11 +30,11 @@ from stuisession.errors import (
     UnknownCommand,
     ValidationError,
 )
-from stuisession.ids import check_client_id, check_session_id
+from stuisession.ids import check_client_id
 from stuisession.policy import Policy
 from stuisession.protocol.dedup import ReplyCache, request_key
 from stuisession.security.audit import AuditLog
-from stuisession.service.core import Credentials, SessionService
+from stuisession.service.core import Credentials, SessionService, check_session_ref
 from stuisession.state.model import Session, SessionInfo
 from stuisession.state.schema import Metadata, ToolContext
 from stuisession.state.updates import PATCHABLE, StateUpdate, structure_evaluations
@@ -75,7 +75,8 @@ def _required(params: Params, name: str) -> Any:
 
 
 def _session_id(params: Params) -> str:
-    return check_session_id(_required(params, "session_id"))
+    # an id in another format answers SessionNotFound, like an unknown one
+    return check_session_ref(_required(params, "session_id"))
 
 
 def _client_id(params: Params) -> str:
@@ -683,12 +684,17 @@ def _summary(session: Session, tool_id: str | None) -> dict[str, Any]:
 
 
 def error_response(request_id: Any, exc: StuiSessionError, now: float) -> dict[str, Any]:
-    """The flat-envelope error reply for *exc* (``id`` null unless a str or int is given)."""
+    """The flat-envelope error reply for *exc* (``id`` null unless a str or int is given).
+
+    ``error_type`` is upstream's (one of ``SessionError``, ``SessionNotFound``,
+    ``RuntimeError``, ``Error``); ``error_code`` and ``details`` are additive.
+    """
     reply: dict[str, Any] = {
         "id": request_id if isinstance(request_id, (str, int)) else None,
         "status": "error",
         "error": exc.message,
         "error_type": exc.error_type,
+        "error_code": exc.error_code,
         "timestamp": isoformat(now),
     }
     if exc.details:

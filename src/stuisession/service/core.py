@@ -7,11 +7,14 @@ audited) and nothing of JSON envelopes or sockets; it raises
 responses.
 
 Access control: every command on a session checks the caller's
-:class:`Credentials` against the session's owner. A caller that names a client
-(``client_id``) or presents a token and is not the owner gets exactly the same
-:class:`~stuisession.errors.AccessDenied` as for a session that does not exist,
-so probing reveals nothing. In strict mode every session command must carry
-the session's resume token.
+:class:`Credentials` against the session's owner. Any session the caller cannot
+have -- unknown, foreign (another ``client_id``, a bad token, a client no longer
+allowed), or an id that is not in our format (e.g. one the Pharo backend issued) --
+raises the one reply :func:`~stuisession.errors.session_not_found` (upstream
+``SessionNotFound``, no details), so probing reveals nothing. Only after the caller
+passed these checks does an expired or closed session answer with
+``details.reason``. In strict mode every session command must carry the session's
+resume token.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from stuisession.errors import (
     SessionNotFound,
     StorageError,
     StuiSessionError,
+    ValidationError,
+    session_not_found,
 )
-from stuisession.ids import check_client_id, check_session_id
+from stuisession.ids import check_client_id, is_valid_session_id
 from stuisession.policy import Policy
 from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
@@ -55,7 +60,25 @@ _Loaded = TypeVar("_Loaded", Session, Snapshot)
 
 #: the scope string client tokens are bound to (in place of a session id)
 CLIENT_SCOPE = "client-scope"
-_DENIED = "Session not found or access denied"
+
+
+class _Denied(SessionNotFound):
+    """A refusal already audited as ``deny``; on the wire identical to an unknown session."""
+
+
+def check_session_ref(session_id: object) -> str:
+    """*session_id* if it may name one of our sessions.
+
+    :class:`ValidationError` (upstream ``SessionError``) when it is not a string; the
+    one :func:`session_not_found` reply when it is a string in any other format (an
+    upstream client may hold an id another backend issued: it must fall back to
+    ``create_session``).
+    """
+    if not isinstance(session_id, str):
+        raise ValidationError("session_id must be a string", field="session_id")
+    if not is_valid_session_id(session_id):
+        raise session_not_found()
+    return session_id
 
 
 @attrs.frozen
@@ -181,7 +204,7 @@ class SessionService:
             # to `stuisession audit verify` (the head file no longer matches)
             log.exception("could not append to the audit log")
 
-    def _deny(self, session_id: str | None, creds: Credentials, reason: str) -> AccessDenied:
+    def _deny(self, session_id: str | None, creds: Credentials, reason: str) -> SessionNotFound:
         self._audit(
             "deny",
             client_id=creds.client_id,
@@ -189,7 +212,7 @@ class SessionService:
             outcome="denied",
             reason=reason,
         )
-        return AccessDenied(_DENIED)
+        return _Denied(session_not_found().message)
 
     def check_rate(self, key: str) -> None:
         """Charge one request to *key*'s token bucket; :class:`RateLimited` when empty."""
@@ -210,14 +233,14 @@ class SessionService:
     def _fetch(
         self, session_id: str, creds: Credentials, loader: Callable[[str], _Loaded]
     ) -> _Loaded:
-        """Load with *loader*, then authorize; unknown ids are denied to identified callers."""
-        check_session_id(session_id)
+        """Load with *loader*, then authorize; unknown and foreign ids answer alike."""
+        check_session_ref(session_id)
         try:
             loaded = loader(session_id)
         except SessionNotFound:
             if creds.identified or self.policy.strict:
                 raise self._deny(session_id, creds, "unknown session") from None
-            raise
+            raise session_not_found() from None
         except IntegrityError as exc:
             self._audit(
                 "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
@@ -301,7 +324,7 @@ class SessionService:
             now = self._now()
             self._require_active(info, now)
         except (SessionNotFound, IntegrityError) as exc:
-            if not isinstance(exc, AccessDenied):
+            if not isinstance(exc, _Denied):
                 self._audit(
                     "restore",
                     client_id=creds.client_id,
@@ -379,13 +402,13 @@ class SessionService:
 
     def info(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """The session's record (also for expired or closed sessions not yet swept)."""
-        check_session_id(session_id)
+        check_session_ref(session_id)
         try:
             info = self.store.load_info(session_id)
         except SessionNotFound:
             if creds.identified or self.policy.strict:
                 raise self._deny(session_id, creds, "unknown session") from None
-            raise
+            raise session_not_found() from None
         self._authorize(info, creds)
         return info
 
@@ -572,4 +595,5 @@ __all__ = [
     "SessionService",
     "Statistics",
     "SweepResult",
+    "check_session_ref",
 ]
