@@ -19,10 +19,10 @@ from stuisession.state.schema import (
     ObjectRecord,
     SessionState,
     Workspace,
+    from_model_dict,
     from_wire,
-    structure_state,
+    to_model_dict,
     to_wire,
-    unstructure_state,
     validate_state,
 )
 from stuisession.state.updates import (
@@ -44,7 +44,7 @@ def _json_roundtrip(value: Any) -> Any:
 @given(session_states())
 def test_model_form_roundtrips(state: SessionState) -> None:
     validate_state(state)
-    assert structure_state(_json_roundtrip(unstructure_state(state))) == state
+    assert from_model_dict(_json_roundtrip(to_model_dict(state))) == state
 
 
 @settings(max_examples=150, deadline=None)
@@ -179,7 +179,7 @@ def test_validation_names_the_place(state: SessionState, where: str) -> None:
 )
 def test_wrong_types_are_refused(model: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        structure_state(model)
+        from_model_dict(model)
 
 
 def test_refs_helpers() -> None:

@@ -51,6 +51,7 @@ from stuisession import _json
 from stuisession.bridge.connections import ConnectionTracker
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
 from stuisession.bridge.workers import KeyedExecutor
+from stuisession.clock import Clock, SystemClock
 from stuisession.errors import Busy, InternalError, InvalidRequest, StuiSessionError, UpstreamError
 from stuisession.ids import is_valid_session_id
 from stuisession.protocol.handler import error_response
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["BridgeServer"]
 
 log = logging.getLogger("stuisession.server")
+_WALL = SystemClock()
 
 #: a message with more frames than this is refused without echoing its envelope
 MAX_FRAMES = 32
@@ -143,6 +145,9 @@ class BridgeServer:
         zmq = _zmq()
         self._zmq = zmq
         self.handler = handler
+        #: wall time for connection bookkeeping and the bridge's own replies; the
+        #: service's clock may be a manual one (tests), which must not age sockets
+        self.clock: Clock = SystemClock()
         self.log = logger if logger is not None else log
         interval = handler.policy.cleanup_interval if sweep_interval is None else sweep_interval
         if not interval > 0:
@@ -172,7 +177,7 @@ class BridgeServer:
         )
         self._notify_lock = threading.Lock()
         self._sweeping = threading.Event()
-        self.started_at = time.time()
+        self.started_at = self.clock.now()
         self.requests_served = 0
         handler.extra_statistics = self.bridge_statistics
         try:
@@ -343,7 +348,7 @@ class BridgeServer:
         token = params.get("resume_token") if isinstance(params.get("resume_token"), str) else None
         ident = identity.hex()
         # the session is attached only once a session command on it succeeds (_track)
-        self.tracker.seen(ident, time.time(), client_id=client_id)
+        self.tracker.seen(ident, self.clock.now(), client_id=client_id)
         # one session's requests run in order; a connection's requests without a
         # (readable) session id run in order too
         key: tuple[str, str] = ("s", session_id) if session_id else ("c", ident)
@@ -499,7 +504,7 @@ class BridgeServer:
             )
 
     def _sweep_connections(self) -> None:
-        now = time.time()
+        now = self.clock.now()
         for conn in self.tracker.sweep(now):
             self.log.info(
                 "connection %s idle for %.0f s: disconnected, %d session(s) detached",
@@ -534,7 +539,7 @@ class BridgeServer:
 
     def bridge_statistics(self) -> dict[str, Any]:
         """What the bridge adds to ``get_session_statistics``."""
-        now = time.time()
+        now = self.clock.now()
         return {
             "connected_clients": len(self.tracker),
             "attached_sessions": self.tracker.attached_sessions(),
@@ -547,7 +552,7 @@ class BridgeServer:
 
 
 def _error_for(request_id: Any, exc: StuiSessionError) -> bytes:
-    return _json.dumps(error_response(request_id, exc, time.time()))
+    return _json.dumps(error_response(request_id, exc, _WALL.now()))
 
 
 # -- framing --------------------------------------------------------------------------

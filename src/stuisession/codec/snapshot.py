@@ -31,10 +31,10 @@ from stuisession.codec import _envelope
 from stuisession.errors import IntegrityError, StateTooLarge
 from stuisession.keys import Keyring
 from stuisession.state.forms import (
+    from_wire_dict,
     structure_info,
-    structure_state,
+    to_wire_dict,
     unstructure_info,
-    unstructure_state,
 )
 from stuisession.state.migrations import migrate
 from stuisession.state.model import SCHEMA_VERSION, Session, SessionInfo, SessionState
@@ -147,7 +147,7 @@ class Snapshot:
         """The state as JSON of the *current* schema (migrated and re-encoded if older)."""
         if self.schema_version == SCHEMA_VERSION:
             return self.state_json()
-        return _json.dumps(unstructure_state(self.state()))
+        return _json.dumps(to_wire_dict(self.state()))
 
     def state(self) -> SessionState:
         """The state, migrated to the current schema and structured into attrs objects."""
@@ -159,7 +159,7 @@ class Snapshot:
             raise IntegrityError("snapshot state is not a JSON object")
         data = migrate(data, self.schema_version)
         try:
-            return structure_state(data)
+            return from_wire_dict(data)
         except Exception as exc:  # cattrs raises several exception types
             raise IntegrityError(f"snapshot state does not fit the schema: {exc}") from None
 
@@ -196,7 +196,7 @@ class SnapshotCodec:
     # -- writing ------------------------------------------------------------------
     def encode(self, session: Session) -> bytes:
         """Seal *session* into a snapshot."""
-        return self.encode_state_json(session.info, _json.dumps(unstructure_state(session.state)))
+        return self.encode_state_json(session.info, _json.dumps(to_wire_dict(session.state)))
 
     def encode_state_json(
         self, info: SessionInfo, state_json: bytes, *, schema_version: int = SCHEMA_VERSION

@@ -437,27 +437,27 @@ class ProtocolHandler:
         since = _optional_int(params, "since_revision", minimum=0)
         restored = self.service.restore(session_id, creds)
         now = self.service.clock.now()
-        head = self._record(restored.info, now)
-        head["time_until_expiry"] = restored.info.time_until_expiry(now)
+        record = self._record(restored.info, now)
+        record["time_until_expiry"] = restored.info.time_until_expiry(now)
         if restored.rotated:
-            head["session_id_rotated"] = True
-            head["resume_token"] = restored.resume_token
+            record["session_id_rotated"] = True
+            record["resume_token"] = restored.resume_token
         if since is not None:
             session = restored.snapshot.session()
             from stuisession.state.updates import changes_since
 
             ops = changes_since(session.state, session.revision, since)
             if ops is not None:
-                head.update(delta=True, since_revision=since, changes=ops)
-                return head
-        head["delta"] = False
+                record.update(delta=True, since_revision=since, changes=ops)
+                return record
+        record["delta"] = False
         state_json = restored.snapshot.current_state_json()
-        head_json = _json.dumps(head)
+        record_json = _json.dumps(record)
         if state_json == b"{}":
-            return RawJSON(head_json)
+            return RawJSON(record_json)
         # the state's top-level keys are the upstream restore-result keys:
         # splice its members after the record instead of decoding them
-        return RawJSON(head_json[:-1] + b"," + state_json[1:])
+        return RawJSON(record_json[:-1] + b"," + state_json[1:])
 
     def _state_update(self, params: Params) -> StateUpdate:
         patches: dict[str, Any] = {}

@@ -43,9 +43,9 @@ from stuisession.state.schema import (
     Workspace,
     canonical,
     converter,
-    structure_state,
+    from_model_dict,
+    to_model_dict,
     to_wire,
-    unstructure_state,
     validate_state,
 )
 
@@ -196,7 +196,7 @@ class StateUpdate:
         if fast is not None:
             new, paths = fast
             return self._finish(state, new, paths, new_revision, validate=False)
-        model = unstructure_state(state)
+        model = to_model_dict(state)
         paths = self.paths(model)
         for section, patch in self.patches.items():
             if patch is None:
@@ -207,7 +207,7 @@ class StateUpdate:
                 model[section] = merge_patch(model.get(section, _default(section)), patch)
         for path, value in self.sets:
             _set_path(model, path, value)
-        return self._finish(state, structure_state(model), paths, new_revision, validate=True)
+        return self._finish(state, from_model_dict(model), paths, new_revision, validate=True)
 
     def _finish(
         self,
@@ -540,7 +540,7 @@ def check_rebase(
             "Session changed since base_revision and the changes are no longer known",
             current_revision=current_revision,
         )
-    mine = update.paths(unstructure_state(state))
+    mine = update.paths(to_model_dict(state))
     my_appends = update.appends()
     for record in since:
         theirs = [tuple(p) for p in record.paths]
