@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import zmq
 
+from stuisession.bridge import replies
 from stuisession.bridge import server as server_mod
-from stuisession.bridge.server import BridgeServer, peek_fields, split_frames
+from stuisession.bridge.replies import peek_fields, split_frames
+from stuisession.bridge.server import BridgeServer
 from stuisession.clock import ManualClock
 from stuisession.policy import Policy
 from stuisession.protocol.handler import ProtocolHandler
@@ -518,7 +520,7 @@ def test_peek_fields_reads_only_what_it_needs():
     late = b'{"parameters": {"command": "nested"}, "id": 7, "command": "ping"}'
     assert peek_fields(late, ("command",)) == {"command": "ping"}
     reply = b'{"id":"r","status":"success","result":' + b"[" * 100_000
-    meta = peek_fields(reply, ("id", "status", "error_type"), server_mod._reply_complete)
+    meta = peek_fields(reply, ("id", "status", "error_type"), replies.reply_complete)
     assert meta == {"id": "r", "status": "success"}
     for junk in (
         b"",
@@ -534,7 +536,7 @@ def test_peek_fields_reads_only_what_it_needs():
 
 
 def test_printable():
-    p = server_mod._printable
+    p = replies.printable
     assert p(None) == "-"
     assert p("create_session") == "create_session"
     assert p(17) == "17"
