@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from state_strategies import session_states
 from stuisession.errors import ConflictError, ValidationError
+from stuisession.state.deltas import changes_since, check_rebase
 from stuisession.state.refs import check_object_id, is_ref, iter_refs, ref
 from stuisession.state.schema import (
     Evaluation,
@@ -27,8 +28,6 @@ from stuisession.state.schema import (
 )
 from stuisession.state.updates import (
     StateUpdate,
-    changes_since,
-    check_rebase,
     merge_patch,
     overlaps,
     patch_paths,

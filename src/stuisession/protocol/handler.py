@@ -237,7 +237,7 @@ class ProtocolHandler:
             record["resume_token"] = restored.resume_token
         if since is not None:
             session = restored.snapshot.session()
-            from stuisession.state.updates import changes_since
+            from stuisession.state.deltas import changes_since
 
             ops = changes_since(session.state, session.revision, since)
             if ops is not None:

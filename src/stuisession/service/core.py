@@ -49,9 +49,10 @@ from stuisession.security.auth import TokenAuthority
 from stuisession.security.ratelimit import TokenBucketLimiter
 from stuisession.service.sweep import Sweeper, SweepResult
 from stuisession.state import lifecycle
+from stuisession.state.deltas import changes_since, check_rebase
 from stuisession.state.model import Session, SessionInfo, SessionStatus
 from stuisession.state.schema import Metadata, SessionState
-from stuisession.state.updates import StateUpdate, changes_since, check_rebase
+from stuisession.state.updates import StateUpdate
 from stuisession.stores.base import SessionStore
 
 log = logging.getLogger("stuisession.service")
