@@ -82,7 +82,7 @@ class Sweeper:
     def _iter_all_infos(self) -> Iterator[SessionInfo]:
         # yields every examined session so a step is bounded by sessions read,
         # not by sessions removed
-        for sid in self.service.store._ids():  # TODO boundary: public id listing
+        for sid in self.service.store._ids():  # noqa: SLF001  # TODO boundary: public id listing
             try:
                 yield self.service.store.load_info(sid)
             except (SessionNotFound, IntegrityError):
