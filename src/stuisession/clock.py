@@ -58,3 +58,6 @@ class ManualClock:
 def isoformat(ts: float) -> str:
     """Unix seconds -> ISO-8601 UTC with ``Z`` and whole seconds, as upstream examples."""
     return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = ["Clock", "ManualClock", "SystemClock", "isoformat"]

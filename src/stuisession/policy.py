@@ -95,3 +95,6 @@ class Policy:
         if client_id in self.deny_clients:
             return False
         return self.allow_clients is None or client_id in self.allow_clients
+
+
+__all__ = ["DAY", "MB", "Policy"]
