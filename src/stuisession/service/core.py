@@ -184,6 +184,11 @@ class SessionService:
         outcome: str = "ok",
         reason: str | None = None,
     ) -> None:
+        """Record a security event in the audit log, if one is configured.
+
+        A failing audit log never fails the request: the error is logged, and the gap
+        shows in ``stuisession audit verify``.
+        """
         if self.audit is None:
             return
         try:
