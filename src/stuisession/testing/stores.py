@@ -81,7 +81,111 @@ def rich_state() -> SessionState:
     )
 
 
-class StoreConformance:
+class StoreConcurrencyConformance:
+    """The concurrency and size part of the contract (mixed into :class:`StoreConformance`;
+    its tests use the ``store`` fixture the subclass provides)."""
+
+    # -- concurrency --------------------------------------------------------------------
+    def test_concurrent_cas_has_one_winner_per_revision(self, store: SessionStore) -> None:
+        writers, rounds = 4, 6
+        s = new()
+        store.create(s)
+        barrier = threading.Barrier(writers, timeout=30)
+        outcomes: list[list[str]] = [[] for _ in range(rounds)]
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def writer(n: int) -> None:
+            try:
+                for r in range(rounds):
+                    barrier.wait()
+                    base = s if r == 0 else store.load(s.session_id)
+                    # every writer of round r read the same revision (r + 1)...
+                    barrier.wait()
+                    attempt = changed(base, NOW + r + 1, writer=n, round=r)
+                    try:
+                        store.save(attempt, expected_revision=r + 1)
+                        result = f"won:{n}"
+                    except ConflictError as exc:
+                        result = f"lost:{exc.current_revision}"
+                    with lock:
+                        outcomes[r].append(result)
+            except BaseException as exc:
+                errors.append(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        for r, results in enumerate(outcomes):
+            winners = [x for x in results if x.startswith("won:")]
+            assert len(winners) == 1, (r, results)
+            assert sorted(x for x in results if x.startswith("lost:")) == [f"lost:{r + 2}"] * (
+                writers - 1
+            )
+        final = store.load(s.session_id)
+        assert final.revision == rounds + 1
+        assert final.state.session_state["round"] == rounds - 1
+        assert f"won:{final.state.session_state['writer']}" in outcomes[-1]
+
+    def test_concurrent_increments_lose_no_update(self, store: SessionStore) -> None:
+        writers, increments = 4, 10
+        s = lifecycle.new_session(
+            "client-a", now=NOW, timeout=3600, state=SessionState(session_state={"count": 0})
+        )
+        store.create(s)
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                for _ in range(increments):
+                    for _attempt in range(1000):
+                        cur = store.load(s.session_id)
+                        nxt = changed(cur, NOW, count=cur.state.session_state["count"] + 1)
+                        try:
+                            store.save(nxt, expected_revision=cur.revision)
+                            break
+                        except ConflictError:
+                            continue
+                    else:
+                        raise AssertionError("no progress")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        final = store.load(s.session_id)
+        assert final.state.session_state["count"] == writers * increments
+        assert final.revision == 1 + writers * increments
+
+    # -- size ---------------------------------------------------------------------------
+    def test_large_state_roundtrips(self, store: SessionStore) -> None:
+        rnd = random.Random(42)
+        # ~500 KB of JSON that does not compress away
+        registry = {f"obj_{i}": rnd.randbytes(24).hex() for i in range(5000)}
+        blocks = [rnd.randbytes(48).hex() for i in range(2500)]
+        state = SessionState(
+            session_state={"blocks": blocks, "registry": registry, "text": "ü" * 1000}
+        )
+        s = lifecycle.new_session("client-a", now=NOW, timeout=3600, state=state)
+        store.create(s)
+        loaded = store.load(s.session_id)
+        assert loaded == s
+        assert len(store.load_snapshot(s.session_id).state_json()) > 450_000
+        s2 = changed(loaded, NOW + 1, extra="x")
+        store.save(s2, expected_revision=1)
+        assert store.load(s.session_id) == s2
+        assert store.load_info(s.session_id) == s2.info
+
+
+class StoreConformance(StoreConcurrencyConformance):
     """The contract of :class:`~stuisession.stores.SessionStore`; subclass per backend."""
 
     @pytest.fixture
@@ -394,101 +498,5 @@ class StoreConformance:
         with pytest.raises(IntegrityError):
             store.load(s.session_id)
 
-    # -- concurrency --------------------------------------------------------------------
-    def test_concurrent_cas_has_one_winner_per_revision(self, store: SessionStore) -> None:
-        writers, rounds = 4, 6
-        s = new()
-        store.create(s)
-        barrier = threading.Barrier(writers, timeout=30)
-        outcomes: list[list[str]] = [[] for _ in range(rounds)]
-        errors: list[BaseException] = []
-        lock = threading.Lock()
 
-        def writer(n: int) -> None:
-            try:
-                for r in range(rounds):
-                    barrier.wait()
-                    base = s if r == 0 else store.load(s.session_id)
-                    # every writer of round r read the same revision (r + 1)...
-                    barrier.wait()
-                    attempt = changed(base, NOW + r + 1, writer=n, round=r)
-                    try:
-                        store.save(attempt, expected_revision=r + 1)
-                        result = f"won:{n}"
-                    except ConflictError as exc:
-                        result = f"lost:{exc.current_revision}"
-                    with lock:
-                        outcomes[r].append(result)
-            except BaseException as exc:
-                errors.append(exc)
-                barrier.abort()
-
-        threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not errors, errors
-        for r, results in enumerate(outcomes):
-            winners = [x for x in results if x.startswith("won:")]
-            assert len(winners) == 1, (r, results)
-            assert sorted(x for x in results if x.startswith("lost:")) == [f"lost:{r + 2}"] * (
-                writers - 1
-            )
-        final = store.load(s.session_id)
-        assert final.revision == rounds + 1
-        assert final.state.session_state["round"] == rounds - 1
-        assert f"won:{final.state.session_state['writer']}" in outcomes[-1]
-
-    def test_concurrent_increments_lose_no_update(self, store: SessionStore) -> None:
-        writers, increments = 4, 10
-        s = lifecycle.new_session(
-            "client-a", now=NOW, timeout=3600, state=SessionState(session_state={"count": 0})
-        )
-        store.create(s)
-        errors: list[BaseException] = []
-
-        def worker() -> None:
-            try:
-                for _ in range(increments):
-                    for _attempt in range(1000):
-                        cur = store.load(s.session_id)
-                        nxt = changed(cur, NOW, count=cur.state.session_state["count"] + 1)
-                        try:
-                            store.save(nxt, expected_revision=cur.revision)
-                            break
-                        except ConflictError:
-                            continue
-                    else:
-                        raise AssertionError("no progress")
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker) for _ in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not errors, errors
-        final = store.load(s.session_id)
-        assert final.state.session_state["count"] == writers * increments
-        assert final.revision == 1 + writers * increments
-
-    # -- size ---------------------------------------------------------------------------
-    def test_large_state_roundtrips(self, store: SessionStore) -> None:
-        rnd = random.Random(42)
-        # ~500 KB of JSON that does not compress away
-        registry = {f"obj_{i}": rnd.randbytes(24).hex() for i in range(5000)}
-        blocks = [rnd.randbytes(48).hex() for i in range(2500)]
-        state = SessionState(
-            session_state={"blocks": blocks, "registry": registry, "text": "ü" * 1000}
-        )
-        s = lifecycle.new_session("client-a", now=NOW, timeout=3600, state=state)
-        store.create(s)
-        loaded = store.load(s.session_id)
-        assert loaded == s
-        assert len(store.load_snapshot(s.session_id).state_json()) > 450_000
-        s2 = changed(loaded, NOW + 1, extra="x")
-        store.save(s2, expected_revision=1)
-        assert store.load(s.session_id) == s2
-        assert store.load_info(s.session_id) == s2.info
+__all__ = ["StoreConcurrencyConformance", "StoreConformance"]
