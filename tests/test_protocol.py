@@ -174,7 +174,7 @@ def test_create_session_result(client: Client) -> None:
     check_keys(
         r,
         {"session_id", "client_id", "created_at", "timeout", "is_active"},
-        {"revision", "resume_token", "client_token"},
+        {"revision", "lineage", "resume_token", "client_token"},
     )
     assert isinstance(r["session_id"], str) and r["session_id"].startswith("session_")
     assert r["client_id"] == "tui-laptop-01"
@@ -210,8 +210,11 @@ def test_restore_session_result(client: Client, sid: str) -> None:
         },
         {
             "revision",
+            "lineage",
             "time_until_expiry",
             "delta",
+            "delta_reason",
+            "since_revision",
             "objects",
             "stale_objects",
             "preferences",
@@ -243,7 +246,9 @@ def test_update_session_state_result(client: Client, sid: str) -> None:
     client.clock.advance(5)
     r = client.ok("update_session_state", session_id=sid, state_data={"a": [1, 2]})
     check_keys(
-        r, {"session_id", "last_modified", "session_state", "update_successful"}, {"revision"}
+        r,
+        {"session_id", "last_modified", "session_state", "update_successful"},
+        {"revision", "lineage"},
     )
     assert r["session_id"] == sid
     assert r["last_modified"] == "2026-01-01T00:00:05Z"
@@ -254,8 +259,9 @@ def test_update_session_state_result(client: Client, sid: str) -> None:
 
 def test_close_session_result(client: Client, sid: str) -> None:
     r = client.ok("close_session", session_id=sid)
-    check_keys(r, {"session_id", "closed"}, {"revision"})
-    assert r == {"session_id": sid, "closed": True, "revision": 2}
+    check_keys(r, {"session_id", "closed"}, {"revision", "lineage"})
+    assert isinstance(r["lineage"], str) and r["lineage"]
+    assert r == {"session_id": sid, "closed": True, "revision": 2, "lineage": r["lineage"]}
 
 
 def test_get_session_info_result(client: Client, sid: str) -> None:
@@ -273,7 +279,7 @@ def test_get_session_info_result(client: Client, sid: str) -> None:
             "time_until_expiry",
             "is_expired",
         },
-        {"revision", "status", "last_accessed", "expires_at"},
+        {"revision", "lineage", "status", "last_accessed", "expires_at"},
     )
     assert r["session_id"] == sid and r["client_id"] == "alice"
     assert r["created_at"] == r["last_modified"] == START
@@ -303,7 +309,7 @@ def test_list_client_sessions_result(client: Client) -> None:
                 "is_active",
                 "time_until_expiry",
             },
-            {"revision"},
+            {"revision", "lineage"},
         )
         assert "client_id" not in item and "is_expired" not in item
         assert is_iso(item["created_at"]) and is_iso(item["last_modified"])
@@ -911,7 +917,8 @@ def test_the_owner_may_name_itself(client: Client, sid: str) -> None:
 def test_close_is_idempotent(client: Client, sid: str) -> None:
     first = client.ok("close_session", session_id=sid)
     again = client.ok("close_session", session_id=sid)
-    assert first == again == {"session_id": sid, "closed": True, "revision": 2}
+    lineage = first["lineage"]
+    assert first == again == {"session_id": sid, "closed": True, "revision": 2, "lineage": lineage}
 
 
 def test_a_closed_session_can_not_be_used(client: Client, sid: str) -> None:

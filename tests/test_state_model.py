@@ -345,8 +345,9 @@ def test_changes_since_reproduces_the_current_wire_form(
             doc.pop(op["path"][-1], None)
         else:
             doc[op["path"][-1]] = op["value"]
-    # compare through the model: an omitted default and an explicit empty value are equal
-    got = attrs.evolve(from_wire(wire), changes=[], metadata=s.metadata)
+    # compare through the model: an omitted default and an explicit empty value
+    # are equal; every section, metadata included, comes from the delta
+    got = attrs.evolve(from_wire(wire), changes=[])
     assert got == attrs.evolve(s, changes=[])
 
 
@@ -354,6 +355,7 @@ def test_changes_since_edges() -> None:
     s = base_state()
     assert changes_since(s, 2, 2) == []
     assert changes_since(s, 2, 0) is None
+    assert changes_since(s, 2, 3) is None  # a client ahead is not in sync
 
 
 def test_structure_evaluations_validates() -> None:

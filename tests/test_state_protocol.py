@@ -207,27 +207,38 @@ def test_stale_base_revision_merges_disjoint_and_conflicts_on_overlap(
 
 
 def test_restore_since_revision_returns_only_the_delta(handler: ProtocolHandler, sid: str) -> None:
-    held = ok(handler, "update_session_state", session_id=sid, changes=GRAPH)["revision"]
+    first = ok(handler, "update_session_state", session_id=sid, changes=GRAPH)
+    held, lineage = first["revision"], first["lineage"]
     ok(
         handler,
         "update_session_state",
         session_id=sid,
         changes={"workspaces": {"default": {"variables": {"n": 42}}}},
     )
-    d = ok(handler, "restore_session", session_id=sid, since_revision=held)
+    d = ok(handler, "restore_session", session_id=sid, since_revision=held, lineage=lineage)
     assert d["delta"] is True
+    assert d["lineage"] == lineage
     assert "session_state" not in d
     paths = [op["path"] for op in d["changes"]]
     assert ["workspace_context", "workspaces", "default", "variables", "n"] in paths
-    assert all(p[0] in ("workspace_context",) for p in paths)
+    # the server-kept counters moved too: the delta carries them
+    assert ["metadata"] in paths
+    assert all(p[0] in ("workspace_context", "metadata") for p in paths)
     assert (
-        ok(handler, "restore_session", session_id=sid, since_revision=d["revision"])["changes"]
+        ok(
+            handler,
+            "restore_session",
+            session_id=sid,
+            since_revision=d["revision"],
+            lineage=lineage,
+        )["changes"]
         == []
     )
     full = ok(
-        handler, "restore_session", session_id=sid, since_revision=0
+        handler, "restore_session", session_id=sid, since_revision=0, lineage=lineage
     )  # log doesn't reach back
     assert full["delta"] is False and "session_state" in full
+    assert full["delta_reason"] == "window"
     e = err(handler, "restore_session", session_id=sid, since_revision="1")
     assert e["error_code"] == "ValidationError"
 

@@ -160,6 +160,8 @@ class SessionClient:
         self.session_id = session_id
         self.resume_token = resume_token
         self.revision: int | None = None
+        #: the history ``revision`` belongs to (sent back with ``since_revision``)
+        self.lineage: str | None = None
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -341,11 +343,19 @@ class SessionClient:
         self.session_id = result["session_id"]
         self.resume_token = result.get("resume_token")
         self.revision = result.get("revision")
+        self.lineage = result.get("lineage")
         self._reconnected()
         return result
 
-    def restore(self, since_revision: int | None = None) -> RestoreSessionResult:
-        """The session's state (``restore_session``); follows a rotated session id."""
+    def restore(
+        self, since_revision: int | None = None, lineage: str | None = None
+    ) -> RestoreSessionResult:
+        """The session's state (``restore_session``); follows a rotated session id.
+
+        With *since_revision*, only the changes since then when the server can
+        show that revision is on its history (*lineage*, default the one last
+        seen); else the full state with ``delta`` false and a ``delta_reason``.
+        """
         if self.session_id is None:
             raise StuiSessionError("no session: call open() first")
         params: dict[str, Any] = {"session_id": self.session_id, "client_id": self.client_id}
@@ -353,11 +363,15 @@ class SessionClient:
             params["resume_token"] = self.resume_token
         if since_revision is not None:
             params["since_revision"] = since_revision
+            lineage = lineage if lineage is not None else self.lineage
+            if lineage is not None:
+                params["lineage"] = lineage
         result = cast(RestoreSessionResult, self.call("restore_session", **params))
         self.session_id = result["session_id"]
         if result.get("resume_token"):
             self.resume_token = result["resume_token"]
         self.revision = result.get("revision")
+        self.lineage = result.get("lineage")
         self._reconnected()  # restored: nothing more to do after a lost connection
         return result
 
@@ -367,6 +381,7 @@ class SessionClient:
             UpdateSessionStateResult, self._session_call("update_session_state", **parameters)
         )
         self.revision = result.get("revision")
+        self.lineage = result.get("lineage")
         return result
 
     def info(self) -> SessionInfoResult:

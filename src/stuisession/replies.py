@@ -83,6 +83,7 @@ class CreateSessionResult(TypedDict):
     timeout: int
     is_active: bool
     revision: int
+    lineage: str
     resume_token: str
     client_token: str
 
@@ -97,8 +98,13 @@ class RestoreSessionResult(TypedDict):
     timeout: int
     is_active: bool
     revision: int
+    lineage: str
     time_until_expiry: int
     delta: bool
+    #: with ``delta`` false after a ``since_revision``: ``missing_lineage``,
+    #: ``lineage``, ``ahead`` or ``window`` (why no changes could be sent)
+    delta_reason: NotRequired[str]
+    since_revision: NotRequired[int]
     session_id_rotated: NotRequired[bool]
     resume_token: NotRequired[str]
     session_state: NotRequired[dict[str, Any]]
@@ -121,6 +127,7 @@ class UpdateSessionStateResult(TypedDict):
     session_state: dict[str, Any]
     update_successful: bool
     revision: int
+    lineage: str
 
 
 class CloseSessionResult(TypedDict):
@@ -129,6 +136,7 @@ class CloseSessionResult(TypedDict):
     session_id: str
     closed: bool
     revision: int
+    lineage: str
 
 
 class SessionInfoResult(TypedDict):
@@ -141,6 +149,7 @@ class SessionInfoResult(TypedDict):
     timeout: int
     is_active: bool
     revision: int
+    lineage: str
     time_until_expiry: int
     is_expired: bool
     status: Literal["active", "closed", "expired"]
@@ -158,6 +167,7 @@ class SessionListEntry(TypedDict):
     is_active: bool
     time_until_expiry: int
     revision: int
+    lineage: str
 
 
 class ListClientSessionsResult(TypedDict):
@@ -228,6 +238,7 @@ class SaveContextResult(TypedDict):
     tool_id: str
     saved: bool
     revision: int
+    lineage: str
 
 
 class LoadContextResult(TypedDict):
@@ -238,6 +249,7 @@ class LoadContextResult(TypedDict):
     loaded: bool
     context: dict[str, Any] | None
     revision: int
+    lineage: str
 
 
 class ContextSummaryResult(TypedDict):
@@ -245,6 +257,7 @@ class ContextSummaryResult(TypedDict):
 
     session_id: str
     revision: int
+    lineage: str
     context_count: int
     contexts: list[dict[str, Any]]
     current_workspace: str | None
@@ -261,3 +274,4 @@ class ClearContextResult(TypedDict):
     session_id: str
     cleared: list[str]
     revision: int
+    lineage: str

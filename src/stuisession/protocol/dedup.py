@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from stuisession import _json
@@ -37,6 +38,26 @@ def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
         # request is refused by validation anyway; give it a key of its own
         h.update(secrets.token_bytes(16))
     return h.digest()
+
+
+#: who sent the request being handled (e.g. the CURVE public key the bridge
+#: authenticated); b"" when the transport names no caller. Part of the durable key.
+CALLER: ContextVar[bytes] = ContextVar("stuisession_caller", default=b"")
+#: the durable key of the mutating request being handled (see durable_request_key)
+CURRENT_REQUEST: ContextVar[str | None] = ContextVar("stuisession_request", default=None)
+
+
+def durable_request_key(caller: bytes, request_id: str | int, command: str, parameters: Any) -> str:
+    """The key a session record keeps for an applied request: 32 hex characters.
+
+    A digest over the caller's identity, the request id and its content (the
+    same request key the reply cache uses), so a resend after a restart is
+    recognised while another caller's request with the same id is not.
+    """
+    h = hashlib.sha256(b"stuisession-applied-request\x00")
+    h.update(len(caller).to_bytes(4, "big") + caller)
+    h.update(request_key(request_id, command, parameters))
+    return h.hexdigest()[:32]
 
 
 def reply_cost(reply: dict[str, Any]) -> int:

@@ -23,7 +23,13 @@ from stuisession.clock import Clock, isoformat
 from stuisession.errors import InternalError, StuiSessionError, UnknownCommand, ValidationError
 from stuisession.policy import Policy
 from stuisession.protocol import params as val
-from stuisession.protocol.dedup import ReplyCache, request_key
+from stuisession.protocol.dedup import (
+    CALLER,
+    CURRENT_REQUEST,
+    ReplyCache,
+    durable_request_key,
+    request_key,
+)
 from stuisession.protocol.envelope import Request, parse_request
 from stuisession.protocol.limits import bound_reply  # [limits hook]
 from stuisession.protocol.params import Params
@@ -162,21 +168,38 @@ class ProtocolHandler:
             if command is None:
                 shown = val.printable(request.command[:64])
                 raise UnknownCommand(f"Unknown command: {shown}", command=shown)
-            if self.replies is not None and (
-                request.command in MUTATING
-                or (request.command == "restore_session" and self.policy.rotates_on_restore)
-            ):
-                key = request_key(request.id, request.command, request.parameters)
-                cost = (
-                    len(message)
-                    if isinstance(message, (bytes, bytearray, memoryview, str))
-                    else 1024
+            if request.command in MUTATING:
+                # the durable key (kept in the session record) survives a restart,
+                # which the reply cache does not
+                durable = durable_request_key(
+                    CALLER.get(), request.id, request.command, request.parameters
                 )
-                return self.replies.run(
-                    key, lambda: self._dispatch(request, command), cost=2 * cost + 512
-                )
+                token = CURRENT_REQUEST.set(durable)
+                try:
+                    return self._run_once(request, command, message)
+                finally:
+                    CURRENT_REQUEST.reset(token)
+            return self._run_once(request, command, message)
         except StuiSessionError as exc:
             return self._error_reply(request_id, exc)
+
+    def _run_once(
+        self,
+        request: Request,
+        command: Callable[[Params], Result],
+        message: bytes | bytearray | memoryview | str | Mapping[str, Any],
+    ) -> dict[str, Any]:
+        if self.replies is not None and (
+            request.command in MUTATING
+            or (request.command == "restore_session" and self.policy.rotates_on_restore)
+        ):
+            key = request_key(request.id, request.command, request.parameters)
+            cost = (
+                len(message) if isinstance(message, (bytes, bytearray, memoryview, str)) else 1024
+            )
+            return self.replies.run(
+                key, lambda: self._dispatch(request, command), cost=2 * cost + 512
+            )
         return self._dispatch(request, command)
 
     def _dispatch(self, request: Request, command: Callable[[Params], Result]) -> dict[str, Any]:
@@ -232,6 +255,7 @@ class ProtocolHandler:
         session_id = val.session_id(params)
         creds = val.creds(params)
         since = val.optional_int(params, "since_revision", minimum=0)
+        client_lineage = val.optional_str(params, "lineage", 64)
         restored = self.service.restore(session_id, creds)
         now = self.service.clock.now()
         record = session_record(restored.info, now)
@@ -241,12 +265,17 @@ class ProtocolHandler:
             record["resume_token"] = restored.resume_token
         if since is not None:
             session = restored.snapshot.session()
-            from stuisession.state.deltas import changes_since
+            from stuisession.state.deltas import sync_changes
 
-            ops = changes_since(session.state, session.revision, since)
+            # changes only when the client's (lineage, revision) is provably on
+            # this history: else the full state, saying why
+            ops, reason = sync_changes(
+                session.state, session.revision, session.lineage, since, client_lineage
+            )
             if ops is not None:
                 record.update(delta=True, since_revision=since, changes=ops)
                 return record
+            record["delta_reason"] = reason
         record["delta"] = False
         state_json = restored.snapshot.current_state_json()
         record_json = _json.dumps(record)
@@ -261,20 +290,32 @@ class ProtocolHandler:
         creds = val.creds(params)
         update = val.state_update(params)
         base_revision = val.optional_int(params, "base_revision", minimum=1)
-        session = self.service.update(session_id, update, creds, base_revision=base_revision)
+        session = self.service.update(
+            session_id,
+            update,
+            creds,
+            base_revision=base_revision,
+            request_key=CURRENT_REQUEST.get(),
+        )
         return {
             "session_id": session.session_id,
             "last_modified": isoformat(session.last_modified),
             "session_state": session.state.session_state,
             "update_successful": True,
             "revision": session.revision,
+            "lineage": session.lineage,
         }
 
     def _close_session(self, params: Params) -> Result:
         session_id = val.session_id(params)
         val.optional_bool(params, "save_state", True)  # state is always kept until the sweep
         info = self.service.close(session_id, val.creds(params))
-        return {"session_id": info.session_id, "closed": True, "revision": info.revision}
+        return {
+            "session_id": info.session_id,
+            "closed": True,
+            "revision": info.revision,
+            "lineage": info.lineage,
+        }
 
     def _get_session_info(self, params: Params) -> Result:
         session_id = val.session_id(params)
@@ -345,12 +386,14 @@ class ProtocolHandler:
             update,
             val.creds(params),
             base_revision=val.optional_int(params, "base_revision", minimum=1),
+            request_key=CURRENT_REQUEST.get(),
         )
         return {
             "session_id": session_id,
             "tool_id": tool_id,
             "saved": True,
             "revision": session.revision,
+            "lineage": session.lineage,
         }
 
     def _load_context(self, params: Params) -> Result:
@@ -365,6 +408,7 @@ class ProtocolHandler:
             "loaded": ctx is not None,
             "context": None if ctx is None else {"tool_id": tool_id, **context_json(ctx)},
             "revision": session.revision,
+            "lineage": session.lineage,
         }
 
     def _get_context_summary(self, params: Params) -> Result:
@@ -386,8 +430,13 @@ class ProtocolHandler:
         else:
             cleared = [tool_id] if tool_id in current.state.contexts else []
             update = StateUpdate(patches={"contexts": {tool_id: None}}, counts_as_update=False)
-        session = self.service.update(session_id, update, creds)
-        return {"session_id": session_id, "cleared": cleared, "revision": session.revision}
+        session = self.service.update(session_id, update, creds, request_key=CURRENT_REQUEST.get())
+        return {
+            "session_id": session_id,
+            "cleared": cleared,
+            "revision": session.revision,
+            "lineage": session.lineage,
+        }
 
     def _rotate_credentials(self, params: Params) -> Result:
         session_id = val.session_id(params)

@@ -18,7 +18,8 @@ def session_record(info: SessionInfo, now: float) -> dict[str, Any]:
     """The upstream record fields of *info* at *now* (Unix seconds).
 
     ``session_id``, ``client_id``, ``created_at``/``last_modified`` (ISO-8601 UTC),
-    ``timeout`` (s), ``is_active`` (bool) and our additive ``revision`` (int).
+    ``timeout`` (s), ``is_active`` (bool) and our additive ``revision`` (int)
+    with ``lineage`` (str: the history that revision belongs to).
     """
     return {
         "session_id": info.session_id,
@@ -28,6 +29,7 @@ def session_record(info: SessionInfo, now: float) -> dict[str, Any]:
         "timeout": info.timeout,
         "is_active": info.is_active(now),
         "revision": info.revision,
+        "lineage": info.lineage,
     }
 
 
@@ -60,6 +62,7 @@ def context_summary(session: Session, tool_id: str | None) -> dict[str, Any]:
     return {
         "session_id": session.session_id,
         "revision": session.revision,
+        "lineage": session.lineage,
         "context_count": len(contexts),
         "contexts": contexts,
         "current_workspace": state.current_workspace,

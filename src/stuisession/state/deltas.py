@@ -95,14 +95,19 @@ def changes_since(
 
     Each is ``{"path": [...], "value": v}`` (set, replacing what is there) or
     ``{"path": [...], "delete": true}``, over the wire form. ``None`` when the
-    change log no longer reaches back to *since* (the client needs a full restore).
+    change log no longer reaches back to *since*, or *since* is ahead of
+    *current_revision* (the client needs a full restore).
     """
-    if since >= current_revision:
+    if since == current_revision:
         return []
+    if since > current_revision:
+        return None  # a client ahead of this state is not in sync with it
     records = [c for c in state.changes if c.revision > since]
     if not records or records[0].revision != since + 1:
         return None
-    wanted: set[Path] = set()
+    # every committed update moves the server-kept counters (commands_run,
+    # updates, evaluations, last_client_version), which the log does not list
+    wanted: set[Path] = {("metadata",)}
     for record in records:
         for logged in [*record.paths, *record.appends]:
             wanted.update(_wire_paths(tuple(logged)))
@@ -123,4 +128,36 @@ def changes_since(
     return ops
 
 
-__all__ = ["changes_since", "check_rebase"]
+#: why a restore with ``since_revision`` got the full state instead of changes
+DeltaReason = str
+
+
+def sync_changes(
+    state: SessionState,
+    revision: int,
+    lineage: str,
+    since: int,
+    client_lineage: str | None,
+) -> tuple[list[dict[str, Any]] | None, DeltaReason | None]:
+    """``(ops, None)`` when the client at (*client_lineage*, *since*) is provably on
+    this history and within the change log, else ``(None, reason)``.
+
+    *revision*/*lineage* are the server's. Reasons: ``missing_lineage`` (the
+    client sent none, or the session predates lineages), ``lineage`` (another
+    history: a rollback or recovery happened since the client's copy),
+    ``ahead`` (the client claims a revision the server does not have),
+    ``window`` (the change log no longer reaches back to *since*).
+    """
+    if not client_lineage or not lineage:
+        return None, "missing_lineage"
+    if client_lineage != lineage:
+        return None, "lineage"
+    if since > revision:
+        return None, "ahead"
+    ops = changes_since(state, revision, since)
+    if ops is None:
+        return None, "window"
+    return ops, None
+
+
+__all__ = ["DeltaReason", "changes_since", "check_rebase", "sync_changes"]
