@@ -109,7 +109,14 @@ def test_key_layout_uses_hash_tags(store: RedisStore) -> None:
     assert key_slot(store.client_key(s.client_id).encode()) == key_slot(ch.encode())
     c = store.client
     assert c.type(store.session_key(sid)) == b"hash"
-    assert set(c.hkeys(store.session_key(sid))) == {b"blob", b"head", b"rev", b"ver", b"client"}
+    assert set(c.hkeys(store.session_key(sid))) == {
+        b"blob",
+        b"head",
+        b"rev",
+        b"ver",
+        b"wid",
+        b"client",
+    }
     assert c.hget(store.session_key(sid), "rev") == b"1"
     # the compare-and-swap token: record version and lineage
     assert c.hget(store.session_key(sid), "ver") == f"1:{s.lineage}".encode()
@@ -285,15 +292,19 @@ def test_a_repeated_write_is_recognised(make_store: Callable[..., RedisStore], c
     store = make_store(cas=cas)
     s = new()
     blob = store.codec.encode(s)
-    store._put(s.info, blob, None)
-    store._put(s.info, blob, None)
+    store._put(s.info, blob, None, write_id=b"w1")
+    store._put(s.info, blob, None, write_id=b"w1")
     s2 = changed(s, x=1)
     blob2 = store.codec.encode(s2)
-    store._put(s2.info, blob2, s.info)
-    store._put(s2.info, blob2, s.info)
+    store._put(s2.info, blob2, s.info, write_id=b"w2")
+    store._put(s2.info, blob2, s.info, write_id=b"w2")
     assert store.load(s.session_id) == s2
     with pytest.raises(ConflictError):  # other bytes at that version still conflict
-        store._put(s2.info, store.codec.encode(s2), s.info)
+        store._put(s2.info, store.codec.encode(s2), s.info, write_id=b"w3")
+    # so does another writer's identical successor of the record it read (two
+    # rotations of one record): only a resend of the same write is "applied"
+    with pytest.raises(ConflictError):
+        store._put(s2.info, blob2, s.info, write_id=b"w4")
 
 
 def test_watch_retries_when_the_key_changes_under_it(

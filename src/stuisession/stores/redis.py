@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -124,7 +125,9 @@ _LAYOUT_2 = b"2"
 # or a standalone server)
 # ARGV: expected record token ('' = create, or a record older than tokens), new
 #       revision, blob, head, client hash, ttl (0 = none), session id, index score,
-#       active until (0 = not active), limit (0 = none), now, '1' to create, new token
+#       active until (0 = not active), limit (0 = none), now, '1' to create, new token,
+#       write id (random per write: a resend of this write, not another writer's
+#       identical one, is recognised as already applied)
 # The compare-and-swap is on the record token (``ver``: version:lineage), which
 # every record write changes; ``rev`` (the state revision) is kept for readers.
 # -> {1, previous client hash} written | {0, current revision} conflict
@@ -132,11 +135,11 @@ _LAYOUT_2 = b"2"
 _PUT_LUA = """
 local key = KEYS[1]
 local want, rev, blob, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[7]
-local create, ver = ARGV[12] == '1', ARGV[13]
+local create, ver, wid = ARGV[12] == '1', ARGV[13], ARGV[14]
 local cur = redis.call('HGET', key, 'ver') or ''
 local function applied()
   -- the same write, already applied (its reply was lost and it was sent again)
-  if cur == ver and redis.call('HGET', key, 'blob') == blob then
+  if cur == ver and redis.call('HGET', key, 'wid') == wid then
     -- write it again (the same value) so that a following WAIT covers it
     redis.call('HSET', key, 'ver', ver)
     return true
@@ -161,8 +164,8 @@ elseif cur ~= want then
   return {0, redis.call('HGET', key, 'rev') or ''}
 end
 local old = redis.call('HGET', key, 'client') or ''
-redis.call('HSET', key, 'rev', rev, 'ver', ver, 'client', ARGV[5], 'head', ARGV[4],
-  'blob', blob)
+redis.call('HSET', key, 'rev', rev, 'ver', ver, 'wid', wid, 'client', ARGV[5],
+  'head', ARGV[4], 'blob', blob)
 local ttl = tonumber(ARGV[6])
 local function expire(k)
   if ttl > 0 then redis.call('EXPIRE', k, ttl) else redis.call('PERSIST', k) end
@@ -226,6 +229,7 @@ class _Write:
     want: bytes  # expected record token (see record_token), b"" to create
     ver: bytes  # the new record token
     create: bool
+    wid: bytes  # this write's random id (see _PUT_LUA)
     rev: bytes
     blob: bytes
     head: bytes
@@ -969,6 +973,7 @@ class RedisStore(SessionStore):
         *,
         limit: int = 0,
         now: float | None = None,
+        write_id: bytes | None = None,
     ) -> None:
         sid = info.session_id
         chash = client_hash(info.client_id)
@@ -980,6 +985,10 @@ class RedisStore(SessionStore):
             want=b"" if expected is None else record_token(expected),
             ver=record_token(info),
             create=expected is None,
+            # two writers that read the same record may build identical
+            # successors (a rotation each): only a resend of this very write
+            # may count as already applied
+            wid=write_id or secrets.token_hex(8).encode(),
             rev=str(info.revision).encode(),
             blob=blob,
             head=blob[: parse_header(blob).payload_offset],
@@ -1040,7 +1049,7 @@ class RedisStore(SessionStore):
             if not self._cluster:
                 keys.append(self._all_key)
         args = [w.want, w.rev, w.blob, w.head, w.chash, self._ttl or 0, w.sid]
-        args += [repr(w.score), repr(w.until), w.limit, repr(w.now), int(w.create), w.ver]
+        args += [repr(w.score), repr(w.until), w.limit, repr(w.now), int(w.create), w.ver, w.wid]
         if w.create and (self._cluster or not w.atomic):
             # index first: a session is never missing from its indexes
             pipe = self._client.pipeline(transaction=False)
@@ -1084,7 +1093,7 @@ class RedisStore(SessionStore):
                     if not w.create and not exists:
                         return -1, ""
                     if exists if w.create else (ver or b"") != w.want:
-                        if (ver or b"") == w.ver and pipe.hget(w.key, "blob") == w.blob:
+                        if (ver or b"") == w.ver and pipe.hget(w.key, "wid") == w.wid:
                             result = (1, "")  # the same write, already applied
                             self._watch_wait(pipe)
                             return result
@@ -1099,6 +1108,7 @@ class RedisStore(SessionStore):
                         mapping={
                             "rev": w.rev,
                             "ver": w.ver,
+                            "wid": w.wid,
                             "client": w.chash,
                             "head": w.head,
                             "blob": w.blob,
