@@ -15,10 +15,10 @@ from typing import Any
 
 import attrs
 import pytest
-from guarantee_stores import OpenStore, open_store  # noqa: F401 - a fixture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from guarantee_stores import OpenStore, open_store  # noqa: F401 - a fixture
 from stuisession import FileStore, ManualClock, MemoryStore, Policy, ProtocolHandler
 from stuisession.errors import AccessDenied, ConfigurationError, SessionNotFound, ValidationError
 from stuisession.ids import check_client_id

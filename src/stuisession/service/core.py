@@ -47,6 +47,7 @@ from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
 from stuisession.security.ratelimit import TokenBucketLimiter
 from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
+from stuisession.service.clockguard import TrustedClock
 from stuisession.service.retry import AGAIN, cas_retry
 from stuisession.service.sweep import Sweeper, SweepResult
 from stuisession.state import lifecycle
@@ -174,11 +175,18 @@ class SessionService:
             None if audit is None else RefusalAggregator(audit, self.policy.audit_interval)
         )
         #: the expiry sweep, bounded per step
+        self._trusted = TrustedClock(self.clock)
         self.sweeper = Sweeper(self)
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
-        return self.clock.now()
+        return self._trusted.now()
+
+    def now(self) -> float:
+        """The time records are stamped and judged with, Unix seconds: the wall clock,
+        continued by elapsed real time through a backward step (see
+        :class:`~stuisession.service.clockguard.TrustedClock`)."""
+        return self._trusted.now()
 
     def audit_event(
         self,

@@ -47,7 +47,7 @@ class Sweeper:
 
     def _due_for_sweep(self, info: SessionInfo) -> bool:
         """True when the sweep deletes *info*: expired, closed or past retention."""
-        now = self.service.clock.now()
+        now = self.service.now()
         return not info.is_active(now) or self.service.expired_by_retention(info, now)
 
     def sweepable(self) -> Iterator[SessionInfo]:
@@ -70,8 +70,10 @@ class Sweeper:
             try:
                 for info in cursor:
                     scanned += 1
-                    if info is not _SKIP and self._sweep_one(info):
-                        removed += 1
+                    if info is not _SKIP:
+                        self._clock_guard.observe(info, self.service.now())
+                        if self._sweep_one(info):
+                            removed += 1
                     if scanned >= limit:
                         return SweepResult(scanned=scanned, removed=removed, done=False)
             except BaseException:
@@ -80,6 +82,7 @@ class Sweeper:
                 self._sweep_cursor = None
                 raise
             self._sweep_cursor = None
+            self._clock_guard.end_pass()
         return SweepResult(scanned=scanned, removed=removed, done=True)
 
     def _iter_all_infos(self) -> Iterator[SessionInfo]:
@@ -94,7 +97,7 @@ class Sweeper:
     def _sweep_one(self, info: SessionInfo) -> bool:
         if not self._due_for_sweep(info):
             return False
-        refusal = self._clock_guard.refusal(info, self.service.clock.now())
+        refusal = self._clock_guard.refusal(info, self.service.now())
         if refusal is not None:
             if self._clock_guard.first_report(refusal):
                 log.warning("expiry sweep refuses to delete: %s", refusal)
