@@ -13,9 +13,9 @@ from stuisession.admin.core import (
     verify_store,
 )
 
+# VerifyProblem moved to stuisession.stores.base; still importable from here
 __all__ = [
     "RotationReport",
-    "VerifyProblem",
     "export_sessions",
     "import_sessions",
     "open_store",
