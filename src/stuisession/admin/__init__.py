@@ -5,7 +5,7 @@ May import: everything below the bridge (``service`` and lower), never ``cli``.
 
 from stuisession.admin.core import (
     RotationReport,
-    VerifyProblem,
+    VerifyProblem as VerifyProblem,
     export_sessions,
     import_sessions,
     open_store,
