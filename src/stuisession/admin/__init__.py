@@ -5,12 +5,14 @@ May import: everything below the bridge (``service`` and lower), never ``cli``.
 
 from stuisession.admin.core import (
     RotationReport,
-    VerifyProblem as VerifyProblem,
     export_sessions,
     import_sessions,
     open_store,
     rotate_keys,
     verify_store,
+)
+from stuisession.admin.core import (
+    VerifyProblem as VerifyProblem,
 )
 
 # VerifyProblem moved to stuisession.stores.base; still importable from here
