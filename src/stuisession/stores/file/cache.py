@@ -67,6 +67,8 @@ class Head:
     session: Session | None
     #: estimated memory of this entry
     cost: int
+    #: the journal's format version (a version-1 journal is compacted before an append)
+    jnl_version: int = journal.VERSION
 
     @property
     def journal_bytes(self) -> int:

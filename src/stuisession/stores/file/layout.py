@@ -8,6 +8,7 @@ Layout under the store directory (see ``docs/file-store.md``)::
     sessions/<ab>/<id>.snap     the current snapshot (<ab>: 2 chars of the id token)
     sessions/<ab>/<id>.snap.1   backups, newest first, up to ``backups``
     sessions/<ab>/<id>.jnl      the journal extending the current snapshot
+    sessions/<ab>/<id>.hwm      high-water mark: the acknowledged revision (format 3)
     sessions/<ab>/<id>.ref      client index marker (an id outside its client's shard)
     sessions/<ab>/.<id>.<rand>.tmp   a write in progress (or left by a crash)
     quarantine/<id>.<time>.<rand>.bad   snapshots that failed their check
@@ -42,6 +43,9 @@ FORMAT_FILE = "format.json"
 KEYRING_FILE = "keyring.json"
 SNAP_SUFFIX = ".snap"
 JOURNAL_SUFFIX = ".jnl"
+HWM_SUFFIX = ".hwm"
+#: a recovery that served an older state than acknowledged leaves this note in quarantine/
+ROLLBACK_SUFFIX = ".rollback.json"
 REF_SUFFIX = ".ref"
 TMP_SUFFIX = _fs.TMP_SUFFIX
 #: the two characters of a session id that name its shard directory
@@ -67,13 +71,14 @@ def storage_error(action: str, exc: OSError) -> StorageError:
 class SessionPaths:
     """The file names of one session (the id has been validated)."""
 
-    __slots__ = ("current", "dir", "journal", "sid")
+    __slots__ = ("current", "dir", "hwm", "journal", "sid")
 
     def __init__(self, sessions_dir: str, session_id: str) -> None:
         self.sid = session_id
         self.dir = os.path.join(sessions_dir, session_id[SHARD])
         self.current = os.path.join(self.dir, session_id + SNAP_SUFFIX)
         self.journal = os.path.join(self.dir, session_id + JOURNAL_SUFFIX)
+        self.hwm = os.path.join(self.dir, session_id + HWM_SUFFIX)
 
     def backup(self, k: int) -> str:
         """The backup of generation *k* (1 is the newest)."""
@@ -267,6 +272,21 @@ class Layout:
     def quarantine_files(self, session_id: str) -> list[str]:
         prefix = session_id + "."
         return [e.path for e in os.scandir(self.quarantine_dir) if e.name.startswith(prefix)]
+
+    def rollback_notes(self) -> dict[str, list[str]]:
+        """Session id -> paths of the rollback notes in ``quarantine/`` (sorted)."""
+        found: dict[str, list[str]] = {}
+        try:
+            entries = list(os.scandir(self.quarantine_dir))
+        except FileNotFoundError:
+            return found
+        for e in entries:
+            sid = e.name.partition(".")[0]
+            if e.name.endswith(ROLLBACK_SUFFIX) and is_valid_session_id(sid):
+                found.setdefault(sid, []).append(e.path)
+        for paths in found.values():
+            paths.sort()
+        return found
 
 
 class ClientIndex:

@@ -47,12 +47,12 @@ from stuisession.stores.file.layout import (
     storage_error,
 )
 from stuisession.stores.file.locking import StripeLocks
-from stuisession.stores.file.recovery import Recovery, session_ref
+from stuisession.stores.file.recovery import Recovery, Rollback, session_ref
 
 log = logging.getLogger("stuisession.stores.file")
 _T = TypeVar("_T")
 
-__all__ = ["DEFAULT_CACHE_BYTES", "STALE_TMP_AGE", "FileStore", "session_ref"]
+__all__ = ["DEFAULT_CACHE_BYTES", "STALE_TMP_AGE", "FileStore", "Rollback", "session_ref"]
 
 
 class FileStore(SessionStore):
@@ -175,6 +175,14 @@ class FileStore(SessionStore):
     def quarantined(self) -> list[Path]:
         """Files this store instance moved to ``quarantine/`` (oldest first)."""
         return self._recovery.quarantined()
+
+    def rollbacks(self) -> list[Rollback]:
+        """Sessions this instance served from an older state than acknowledged (oldest first).
+
+        Each was reported (ERROR log, a note in ``quarantine/`` that ``verify``
+        reports); a service may hook these, e.g. to audit them or start a new lineage.
+        """
+        return self._recovery.rollbacks()
 
     def sweep_temp_files(self, max_age: float = STALE_TMP_AGE) -> int:
         """Delete temp files older than *max_age* seconds left by crashed writers.
@@ -375,16 +383,21 @@ class FileStore(SessionStore):
             self._writer.sweep_once(p.dir)
             with self._locks.locked(p.sid):
                 if expected_revision is None:
-                    self._create_locked(p, tmp)
+                    self._create_locked(p, tmp, info.revision)
                 else:
-                    self._replace_locked(p, tmp, expected_revision)
+                    self._replace_locked(p, tmp, expected_revision, info.revision)
         except OSError as exc:
             raise storage_error("write a session snapshot", exc) from exc
         finally:
             if tmp is not None:
                 self._writer.discard(tmp)
 
-    def _create_locked(self, p: SessionPaths, tmp: str) -> None:
+    def _create_locked(self, p: SessionPaths, tmp: str, revision: int) -> None:
+        if os.path.lexists(p.current):
+            # before the mark is written: never lower an existing session's mark
+            raise ConflictError("session already exists", current_revision=self._head_revision(p))
+        # the mark goes first: a reader never sees the session without it
+        self._jw.mark(p, revision)
         try:
             os.link(tmp, p.current)  # atomic create-if-absent
         except FileExistsError:
@@ -399,7 +412,9 @@ class FileStore(SessionStore):
         except (SessionNotFound, IntegrityError):
             return None
 
-    def _replace_locked(self, p: SessionPaths, tmp: str, expected_revision: int) -> None:
+    def _replace_locked(
+        self, p: SessionPaths, tmp: str, expected_revision: int, new_revision: int
+    ) -> None:
         # the whole snapshot is verified (when not cached), not just its head: a
         # corrupt current file must not be rotated into the backups, pushing out
         # a good generation
@@ -409,6 +424,7 @@ class FileStore(SessionStore):
         self._jw.rotate_backups(p)
         os.replace(tmp, p.current)
         self._writer.fsync_dir_committed(p.dir)
+        self._jw.mark(p, new_revision)
         self._jw.forget_journal(p)
         self._cache.drop(p.sid)
 
@@ -433,6 +449,9 @@ class FileStore(SessionStore):
                 if existed:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(p.current)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p.hwm)  # after the session: never a session without its mark
+                if existed:
                     self._writer.fsync_dir(p.dir)
                 if marker is not None:  # after the session: never a session without it
                     with contextlib.suppress(FileNotFoundError):
