@@ -44,6 +44,7 @@ from stuisession.stores.file.layout import (
     ClientIndex,
     Layout,
     SessionPaths,
+    StoreFormat,
     storage_error,
 )
 from stuisession.stores.file.locking import StripeLocks
@@ -51,6 +52,17 @@ from stuisession.stores.file.recovery import Recovery, Rollback, session_ref
 
 log = logging.getLogger("stuisession.stores.file")
 _T = TypeVar("_T")
+
+
+def _load_key_file(layout: Layout, path: Path) -> Keyring:
+    """The store's key file; created only in a new store, never in an existing one."""
+    if not os.path.lexists(path) and layout.is_existing():
+        raise ConfigurationError(
+            f"key file {path} is missing but the store at {layout.root} already holds "
+            "sessions; put the key file back from a backup (or set $STUISESSION_KEYRING): "
+            "a new key would leave every session unreadable"
+        )
+    return Keyring.load_or_create(path)
 
 __all__ = ["DEFAULT_CACHE_BYTES", "STALE_TMP_AGE", "FileStore", "Rollback", "session_ref"]
 
@@ -120,10 +132,10 @@ class FileStore(SessionStore):
         if codec is None:
             ring = keyring if keyring is not None else Keyring.from_env()
             if ring is None:
-                ring = Keyring.load_or_create(key_file or layout.keyring_file)
+                ring = _load_key_file(layout, Path(key_file or layout.keyring_file))
             codec = SnapshotCodec(ring, encrypt=encrypt)
         super().__init__(codec)
-        fmt = layout.open_format(lock_stripes, fsync=fsync)
+        fmt = layout.open_format(lock_stripes, fsync=fsync, keyring=codec.keyring)
         self._index = ClientIndex(layout, fmt.shard_key)
         self._locks = StripeLocks(layout.lock_paths(fmt.lock_stripes), lock_timeout)
         self._writer = FileWriter(
@@ -150,6 +162,31 @@ class FileStore(SessionStore):
             journal_limit=journal_limit,
             encode=self._encode,
         )
+        if fmt.migrate:
+            self._migrate(fmt, fsync=fsync)
+
+    def _migrate(self, fmt: StoreFormat, *, fsync: bool) -> None:
+        """Bring a version-1/2 store to version 3: a mark per session, then format.json."""
+        if self._layout.has_marks():
+            raise ConfigurationError(
+                f"{self._layout.format_file} says store format version {fmt.version}, but the "
+                "sessions have high-water marks (version 3): an older copy of format.json was "
+                "put back; restore the current one from a backup of the store"
+            )
+        self._reader.marks = False
+        try:
+            for sid in list(self._layout.iter_ids()):
+                p = self._paths(sid)
+                try:
+                    with self._locks.locked(sid):
+                        revision = self._reader.head(p, decode=False, locked=True).info.revision
+                        self._io("write a high-water mark", lambda: self._jw.mark(p, revision))
+                except (SessionNotFound, IntegrityError):
+                    continue  # verify reports it; its first read settles the missing mark
+        finally:
+            self._reader.marks = True
+        self._layout.write_format(fmt, self.codec.keyring, fsync=fsync)
+        log.info("file store: migrated %s from format version %d", self._root, fmt.version)
 
     # -- public extras --------------------------------------------------------------
     @property
