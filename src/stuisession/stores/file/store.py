@@ -250,8 +250,12 @@ class FileStore(SessionStore):
         return self._index.shard(client_id)
 
     def new_session_id(self, client_id: str) -> str:
-        """A fresh session id, placed in *client_id*'s shard (256-bit id, 244 bits random)."""
-        return self._index.place(super().new_session_id(client_id), client_id)
+        """A fresh session id: 256 random bits, nothing derived from *client_id*.
+
+        The client index is kept by a marker in the client's shard instead
+        (written by :meth:`create`), so ids of one client can not be linked.
+        """
+        return super().new_session_id(client_id)
 
     def _client_ids(self, client_id: str) -> Iterator[str] | None:
         return self._index.ids(client_id)
@@ -394,7 +398,9 @@ class FileStore(SessionStore):
         Hard-linked copies are checked once; files that vanished meanwhile are skipped.
         """
         chosen = self.verify_items() if items is None else items
-        return _verify.verify_files(self.codec, self._layout, chosen, progress=progress)
+        return _verify.verify_files(
+            self.codec, self._layout, chosen, progress=progress, marks=self._reader.marks
+        )
 
     # -- primitives -------------------------------------------------------------------
     def _get(self, session_id: str) -> bytes | None:
