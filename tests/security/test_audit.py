@@ -148,7 +148,10 @@ def test_empty_and_fresh_logs_verify(tmp_path: Path, ring: Keyring) -> None:
     report = verify(tmp_path / "missing.log", ring)
     assert not report and report.reason == "log file does not exist"
     (tmp_path / "empty.log").write_bytes(b"")
+    # a log is created by its first line: empty and without a head, it was emptied
     report = verify(tmp_path / "empty.log", ring)
+    assert not report and "emptied" in str(report.reason)
+    report = verify(tmp_path / "empty.log", ring, require_head=False)
     assert report.ok and report.lines == 0 and report.last_seq == 0
 
 
@@ -656,3 +659,54 @@ def test_planted_audit_log_symlink_is_never_followed(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         audit.record("create", client_id="alice")
     assert outside.read_bytes() == b"precious, with no newline at the end"
+
+
+# -- faults: a full disk, an emptied log (issue 15 item 7) --------------------------------
+def test_audit_log_resumes_with_a_recorded_gap_after_a_full_disk(
+    log: AuditLog, ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno as _errno
+
+    fill(log, 2)
+
+    def full(*args: object) -> int:
+        raise OSError(_errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr("stuisession.security.audit.os.write", full)
+        for _ in range(3):
+            with pytest.raises(OSError):
+                log.record("update")
+    # the disk has room again: the next event goes in after a gap line
+    assert log.record("restore") == 4
+    events = [json.loads(line) for line in lines_of(log.path)]
+    assert [e["event"] for e in events][-2:] == ["audit_gap", "restore"]
+    assert events[-2]["event"] == "audit_gap" and "3 event(s)" in events[-2]["reason"]
+    assert verify(log.path, ring).ok
+
+
+def test_audit_log_head_failures_in_a_row_do_not_stop_the_log(
+    log: AuditLog, ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(log, 2)
+
+    def broken(*args: object) -> None:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr("stuisession.security.audit.os.replace", broken)
+        for _ in range(2):
+            with pytest.raises(OSError):
+                log.record("create")
+    # a fresh writer (a bridge restart) resumes too
+    fresh = AuditLog(log.path, keyring=ring, fsync=False)
+    fresh.record("restore")
+    report = verify(log.path, ring)
+    assert report.ok and report.lines == 4
+
+
+def test_emptied_audit_log_without_head_fails_verify(log: AuditLog, ring: Keyring) -> None:
+    fill(log, 3)
+    log.path.write_bytes(b"")
+    log.path.with_name(log.path.name + ".head").unlink()
+    assert not verify(log.path, ring)

@@ -305,6 +305,9 @@ def verify(
         head = _read_head(p, keyring)
     except _Bad as exc:
         return bad(lines + 1, str(exc))
+    if require_head and head is None and tail is None and not torn:
+        # a log is created by its first line: an empty one without its head was emptied
+        return bad(1, "log is empty and its head file is missing (emptied?)")
     if head is not None or require_head:
         problem = _check_head_against_tail(head, tail)
         if problem is not None:
@@ -400,6 +403,10 @@ class AuditLog:
         # (log identity, head identity, seq, mac) after our own last append: while
         # neither file changed, the next append need not re-read the tail
         self._cache: tuple[_Identity, _Identity | None, int, str] | None = None
+        #: events that could not be written (a full disk...): recorded as a gap later
+        self._lost = 0
+        self._lost_reason = ""
+        self._written = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -464,7 +471,27 @@ class AuditLog:
                 "reason": reason,
                 "kid": kid,
             }
-            return self._append(ring, body)
+            try:
+                if self._lost:
+                    # the log resumes with a record of what it missed
+                    gap = dict(
+                        body,
+                        event="audit_gap",
+                        client_id=None,
+                        session=None,
+                        outcome="error",
+                        reason=f"{self._lost} event(s) not recorded: {self._lost_reason}"[
+                            :MAX_REASON_LENGTH
+                        ],
+                    )
+                    self._append(ring, gap)
+                    self._lost = 0
+                return self._append(ring, body)
+            except OSError as exc:
+                if not self._written:  # the line itself is missing, not just the head
+                    self._lost += 1
+                self._lost_reason = f"write failed ({exc.strerror or type(exc).__name__})"
+                raise
 
     def _append(self, ring: Keyring, body: dict[str, Any]) -> int:
         # O_NOFOLLOW: a planted audit.log symlink is refused, so the torn-line
@@ -486,11 +513,13 @@ class AuditLog:
             body["prev"] = prev
             mac = _line_mac(ring, body["kid"], body)
             line = _canonical({**body, "mac": mac}) + b"\n"
+            self._written = False
             written = os.write(fd, line)
             if written != len(line):
                 raise OSError("short write to the audit log")
             if self._fsync:
                 os.fsync(fd)
+            self._written = True
             self._write_head(ring, seq + 1, mac)
             self._cache = (self._identity(os.fstat(fd)), self._head_identity(), seq + 1, mac)
             return seq + 1
@@ -526,7 +555,13 @@ class AuditLog:
             raise IntegrityError(f"audit log does not verify: {problem}")
         if tail is None:
             return 0, GENESIS
-        return int(tail["seq"]), str(tail["mac"])
+        seq, mac = int(tail["seq"]), str(tail["mac"])
+        if head is None or head[0] != seq:
+            # the head is one line behind (a crash or a failed head write after the
+            # last line): bring it up to date first, or two failed head writes in a
+            # row would leave it "stale" and stop the log for good
+            self._write_head(ring, seq, mac)
+        return seq, mac
 
     def _write_head(self, ring: Keyring, seq: int, mac: str) -> None:
         kid = ring.current_id
