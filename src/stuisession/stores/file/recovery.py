@@ -49,6 +49,28 @@ class Rollback:
     note: Path
 
 
+def key_id_damaged(codec: SnapshotCodec, blob: bytes, key_id: str) -> bool:
+    """True if *blob*'s unknown key id is damage, not a key this keyring lacks.
+
+    A key id that is not even well-formed is damage; otherwise it is damage
+    when putting a known key id of the same length in its place makes the
+    snapshot verify (the tags cover the key id bytes).
+    """
+    if _KEY_ID_RE.fullmatch(key_id) is None:
+        return True
+    start = HEADER_SIZE
+    for candidate in codec.keyring.key_ids:
+        if len(candidate) != len(key_id):
+            continue
+        fixed = blob[:start] + candidate.encode("ascii") + blob[start + len(key_id) :]
+        try:
+            codec.open(fixed)
+        except IntegrityError:
+            continue
+        return True
+    return False
+
+
 def session_ref(session_id: str) -> str:
     """A short, non-reversible reference to a session id, for logs."""
     return hashlib.sha256(session_id.encode("ascii")).hexdigest()[:16]
@@ -170,32 +192,11 @@ class Recovery:
         try:
             key_id = parse_header(blob).key_id
             if key_id not in self._codec.keyring:
-                return not self._key_id_damaged(blob, key_id)
+                return not key_id_damaged(self._codec, blob, key_id)
             self._codec.open(blob)
         except IntegrityError:
             return False
         return True
-
-    def _key_id_damaged(self, blob: bytes, key_id: str) -> bool:
-        """True if *blob*'s unknown key id is damage, not a key this keyring lacks.
-
-        A key id that is not even well-formed is damage; otherwise it is damage
-        when putting a known key id of the same length in its place makes the
-        snapshot verify (the tags cover the key id bytes).
-        """
-        if _KEY_ID_RE.fullmatch(key_id) is None:
-            return True
-        start = HEADER_SIZE
-        for candidate in self._codec.keyring.key_ids:
-            if len(candidate) != len(key_id):
-                continue
-            fixed = blob[:start] + candidate.encode("ascii") + blob[start + len(key_id) :]
-            try:
-                self._codec.open(fixed)
-            except IntegrityError:
-                continue
-            return True
-        return False
 
     def restore_locked(self, p: SessionPaths, bad: bytes, error: IntegrityError) -> Snapshot:
         """Replace the corrupt current file by the newest valid backup (stripe lock held).

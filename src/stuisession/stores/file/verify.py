@@ -8,15 +8,17 @@ or damaged mark, and every rollback a store settled (its note in
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Iterator
 
 from stuisession.codec import journal
-from stuisession.codec.snapshot import SnapshotCodec
+from stuisession.codec.snapshot import SnapshotCodec, parse_header
 from stuisession.errors import IntegrityError
 from stuisession.stores.base import Progress, VerifyItem, VerifyProblem, check_blob
 from stuisession.stores.file.atomic import read_file
 from stuisession.stores.file import hwm
+from stuisession.stores.file.recovery import key_id_damaged
 from stuisession.stores.file.layout import HWM_SUFFIX, JOURNAL_SUFFIX, Layout, journal_path
 
 
@@ -91,6 +93,11 @@ def _check_file(codec: SnapshotCodec, item: VerifyItem, *, marks: bool) -> str |
     if blob is None:
         return None  # gone meanwhile: nothing to check
     reason = check_blob(codec, blob, item.session_id)
+    if reason is not None and "not in the keyring" in reason:
+        with contextlib.suppress(IntegrityError):
+            key_id = parse_header(blob).key_id
+            if key_id_damaged(codec, blob, key_id):
+                reason = "snapshot is damaged (its key id bytes); the keyring is not the cause"
     if reason is None and item.generation == 0:
         reason = _check_journal(codec, blob, item.session_id, journal_path(item.path), mark)
     elif reason is not None and mark is not None and mark.revision is not None:
