@@ -212,7 +212,10 @@ def test_corrupt_current_falls_back_to_newest_backup(
             store.load(sid)
         recovered = store.load(sid)
     assert lost.value.details["rolled_back"] is True
-    assert (lost.value.details["acknowledged_revision"], lost.value.details["found_revision"]) == (3, 2)
+    assert (lost.value.details["acknowledged_revision"], lost.value.details["found_revision"]) == (
+        3,
+        2,
+    )
     assert len(store.rollbacks()) == 1
     assert recovered.revision == 2
     assert recovered.state.session_state == {"n": 2}

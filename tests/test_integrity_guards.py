@@ -156,7 +156,7 @@ def test_damaged_current_key_is_named_and_no_snapshot_is_quarantined(tmp_path: P
     key_file = tmp_path / "keyring.json"
     ring = Keyring.load(key_file).rotated("k2")
     ring.save(key_file)
-    sid, _ = _session(tmp_path)
+    _session(tmp_path)
     doc = json.loads(key_file.read_text())
     key = bytearray(doc["keys"]["k2"].encode())
     key[5] = ord("A") if key[5] != ord("A") else ord("B")
@@ -192,7 +192,7 @@ def test_missing_keyring_is_never_recreated_in_an_existing_store(
 ) -> None:
     _session(tmp_path)
     (tmp_path / "keyring.json").unlink()
-    with pytest.raises(ConfigurationError, match="keyring.json is missing"):
+    with pytest.raises(ConfigurationError, match=r"keyring\.json is missing"):
         FileStore(tmp_path, **OPTIONS)
     assert not (tmp_path / "keyring.json").exists()
     assert main(["verify", "--store", str(tmp_path)]) != 0
@@ -203,7 +203,7 @@ def test_missing_keyring_is_never_recreated_in_an_existing_store(
 def test_missing_format_file_is_never_recreated_in_an_existing_store(tmp_path: Path) -> None:
     _session(tmp_path)
     (tmp_path / "format.json").unlink()
-    with pytest.raises(ConfigurationError, match="format.json is missing"):
+    with pytest.raises(ConfigurationError, match=r"format\.json is missing"):
         FileStore(tmp_path, **OPTIONS)
     assert not (tmp_path / "format.json").exists()
     assert main(["verify", "--store", str(tmp_path)]) != 0
@@ -230,7 +230,9 @@ def test_older_format_file_put_back_is_refused(tmp_path: Path) -> None:
     fmt = tmp_path / "format.json"
     doc = json.loads(fmt.read_text())
     fmt.write_text(
-        json.dumps({k: doc[k] for k in ("format", "lock_stripes", "client_shard_key")} | {"version": 2})
+        json.dumps(
+            {k: doc[k] for k in ("format", "lock_stripes", "client_shard_key")} | {"version": 2}
+        )
     )
     with pytest.raises(ConfigurationError, match="older copy"):
         FileStore(tmp_path, **OPTIONS)
@@ -244,7 +246,9 @@ def test_version_2_store_is_migrated_with_marks(tmp_path: Path) -> None:
     fmt = tmp_path / "format.json"
     doc = json.loads(fmt.read_text())
     fmt.write_text(
-        json.dumps({k: doc[k] for k in ("format", "lock_stripes", "client_shard_key")} | {"version": 2})
+        json.dumps(
+            {k: doc[k] for k in ("format", "lock_stripes", "client_shard_key")} | {"version": 2}
+        )
     )
     store = FileStore(tmp_path, **OPTIONS)
     assert json.loads(fmt.read_text())["version"] == 3

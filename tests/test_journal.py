@@ -144,7 +144,7 @@ def test_unknown_key_and_bad_lengths(codec: SnapshotCodec) -> None:
         _open(SnapshotCodec(Keyring.generate()), data, base)
     bad = bytearray(data)
     bad[journal.HEADER_SIZE : journal.HEADER_SIZE + 4] = (2**31).to_bytes(4, "big")
-    with pytest.raises(IntegrityError, match="implausible|length is damaged"):
+    with pytest.raises(IntegrityError, match=r"implausible|length is damaged"):
         _open(codec, bytes(bad), base)
     bad = bytearray(data)
     bad[-1] ^= 0x01  # the trailing length

@@ -123,7 +123,9 @@ class Keyring:
         if mac is not None:
             body = {k: v for k, v in doc.items() if k != "mac"}
             if not _same(mac, ring._file_mac(body)):
-                raise ConfigurationError("keyring is damaged or was edited (its mac does not match)")
+                raise ConfigurationError(
+                    "keyring is damaged or was edited (its mac does not match)"
+                )
         return ring
 
     def _file_mac(self, body: dict[str, object]) -> str:

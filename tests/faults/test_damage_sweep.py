@@ -58,7 +58,9 @@ def _variables(store: FileStore, sid: str) -> tuple[int, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[int, dict[str, Any]]]:
+def pristine(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, str, dict[int, dict[str, Any]]]:
     """The store's files, the session id and every acknowledged state by revision."""
     root = tmp_path_factory.mktemp("sweep")
     store = FileStore(root, **OPTIONS)
@@ -176,7 +178,9 @@ def _sweep(pristine: tuple[Path, str, dict[int, dict[str, Any]]], *, flips: bool
     finally:
         logging.disable(logging.NOTSET)
         saved.reset()
-    print(f"\n{'flip' if flips else 'truncation'} sweep: {sum(results.values())} cases, {dict(results)}")
+    print(
+        f"\n{'flip' if flips else 'truncation'} sweep: {sum(results.values())} cases, {dict(results)}"
+    )
     assert not bad, f"{len(bad)} silent outcomes, e.g. {bad[:10]}"
 
 

@@ -257,7 +257,7 @@ class Scan:
         return self.records
 
 
-def scan_records(  # noqa: PLR0917 - the chain state a scan continues from
+def scan_records(
     codec: SnapshotCodec,
     data: bytes | memoryview,
     *,
@@ -272,7 +272,7 @@ def scan_records(  # noqa: PLR0917 - the chain state a scan continues from
     out: list[JournalRecord] = []
     pos = start
     end = len(view)
-    prefix = _LEN_CHECK.size if version >= 2 else _LEN.size  # noqa: PLR2004
+    prefix = _LEN_CHECK.size if version >= 2 else _LEN.size
 
     def stop(message: str, *, incomplete: bool = False) -> Scan:
         return Scan(out, pos, IntegrityError(message), incomplete)
@@ -281,7 +281,7 @@ def scan_records(  # noqa: PLR0917 - the chain state a scan continues from
         if end - pos < prefix:
             return stop("journal ends inside a record's length", incomplete=True)
         (n,) = _LEN.unpack_from(view, pos)
-        if version >= 2:  # noqa: PLR2004
+        if version >= 2:
             (check,) = _LEN.unpack_from(view, pos + _LEN.size)
             if check != _len_check(n, version):
                 # a damaged length is never taken for an interrupted append
@@ -297,9 +297,7 @@ def scan_records(  # noqa: PLR0917 - the chain state a scan continues from
         body = bytes(view[pos + prefix : frame_end - _LEN.size - TAG_SIZE])
         tag = bytes(view[frame_end - _LEN.size - TAG_SIZE : frame_end - _LEN.size])
         try:
-            record = _open_one(
-                codec, body, tag, base_tag, prev_tag, session_id, frame_end, version
-            )
+            record = _open_one(codec, body, tag, base_tag, prev_tag, session_id, frame_end, version)
         except IntegrityError as exc:
             return Scan(out, pos, exc, False)
         out.append(record)
@@ -453,9 +451,9 @@ __all__ = [
     "open_records",
     "parse_header",
     "record_tag",
+    "replay",
     "scan_journal",
     "scan_records",
-    "replay",
     "seal",
     "snapshot_tag",
 ]

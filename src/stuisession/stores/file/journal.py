@@ -20,8 +20,8 @@ from stuisession.codec import journal
 from stuisession.codec.snapshot import TAG_SIZE, Snapshot, SnapshotCodec
 from stuisession.errors import ConflictError, IntegrityError, SessionNotFound, StorageError
 from stuisession.state.model import Session, SessionInfo
-from stuisession.stores.file.atomic import FileWriter, pread_head, read_file
 from stuisession.stores.file import hwm
+from stuisession.stores.file.atomic import FileWriter, pread_head, read_file
 from stuisession.stores.file.cache import (
     DECODED_FACTOR,
     FileKey,
@@ -175,11 +175,15 @@ class HeadReader:
         if not locked:
             raise _Suspect
         if mark.revision is None or found >= mark.revision:
-            reason = "high-water mark is missing" if not mark.present else "high-water mark is damaged"
+            reason = (
+                "high-water mark is missing" if not mark.present else "high-water mark is damaged"
+            )
         elif problem is not None:
             reason = f"acknowledged journal records are unreadable ({problem.message})"
         else:
-            reason = "the stored state went backwards (journal cut or removed, or an older snapshot)"
+            reason = (
+                "the stored state went backwards (journal cut or removed, or an older snapshot)"
+            )
         self._recovery.settle_locked(
             p, acknowledged=mark.revision, found=found, reason=reason, present=mark.present
         )

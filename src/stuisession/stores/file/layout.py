@@ -175,7 +175,7 @@ class Layout:
                         "format": FORMAT_NAME,
                         "version": FORMAT_VERSION,
                         "lock_stripes": lock_stripes,
-                        # keys the client -> shard map, so a session id reveals nothing of its client
+                        # keys the client -> shard map (the client index)
                         "client_shard_key": secrets.token_hex(16),
                     },
                 )
@@ -402,7 +402,7 @@ def parse_format(meta: Path, text: str, keyring: Keyring) -> StoreFormat:
         raise ConfigurationError(f"{meta} is not a valid file store format file{restore}") from None
     if name != FORMAT_NAME or version not in READABLE_VERSIONS or type(version) is not int:
         raise ConfigurationError(f"{meta}: unsupported store format {name!r} v{version!r}")
-    if version >= 3:  # noqa: PLR2004
+    if version >= 3:
         kid, mac = found.get("kid"), found.get("mac")
         if not isinstance(kid, str) or not isinstance(mac, str) or kid not in keyring:
             raise ConfigurationError(
@@ -412,12 +412,14 @@ def parse_format(meta: Path, text: str, keyring: Keyring) -> StoreFormat:
         body = {k: v for k, v in found.items() if k != "mac"}
         expected = _format_mac(keyring, kid, body)
         if not hmac.compare_digest(expected.encode(), mac.encode("utf-8", "replace")):
-            raise ConfigurationError(f"{meta} is damaged or was edited (its mac does not match){restore}")
+            raise ConfigurationError(
+                f"{meta} is damaged or was edited (its mac does not match){restore}"
+            )
     if type(stripes) is not int or not 1 <= stripes <= MAX_STRIPES:
         raise ConfigurationError(f"{meta} has an invalid lock_stripes{restore}")
     shard_key: bytes | None = None
     raw_key = found.get("client_shard_key")
-    if version >= 2 and (version == 2 or raw_key is not None):  # noqa: PLR2004
+    if version >= 2 and (version == 2 or raw_key is not None):
         try:
             shard_key = bytes.fromhex(raw_key)
         except (KeyError, TypeError, ValueError):

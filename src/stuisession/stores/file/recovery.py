@@ -127,7 +127,9 @@ class Recovery:
         if evidence:
             # a copy, not a link: the journal is cut and appended in place later
             tmp = self._writer.write_temp(self._layout.quarantine_dir, p.sid, evidence)
-            os.replace(tmp, os.path.join(self._layout.quarantine_dir, f"{p.sid}.{stamp}.{rand}.jnl.bad"))
+            os.replace(
+                tmp, os.path.join(self._layout.quarantine_dir, f"{p.sid}.{stamp}.{rand}.jnl.bad")
+            )
         note = {
             "session_ref": session_ref(p.sid),
             "acknowledged_revision": acknowledged,

@@ -64,6 +64,7 @@ def _load_key_file(layout: Layout, path: Path) -> Keyring:
         )
     return Keyring.load_or_create(path)
 
+
 __all__ = ["DEFAULT_CACHE_BYTES", "STALE_TMP_AGE", "FileStore", "Rollback", "session_ref"]
 
 
@@ -180,9 +181,11 @@ class FileStore(SessionStore):
                 try:
                     with self._locks.locked(sid):
                         revision = self._reader.head(p, decode=False, locked=True).info.revision
-                        self._io("write a high-water mark", lambda: self._jw.mark(p, revision))
+                        self._jw.mark(p, revision)
                 except (SessionNotFound, IntegrityError):
                     continue  # verify reports it; its first read settles the missing mark
+                except OSError as exc:
+                    raise storage_error("write a high-water mark", exc) from exc
         finally:
             self._reader.marks = True
         self._layout.write_format(fmt, self.codec.keyring, fsync=fsync)

@@ -16,10 +16,10 @@ from stuisession.codec import journal
 from stuisession.codec.snapshot import SnapshotCodec, parse_header
 from stuisession.errors import IntegrityError
 from stuisession.stores.base import Progress, VerifyItem, VerifyProblem, check_blob
-from stuisession.stores.file.atomic import read_file
 from stuisession.stores.file import hwm
-from stuisession.stores.file.recovery import key_id_damaged
+from stuisession.stores.file.atomic import read_file
 from stuisession.stores.file.layout import HWM_SUFFIX, JOURNAL_SUFFIX, Layout, journal_path
+from stuisession.stores.file.recovery import key_id_damaged
 
 
 def verify_items(layout: Layout) -> list[VerifyItem]:
