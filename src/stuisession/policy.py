@@ -1,4 +1,9 @@
-"""Session policy: timeouts, limits and sizes. Defaults are upstream STUI's."""
+"""Session policy: timeouts, limits and sizes. Defaults are upstream STUI's.
+
+Defaults per role: an embedded ``Policy()`` (a ``ProtocolHandler`` in a test
+harness or tool) has no rate limit; ``stuisession serve`` starts from
+:data:`SERVE_DEFAULTS`, which turn it on.
+"""
 
 from __future__ import annotations
 
@@ -66,8 +71,9 @@ class Policy:
     rotate_on_restore: bool | None = None
     #: resume/client tokens older than this are refused (None: valid while the session is)
     token_ttl: int | None = attrs.field(default=None, validator=_optional_positive)
-    #: sustained requests per second per client (token bucket); None disables the limit
-    rate_limit: float | None = attrs.field(default=100.0, validator=_optional_positive)
+    #: sustained requests per second per client (token bucket); None (the embedded
+    #: default) disables the limit; ``stuisession serve`` uses 100 (SERVE_DEFAULTS)
+    rate_limit: float | None = attrs.field(default=None, validator=_optional_positive)
     #: requests a client may burst above the sustained rate
     rate_burst: int = attrs.field(default=200, validator=_positive)
     #: sessions examined per step of the expiry sweep (bounds the time of one step)
@@ -123,3 +129,9 @@ class Policy:
         if client_id in self.deny_clients:
             return False
         return self.allow_clients is None or client_id in self.allow_clients
+
+
+#: what ``stuisession serve`` changes from ``Policy()`` before its ``--config`` file,
+#: the environment and its options apply: a served bridge faces many clients, so
+#: each gets a token bucket of 100 requests/s with a burst of 200
+SERVE_DEFAULTS: dict[str, Any] = {"rate_limit": 100.0, "rate_burst": 200}

@@ -297,7 +297,11 @@ class SessionService:
                 state=SessionState(metadata=metadata or Metadata()),
                 session_id=self.store.new_session_id(client_id),
             )
-            self.store.create(session, max_size=self.policy.max_snapshot_size)
+            self.store.create_within_limit(
+                session,
+                limit=self.policy.max_sessions_per_client,
+                max_size=self.policy.max_snapshot_size,
+            )
         self._audit("create", client_id=client_id, session_id=session.session_id)
         return Created(
             session=session,
