@@ -141,8 +141,18 @@ def write(
             layout[revision % 2] = slot
             _fs.write_all(fd, b"".join(layout))
         else:
-            os.pwrite(fd, slot, (revision % 2) * SLOT_SIZE)
-        if fsync:
+            offset = (revision % 2) * SLOT_SIZE
+            before = os.pread(fd, SLOT_SIZE, offset)
+            os.pwrite(fd, slot, offset)
+            if fsync:
+                try:
+                    os.fdatasync(fd)
+                except OSError:
+                    # not acknowledged: the mark must not run ahead of the data
+                    with contextlib.suppress(OSError):
+                        os.pwrite(fd, before, offset)
+                    raise
+        if created and fsync:
             os.fdatasync(fd)
         if lower:
             os.pwrite(fd, slot, ((revision + 1) % 2) * SLOT_SIZE)

@@ -318,6 +318,24 @@ class JournalWriter:
         if hwm.write(self._codec.keyring, p.sid, p.hwm, revision, fsync=self._writer.fsync):
             self._writer.fsync_dir_committed(p.dir)
 
+    def mark_committed(self, p: SessionPaths, revision: int) -> None:
+        """:meth:`mark` after a snapshot was renamed into place (the change is visible).
+
+        A failure then leaves the change committed with unknown durability,
+        which the error says (``reason: durability_unknown``), as for the
+        directory fsync before it.
+        """
+        try:
+            self.mark(p, revision)
+        except OSError as exc:
+            name = errno_name(exc)
+            raise StorageError(
+                f"file store committed a change but could not record it durably: {name} "
+                f"({exc.strerror})",
+                errno=name,
+                reason="durability_unknown",
+            ) from exc
+
     def _limit(self, head: Head) -> int:
         if self._journal_max is not None:
             return self._journal_max
@@ -365,8 +383,7 @@ class JournalWriter:
                 self.write_snapshot_locked(p, session, self._encode(session, max_size))
                 return
             restart = head.end == 0 or head.jnl_version != journal.VERSION
-            self._append_locked(p, head, record)
-            self.mark(p, new_info.revision)
+            self._append_locked(p, head, record, new_info.revision)
             new_session = None
             if session is not None:
                 new_session = session
@@ -391,8 +408,12 @@ class JournalWriter:
                 ),
             )
 
-    def _append_locked(self, p: SessionPaths, head: Head, record: bytes) -> None:
-        """Append *record* durably (stripe lock held); cuts off a torn tail first."""
+    def _append_locked(self, p: SessionPaths, head: Head, record: bytes, revision: int) -> None:
+        """Append *record* durably, then mark *revision* (stripe lock held).
+
+        Cuts off a torn tail first. If the mark can not be written the record
+        is cut off again: the update is not acknowledged, and must not appear.
+        """
         existed = head.jnl_key is not None
         restart = head.end == 0 or head.jnl_version != journal.VERSION
         fd = os.open(
@@ -422,6 +443,16 @@ class JournalWriter:
             os.close(fd)
         if not existed:
             self._writer.fsync_dir_committed(p.dir)
+        try:
+            self.mark(p, revision)
+        except OSError:
+            with contextlib.suppress(OSError):
+                fd = os.open(p.journal, os.O_WRONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+                try:
+                    os.ftruncate(fd, 0 if restart else head.end)
+                finally:
+                    os.close(fd)
+            raise
 
     def compact(self, p: SessionPaths) -> Snapshot:
         """Fold the journal into a new snapshot (takes the lock); return it."""
@@ -442,7 +473,7 @@ class JournalWriter:
             self._writer.fsync_dir_committed(p.dir)
         finally:
             self._writer.discard(tmp)  # gone after the rename; removed if it failed
-        self.mark(p, session.info.revision)
+        self.mark_committed(p, session.info.revision)
         self.forget_journal(p)
         snap = self._codec.open(blob, expected_session_id=p.sid)
         snap_key = file_key(p.current)

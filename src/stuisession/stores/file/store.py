@@ -470,7 +470,7 @@ class FileStore(SessionStore):
         self._jw.rotate_backups(p)
         os.replace(tmp, p.current)
         self._writer.fsync_dir_committed(p.dir)
-        self._jw.mark(p, new_revision)
+        self._jw.mark_committed(p, new_revision)
         self._jw.forget_journal(p)
         self._cache.drop(p.sid)
 
