@@ -26,10 +26,14 @@ therefore change at a rotation; :func:`iter_session_events` matches each line
 with its own key. Removing a compromised key from the keyring makes lines
 sealed with it unverifiable: archive the log first and start a new one.
 
-**Failure policy.** :meth:`AuditLog.record` fails closed: it raises
-:class:`IntegrityError` instead of extending a chain whose tail does not verify
-or whose head file says lines are missing, so a truncation is never papered
-over by new appends. Appends are serialised across threads (a lock) and
+**Failure policy.** :meth:`AuditLog.record` fails closed on a truncation: it
+raises :class:`IntegrityError` instead of extending a chain whose head file
+says lines are missing (or whose tail does not verify with no head to go by),
+so a truncation is never papered over by new appends. A complete last line
+that does not verify (garbage) is skipped over: the chain continues from the
+head and an ``audit_gap`` line says so; :func:`verify` still reports the bad
+line. After a failed append (a full disk) the next successful one is preceded
+by an ``audit_gap`` line counting the events that were not recorded. Appends are serialised across threads (a lock) and
 processes (``flock`` on the log file).
 
 Nothing secret (keys, session ids, session contents) is ever written to the log
@@ -407,6 +411,7 @@ class AuditLog:
         self._lost = 0
         self._lost_reason = ""
         self._written = False
+        self._garbage = ""
         self._path.parent.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -480,18 +485,34 @@ class AuditLog:
                         client_id=None,
                         session=None,
                         outcome="error",
-                        reason=f"{self._lost} event(s) not recorded: {self._lost_reason}"[
-                            :MAX_REASON_LENGTH
-                        ],
+                        reason=self._gap_reason()[:MAX_REASON_LENGTH],
                     )
                     self._append(ring, gap)
                     self._lost = 0
-                return self._append(ring, body)
+                seq = self._append(ring, body)
+                if self._garbage:
+                    # appended after a line that does not verify: say so right away
+                    note = dict(
+                        body,
+                        event="audit_gap",
+                        client_id=None,
+                        session=None,
+                        outcome="error",
+                        reason=self._gap_reason()[:MAX_REASON_LENGTH],
+                    )
+                    self._garbage = ""
+                    self._append(ring, note)
+                return seq
             except OSError as exc:
                 if not self._written:  # the line itself is missing, not just the head
                     self._lost += 1
                 self._lost_reason = f"write failed ({exc.strerror or type(exc).__name__})"
                 raise
+
+    def _gap_reason(self) -> str:
+        if self._lost:
+            return f"{self._lost} event(s) not recorded: {self._lost_reason}"
+        return f"a line that does not verify ({self._garbage}) precedes the line before"
 
     def _append(self, ring: Keyring, body: dict[str, Any]) -> int:
         # O_NOFOLLOW: a planted audit.log symlink is refused, so the torn-line
@@ -546,8 +567,16 @@ class AuditLog:
             if end < size:
                 # an incomplete line from a crash mid-append: never acknowledged, drop it
                 os.ftruncate(fd, end)
-            tail = None if raw is None else _parse_line(raw, ring)
             head = _read_head(self._path, ring)
+            try:
+                tail = None if raw is None else _parse_line(raw, ring)
+            except _Bad as exc:
+                if head is None or head[0] == 0:
+                    raise
+                # garbage after the last sealed line: the head says where the chain
+                # was, so new lines continue from it (verify reports the bad line)
+                self._garbage = str(exc)
+                return head
         except _Bad as exc:
             raise IntegrityError(f"audit log tail does not verify: {exc}") from None
         problem = _check_head_against_tail(head, tail)
