@@ -33,8 +33,9 @@ so a truncation is never papered over by new appends. A complete last line
 that does not verify (garbage) is skipped over: the chain continues from the
 head and an ``audit_gap`` line says so; :func:`verify` still reports the bad
 line. After a failed append (a full disk) the next successful one is preceded
-by an ``audit_gap`` line counting the events that were not recorded. Appends are serialised across threads (a lock) and
-processes (``flock`` on the log file).
+by an ``audit_gap`` line counting the events that were not recorded. Appends
+are serialised across threads (a lock) and processes (``flock`` on the log
+file).
 
 Nothing secret (keys, session ids, session contents) is ever written to the log
 or put in an exception message.
