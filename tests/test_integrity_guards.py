@@ -255,3 +255,24 @@ def test_version_2_store_is_migrated_with_marks(tmp_path: Path) -> None:
     assert hwm.read(store.codec.keyring, sid, str(mark)).revision == acked
     assert store.load(sid).revision == acked
     assert _verify_problems(tmp_path) == []
+
+
+# -- issue 17 item 10 (part): the store directory itself -----------------------------------
+def test_world_writable_store_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    root.chmod(0o777)
+    with pytest.raises(ConfigurationError, match="writable by group or others"):
+        FileStore(root, **OPTIONS)
+    assert not (root / "keyring.json").exists()  # refused before anything is created
+    FileStore(root, allow_insecure_directory=True, **OPTIONS)  # the explicit opt-out
+
+
+def test_symlinked_store_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(ConfigurationError, match="is a symlink"):
+        FileStore(link, **OPTIONS)
+    assert list(real.iterdir()) == []

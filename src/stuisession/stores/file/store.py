@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -52,6 +53,31 @@ from stuisession.stores.file.recovery import Recovery, Rollback, session_ref
 
 log = logging.getLogger("stuisession.stores.file")
 _T = TypeVar("_T")
+
+
+def _check_directory(root: Path) -> None:
+    """Refuse a store directory that is a symlink or writable by group or others.
+
+    Anyone who can write the directory can swap files for symlinks or replace
+    them; a symlinked directory may point where the operator did not mean.
+    """
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return  # created 0700 by make_dirs
+    except OSError as exc:
+        raise storage_error("inspect the store directory", exc) from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigurationError(
+            f"the store directory {root} is a symlink; give the real path "
+            "(or pass allow_insecure_directory=True)"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigurationError(
+            f"the store directory {root} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 700 it "
+            "(or pass allow_insecure_directory=True)"
+        )
 
 
 def _load_key_file(layout: Layout, path: Path) -> Keyring:
@@ -92,6 +118,9 @@ class FileStore(SessionStore):
     :param journal_limit: journal size (bytes) that triggers compaction; None:
         the snapshot's own size, at least 64 KiB, so replaying costs at most
         about as much as reading the snapshot.
+    :param allow_insecure_directory: open a store directory that is a symlink
+        or writable by group or others (refused by default with
+        :class:`~stuisession.errors.ConfigurationError`).
     :param cache_bytes: bound on the cache of decoded sessions (estimated
         memory, bytes). Cached sessions are revalidated with a ``stat`` of
         their files, so several processes may share the directory. 0 turns
@@ -113,6 +142,7 @@ class FileStore(SessionStore):
         journal: bool = True,
         journal_limit: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        allow_insecure_directory: bool = False,
     ) -> None:
         if cache_bytes < 0:
             raise ConfigurationError("cache_bytes must be 0 or more")
@@ -129,6 +159,8 @@ class FileStore(SessionStore):
         self._layout = layout = Layout(path)
         self._root = layout.root
         self._backups = backups
+        if not allow_insecure_directory:
+            _check_directory(layout.root)
         layout.make_dirs()
         if codec is None:
             ring = keyring if keyring is not None else Keyring.from_env()
