@@ -72,10 +72,11 @@ dist: $(STAMP)
 	$(BIN)/python -m build --sdist --wheel --outdir dist .
 	$(BIN)/twine check --strict dist/*
 
-## faults: the fault-injection suite in full (500 SIGKILLs of a writer), and the property
-## and fuzz tests at full volume (make test runs them with fewer examples)
+## faults: the fault-injection suite in full (500 SIGKILLs of a writer), the property
+## and fuzz tests at full volume (make test runs them with fewer examples), and the
+## adversarial suite (issue 17: attacks on a real serve; writes benchmarks/results/adversarial.json)
 faults: $(STAMP)
-	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
+	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults tests/adversarial
 	STUISESSION_FULL_VOLUME=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m volume tests
 
 ## rust-test: the Rust client crate's tests (clients/rust) against a real bridge from the venv;

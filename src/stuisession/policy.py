@@ -27,6 +27,11 @@ def _optional_positive(inst: Any, attribute: attrs.Attribute[Any], value: float 
         raise ConfigurationError(f"{attribute.name} must be positive or None, got {value!r}")
 
 
+def default_touch_granularity(session_timeout: int) -> int:
+    """How often access times are persisted for *session_timeout*: timeout/4, 1..60 s."""
+    return max(1, min(60, session_timeout // 4))
+
+
 def _client_set(value: Any) -> frozenset[str] | None:
     return None if value is None else frozenset(value)
 
@@ -52,8 +57,14 @@ class Policy:
     max_message_size: int = attrs.field(default=10 * MB, validator=_positive)
     #: largest sealed snapshot of one session (the seed's 1 MB per session file)
     max_snapshot_size: int = attrs.field(default=1 * MB, validator=_positive)
-    #: access times are persisted at most this often (restores stay read-only otherwise)
-    touch_granularity: int = attrs.field(default=60, validator=_positive)
+    #: access times are persisted at most this often (restores stay read-only otherwise);
+    #: default: a quarter of the idle timeout, at most 60 s. A value above half the
+    #: idle timeout is refused: the stored access time may lag by up to this much,
+    #: so a session used every few seconds could expire (see ``docs/guarantees.md``)
+    touch_granularity: int = attrs.field(
+        default=attrs.Factory(lambda self: default_touch_granularity(self.session_timeout), True),
+        validator=_positive,
+    )
     #: if set, only these client ids may create sessions
     allow_clients: frozenset[str] | None = attrs.field(default=None, converter=_client_set)
     #: client ids that may never create or use sessions
@@ -113,6 +124,13 @@ class Policy:
     def __attrs_post_init__(self) -> None:
         if self.session_timeout > self.retention:
             raise ConfigurationError("session_timeout must not exceed retention")
+        if 2 * self.touch_granularity > self.session_timeout:
+            # a session whose access time was recorded touch_granularity ago and
+            # that is used at half its timeout would be expired by the next use
+            raise ConfigurationError(
+                f"touch_granularity ({self.touch_granularity} s) must be at most half of "
+                f"session_timeout ({self.session_timeout} s), or sessions in use could expire"
+            )
 
     @property
     def strict(self) -> bool:

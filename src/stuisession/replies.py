@@ -26,6 +26,7 @@ __all__ = [
     "ErrorReply",
     "ListClientSessionsResult",
     "LoadContextResult",
+    "QueueStatistics",
     "Reply",
     "RestoreSessionResult",
     "RotateCredentialsResult",
@@ -179,6 +180,20 @@ class ConnectionSummary(TypedDict):
     sessions: int
 
 
+class QueueStatistics(TypedDict):
+    """The bridge's queued-bytes accounting (``bridge/budget.py``); sizes in bytes."""
+
+    queued_bytes: int
+    max_queued_bytes: int
+    max_queued_bytes_per_connection: int
+    #: connections dropped now (refused until idle)
+    dropped_connections: int
+    #: since start: connections dropped, requests refused, replies replaced by ``Busy``
+    connections_dropped: int
+    requests_refused: int
+    replies_discarded: int
+
+
 class SessionStatisticsResult(TypedDict):
     """``get_session_statistics``; the bridge adds the ``NotRequired`` keys."""
 
@@ -195,6 +210,7 @@ class SessionStatisticsResult(TypedDict):
     requests_served: NotRequired[int]
     uptime: NotRequired[int]
     upstream: NotRequired[bool]
+    queues: NotRequired[QueueStatistics]
 
 
 class RotateCredentialsResult(TypedDict):

@@ -174,13 +174,24 @@ def _check_redis(spec: str, key_file: str | None) -> None:
         raise Fail(
             f"a Redis store needs redis-py (the redis extra): pip install redis: {exc}"
         ) from None
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    from stuisession.errors import ConfigurationError
+    from stuisession.stores.redis import parse_cluster_url
+
     try:
-        client = redis.Redis.from_url(spec, socket_connect_timeout=2.0, socket_timeout=2.0)
+        # options the store itself consumes (durability=...) mean nothing to redis-py
+        parts = urlsplit(spec)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "durability"]
+        url = urlunsplit(parts._replace(query=urlencode(query)))
+        if url.partition("://")[0].lower().endswith("+cluster"):
+            url = parse_cluster_url(url)[0]  # PING the first startup node
+        client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
         try:
             client.ping()
         finally:
             client.close()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ConfigurationError) as exc:
         raise UsageError(f"invalid Redis URL for --store: {exc}") from None
     except redis.RedisError as exc:
         raise Fail(f"cannot reach the Redis store: {exc}") from None
