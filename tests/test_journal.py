@@ -312,7 +312,7 @@ def test_damaged_journal_is_reported_not_skipped(tmp_path: Path, ring: Keyring) 
         {"id": 1, "command": "restore_session", "parameters": {"session_id": sid}}
     )
     assert reply["status"] == "error"
-    assert reply["error_type"] == "IntegrityError"
+    assert reply["error_code"] == "IntegrityError"
     # settled: the best genuine state (before the damaged record) is served from now on
     state = _call(_handler(tmp_path, ring), "restore_session", session_id=sid)
     assert state["workspace_context"]["workspaces"].get("default", {}).get("variables", {}) == {}
@@ -366,7 +366,7 @@ def test_failed_append_loses_nothing_and_the_store_recovers(
             },
         }
     )
-    assert reply["status"] == "error" and reply["error_type"] == "StorageError"
+    assert reply["status"] == "error" and reply["error_code"] == "StorageError"
     monkeypatch.setattr(os, "fdatasync", real_fdatasync)
     assert _variables(_handler(tmp_path, ring), sid) == {"x": 1}
     _set_var(h, sid, "y", 2)
