@@ -369,7 +369,6 @@ def update_load(
                     with lock:
                         acked.setdefault((sid, key), []).append(i)
                     break
-                # the finer code (StorageError), not the upstream type (RuntimeError)
                 kind = reply.get("error_code") or reply.get("error_type", "?")
                 reason = (reply.get("details") or {}).get("reason", "")
                 with lock:
