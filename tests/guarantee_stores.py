@@ -22,8 +22,8 @@ KINDS = ["memory", "file", "redis"]
 OpenStore = Callable[[], SessionStore]
 
 
-@pytest.fixture(params=KINDS)
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+@pytest.fixture(name="open_store", params=KINDS)
+def open_store_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
     """A factory of store instances that all see the same sessions."""
     kind: str = request.param
     keyring = Keyring.generate()

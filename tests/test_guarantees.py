@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guarantee_stores import OpenStore, open_store  # noqa: F401 - a fixture
+from guarantee_stores import OpenStore, open_store_fixture  # noqa: F401 - a fixture
 from stuisession import FileStore, ManualClock, MemoryStore, Policy, ProtocolHandler
 from stuisession.errors import AccessDenied, ConfigurationError, SessionNotFound, ValidationError
 from stuisession.ids import check_client_id
