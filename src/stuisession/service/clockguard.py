@@ -93,6 +93,7 @@ class ClockGuard:
         self._seen_mono = 0.0
         self._pass_seen = float("-inf")
         self._pass_mono = 0.0
+        self._pass_agrees = self._pass_disagrees = False
         self._ahead: str | None = None  # latched: this clock is ahead of the writers
 
     def begin_pass(self) -> None:
@@ -100,6 +101,7 @@ class ClockGuard:
         self._reported.clear()
         self._pass_refusal = None
         self._pass_seen = float("-inf")
+        self._pass_agrees = self._pass_disagrees = False
         self._pass_mono = _monotonic(self.clock)
         offset = self.clock.now() - self._pass_mono
         if self._offset is None:
@@ -112,10 +114,12 @@ class ClockGuard:
             )
 
     def end_pass(self) -> None:
-        """A pass went over the whole store: its newest activity is the new reference."""
-        if self._pass_seen > float("-inf"):
-            self._seen = max(self._seen or self._pass_seen, self._pass_seen)
-            self._seen_mono = self._pass_mono
+        """A pass went over the whole store: its newest activity is the new reference
+        (an empty store too: anything written later is new activity)."""
+        self._seen = self._pass_seen if self._seen is None else max(self._seen, self._pass_seen)
+        self._seen_mono = self._pass_mono
+        if self._pass_agrees and not self._pass_disagrees:
+            self._ahead = None  # fresh activity agrees with this clock again
 
     def observe(self, info: SessionInfo, now: float) -> None:
         """Take *info*'s times as evidence about this clock (every record the sweep reads)."""
@@ -127,12 +131,13 @@ class ClockGuard:
         elapsed = _monotonic(self.clock) - self._seen_mono
         lag = now - activity
         if lag > elapsed + self.max_skew:
+            self._pass_disagrees = True
             self._ahead = (
                 f"this clock is {lag - elapsed:.0f} s ahead of the bridges writing the "
                 f"sessions (tolerance {self.max_skew:.0f} s)"
             )
         else:
-            self._ahead = None  # fresh activity agrees with this clock again
+            self._pass_agrees = True
 
     def refusal(self, info: SessionInfo, now: float) -> str | None:
         """Why deleting *info* at *now* is not safe, or None when it is."""
