@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from guarantee_stores import OpenStore, open_store_fixture  # noqa: F401 - a fixture
-
 from stuisession import FileStore, Policy, ProtocolHandler
 from stuisession.errors import SessionError
 from stuisession.service.core import SessionService
