@@ -325,6 +325,20 @@ class StoreConformance(StoreConcurrencyConformance):
         with pytest.raises(SessionNotFound):
             store.load(s.session_id)
 
+    def test_delete_with_expected_removes_only_the_record_read(self, store: SessionStore) -> None:
+        s = new()
+        store.create(s)
+        snap = store.load_snapshot(s.session_id)
+        store.save_info(snap, lifecycle.touch(snap.info, NOW + 10), expected=snap.info)
+        # written since the caller read it: kept, and still listed
+        assert store.delete(s.session_id, expected=s.info) is False
+        current = store.load_info(s.session_id)
+        assert [i.session_id for i in store.list_by_client("client-a")] == [s.session_id]
+        assert store.delete(s.session_id, expected=current) is True
+        with pytest.raises(SessionNotFound):
+            store.load_info(s.session_id)
+        assert store.delete(s.session_id, expected=current) is False
+
     def test_delete_true_then_false(self, store: SessionStore) -> None:
         a, b = new(), new()
         store.create(a)
