@@ -29,7 +29,9 @@ from stuisession.errors import (
 )
 from stuisession.ids import SESSION_ID_PREFIX, check_client_id, is_valid_session_id
 from stuisession.keys import Keyring
+from stuisession.policy import Policy
 from stuisession.security.audit import AuditLog
+from stuisession.service.retry import AGAIN, cas_retry
 from stuisession.state import lifecycle
 from stuisession.state.model import SessionInfo, SessionStatus
 from stuisession.state.schema import to_wire
@@ -121,16 +123,19 @@ def rotate_keys(
                 else:
                     resealed += 1
             else:
-                for _ in range(8):
+                current = {"snap": snap}
+
+                def reseal(sid: str = sid, current: dict[str, Snapshot] = current) -> object:
+                    session = current["snap"].session()
                     try:
-                        session = snap.session()
                         store.save(lifecycle.revise(session), expected=session)
-                        resealed += 1
-                        break
                     except ConflictError:
-                        snap = store.load_snapshot(sid)
-                else:
-                    failed.append(sid)
+                        current["snap"] = store.load_snapshot(sid)
+                        return AGAIN
+                    return True
+
+                cas_retry(Policy().max_update_retries, reseal, "the reseal")
+                resealed += 1
         except SessionNotFound:
             skipped += 1  # deleted meanwhile
         except StuiSessionError:
