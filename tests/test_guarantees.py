@@ -333,3 +333,26 @@ def test_resend_after_a_restart_is_not_applied_twice(tmp_path: Path) -> None:
     # the same id with other content is another request
     other = dict(request, parameters={**request["parameters"], "state_data": {"x": 1}})
     assert restarted.handle(other)["result"]["revision"] == 3
+
+
+# -- the guarantees page names tests that exist ------------------------------------------
+def test_every_test_named_in_the_guarantees_page_exists() -> None:
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    named = 0
+    for cell in re.findall(r"`([^`]*::[^`]*)`", text):
+        path, _, name = cell.partition("::")
+        if path.startswith("tests/"):
+            source = (root / path).read_text(encoding="utf-8")
+        elif path == "stuisession.testing.stores":
+            source = (root / "src/stuisession/testing/stores.py").read_text(encoding="utf-8")
+        else:
+            continue
+        for part in name.lstrip(":").split("::"):
+            assert re.search(
+                rf"\b(def|class) {re.escape(part)}\b|^{re.escape(part)} =", source, re.M
+            ) or (part.startswith("Test") and f"{part} =" in source), f"{cell} is not defined"
+        named += 1
+    assert named >= 15
