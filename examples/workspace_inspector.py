@@ -85,7 +85,7 @@ def main(store_dir: str) -> dict[str, Any]:
             ]
         },
     )
-    held_revision = update["revision"]
+    held_revision, held_lineage = update["revision"], update["lineage"]
 
     # The second terminal, still at the revision before, sets another variable.
     call(
@@ -104,7 +104,16 @@ def main(store_dir: str) -> dict[str, Any]:
     assert variables["p"] == variables["q"] == {"$ref": "obj_1"}  # one object, two names
     assert full["objects"]["obj_3"]["slots"]["next"] == {"$ref": "obj_2"}  # the cycle
     assert full["stale_objects"] == ["obj_4"]
-    delta = call(handler, "restore_session", session_id=sid, since_revision=held_revision)
+    # the (lineage, revision) pair held: changes only if the server can show it is
+    # on its history, else the full state with delta_reason
+    delta = call(
+        handler,
+        "restore_session",
+        session_id=sid,
+        since_revision=held_revision,
+        lineage=held_lineage,
+    )
+    assert delta["delta"] is True, delta.get("delta_reason")
     print(
         json.dumps(
             {
