@@ -214,9 +214,12 @@ def test_client_ahead_of_a_recovered_server_gets_the_full_state(tmp_path: Path) 
     (current,) = [i.path for i in store.verify_items() if i.session_id == sid and i.generation == 0]
     assert current is not None
     Path(current).write_bytes(b"damaged")
-    full = _ok(
-        handler, "restore_session", session_id=sid, since_revision=5, lineage=held["lineage"]
-    )
+    params = {"session_id": sid, "since_revision": 5, "lineage": held["lineage"]}
+    first = handler.handle({"id": "r1", "command": "restore_session", "parameters": params})
+    if first["status"] == "error":  # the read that finds the rollback reports it, once
+        assert first["details"]["rolled_back"] is True
+        assert first["details"]["acknowledged_revision"] == 5
+    full = _ok(handler, "restore_session", **params)
     assert full["revision"] < 5
     assert full["lineage"] != held["lineage"]  # a rollback starts a new history
     assert full["delta"] is False and full["delta_reason"] == "lineage"

@@ -164,8 +164,12 @@ def _handler(root: Path, ring: Keyring, **kw: Any) -> ProtocolHandler:
     )
 
 
+_IDS = iter(range(10**9))
+
+
 def _call(h: ProtocolHandler, command: str, **params: Any) -> dict[str, Any]:
-    reply = h.handle({"id": "t", "command": command, "parameters": params})
+    # a fresh id per call: a repeated id with the same content is a resend
+    reply = h.handle({"id": f"t{next(_IDS)}", "command": command, "parameters": params})
     assert reply["status"] == "success", reply
     return resolve_raw(reply["result"])  # type: ignore[no-any-return]
 
