@@ -65,6 +65,16 @@ class SessionClient:
     :param timeout: seconds to wait for each reply (upstream default 5 s).
     :param retries: resends after a timeout before giving up (upstream default 3).
     :param backoff: first delay between resends; doubles each time, capped at 5 s.
+    :param client_token: the client token (strict mode: proves the client id when
+        creating more sessions; kept up to date from create and restore replies).
+    :param curve_server_key: the bridge's z85 CURVE public key (40 characters, or
+        bytes): connect with CurveZMQ. Needs *curve_secret_key* and *curve_public_key*,
+        this client's key pair (see ``stuisession keys curve-client`` and
+        :func:`stuisession.bridge.curve.load_keypair`).
+
+    Every request carries this client object's random ``resend_key`` (an
+    additive parameter, 128 bits): a resend on a new socket proves it is the
+    same caller, so the bridge's reply cache answers it (and nobody else).
     """
 
     def __init__(
@@ -78,8 +88,27 @@ class SessionClient:
         retries: int = 3,
         backoff: float = 0.2,
         context: Any = None,
+        client_token: str | None = None,
+        curve_server_key: str | bytes | None = None,
+        curve_secret_key: str | bytes | None = None,
+        curve_public_key: str | bytes | None = None,
     ) -> None:
         self._zmq = _zmq()
+        self.client_token = client_token
+        keys = (curve_server_key, curve_secret_key, curve_public_key)
+        if any(k is not None for k in keys) and not all(k is not None for k in keys):
+            raise ValueError(
+                "CURVE needs curve_server_key, curve_secret_key and curve_public_key together"
+            )
+        self._curve: tuple[bytes, ...] | None = (
+            None
+            if curve_server_key is None
+            else tuple(
+                k.encode("ascii") if isinstance(k, str) else bytes(k) for k in keys if k is not None
+            )
+        )
+        #: proves to the bridge's reply cache that a resend comes from this caller
+        self._resend_key = secrets.token_urlsafe(16)
         self.endpoint = endpoint
         self.client_id = client_id
         self.session_id = session_id
@@ -104,6 +133,11 @@ class SessionClient:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))
             sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
+            if self._curve is not None:
+                server, secret, public = self._curve
+                sock.setsockopt(zmq.CURVE_SERVERKEY, server)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
             sock.connect(self.endpoint)
             self._socket = sock
         return self._socket
@@ -134,7 +168,7 @@ class SessionClient:
         request = {
             "id": f"{self._prefix}-{next(self._ids)}",
             "command": command,
-            "parameters": parameters,
+            "parameters": {**parameters, "resend_key": self._resend_key},
         }
         body = json.dumps(request).encode()
         delay = self.backoff
@@ -199,7 +233,12 @@ class SessionClient:
                 if exc.error_type not in ("SessionNotFound", "AccessDenied"):
                     raise
                 self.session_id = None
-        result = self.call("create_session", client_id=self.client_id)
+        params: dict[str, Any] = {"client_id": self.client_id}
+        if self.client_token is not None:
+            params["client_token"] = self.client_token
+        result = self.call("create_session", **params)
+        if result.get("client_token"):
+            self.client_token = result["client_token"]
         self.session_id = result["session_id"]
         self.resume_token = result.get("resume_token")
         self.revision = result.get("revision")
@@ -219,6 +258,8 @@ class SessionClient:
         self.session_id = result["session_id"]
         if result.get("resume_token"):
             self.resume_token = result["resume_token"]
+        if result.get("client_token"):
+            self.client_token = result["client_token"]
         self.revision = result.get("revision")
         self._reconnected()  # restored: nothing more to do after a lost connection
         return result

@@ -49,11 +49,13 @@ import attrs
 
 from stuisession import _json
 from stuisession.bridge.connections import ConnectionTracker
+from stuisession.bridge.curve import CurveConfig, is_loopback_endpoint
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
 from stuisession.bridge.workers import KeyedExecutor
 from stuisession.errors import Busy, StuiSessionError, UpstreamError
 from stuisession.ids import is_valid_session_id
 from stuisession.protocol.handler import error_response
+from stuisession.security.identity import Caller, fingerprint
 from stuisession.service.core import Credentials
 
 if TYPE_CHECKING:
@@ -92,6 +94,8 @@ class _Job:
     #: the session the request names (read cheaply; None: none or unreadable)
     session_id: str | None
     resume_token: str | None
+    #: who sent it (CURVE key and its bound client ids, or the bare connection)
+    caller: Caller
 
 
 def _zmq() -> Any:
@@ -124,6 +128,9 @@ class BridgeServer:
         counts as gone and its sessions as detached.
     :param hooks: capture hooks for forwarded commands (default: the built-in
         ``evaluate`` capture).
+    :param curve: serve CurveZMQ with this key pair and client allow-list
+        (:mod:`stuisession.bridge.curve`); None: plaintext, which logs a loud
+        warning when bound beyond loopback.
     """
 
     def __init__(
@@ -139,8 +146,11 @@ class BridgeServer:
         max_pending: int = 1024,
         idle_timeout: float = 60.0,
         hooks: CaptureHooks | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
         zmq = _zmq()
+        self.curve = curve
+        self._authenticator: Any = None
         self._zmq = zmq
         self.handler = handler
         self.log = logger if logger is not None else log
@@ -182,14 +192,23 @@ class BridgeServer:
             # a peer sending far more than the handler accepts is cut off instead of
             # buffered; up to this size it gets a structured MessageTooLarge reply
             sock.setsockopt(zmq.MAXMSGSIZE, 2 * handler.policy.max_message_size + 65536)
-            # a client that reconnects with the routing identity it set itself takes
-            # over at once; by default the new connection would be ignored until the
-            # old one is noticed gone (which, for a dropped network, may be never)
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            # no ROUTER_HANDOVER: a peer presenting a routing identity that is in use
+            # must not take over the connection (and its in-flight replies); libzmq
+            # ignores such a newcomer until the old connection is gone
+            if curve is not None:
+                self._authenticator = curve.start_authenticator(self._context)
+                curve.apply(sock)
             if "[" in bind:
                 sock.setsockopt(zmq.IPV6, 1)
             sock.bind(bind)
             self.bound_endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if curve is None and not is_loopback_endpoint(self.bound_endpoint):
+                self.log.warning(
+                    "SECURITY WARNING: serving PLAINTEXT on %s, beyond loopback: anyone "
+                    "who can reach it can send requests, and session ids and tokens "
+                    "cross the network in clear. Use --curve-secret/--curve-clients.",
+                    self.bound_endpoint,
+                )
             self._wake = self._context.socket(zmq.PULL)
             self._wake.setsockopt(zmq.LINGER, 0)
             self._wake.bind(self._wake_endpoint)
@@ -199,6 +218,7 @@ class BridgeServer:
             self._notify.connect(self._wake_endpoint)
         except BaseException:
             self._close_sockets()
+            self._stop_authenticator()
             if self._own_context:
                 self._context.term()
             raise
@@ -237,10 +257,10 @@ class BridgeServer:
                         if self._stopping.is_set():
                             break
                         try:
-                            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                            frames, caller = self._receive()
                         except zmq.Again:
                             break
-                        self._serve_one(frames)
+                        self._serve_one(frames, caller)
                 if time.monotonic() >= next_conn_sweep:
                     self._sweep_connections()
                     next_conn_sweep = time.monotonic() + conn_interval
@@ -289,6 +309,7 @@ class BridgeServer:
             return
         self._closed = True
         self._close_sockets()
+        self._stop_authenticator()
         if self._own_context:
             self._context.term()
 
@@ -309,6 +330,28 @@ class BridgeServer:
         self.close()
 
     # -- internals ----------------------------------------------------------------------
+    def _receive(self) -> tuple[list[bytes], Caller]:
+        """One message and who sent it (raises ``zmq.Again`` when there is none)."""
+        zmq = self._zmq
+        if self.curve is None:
+            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            return frames, Caller.connection(frames[0])
+        parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        frames = [p.bytes for p in parts]
+        try:
+            # set by the ZAP handler at the handshake: the client's z85 public key
+            user_id = parts[-1].get("User-Id")
+        except zmq.ZMQError:
+            user_id = None
+        if not user_id:  # cannot happen on a CURVE socket; never fall back to trust
+            return frames, Caller.curve("", frozenset())
+        return frames, self.curve.caller(user_id)
+
+    def _stop_authenticator(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+
     def _close_sockets(self) -> None:
         for sock in (self._socket, self._wake, self._notify):
             if sock is not None:
@@ -322,7 +365,7 @@ class BridgeServer:
             except zmq.Again:
                 return
 
-    def _serve_one(self, frames: list[bytes]) -> None:
+    def _serve_one(self, frames: list[bytes], caller: Caller | None = None) -> None:
         """Route one message (serving thread): answer framing errors, queue the rest."""
         started = time.perf_counter()
         identity = frames[0]
@@ -342,12 +385,14 @@ class BridgeServer:
         client_id = params.get("client_id") if isinstance(params.get("client_id"), str) else None
         token = params.get("resume_token") if isinstance(params.get("resume_token"), str) else None
         ident = identity.hex()
+        if caller is None:
+            caller = Caller.connection(identity)
         # the session is attached only once a session command on it succeeds (_track)
         self.tracker.seen(ident, time.time(), client_id=client_id)
         # one session's requests run in order; a connection's requests without a
         # (readable) session id run in order too
         key: tuple[str, str] = ("s", session_id) if session_id else ("c", ident)
-        job = _Job(envelope, body, command, ident, started, identity, session_id, token)
+        job = _Job(envelope, body, command, ident, started, identity, session_id, token, caller)
         assert self._executor is not None
         try:
             self._executor.submit(key, lambda: self._work(job))
@@ -360,10 +405,10 @@ class BridgeServer:
         command = job.command
         try:
             if isinstance(command, str) and command in self.handler.commands:
-                reply = self.handler.handle_wire(job.body)
+                reply = self.handler.handle_wire(job.body, caller=job.caller)
                 self._track(job, command, reply)
             else:
-                reply = self._forward(job.body, command, job.ident)
+                reply = self._forward(job.body, command, job.ident, job.caller)
         except Exception:
             # handle_wire promises not to raise; a wrapped or buggy handler must
             # still not take the server down
@@ -398,16 +443,16 @@ class BridgeServer:
         elif job.session_id is not None:
             self.tracker.attach(job.ident, job.session_id, job.resume_token)
 
-    def _forward(self, body: bytes, command: Any, ident: str) -> bytes:
+    def _forward(self, body: bytes, command: Any, ident: str, caller: Caller) -> bytes:
         """Send a non-session request to the Pharo image (or say there is none)."""
         try:
             doc = _json.loads(body)
         except (ValueError, RecursionError):
-            return self.handler.handle_wire(body)  # the handler words the JSON error
+            return self.handler.handle_wire(body, caller=caller)  # the handler words the error
         if not isinstance(doc, dict):
-            return self.handler.handle_wire(body)
+            return self.handler.handle_wire(body, caller=caller)
         if "command" in doc and not isinstance(command, str):
-            return self.handler.handle_wire(body)
+            return self.handler.handle_wire(body, caller=caller)
         request_id = doc.get("id")
         if self.upstream is None:
             return _error_for(
@@ -432,20 +477,21 @@ class BridgeServer:
         except StuiSessionError as exc:
             return _error_for(request_id, exc)
         if session_id is not None and isinstance(command, str):
-            self._capture(command, doc, reply, session_id, ident)
+            self._capture(command, doc, reply, session_id, ident, caller)
         try:
             return _json.dumps(reply)
         except UnicodeEncodeError:
             # a lone surrogate from a "\ud800" escape in the image's reply: keep it escaped
             return json.dumps(reply, separators=(",", ":")).encode()
 
-    def _capture(
+    def _capture(  # noqa: PLR0917 - internal, called from one place
         self,
         command: str,
         request: dict[str, Any],
         reply: dict[str, Any],
         session_id: str,
         ident: str,
+        caller: Caller,
     ) -> None:
         if reply.get("status", "success") != "success":
             return
@@ -457,7 +503,8 @@ class BridgeServer:
                 # forwarded requests carry no token: use the one this connection
                 # last proved it holds for the session (compat mode needs none)
                 token = self.tracker.token_of(ident, session_id)
-        creds = Credentials(resume_token=token)
+        # the capture acts with the forwarding connection's rights, never more
+        creds = Credentials(resume_token=token, caller=caller)
         for hook in self.hooks.for_command(command):
             try:
                 update = hook(request, reply)
@@ -483,7 +530,7 @@ class BridgeServer:
             self._socket.send_multipart([*envelope, reply], self._zmq.NOBLOCK)
         except self._zmq.ZMQError as exc:
             # ROUTER drops replies to vanished peers by itself; anything else is logged
-            self.log.warning("could not send a reply to %s: %s", identity.hex(), exc)
+            self.log.warning("could not send a reply to %s: %s", fingerprint(identity), exc)
         if self.log.isEnabledFor(logging.INFO):
             meta = peek_fields(reply, ("id", "status", "error_type"), _reply_complete)
             self.log.info(
@@ -493,7 +540,7 @@ class BridgeServer:
                 _printable(meta.get("status")),
                 _printable(meta.get("error_type")),
                 (time.perf_counter() - started) * 1000.0,
-                identity.hex(),
+                fingerprint(identity),  # routing identities are never shown or logged
             )
 
     def _sweep_connections(self) -> None:
@@ -501,7 +548,7 @@ class BridgeServer:
         for conn in self.tracker.sweep(now):
             self.log.info(
                 "connection %s idle for %.0f s: disconnected, %d session(s) detached",
-                conn.identity,
+                fingerprint(conn.identity),
                 now - conn.last_seen,
                 len(conn.sessions),
             )
@@ -531,12 +578,20 @@ class BridgeServer:
         )
 
     def bridge_statistics(self) -> dict[str, Any]:
-        """What the bridge adds to ``get_session_statistics``."""
+        """What the bridge adds to ``get_session_statistics``.
+
+        ``connections`` (per-connection details, client ids included) is shown
+        to operators only; routing identities appear only as a fingerprint.
+        """
         now = time.time()
+        connections = [
+            {**c, "identity": fingerprint(str(c.get("identity", "")))}
+            for c in self.tracker.snapshot(now)
+        ]
         return {
             "connected_clients": len(self.tracker),
             "attached_sessions": self.tracker.attached_sessions(),
-            "connections": self.tracker.snapshot(now),
+            "connections": connections,
             "pending_requests": 0 if self._executor is None else self._executor.pending,
             "requests_served": self.requests_served,
             "uptime": int(now - self.started_at),

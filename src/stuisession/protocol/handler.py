@@ -13,6 +13,8 @@ follow ``shared/stui-protocol.md``; extensions are additive and listed in
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,6 +36,7 @@ from stuisession.ids import check_client_id, check_session_id
 from stuisession.policy import Policy
 from stuisession.protocol.dedup import ReplyCache, request_key
 from stuisession.security.audit import AuditLog
+from stuisession.security.identity import Caller, fingerprint
 from stuisession.service.core import Credentials, SessionService
 from stuisession.state.model import Session, SessionInfo
 from stuisession.state.schema import Metadata, ToolContext
@@ -53,6 +56,14 @@ MUTATING = frozenset(
         "rotate_credentials",
     }
 )
+
+#: the caller of the request being handled (set by ``respond`` for its duration)
+_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar(
+    "stuisession_caller",
+    default=Caller.anonymous(),  # noqa: B039 - Caller is frozen
+)
+#: members of the bridge's statistics only an operator may see
+PRIVATE_STATISTICS = frozenset({"connections"})
 
 Params = Mapping[str, Any]
 Result = dict[str, Any] | RawJSON
@@ -92,6 +103,7 @@ def _creds(params: Params) -> Credentials:
         client_id=_optional_client_id(params),
         resume_token=_optional_str(params, "resume_token"),
         client_token=_optional_str(params, "client_token"),
+        caller=_CALLER.get(),
     )
 
 
@@ -258,10 +270,17 @@ class ProtocolHandler:
 
     # -- entry points -------------------------------------------------------------------
     def handle(
-        self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]
+        self,
+        message: bytes | bytearray | memoryview | str | Mapping[str, Any],
+        *,
+        caller: Caller | None = None,
     ) -> dict[str, Any]:
-        """Handle one request; return the response as a plain dict. Never raises."""
-        reply = self.respond(message)
+        """Handle one request; return the response as a plain dict. Never raises.
+
+        *caller* is who the transport says sent it (default: an unauthenticated
+        caller; see :class:`~stuisession.security.identity.Caller`).
+        """
+        reply = self.respond(message, caller=caller)
         try:
             return dict(_json.resolve_raw(reply))
         except Exception:  # pragma: no cover - stored bytes were verified JSON
@@ -270,12 +289,15 @@ class ProtocolHandler:
                 reply.get("id"), InternalError("Internal error while handling the request")
             )
 
-    def handle_wire(self, message: bytes | bytearray | memoryview | str) -> bytes:
+    def handle_wire(
+        self, message: bytes | bytearray | memoryview | str, *, caller: Caller | None = None
+    ) -> bytes:
         """Handle one request; return the UTF-8 JSON reply for the wire. Never raises.
 
         Restores splice the stored state bytes into the reply without decoding them.
+        *caller*: as for :meth:`handle`.
         """
-        reply = self.respond(message)
+        reply = self.respond(message, caller=caller)
         try:
             return _json.dumps_with_raw(reply)
         except Exception:  # pragma: no cover - every reply is built from JSON values
@@ -285,9 +307,21 @@ class ProtocolHandler:
             )
 
     def respond(
-        self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]
+        self,
+        message: bytes | bytearray | memoryview | str | Mapping[str, Any],
+        *,
+        caller: Caller | None = None,
     ) -> dict[str, Any]:
         """Handle one request; the reply may hold :class:`~stuisession.jsonutil.RawJSON` values."""
+        token = _CALLER.set(caller if caller is not None else Caller.anonymous())
+        try:
+            return self._respond(message, _CALLER.get())
+        finally:
+            _CALLER.reset(token)
+
+    def _respond(
+        self, message: bytes | bytearray | memoryview | str | Mapping[str, Any], caller: Caller
+    ) -> dict[str, Any]:
         request_id: str | int | None = None
         try:
             request = self.parse(message)
@@ -300,7 +334,10 @@ class ProtocolHandler:
                 request.command in MUTATING
                 or (request.command == "restore_session" and self.policy.rotates_on_restore)
             ):
-                key = request_key(request.id, request.command, request.parameters)
+                # keyed by the caller too: a reply is only ever replayed to its own caller
+                key = request_key(
+                    request.id, request.command, request.parameters, _dedup_scope(request, caller)
+                )
                 cost = (
                     len(message)
                     if isinstance(message, (bytes, bytearray, memoryview, str))
@@ -315,7 +352,7 @@ class ProtocolHandler:
 
     def _dispatch(self, request: Request, command: Callable[[Params], Result]) -> dict[str, Any]:
         try:
-            self.service.check_rate(_rate_key(request.parameters))
+            self.service.check_rate(_rate_key(request.parameters, _CALLER.get()))
             result = command(request.parameters)
         except StuiSessionError as exc:
             return self._error_reply(request.id, exc)
@@ -423,7 +460,7 @@ class ProtocolHandler:
             last_client_version=_optional_str(params, "client_version"),
             extra={"config": config} if config is not None else {},
         )
-        created = self.service.create(client_id, metadata=metadata)
+        created = self.service.create(client_id, metadata=metadata, creds=_creds(params))
         result = self._record(created.session.info, created.session.created_at)
         del result["last_modified"]
         result["resume_token"] = created.resume_token
@@ -441,6 +478,8 @@ class ProtocolHandler:
         if restored.rotated:
             head["session_id_rotated"] = True
             head["resume_token"] = restored.resume_token
+            if restored.client_token is not None:
+                head["client_token"] = restored.client_token
         if since is not None:
             session = restored.snapshot.session()
             from stuisession.state.updates import changes_since
@@ -551,8 +590,17 @@ class ProtocolHandler:
             "default_timeout": policy.session_timeout,
             "cleanup_interval": policy.cleanup_interval,
             "active_sessions": stats.active_sessions,
-            **(self.extra_statistics() if self.extra_statistics is not None else {}),
+            **self._extra_statistics(),
         }
+
+    def _extra_statistics(self) -> dict[str, Any]:
+        """The transport's statistics; per-connection details for operators only."""
+        if self.extra_statistics is None:
+            return {}
+        extra = self.extra_statistics()
+        if _CALLER.get().operator:
+            return extra
+        return {k: v for k, v in extra.items() if k not in PRIVATE_STATISTICS}
 
     # -- tool-scoped contexts ------------------------------------------------------------
     def _save_context(self, params: Params) -> Result:
@@ -696,8 +744,49 @@ def error_response(request_id: Any, exc: StuiSessionError, now: float) -> dict[s
     return reply
 
 
-def _rate_key(params: Params) -> str:
-    # the client named in the request, else the session; never the raw id in logs
+#: commands whose reply gives nothing its credential does not already give
+_CREDENTIAL_SCOPED = frozenset(
+    {"update_session_state", "close_session", "save_context", "clear_context"}
+)
+
+
+def _dedup_scope(request: Request, caller: Caller) -> str:
+    """Whose remembered replies *request* may be answered from.
+
+    The caller's own: its authenticated key, else a ``resend_key`` parameter
+    (a secret of 16-128 characters the client sends with every request, so a
+    resend on a new socket is still the same caller), else its connection.
+    One exception keeps upstream clients' resends safe when they come on a
+    new, unauthenticated socket without a ``resend_key``: a change to a
+    session whose reply issues no credential is scoped to the session
+    credential presented (session id and resume token), since whoever
+    presents it may read and change the session anyway. Creates, rotating
+    restores and token rotations issue credentials and stay scoped to the
+    caller.
+    """
+    if caller.authenticated:
+        return caller.key
+    resend_key = request.parameters.get("resend_key")
+    if isinstance(resend_key, str) and 16 <= len(resend_key) <= 128:
+        digest = hashlib.sha256(resend_key.encode("utf-8", "surrogatepass")).hexdigest()
+        return "resend:" + digest
+    if request.command not in _CREDENTIAL_SCOPED:
+        return caller.key
+    sid = request.parameters.get("session_id")
+    token = request.parameters.get("resume_token")
+    if not isinstance(sid, str) or not (token is None or isinstance(token, str)):
+        return caller.key
+    digest = hashlib.sha256(
+        b"\x00".join(x.encode("utf-8", "surrogatepass") for x in (sid, token or ""))
+    ).hexdigest()
+    return "credential:" + digest
+
+
+def _rate_key(params: Params, caller: Caller) -> str:
+    # an authenticated peer is charged as itself (it can not take fresh ids);
+    # else the client named in the request, else the session
+    if caller.authenticated:
+        return "k:" + fingerprint(caller.key, length=32)
     for name in ("client_id", "session_id"):
         value = params.get(name)
         if isinstance(value, str) and value:

@@ -37,11 +37,13 @@ from stuisession.errors import (
     SessionNotFound,
     StorageError,
     StuiSessionError,
+    ValidationError,
 )
-from stuisession.ids import check_client_id, check_session_id
+from stuisession.ids import check_client_id, check_session_id, is_valid_session_id
 from stuisession.policy import Policy
 from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
+from stuisession.security.identity import Caller
 from stuisession.security.ratelimit import TokenBucketLimiter
 from stuisession.state import lifecycle
 from stuisession.state.model import Session, SessionInfo, SessionStatus
@@ -65,11 +67,17 @@ class Credentials:
     client_id: str | None = None
     resume_token: str | None = None
     client_token: str | None = None
+    #: who the transport says is calling (default: an unauthenticated caller)
+    caller: Caller = attrs.field(factory=Caller.anonymous)
 
     @property
     def identified(self) -> bool:
         """True when the caller claims an identity (then errors must not reveal existence)."""
-        return self.client_id is not None or self.resume_token is not None
+        return (
+            self.client_id is not None
+            or self.resume_token is not None
+            or self.caller.client_ids is not None
+        )
 
 
 ANONYMOUS = Credentials()
@@ -85,6 +93,8 @@ class Restored:
     resume_token: str | None = None
     #: True when the session got a new id
     rotated: bool = False
+    #: a refreshed client token (strict mode, with a rotation)
+    client_token: str | None = None
 
 
 @attrs.frozen
@@ -93,7 +103,9 @@ class Created:
 
     session: Session
     resume_token: str
-    client_token: str
+    #: None when the caller did not prove it is this client (the client id had
+    #: sessions already and neither a client token nor a bound key was presented)
+    client_token: str | None
 
 
 @attrs.frozen
@@ -156,6 +168,8 @@ class SessionService:
         self._create_locks = [threading.Lock() for _ in range(64)]
         self._sweep_lock = threading.Lock()
         self._sweep_cursor: Iterator[SessionInfo] | None = None
+        #: (key id, session id, sealed snapshot) of the dummy used for uniform timing
+        self._dummy_head: tuple[str, str, bytes] | None = None
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
@@ -198,7 +212,14 @@ class SessionService:
         try:
             self.limiter.check(key)
         except RateLimited:
-            self._audit("rate_limit", client_id=key[:256], outcome="denied")
+            # a session id is a bearer secret: the audit log keeps only its keyed hash
+            kind, _, value = key.partition(":")
+            if kind == "s" and is_valid_session_id(value):
+                self._audit("rate_limit", session_id=value, outcome="denied")
+            elif kind == "c" and _valid_client_id(value):
+                self._audit("rate_limit", client_id=value, outcome="denied")
+            else:
+                self._audit("rate_limit", outcome="denied", reason=kind[:16] or None)
             raise
 
     def _load(self, session_id: str, creds: Credentials) -> Session:
@@ -210,12 +231,21 @@ class SessionService:
     def _fetch(
         self, session_id: str, creds: Credentials, loader: Callable[[str], _Loaded]
     ) -> _Loaded:
-        """Load with *loader*, then authorize; unknown ids are denied to identified callers."""
+        """Load with *loader*, then authorize; unknown ids are denied to identified callers.
+
+        For an identified caller (or in strict mode) ownership is decided from the
+        verified head first, and an unknown id does the same work on a dummy
+        head: "not yours" and "does not exist" take the same time, whatever the
+        size of the session.
+        """
         check_session_id(session_id)
+        guarded = creds.identified or self.policy.strict
+        if guarded:
+            self._authorize(self._head(session_id, creds), creds)
         try:
             loaded = loader(session_id)
         except SessionNotFound:
-            if creds.identified or self.policy.strict:
+            if guarded:  # deleted between the two reads
                 raise self._deny(session_id, creds, "unknown session") from None
             raise
         except IntegrityError as exc:
@@ -226,24 +256,72 @@ class SessionService:
         self._authorize(loaded if isinstance(loaded, SessionInfo) else loaded.info, creds)
         return loaded
 
-    def _authorize(self, info: SessionInfo, creds: Credentials) -> None:
+    def _head(self, session_id: str, creds: Credentials) -> SessionInfo:
+        """The verified record of *session_id*; the same work and denial when there is none."""
+        try:
+            return self.store.load_info(session_id)
+        except SessionNotFound:
+            dummy = self._dummy_info()
+            self._owner_problem(dummy, creds)  # same checks as a real session, result unused
+            raise self._deny(session_id, creds, "unknown session") from None
+        except IntegrityError as exc:
+            self._audit(
+                "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
+            )
+            raise
+
+    def _dummy_info(self) -> SessionInfo:
+        """Verify a sealed head of a throw-away session (the cost of a real head check)."""
+        head = self._dummy_head
+        if head is None or head[0] != self.store.codec.keyring.current_id:
+            now = self._now()
+            dummy = lifecycle.new_session(
+                "stuisession-timing-dummy", now=now, timeout=self.policy.session_timeout
+            )
+            head = (
+                self.store.codec.keyring.current_id,
+                dummy.session_id,
+                self.store.codec.encode(dummy),
+            )
+            self._dummy_head = head
+        return self.store.codec.read_info(head[2], expected_session_id=head[1])
+
+    def _owner_problem(self, info: SessionInfo, creds: Credentials) -> str | None:
+        """Why *creds* may not use *info*'s session (None: they may).
+
+        Every check runs whatever the earlier ones said, so the time taken does
+        not tell which failed.
+        """
+        problems: list[str] = []
         if creds.client_id is not None and not hmac.compare_digest(
             creds.client_id.encode("utf-8", "surrogatepass"),
             info.client_id.encode("utf-8", "surrogatepass"),
         ):
-            raise self._deny(info.session_id, creds, "not the owner")
+            problems.append("not the owner")
+        if not creds.caller.may_act_as(info.client_id):
+            problems.append("not bound to the caller's key")
         if not self.policy.client_allowed(info.client_id):
-            raise self._deny(info.session_id, creds, "client not allowed")
-        if self.policy.strict or creds.resume_token is not None:
-            try:
-                self.authority.verify(
-                    creds.resume_token,
-                    info.client_id,
-                    info.session_id,
-                    min_generation=info.token_generation,
-                )
-            except AccessDenied:
-                raise self._deny(info.session_id, creds, "invalid resume token") from None
+            problems.append("client not allowed")
+        if (self.policy.strict or creds.resume_token is not None) and not self.authority.is_valid(
+            creds.resume_token,
+            info.client_id,
+            info.session_id,
+            min_generation=info.token_generation,
+        ):
+            problems.append("invalid resume token")
+        return problems[0] if problems else None
+
+    def _authorize(self, info: SessionInfo, creds: Credentials) -> None:
+        problem = self._owner_problem(info, creds)
+        if problem is not None:
+            raise self._deny(info.session_id, creds, problem)
+
+    def _proves_client(self, client_id: str, creds: Credentials) -> bool:
+        """True when the caller proved it is *client_id*: a bound key or its client token."""
+        if not creds.caller.may_act_as(client_id):
+            return False
+        token_ok = self.authority.is_valid(creds.client_token, client_id, CLIENT_SCOPE)
+        return creds.caller.proves(client_id) or token_ok
 
     def _expired_by_retention(self, info: SessionInfo, now: float) -> bool:
         return now - info.last_accessed > self.policy.retention
@@ -254,18 +332,43 @@ class SessionService:
         lifecycle.require_active(info, now)
 
     # -- commands -------------------------------------------------------------------
-    def create(self, client_id: str, *, metadata: Metadata | None = None) -> Created:
-        """Create a session for *client_id* (limit and allow/deny lists apply)."""
+    def create(
+        self,
+        client_id: str,
+        *,
+        metadata: Metadata | None = None,
+        creds: Credentials | None = None,
+    ) -> Created:
+        """Create a session for *client_id* (limit and allow/deny lists apply).
+
+        Claiming a client id is not proof of being that client. When the client
+        already has active sessions, the caller must prove it (a key bound to
+        the client id, or the client token given with the client's earlier
+        sessions, as ``creds.client_token``): in strict mode the create is
+        refused without proof (``SessionError``); in compat mode the session is
+        created but no client token is handed out (``Created.client_token`` None).
+
+        Raises :class:`SessionError` (not allowed, limit, proof missing).
+        """
         check_client_id(client_id)
-        if not self.policy.client_allowed(client_id):
+        creds = creds or ANONYMOUS
+        if not self.policy.client_allowed(client_id) or not creds.caller.may_act_as(client_id):
             self._audit(
                 "create", client_id=client_id, outcome="denied", reason="client not allowed"
             )
             raise SessionError("Client is not allowed to use sessions")
+        proven = self._proves_client(client_id, creds)
         stripe = int.from_bytes(hashlib.blake2b(client_id.encode(), digest_size=2).digest())
         with self._create_locks[stripe % len(self._create_locks)]:
             now = self._now()
             active = [i for i in self.store.list_by_client(client_id) if i.is_active(now)]
+            if active and not proven and self.policy.strict:
+                # a mere claim must not get this client's token nor use up its limit
+                self._audit("create", client_id=client_id, outcome="denied", reason="unproven")
+                raise SessionError(
+                    "Client already has sessions: present its client_token "
+                    "(or connect with a key bound to it) to create more"
+                )
             if len(active) >= self.policy.max_sessions_per_client:
                 self._audit("create", client_id=client_id, outcome="denied", reason="limit")
                 raise SessionError(
@@ -286,7 +389,9 @@ class SessionService:
         return Created(
             session=session,
             resume_token=self.authority.issue(client_id, session.session_id),
-            client_token=self.authority.issue(client_id, CLIENT_SCOPE),
+            client_token=(
+                self.authority.issue(client_id, CLIENT_SCOPE) if proven or not active else None
+            ),
         )
 
     def restore(self, session_id: str, creds: Credentials = ANONYMOUS) -> Restored:
@@ -355,6 +460,8 @@ class SessionService:
             snapshot=self.store.load_snapshot(new.session_id),
             resume_token=self.authority.issue(new.client_id, new.session_id),
             rotated=True,
+            # the holder of the session's token is its client: refresh its client token
+            client_token=self.authority.issue(new.client_id, CLIENT_SCOPE),
         )
 
     def rotate_token(
@@ -380,12 +487,10 @@ class SessionService:
     def info(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """The session's record (also for expired or closed sessions not yet swept)."""
         check_session_id(session_id)
-        try:
+        if creds.identified or self.policy.strict:
+            info = self._head(session_id, creds)
+        else:
             info = self.store.load_info(session_id)
-        except SessionNotFound:
-            if creds.identified or self.policy.strict:
-                raise self._deny(session_id, creds, "unknown session") from None
-            raise
         self._authorize(info, creds)
         return info
 
@@ -459,17 +564,15 @@ class SessionService:
     def list_client(self, client_id: str, creds: Credentials = ANONYMOUS) -> list[SessionInfo]:
         """The client's sessions that are not closed (expired ones until swept).
 
-        In strict mode the caller must present the client token issued at create.
+        The caller must prove it is the client: a transport identity bound to
+        it (or an in-process caller), or the client token issued at create —
+        in compat mode too, since a client id is only a claim. Otherwise
+        :class:`AccessDenied` ("Invalid credentials").
         """
         check_client_id(client_id)
-        if self.policy.strict:
-            try:
-                self.authority.verify(creds.client_token, client_id, CLIENT_SCOPE)
-            except AccessDenied:
-                self._audit(
-                    "deny", client_id=client_id, outcome="denied", reason="invalid client token"
-                )
-                raise
+        if not self._proves_client(client_id, creds):
+            self._audit("deny", client_id=client_id, outcome="denied", reason="client not proven")
+            raise AccessDenied("Invalid credentials")
         return [
             i for i in self.store.list_by_client(client_id) if i.status is not SessionStatus.CLOSED
         ]
@@ -558,6 +661,14 @@ class SessionService:
         if removed:
             log.info("swept %d expired or closed sessions", removed)
         return removed
+
+
+def _valid_client_id(value: str) -> bool:
+    try:
+        check_client_id(value)
+    except ValidationError:
+        return False
+    return True
 
 
 #: placeholder for an unreadable record in the sweep cursor
