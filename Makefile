@@ -7,7 +7,7 @@ BIND ?= tcp://127.0.0.1:5555
 STORE ?= ./.stuisession
 SRC := src tests examples benchmarks
 
-.PHONY: run test lint typecheck pytest docs dist bench faults rust-test clean
+.PHONY: run test lint typecheck pytest docs dist bench faults rust-test cluster-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -64,6 +64,11 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+## cluster-demo: a loopback 3-primary Redis Cluster with replicas, two bridges on it, a
+## short client load through both, then everything stopped (needs redis-server, redis-cli)
+cluster-demo: $(STAMP)
+	$(BIN)/python examples/cluster_recipe.py
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache build dist

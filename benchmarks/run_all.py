@@ -37,6 +37,12 @@ MODULES: list[tuple[str, str, list[str], list[str]]] = [
         ["--n", "400", "--rounds", "2", "--per-thread", "80"],
         ["--n", "100", "--rounds", "1", "--per-thread", "20"],
     ),
+    (
+        "redis_cluster",
+        "bench_redis_cluster.py",
+        ["--n", "300"],
+        ["--n", "60"],
+    ),
     ("sweep", "bench_sweep.py", ["--sessions", "10000"], ["--sessions", "1000"]),
     (
         "memory",

@@ -31,6 +31,7 @@ def test_every_example_is_covered() -> None:
         "workspace_inspector",
         "client",
         "pytest_fixture",
+        "cluster_recipe",  # run in tests/e2e/test_cluster_bridges.py
     }
     assert {p.stem for p in EXAMPLES.glob("*.py")} == covered
 

@@ -95,9 +95,15 @@ def test_key_layout_uses_hash_tags(store: RedisStore) -> None:
     store.create(s)
     sid, ch = s.session_id, client_hash(s.client_id)
     p = store.prefix
-    assert key_names(store) == sorted([f"{p}:s:{{{sid}}}", f"{p}:c:{{{ch}}}", f"{p}:all"])
+    assert store.layout == 1  # a standalone server keeps layout 1 (no marker key)
+    assert key_names(store) == sorted(
+        [f"{p}:s:{{{sid}}}", f"{p}:c:{{{ch}}}", f"{p}:a:{{{ch}}}", f"{p}:all"]
+    )
     assert store.session_key(sid) == f"{p}:s:{{{sid}}}"
     assert store.client_key(s.client_id) == f"{p}:c:{{{ch}}}"
+    assert store.active_key(s.client_id) == f"{p}:a:{{{ch}}}"
+    # the active index: scored by when the session stops being active
+    assert store.client.zscore(store.active_key(s.client_id), sid) == s.expires_at
     # the hash tag decides the slot: one session's keys always share one slot
     assert key_slot(store.session_key(sid).encode()) == key_slot(sid.encode())
     assert key_slot(store.client_key(s.client_id).encode()) == key_slot(ch.encode())
@@ -543,12 +549,10 @@ def test_password_and_acl_user(
             assert [i.session_id for i in store.list_by_client("acl")] == [other.session_id]
             assert store.statistics(NOW).total_sessions == 2
             assert store.delete(other.session_id)
-    # outside its key pattern the user may do nothing
-    with (
-        RedisStore(acl_url, keyring=keyring, prefix="elsewhere") as store,
-        pytest.raises(StorageError, match="NoPermissionError") as info,
-    ):
-        store.create(new())
+    # outside its key pattern the user may do nothing: found at start (the store
+    # reads its layout marker when it opens)
+    with pytest.raises(StorageError, match="NoPermissionError") as info:
+        RedisStore(acl_url, keyring=keyring, prefix="elsewhere")
     assert info.value.retryable is False
     for url in (
         server.url.replace("pw-Secret-1", "wrong-Secret-3"),

@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+
 from stuisession.errors import ValidationError
 
 #: Nesting deeper than this is refused (protects the recursive encoder and decoder).
@@ -65,6 +67,133 @@ def loads(data: bytes | str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# -- bounded parsing of untrusted messages -------------------------------------------------
+@attrs.frozen
+class Limits:
+    """Bounds on what one untrusted JSON message may cost to parse.
+
+    Checked before or while parsing, so the work done on a refused message is
+    linear in its length: the node bound is an upper bound counted in C
+    (``bytes.count`` of ``,``, ``[``, ``{`` and ``:``), integer digits are
+    checked before conversion (which is quadratic), object sizes as each
+    object is built.
+    """
+
+    #: longest integer literal, in decimal digits
+    max_int_digits: int = 640
+    #: most members of one object
+    max_object_keys: int = 100_000
+    #: most values in the whole message (estimated from above)
+    max_nodes: int = 1_000_000
+
+
+class LimitExceeded(ValueError):
+    """A message broke a :class:`Limits` bound; ``limit`` names which, ``value`` its bound."""
+
+    def __init__(self, message: str, limit: str, value: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+
+
+#: an escape that may encode half of a surrogate pair (rare; only then is the
+#: decoded message walked for lone surrogates)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def node_estimate(data: bytes | str) -> int:
+    """An upper bound on the number of JSON values in *data* (separators counted in C)."""
+    if isinstance(data, str):
+        return data.count(",") + data.count("[") + data.count("{") + data.count(":") + 1
+    return data.count(b",") + data.count(b"[") + data.count(b"{") + data.count(b":") + 1
+
+
+def loads_limited(data: bytes | str, limits: Limits, *, refuse_surrogates: bool = False) -> Any:
+    """Strict JSON decode of an untrusted message, within *limits*.
+
+    Raises :class:`LimitExceeded` (a ``ValueError``) when a bound is broken,
+    ``ValueError`` for invalid JSON (NaN/Infinity included, and with
+    *refuse_surrogates* any string holding a lone surrogate) and
+    ``RecursionError`` for absurd nesting.
+    Duplicate keys keep the last value, as :func:`json.loads` does.
+    """
+    nodes = node_estimate(data)
+    if nodes > limits.max_nodes:
+        raise LimitExceeded(
+            f"message holds more than {limits.max_nodes} JSON values",
+            "max_json_nodes",
+            limits.max_nodes,
+        )
+    max_digits = limits.max_int_digits
+    max_keys = limits.max_object_keys
+
+    def parse_int(text: str) -> int:
+        digits = len(text) - (text[0] == "-")
+        if digits > max_digits:
+            raise LimitExceeded(
+                f"message holds an integer of more than {max_digits} digits",
+                "max_int_digits",
+                max_digits,
+            )
+        return int(text)
+
+    def parse_float(text: str) -> float:
+        if len(text) > max_digits + 32:  # float() is linear, but bound the literal anyway
+            raise LimitExceeded(
+                f"message holds a number of more than {max_digits} digits",
+                "max_int_digits",
+                max_digits,
+            )
+        return float(text)
+
+    def object_hook(obj: dict[str, Any]) -> dict[str, Any]:
+        if len(obj) > max_keys:
+            raise LimitExceeded(
+                f"message holds an object of more than {max_keys} members",
+                "max_object_keys",
+                max_keys,
+            )
+        return obj
+
+    text = data
+    value = json.loads(
+        text,
+        parse_int=parse_int,
+        parse_float=parse_float,
+        parse_constant=_refuse_constant,
+        object_hook=object_hook,
+    )
+    if not refuse_surrogates:
+        return value
+    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if (
+        refuse_surrogates
+        and _SURROGATE_ESCAPE.search(raw) is not None
+        and has_lone_surrogate(value)
+    ):
+        raise ValueError("message holds a lone surrogate (a \\uD800-\\uDFFF escape not in a pair)")
+    return value
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """True if any string (or key) in the decoded JSON *value* holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is str:
+            if _SURROGATE.search(v) is not None:
+                return True
+        elif t is dict:
+            for k, x in v.items():
+                if _SURROGATE.search(k) is not None:
+                    return True
+                stack.append(x)
+        elif t is list:
+            stack.extend(v)
+    return False
 
 
 def resolve_raw(value: Any) -> Any:

@@ -76,6 +76,34 @@ class Policy:
     #: accesses (create, restore, close), denials and failures are still recorded
     audit_updates: bool = False
 
+    # -- bounds under hostile input (docs/security.md, "Limits") ---------------------
+    #: longest integer literal accepted in a request, in decimal digits (parsing cost
+    #: grows quadratically with the digit count; Python's own bound, 4300, is too high)
+    max_int_digits: int = attrs.field(default=640, validator=_positive)
+    #: most members one JSON object of a request may have
+    max_object_keys: int = attrs.field(default=100_000, validator=_positive)
+    #: most JSON values (objects, arrays, scalars) one request may hold
+    max_json_nodes: int = attrs.field(default=1_000_000, validator=_positive)
+    #: largest session state, as decoded JSON bytes (None: only the snapshot limit applies)
+    max_state_bytes: int | None = attrs.field(default=16 * MB, validator=_optional_positive)
+    #: largest reply the bridge builds; a larger one is refused (e.g. a huge restore)
+    max_reply_bytes: int = attrs.field(default=32 * MB, validator=_positive)
+    #: bytes of replies one connection may have waiting to be sent before it is dropped
+    max_queued_bytes_per_connection: int = attrs.field(default=64 * MB, validator=_positive)
+    #: bytes of replies all connections together may have waiting to be sent
+    max_queued_bytes: int = attrs.field(default=256 * MB, validator=_positive)
+    #: complete messages queued per connection in ZeroMQ (send and receive high-water marks)
+    socket_hwm: int = attrs.field(default=1000, validator=_positive)
+    #: sessions the store may hold in total (None: no cap)
+    max_sessions_total: int | None = attrs.field(default=100_000, validator=_optional_positive)
+    #: sessions created per second across all clients (None: no cap)
+    max_creates_per_second: float | None = attrs.field(default=50.0, validator=_optional_positive)
+    #: bytes the store may use on disk before creates are refused (None: no cap)
+    max_store_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
+    #: refusals (denials, rate limits, caps) are audited as one summary line per
+    #: (client, event, reason) per interval of this many seconds
+    audit_interval: float = attrs.field(default=60.0, validator=_positive)
+
     def __attrs_post_init__(self) -> None:
         if self.session_timeout > self.retention:
             raise ConfigurationError("session_timeout must not exceed retention")

@@ -213,6 +213,9 @@ def test_audit_log_records_and_verifies(compat: ProtocolHandler, tmp_path: Path)
     ok(compat, "update_session_state", session_id=sid, state_data={"s": SECRET})
     call(compat, "restore_session", session_id=sid, client_id="mallory")
     ok(compat, "close_session", session_id=sid)
+    # denials are written as per-interval summaries (issue 17): end the interval now
+    assert compat.service.refusals is not None
+    compat.service.refusals.flush()
     log_path = tmp_path / "audit.log"
     lines = [json.loads(x) for x in log_path.read_text().splitlines()]
     events = [(x["event"], x["outcome"]) for x in lines]

@@ -192,11 +192,12 @@ def import_sessions(
 #: the store used when none is given
 DEFAULT_STORE = "./.stuisession/"
 #: URL schemes that name a Redis store
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 def is_redis_spec(spec: str) -> bool:
-    """True when *spec* names a Redis store (``redis://``, ``rediss://``, ``unix://``)."""
+    """True when *spec* names a Redis store (``redis://``, ``rediss://``, ``unix://``,
+    or a Redis Cluster: ``redis+cluster://host:port[,host:port...]``)."""
     return spec.lower().startswith(REDIS_SCHEMES)
 
 
@@ -239,8 +240,9 @@ def open_store(
 
     * ``PATH`` or ``file:PATH``: a :class:`~stuisession.stores.file.FileStore`
       in that directory;
-    * ``redis://...``, ``rediss://...``, ``unix://...``: a
-      :class:`~stuisession.stores.redis.RedisStore` (``RedisStore.from_url``).
+    * ``redis://...``, ``rediss://...``, ``unix://...``, ``redis+cluster://...``: a
+      :class:`~stuisession.stores.redis.RedisStore` (``RedisStore.from_url``,
+      which parses cluster URLs with :func:`~stuisession.stores.redis.parse_cluster_url`).
 
     Keyring: *key_file* if given, else ``$STUISESSION_KEYRING``, else (file
     store) ``<PATH>/keyring.json``.

@@ -18,6 +18,7 @@ trigger reliably, so the rule is activity-based and documented in
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import attrs
@@ -50,13 +51,25 @@ class Connection:
         }
 
 
+#: most connections listed in a statistics snapshot (the rest are only counted)
+MAX_LISTED = 20
+
+
 class ConnectionTracker:
-    """Thread-safe table of connections and the sessions they are attached to."""
+    """Thread-safe table of connections and the sessions they are attached to.
+
+    Constant time per request: connections are kept in an LRU (an
+    ``OrderedDict``, least recently seen first) and sessions are indexed by the
+    connection they are attached to, so nothing on the request path scans the
+    table. A sweep pops idle connections from the LRU's old end only.
+    """
 
     def __init__(self, idle_timeout: float = 60.0, max_connections: int = 100_000) -> None:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self._conns: dict[str, Connection] = {}
+        self._conns: OrderedDict[str, Connection] = OrderedDict()
+        #: session id -> identity of the connection it is attached to
+        self._owner: dict[str, str] = {}
         self._lock = threading.Lock()
         self.disconnects = 0
 
@@ -79,6 +92,8 @@ class ConnectionTracker:
                 if len(self._conns) >= self.max_connections:
                     self._evict_oldest()
                 conn = self._conns[identity] = Connection(identity, now, now)
+            else:
+                self._conns.move_to_end(identity)
             conn.last_seen = max(conn.last_seen, now)
             conn.requests += 1
             if client_id is not None:
@@ -112,11 +127,14 @@ class ConnectionTracker:
 
     def _attach(self, conn: Connection, session_id: str) -> None:
         # a session is attached to the connection that used it last
-        for other in self._conns.values():
-            if other is not conn:
+        previous = self._owner.get(session_id)
+        if previous is not None and previous != conn.identity:
+            other = self._conns.get(previous)
+            if other is not None:
                 other.sessions.discard(session_id)
                 other.tokens.pop(session_id, None)
         conn.sessions.add(session_id)
+        self._owner[session_id] = conn.identity
 
     def detach(self, session_id: str) -> None:
         """Forget *session_id* everywhere (closed or rotated)."""
@@ -124,23 +142,35 @@ class ConnectionTracker:
             self._detach(session_id)
 
     def _detach(self, session_id: str) -> None:
-        for conn in self._conns.values():
+        owner = self._owner.pop(session_id, None)
+        conn = None if owner is None else self._conns.get(owner)
+        if conn is not None:
             conn.sessions.discard(session_id)
             conn.tokens.pop(session_id, None)
 
-    def _evict_oldest(self) -> None:
-        oldest = min(self._conns.values(), key=lambda c: c.last_seen)
-        del self._conns[oldest.identity]
+    def _drop(self, conn: Connection) -> None:
+        del self._conns[conn.identity]
+        for sid in conn.sessions:
+            if self._owner.get(sid) == conn.identity:
+                del self._owner[sid]
         self.disconnects += 1
+
+    def _evict_oldest(self) -> None:
+        # the LRU's old end: the connection seen least recently
+        self._drop(next(iter(self._conns.values())))
 
     def sweep(self, now: float) -> list[Connection]:
         """Drop connections idle longer than ``idle_timeout``; return them (their
         sessions are now detached)."""
         with self._lock:
-            gone = [c for c in self._conns.values() if now - c.last_seen > self.idle_timeout]
+            gone: list[Connection] = []
+            # least recently seen first: stop at the first one still live
+            for conn in self._conns.values():
+                if now - conn.last_seen <= self.idle_timeout:
+                    break
+                gone.append(conn)
             for c in gone:
-                del self._conns[c.identity]
-            self.disconnects += len(gone)
+                self._drop(c)
             return gone
 
     def session_of(self, identity: str) -> str | None:
@@ -157,16 +187,32 @@ class ConnectionTracker:
             conn = self._conns.get(identity)
             return None if conn is None else conn.tokens.get(session_id)
 
-    def snapshot(self, now: float) -> list[dict[str, Any]]:
-        """Every live connection, oldest first."""
+    def snapshot(self, now: float, limit: int = MAX_LISTED) -> list[dict[str, Any]]:
+        """At most *limit* connections, most recently seen first (bounded reply size)."""
         with self._lock:
-            conns = sorted(self._conns.values(), key=lambda c: c.connected_since)
-            return [c.as_dict(now) for c in conns]
+            out: list[dict[str, Any]] = []
+            for conn in reversed(self._conns.values()):
+                if len(out) >= limit:
+                    break
+                out.append(conn.as_dict(now))
+            return out
+
+    def counts(self, now: float) -> dict[str, int]:
+        """Counts only, for statistics: connections, attached sessions, idle connections.
+
+        Never identities or client ids (statistics are readable by any client).
+        """
+        with self._lock:
+            return {
+                "connected_clients": len(self._conns),
+                "attached_sessions": len(self._owner),
+                "disconnects": self.disconnects,
+            }
 
     def attached_sessions(self) -> int:
-        """Sessions attached to a live connection."""
+        """Sessions attached to a live connection (O(1))."""
         with self._lock:
-            return len(set().union(*(c.sessions for c in self._conns.values())))
+            return len(self._owner)
 
     def __len__(self) -> int:
         with self._lock:

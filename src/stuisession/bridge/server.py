@@ -51,6 +51,7 @@ from stuisession import _json
 from stuisession.bridge.connections import ConnectionTracker
 from stuisession.bridge.curve import CurveConfig, is_loopback_endpoint
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
+from stuisession.bridge.intake import admit_forwarded  # [limits hook]
 from stuisession.bridge.workers import KeyedExecutor
 from stuisession.errors import Busy, StuiSessionError, UpstreamError
 from stuisession.ids import is_valid_session_id
@@ -192,6 +193,10 @@ class BridgeServer:
             # a peer sending far more than the handler accepts is cut off instead of
             # buffered; up to this size it gets a structured MessageTooLarge reply
             sock.setsockopt(zmq.MAXMSGSIZE, 2 * handler.policy.max_message_size + 65536)
+            # [limits hook] complete messages queued per peer, each way (ROUTER drops
+            # replies to a peer whose queue is full); see docs/security.md "Limits"
+            sock.setsockopt(zmq.SNDHWM, handler.policy.socket_hwm)
+            sock.setsockopt(zmq.RCVHWM, handler.policy.socket_hwm)
             # no ROUTER_HANDOVER: a peer presenting a routing identity that is in use
             # must not take over the connection (and its in-flight replies); libzmq
             # ignores such a newcomer until the old connection is gone
@@ -445,12 +450,11 @@ class BridgeServer:
 
     def _forward(self, body: bytes, command: Any, ident: str, caller: Caller) -> bytes:
         """Send a non-session request to the Pharo image (or say there is none)."""
+        # [limits hook] size limit, bounded parse and rate limit, as for session commands
         try:
-            doc = _json.loads(body)
-        except (ValueError, RecursionError):
-            return self.handler.handle_wire(body, caller=caller)  # the handler words the error
-        if not isinstance(doc, dict):
-            return self.handler.handle_wire(body, caller=caller)
+            doc = admit_forwarded(body, self.handler.service, ident)
+        except StuiSessionError as exc:
+            return _error_for(exc.request_id, exc)
         if "command" in doc and not isinstance(command, str):
             return self.handler.handle_wire(body, caller=caller)
         request_id = doc.get("id")

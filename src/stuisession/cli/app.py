@@ -205,8 +205,9 @@ def _admin_store_parent() -> argparse.ArgumentParser:
         "--store",
         default=DEFAULT_STORE,
         metavar="PATH_OR_URL",
-        help=f"a file store directory (PATH or file:PATH) or a redis://, rediss:// or "
-        f"unix:// URL (default {DEFAULT_STORE}); never created by admin commands",
+        help=f"a file store directory (PATH or file:PATH) or a redis://, rediss://, "
+        f"unix:// or redis+cluster://HOST:PORT[,HOST:PORT...] URL (?durability=aof or "
+        f"?durability=replicas=N; default {DEFAULT_STORE}); never created by admin commands",
     )
     parent.add_argument(
         "--key-file",
@@ -517,6 +518,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            durability = getattr(store, "durability", None)
+            if durability:
+                print(f"store durability: {durability}", file=sys.stderr, flush=True)
             with _SignalStop(server.stop):
                 server.serve_forever()
         log.info("bridge stopped")

@@ -54,6 +54,15 @@ def _field(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
+def reply_cost(reply: dict[str, Any]) -> int:
+    """Bytes a remembered *reply* holds: its encoded size (spliced state included) plus
+    a fixed overhead for the entry."""
+    try:
+        return len(_json.dumps_with_raw(reply)) + 512
+    except (TypeError, ValueError):
+        return 1 << 62  # not encodable: never kept
+
+
 class _Entry:
     __slots__ = ("cost", "done", "expires", "reply")
 
@@ -85,6 +94,26 @@ class ReplyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def _keep(self, key: bytes, entry: _Entry, reply: dict[str, Any]) -> None:
+        """Remember *reply*, charged by its real encoded size (not the request's)."""
+        cost = reply_cost(reply)
+        with self._lock:
+            if self._entries.get(key) is not entry:
+                return  # evicted meanwhile: the reply is returned but not kept
+            if cost > self.max_bytes:
+                # never kept: a resend is handled again (a restore is read-only; for
+                # changes the id-keyed revision checks still apply)
+                self._bytes -= self._entries.pop(key).cost
+                return
+            self._bytes += cost - entry.cost
+            entry.cost = cost
+            entry.reply = reply
+            while len(self._entries) > 1 and self._bytes > self.max_bytes:
+                old_key, old = self._entries.popitem(last=False)
+                self._bytes -= old.cost
+                if old_key == key:  # pragma: no cover - the newest is last
+                    break
+
     def run(
         self,
         key: bytes,
@@ -95,8 +124,9 @@ class ReplyCache:
     ) -> dict[str, Any]:
         """The remembered reply for *key*, or compute, remember and return it.
 
-        *cost* estimates the reply's size in bytes (the request's size is a good
-        proxy: replies echo what was sent).
+        *cost* is a first estimate of the reply's size in bytes, reserved while
+        it is computed; once known, the reply is charged its real encoded size
+        (:func:`reply_cost`) and one larger than ``max_bytes`` is not kept.
         """
         now = time.monotonic()
         with self._lock:
@@ -131,7 +161,7 @@ class ReplyCache:
                     if self._entries.get(key) is entry:
                         self._bytes -= self._entries.pop(key).cost
             else:
-                entry.reply = reply
+                self._keep(key, entry, reply)
             return reply
         finally:
             entry.expires = time.monotonic() + self.ttl

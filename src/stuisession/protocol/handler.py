@@ -35,6 +35,7 @@ from stuisession.errors import (
 from stuisession.ids import check_client_id, check_session_id
 from stuisession.policy import Policy
 from stuisession.protocol.dedup import ReplyCache, request_key
+from stuisession.protocol.limits import bound_reply, parse_message  # [limits hook]
 from stuisession.security.audit import AuditLog
 from stuisession.security.identity import Caller, fingerprint
 from stuisession.service.core import Credentials, SessionService
@@ -299,7 +300,10 @@ class ProtocolHandler:
         """
         reply = self.respond(message, caller=caller)
         try:
-            return _json.dumps_with_raw(reply)
+            # [limits hook] a reply over max_reply_bytes is refused, never queued
+            return bound_reply(
+                _json.dumps_with_raw(reply), reply, self.policy, self.service.clock.now()
+            )
         except Exception:  # pragma: no cover - every reply is built from JSON values
             log.exception("could not encode a reply")
             return _json.dumps(
@@ -426,14 +430,9 @@ class ProtocolHandler:
             )
         return Request(id=request_id, command=command, parameters=params)
 
-    @staticmethod
-    def _loads(text: str) -> Any:
-        try:
-            return _json.loads(text)
-        except RecursionError:
-            raise InvalidRequest("Message is nested too deeply") from None
-        except ValueError as exc:
-            raise InvalidRequest(f"Message is not valid JSON: {exc}") from None
+    def _loads(self, text: str) -> Any:
+        # [limits hook] bounded parse: digits, keys, nodes, lone surrogates (issue 17)
+        return parse_message(text, self.policy)
 
     def _error_reply(self, request_id: str | int | None, exc: StuiSessionError) -> dict[str, Any]:
         rid = exc.request_id if exc.request_id is not None else request_id

@@ -41,10 +41,12 @@ from stuisession.errors import (
 )
 from stuisession.ids import check_client_id, check_session_id, is_valid_session_id
 from stuisession.policy import Policy
+from stuisession.security.aggregate import RefusalAggregator  # [limits hook]
 from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
 from stuisession.security.identity import Caller
 from stuisession.security.ratelimit import TokenBucketLimiter
+from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
 from stuisession.state import lifecycle
 from stuisession.state.model import Session, SessionInfo, SessionStatus
 from stuisession.state.schema import Metadata, SessionState
@@ -170,6 +172,12 @@ class SessionService:
         self._sweep_cursor: Iterator[SessionInfo] | None = None
         #: (key id, session id, sealed snapshot) of the dummy used for uniform timing
         self._dummy_head: tuple[str, str, bytes] | None = None
+        # [limits hook] global caps, decoded state size, refusals audited as summaries
+        self.caps = GlobalCaps(store, self.policy)
+        self.state_guard = StateSizeGuard(self.policy.max_state_bytes)
+        self.refusals = (
+            None if audit is None else RefusalAggregator(audit, self.policy.audit_interval)
+        )
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
@@ -185,6 +193,9 @@ class SessionService:
         reason: str | None = None,
     ) -> None:
         if self.audit is None:
+            return
+        if outcome == "denied" and self.refusals is not None:  # [limits hook]
+            self.refusals.add(event, client_id, reason)
             return
         try:
             self.audit.record(
@@ -376,6 +387,11 @@ class SessionService:
                     "active sessions",
                     limit=self.policy.max_sessions_per_client,
                 )
+            try:  # [limits hook] global caps (total, creates/s, disk)
+                self.caps.check_create()
+            except CapacityExceeded as exc:
+                self._audit("create", client_id=client_id, outcome="denied", reason=exc.cap)
+                raise
             session = lifecycle.new_session(
                 client_id,
                 now=now,
@@ -384,7 +400,11 @@ class SessionService:
                 state=SessionState(metadata=metadata or Metadata()),
                 session_id=self.store.new_session_id(client_id),
             )
-            self.store.create(session, max_size=self.policy.max_snapshot_size)
+            self.store.create_within_limit(
+                session,
+                limit=self.policy.max_sessions_per_client,
+                max_size=self.policy.max_snapshot_size,
+            )
         self._audit("create", client_id=client_id, session_id=session.session_id)
         return Created(
             session=session,
@@ -531,6 +551,9 @@ class SessionService:
                 check_rebase(current.state, current.revision, update, base_revision)
             new = lifecycle.with_state(
                 current, update.apply(current.state, current.revision + 1), now
+            )
+            self.state_guard.check(  # [limits hook] decoded state size
+                session_id, current.revision, new.state, len(update.to_json()), new.revision
             )
             try:
                 self.store.save(

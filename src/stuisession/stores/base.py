@@ -181,6 +181,18 @@ class SessionStore(abc.ABC):
         check_session_id(session.session_id)
         self._put(session.info, self._encode(session, max_size), None)
 
+    def create_within_limit(
+        self, session: Session, *, limit: int, max_size: int | None = None
+    ) -> None:
+        """:meth:`create`, unless the client already has *limit* active sessions.
+
+        The caller (the service) counts the client's active sessions first, under
+        its own lock; that suffices for a store one process uses. A store shared
+        by several processes (Redis) overrides this to count and create in one
+        atomic step, raising :class:`~stuisession.errors.SessionError` over the limit.
+        """
+        self.create(session, max_size=max_size)
+
     def load_snapshot(self, session_id: str) -> Snapshot:
         """The verified snapshot of *session_id* (state not yet decoded)."""
         check_session_id(session_id)

@@ -1,0 +1,72 @@
+"""Parsing limits for untrusted messages, taken from the :class:`~stuisession.policy.Policy`.
+
+Used by the protocol handler for session commands and by the bridge for
+forwarded requests, so both meet the same bounds (``docs/security.md``, "Limits").
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from stuisession import _json
+from stuisession.errors import InvalidRequest, StuiSessionError
+from stuisession.policy import Policy
+
+__all__ = ["ReplyTooLarge", "bound_reply", "json_limits", "parse_message"]
+
+
+@functools.lru_cache(maxsize=32)
+def json_limits(policy: Policy) -> _json.Limits:
+    """The :class:`~stuisession._json.Limits` that *policy* sets (cached: policies are frozen)."""
+    return _json.Limits(
+        max_int_digits=policy.max_int_digits,
+        max_object_keys=policy.max_object_keys,
+        max_nodes=policy.max_json_nodes,
+    )
+
+
+def parse_message(text: bytes | str, policy: Policy, *, refuse_surrogates: bool = False) -> Any:
+    """Decode one untrusted message within *policy*'s limits.
+
+    Raises :class:`InvalidRequest` for invalid JSON, a lone surrogate (with
+    *refuse_surrogates*; session commands check each field instead), absurd
+    nesting, or a broken limit (then ``details.limit`` names the policy field
+    and ``details.limit_value`` its value).
+    """
+    try:
+        return _json.loads_limited(text, json_limits(policy), refuse_surrogates=refuse_surrogates)
+    except RecursionError:
+        raise InvalidRequest("Message is nested too deeply") from None
+    except _json.LimitExceeded as exc:
+        raise InvalidRequest(
+            f"Message refused: {exc}", limit=exc.limit, limit_value=exc.value
+        ) from None
+    except ValueError as exc:
+        raise InvalidRequest(f"Message is not valid JSON: {exc}") from None
+
+
+class ReplyTooLarge(StuiSessionError):
+    """A reply would exceed ``Policy.max_reply_bytes``; it is refused, never queued."""
+
+    error_type = "SessionError"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"Reply of {size} bytes exceeds the limit of {limit} bytes",
+            code="ReplyTooLarge",
+            size=size,
+            limit=limit,
+        )
+
+
+def bound_reply(encoded: bytes, reply: Mapping[str, Any], policy: Policy, now: float) -> bytes:
+    """*encoded*, or a small ``ReplyTooLarge`` error reply if it is over ``max_reply_bytes``."""
+    if len(encoded) <= policy.max_reply_bytes:
+        return encoded
+    from stuisession.protocol.handler import error_response
+
+    request_id = reply.get("id")
+    exc = ReplyTooLarge(len(encoded), policy.max_reply_bytes)
+    return _json.dumps(error_response(request_id, exc, now))

@@ -1,0 +1,28 @@
+"""Two real ``stuisession serve`` processes on one Redis Cluster (examples/cluster_recipe.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_cluster_recipe_two_bridges_one_service() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "cluster_recipe.py")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all acknowledged and read back" in done.stdout
+    # each bridge logged the effective durability at start
+    assert done.stdout.count("store durability: replicas=1") == 2
