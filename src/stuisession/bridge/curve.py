@@ -240,7 +240,8 @@ class AllowList:
     def __init__(self, path: str | Path, *, check_interval: float = RELOAD_CHECK) -> None:
         self.path = Path(path)
         self.check_interval = check_interval
-        self._lock = threading.Lock()
+        # reentrant: a SIGHUP reload may interrupt a lookup on the same thread
+        self._lock = threading.RLock()
         self._stamp = _stamp(self.path)
         try:
             self._table = _read_allow_list(self.path)

@@ -158,6 +158,19 @@ def _add_serve(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="seconds to wait for the Pharo image before an UpstreamError (default 30)",
     )
+    p.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="serve CurveZMQ with this server key pair (a .key_secret file, mode 0600; "
+        "make one with 'keys curve-server'); needs --curve-clients",
+    )
+    p.add_argument(
+        "--curve-clients",
+        metavar="FILE_OR_DIR",
+        help="the allowed client keys and the client ids each may act as: a TOML file "
+        "([[client]] public_key, client_ids, operator) or a directory of *.toml files "
+        "and <client_id>.key certificates; re-read when it changes or on SIGHUP",
+    )
     p.add_argument("--workers", type=_positive_int, default=8, help="worker threads (default 8)")
     p.add_argument(
         "--max-pending",
@@ -370,6 +383,23 @@ def _add_keys(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
         description="List the key ids of the keyring and mark the current one.",
     )
     ls.set_defaults(func=_cmd_keys_list)
+    for role in ("server", "client"):
+        c = actions.add_parser(
+            f"curve-{role}",
+            parents=[parents["common"]],
+            help=f"make a CurveZMQ key pair for the {role}",
+            description=f"Write NAME.key (public) and NAME.key_secret (mode 0600) for the "
+            f"{role} with zmq.auth.create_certificates. Refuses to overwrite.",
+        )
+        c.add_argument("--out", required=True, metavar="DIR", help="directory to write to")
+        c.add_argument(
+            "--name",
+            default="server" if role == "server" else None,
+            required=role == "client",
+            help="file name stem"
+            + (" (default server)" if role == "server" else " (e.g. the client id)"),
+        )
+        c.set_defaults(func=_cmd_keys_curve)
 
 
 def _add_audit(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
@@ -424,6 +454,16 @@ def _add_status(sub: Any, parents: dict[str, argparse.ArgumentParser]) -> None:
         default=2.0,
         metavar="SECONDS",
         help="seconds to wait for the reply (default 2)",
+    )
+    p.add_argument(
+        "--curve-server-key",
+        metavar="FILE",
+        help="connect with CurveZMQ: the bridge's public key file (server.key)",
+    )
+    p.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="this client's key pair (.key_secret file, mode 0600), with --curve-server-key",
     )
     p.set_defaults(func=_cmd_status)
 
@@ -499,6 +539,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             from stuisession.bridge.forwarding import ZmqUpstream
 
             upstream = ZmqUpstream(args.upstream, timeout=args.upstream_timeout)
+        curve = _serve_curve(args)
         try:
             server = BridgeServer(
                 handler,
@@ -507,6 +548,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 max_pending=args.max_pending,
                 idle_timeout=args.idle_timeout,
+                curve=curve,
             )
         except zmq.ZMQError as exc:
             if exc.errno in (errno.EINVAL, errno.EPROTONOSUPPORT):
@@ -521,13 +563,75 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             durability = getattr(store, "durability", None)
             if durability:
                 print(f"store durability: {durability}", file=sys.stderr, flush=True)
-            with _SignalStop(server.stop):
+            _announce_transport(server.bound_endpoint, curve)
+            with _SignalStop(server.stop), _ReloadOnHangup(curve):
                 server.serve_forever()
         log.info("bridge stopped")
     finally:
         if upstream is not None:
             upstream.close()
         store.close()
+    return EXIT_OK
+
+
+def _serve_curve(args: argparse.Namespace) -> Any:
+    """The CURVE configuration of ``serve`` (None: plaintext)."""
+    if (args.curve_secret is None) != (args.curve_clients is None):
+        raise UsageError("--curve-secret and --curve-clients go together")
+    if args.curve_secret is None:
+        return None
+    from stuisession.bridge.curve import CurveConfig
+
+    return CurveConfig.from_files(args.curve_secret, args.curve_clients)
+
+
+def _announce_transport(endpoint: str, curve: Any) -> None:
+    from stuisession.bridge.curve import is_loopback_endpoint
+
+    if curve is not None:
+        print(
+            f"CurveZMQ: on; {len(curve.allow_list)} client key(s) allowed",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif not is_loopback_endpoint(endpoint):
+        print(
+            "\n*** SECURITY WARNING: PLAINTEXT on a non-loopback address "
+            f"({endpoint}). Anyone who can reach it can send requests, and session ids "
+            "and tokens cross the network in clear. Use --curve-secret and "
+            "--curve-clients, or bind 127.0.0.1. ***\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+class _ReloadOnHangup:
+    """SIGHUP re-reads the CURVE allow-list while serving (no-op without CURVE)."""
+
+    def __init__(self, curve: Any) -> None:
+        self._curve = curve
+        self._previous: Any = None
+
+    def __enter__(self) -> None:
+        if self._curve is not None and hasattr(signal, "SIGHUP"):
+            self._previous = signal.signal(signal.SIGHUP, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self._curve.allow_list.reload()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+
+
+def _cmd_keys_curve(args: argparse.Namespace) -> int:
+    from stuisession.bridge.curve import generate_keypair
+
+    try:
+        public, secret = generate_keypair(args.out, args.name)
+    except FileExistsError as exc:
+        raise _Fail(str(exc)) from None
+    print(f"public key: {public}\nsecret key: {secret} (mode 0600: keep it private)")
     return EXIT_OK
 
 
@@ -1101,6 +1205,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     ctx = zmq.Context()
     try:
         sock = ctx.socket(zmq.REQ)
+        _status_curve(args, sock, zmq)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, ms)
         sock.setsockopt(zmq.SNDTIMEO, ms)
@@ -1160,6 +1265,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
             headers = ["IDENTITY", "CLIENT", "CONNECTED SINCE", "IDLE (S)", "REQUESTS", "SESSIONS"]
             print(_table(headers, rows, right=[3, 4, 5]))
     return EXIT_OK
+
+
+def _status_curve(args: argparse.Namespace, sock: Any, zmq: Any) -> None:
+    if (args.curve_server_key is None) != (args.curve_secret is None):
+        raise UsageError("--curve-server-key and --curve-secret go together")
+    if args.curve_server_key is None:
+        return
+    from stuisession.bridge.curve import load_keypair, load_public_key
+
+    public, secret = load_keypair(args.curve_secret)
+    sock.setsockopt(zmq.CURVE_SERVERKEY, load_public_key(args.curve_server_key))
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
 
 
 # -- entry point ----------------------------------------------------------------------
