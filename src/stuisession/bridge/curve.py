@@ -317,7 +317,7 @@ class CurveConfig:
 
         auth = ThreadAuthenticator(context, log=logging.getLogger("stuisession.zap"))
         auth.start()
-        auth.configure_curve_callback(domain="*", credentials_provider=self.allow_list)
+        auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self.allow_list)
         return auth
 
     def caller(self, user_id: str) -> Caller:
