@@ -16,6 +16,7 @@ the session's resume token.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -39,7 +40,7 @@ from stuisession.errors import (
     StuiSessionError,
     ValidationError,
 )
-from stuisession.ids import check_client_id, check_session_id, is_valid_session_id
+from stuisession.ids import check_client_id, check_session_id, is_valid_session_id, new_session_id
 from stuisession.policy import Policy
 from stuisession.security.aggregate import RefusalAggregator  # [limits hook]
 from stuisession.security.audit import AuditLog
@@ -172,6 +173,10 @@ class SessionService:
         self._sweep_cursor: Iterator[SessionInfo] | None = None
         #: (key id, session id, sealed snapshot) of the dummy used for uniform timing
         self._dummy_head: tuple[str, str, bytes] | None = None
+        #: a session id known to exist, read in place of an unknown one (uniform timing)
+        self._decoy: str | None = None
+        #: a session id that never exists (256 random bits), for :meth:`_miss_probe`
+        self._absent_id = new_session_id()
         # [limits hook] global caps, decoded state size, refusals audited as summaries
         self.caps = GlobalCaps(store, self.policy)
         self.state_guard = StateSizeGuard(self.policy.max_state_bytes)
@@ -252,7 +257,7 @@ class SessionService:
         check_session_id(session_id)
         guarded = creds.identified or self.policy.strict
         if guarded:
-            self._authorize(self._head(session_id, creds), creds)
+            self._guarded_head(session_id, creds)
         try:
             loaded = loader(session_id)
         except SessionNotFound:
@@ -270,31 +275,54 @@ class SessionService:
     def _head(self, session_id: str, creds: Credentials) -> SessionInfo:
         """The verified record of *session_id*; the same work and denial when there is none."""
         try:
-            return self.store.load_info(session_id)
+            info = self.store.load_info(session_id)
         except SessionNotFound:
-            dummy = self._dummy_info()
-            self._owner_problem(dummy, creds)  # same checks as a real session, result unused
+            self._owner_problem(self._decoy_info(), creds)  # same checks, result unused
             raise self._deny(session_id, creds, "unknown session") from None
         except IntegrityError as exc:
             self._audit(
                 "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
             )
             raise
+        self._decoy = session_id
+        return info
 
-    def _dummy_info(self) -> SessionInfo:
-        """Verify a sealed head of a throw-away session (the cost of a real head check)."""
+    def _guarded_head(self, session_id: str, creds: Credentials) -> SessionInfo:
+        """The verified, authorized record of *session_id*, or the uniform denial."""
+        head = self._head(session_id, creds)
+        problem = self._owner_problem(head, creds)
+        if problem is not None:
+            # the unknown-id path reads one missing and one existing head: so does
+            # this one, then both deny alike
+            self._miss_probe()
+            raise self._deny(session_id, creds, problem)
+        return head
+
+    def _miss_probe(self) -> None:
+        """Look up a session id that does not exist, as an unknown id costs."""
+        with contextlib.suppress(SessionNotFound, StorageError, IntegrityError):
+            self.store.load_info(self._absent_id)
+
+    def _decoy_info(self) -> SessionInfo:
+        """A real head read through the store, as for an existing session.
+
+        The read goes down the store's own path (its caches, its I/O) for a
+        session known to exist, so an unknown id costs what a foreign one does;
+        with none known, a sealed dummy head is verified instead.
+        """
+        decoy = self._decoy
+        if decoy is not None:
+            try:
+                return self.store.load_info(decoy)
+            except (SessionNotFound, IntegrityError, StorageError):
+                self._decoy = None
         head = self._dummy_head
         if head is None or head[0] != self.store.codec.keyring.current_id:
-            now = self._now()
             dummy = lifecycle.new_session(
-                "stuisession-timing-dummy", now=now, timeout=self.policy.session_timeout
+                "stuisession-timing-dummy", now=self._now(), timeout=self.policy.session_timeout
             )
-            head = (
-                self.store.codec.keyring.current_id,
-                dummy.session_id,
-                self.store.codec.encode(dummy),
-            )
-            self._dummy_head = head
+            kid = self.store.codec.keyring.current_id
+            head = self._dummy_head = (kid, dummy.session_id, self.store.codec.encode(dummy))
         return self.store.codec.read_info(head[2], expected_session_id=head[1])
 
     def _owner_problem(self, info: SessionInfo, creds: Credentials) -> str | None:
@@ -406,6 +434,7 @@ class SessionService:
                 max_size=self.policy.max_snapshot_size,
             )
         self._audit("create", client_id=client_id, session_id=session.session_id)
+        self._decoy = session.session_id
         return Created(
             session=session,
             resume_token=self.authority.issue(client_id, session.session_id),
@@ -508,9 +537,8 @@ class SessionService:
         """The session's record (also for expired or closed sessions not yet swept)."""
         check_session_id(session_id)
         if creds.identified or self.policy.strict:
-            info = self._head(session_id, creds)
-        else:
-            info = self.store.load_info(session_id)
+            return self._guarded_head(session_id, creds)
+        info = self.store.load_info(session_id)
         self._authorize(info, creds)
         return info
 
