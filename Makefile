@@ -3,24 +3,44 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+RUN_STAMP := $(VENV)/.installed-run
+DOCS_PORT ?= 8000
 BIND ?= tcp://127.0.0.1:5555
 STORE ?= ./.stuisession
-SRC := src tests examples benchmarks
+SRC := src tests examples benchmarks scripts
 
-.PHONY: run test lint typecheck pytest docs dist bench faults rust-test cluster-demo clean
+.PHONY: run test check lint typecheck pytest docs docs-serve dist bench faults rust-test cluster-demo clean
 
+# the installs say what they do: the first one takes about a minute
 $(STAMP): pyproject.toml
+	@echo "==> installing stuisession and the dev, docs and release tools into $(VENV) (about a minute, once)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,docs,release]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
-## run: start the bridge server on the embedded default (file store in ./.stuisession)
-run: $(STAMP)
-	$(BIN)/stuisession serve --bind $(BIND) --store $(STORE)
+# serving needs only the package and pyzmq
+$(RUN_STAMP): pyproject.toml
+	@echo "==> installing stuisession with the zmq extra into $(VENV)"
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[zmq]'
+	touch $(RUN_STAMP)
+
+## run: start the bridge server on the embedded default (file store in ./.stuisession).
+## Stops cleanly on Ctrl-C and on SIGTERM to make's PID (`make run & ... kill $$!`):
+## the recipe execs the server, so the signal reaches it and it drains and exits 0.
+run: $(RUN_STAMP)
+	exec $(BIN)/stuisession serve --bind $(BIND) --store $(STORE)
 
 ## test: lint, type-check, the test suite with the 90% branch-coverage gate, the docs build
-test: lint typecheck pytest docs
+test: lint typecheck pytest docs rust-test
+
+## check: the quick everyday gate: ruff, mypy, pytest without coverage and without `slow`
+check: $(STAMP)
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -x
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)
@@ -29,14 +49,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# progress: one dot per test, a line per file (-o console_output_style=count);
+# coverage: only the files below 100%, missing lines wrapped at 100 columns
 pytest: $(STAMP)
 	rm -f .coverage .coverage.*
-	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=stuisession --cov-branch \
-		--cov-report=term --cov-fail-under=90
+	$(BIN)/python -m pytest -p no:cacheprovider -o console_output_style=count \
+		--cov=stuisession --cov-branch --cov-report= --durations=10
+	$(BIN)/python -m coverage combine -q 2>/dev/null || true
+	$(BIN)/python scripts/coverage_report.py 90
 
-## docs: build the documentation site with strict warnings (into ./site)
+## docs: build the documentation site with strict warnings (into ./site; open site/index.html)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d site
+
+## docs-serve: serve the site with live reload on http://127.0.0.1:$(DOCS_PORT)/
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 exec $(BIN)/mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
 
 ## dist: wheel and sdist in ./dist, checked by twine
 dist: $(STAMP)
@@ -44,9 +72,12 @@ dist: $(STAMP)
 	$(BIN)/python -m build --sdist --wheel --outdir dist .
 	$(BIN)/twine check --strict dist/*
 
-## faults: the fault-injection suite in full (500 SIGKILLs of a writer)
+## faults: the fault-injection suite in full (500 SIGKILLs of a writer), the property
+## and fuzz tests at full volume (make test runs them with fewer examples), and the
+## adversarial suite (issue 17: attacks on a real serve; writes benchmarks/results/adversarial.json)
 faults: $(STAMP)
-	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
+	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults tests/adversarial
+	STUISESSION_FULL_VOLUME=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m volume tests
 
 ## rust-test: the Rust client crate's tests (clients/rust) against a real bridge from the venv;
 ## needs cargo and the Debian crate packages (clients/rust/install-deps.sh); never skips

@@ -35,14 +35,14 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from redis.crc import key_slot  # noqa: E402
-from stuisession.model import SessionState  # noqa: E402
 
 from redis_cluster import count_lost, start_redis_cluster, update_load  # noqa: E402
 from redis_server import RedisServer, start_redis_server  # noqa: E402
-from stuisession import lifecycle  # noqa: E402
 from stuisession.keys import Keyring  # noqa: E402
 from stuisession.policy import Policy  # noqa: E402
 from stuisession.protocol import ProtocolHandler  # noqa: E402
+from stuisession.state import lifecycle  # noqa: E402
+from stuisession.state.model import SessionState  # noqa: E402
 from stuisession.stores.redis import RedisStore  # noqa: E402
 
 

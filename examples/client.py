@@ -37,7 +37,7 @@ class ClientError(Exception):
 class Connection:
     """One REQ socket to the bridge. A REQ socket that timed out is unusable: reconnect."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, timeout: float) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, timeout: float) -> None:
         self.endpoint = endpoint
         self.sock = ctx.socket(zmq.REQ)
         ms = int(timeout * 1000)
@@ -59,7 +59,8 @@ class Connection:
             raise ClientError(f"{command}: reply id {reply.get('id')!r} != {request_id!r}")
         if reply.get("status") != "success":
             raise ClientError(f"{command}: {reply.get('error_type')}: {reply.get('error')}")
-        return reply["result"]
+        result: dict[str, Any] = reply["result"]
+        return result
 
     def close(self) -> None:
         self.sock.close()
@@ -69,7 +70,8 @@ class Connection:
 def load_saved(path: Path | None) -> dict[str, Any]:
     if path is None or not path.exists():
         raise ClientError("no saved session: run `create` first (with the same --state-file)")
-    return json.loads(path.read_text("utf-8"))
+    saved: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    return saved
 
 
 def save(path: Path | None, created: dict[str, Any]) -> None:
@@ -109,7 +111,14 @@ def do_restore(conn: Connection, saved: dict[str, Any]) -> dict[str, Any]:
     return restored
 
 
-def demo(ctx: zmq.Context, args: argparse.Namespace) -> None:
+def do_close(conn: Connection, path: Path | None) -> None:
+    conn.call("close_session", **creds(load_saved(path)))
+    if path is not None:
+        path.unlink()  # it held a bearer secret of a session that is now closed
+    print("closed; the state file is removed")
+
+
+def demo(ctx: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> None:
     conn = Connection(ctx, args.endpoint, args.timeout)
     try:
         saved = do_create(conn, args)
@@ -148,6 +157,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help='state_data as a JSON object (default: {"workspace": ..., "saved_at": now})',
     )
     sub.add_parser("restore", help="restore the remembered session and print its state")
+    sub.add_parser("close", help="close the remembered session and delete the state file")
     return p.parse_args(argv)
 
 
@@ -174,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not isinstance(data, dict):
                     raise ClientError("--data must be a JSON object")
                 do_update(conn, load_saved(args.state_file), data)
+            elif args.action == "close":
+                do_close(conn, args.state_file)
             else:
                 do_restore(conn, load_saved(args.state_file))
         finally:

@@ -12,20 +12,25 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from typing import Any, cast
 
-from stuisession import FileStore, ProtocolHandler
+from stuisession import CreateSessionResult, FileStore, ProtocolHandler, RestoreSessionResult
 
 
-def call(handler: ProtocolHandler, request_id: str, command: str, **parameters: object) -> dict:
+def call(handler: ProtocolHandler, request_id: str, command: str, **parameters: Any) -> Any:
+    """The ``result`` of one command; exits with the error otherwise."""
     reply = handler.handle({"id": request_id, "command": command, "parameters": parameters})
     if reply["status"] != "success":
         raise SystemExit(f"{command} failed: {reply['error_type']}: {reply['error']}")
     return reply["result"]
 
 
-def main(store_dir: str) -> dict:
+def main(store_dir: str) -> RestoreSessionResult:
     handler = ProtocolHandler(FileStore(store_dir))
-    created = call(handler, "c1", "create_session", client_id="tui-laptop-01")
+    # the typed shapes let mypy catch a misspelt key such as created["sesion_id"]
+    created = cast(
+        CreateSessionResult, call(handler, "c1", "create_session", client_id="tui-laptop-01")
+    )
     session_id = created["session_id"]
     call(
         handler,
@@ -41,8 +46,13 @@ def main(store_dir: str) -> dict:
 
     # A new handler on the same directory: what a restarted bridge sees.
     handler = ProtocolHandler(FileStore(store_dir))
-    restored = call(handler, "r1", "restore_session", session_id=session_id)
+    restored = cast(
+        RestoreSessionResult, call(handler, "r1", "restore_session", session_id=session_id)
+    )
     print(json.dumps(restored, indent=2, ensure_ascii=False))
+    # done: close the session, so that running this again never meets the client's limit
+    call(handler, "x1", "close_session", session_id=session_id)
+    handler.store.close()
     return restored
 
 

@@ -20,7 +20,7 @@ from stuisession import FileStore, ProtocolHandler
 
 def serve(endpoint: str, store_dir: str, max_requests: int | None = None) -> None:
     handler = ProtocolHandler(FileStore(store_dir))
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
     sock.bind(endpoint)
     next_sweep, served = time.monotonic() + handler.policy.cleanup_interval, 0
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stuisession import FileStore, Policy, ProtocolHandler
+from stuisession import FileStore, ProtocolHandler
 from stuisession.bridge.server import BridgeServer
 from stuisession.client import SessionClient
 
@@ -28,7 +28,7 @@ from stuisession.client import SessionClient
 def stui_bridge(tmp_path: Path) -> Iterator[str]:
     """A bridge serving a fresh file store; yields its endpoint."""
     store = FileStore(tmp_path / "sessions", fsync=False)  # fsync off: tests need no durability
-    handler = ProtocolHandler(store, Policy(rate_limit=None))
+    handler = ProtocolHandler(store)  # embedded defaults: no rate limit to trip a harness
     server = BridgeServer(handler, "tcp://127.0.0.1:*")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -42,13 +42,16 @@ def stui_bridge(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def stui_client(stui_bridge: str) -> Iterator[SessionClient]:
-    """A SessionClient connected to ``stui_bridge``."""
-    with SessionClient(stui_bridge, client_id="test-harness", timeout=5.0) as client:
+    """A SessionClient connected to ``stui_bridge``; its session is closed afterwards."""
+    with SessionClient(stui_bridge, client_id="test-harness", close_on_exit=True) as client:
         yield client
 
 
 def test_my_tool_survives_a_reconnect(stui_client: SessionClient) -> None:
-    stui_client.open()
-    stui_client.update(state_data={"workspace": "x := 1."})
-    stui_client.close()  # drop the connection; the next call reconnects
+    created = stui_client.open()
+    updated = stui_client.update(state_data={"workspace": "x := 1."})
+    assert updated["revision"] > created["revision"]
+    stui_client.close_on_exit = False
+    stui_client.close()  # drop the connection only; the next call reconnects
+    stui_client.close_on_exit = True
     assert stui_client.restore()["session_state"] == {"workspace": "x := 1."}

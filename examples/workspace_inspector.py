@@ -117,6 +117,7 @@ def main(store_dir: str) -> dict[str, Any]:
             indent=2,
         )
     )
+    call(handler, "close_session", session_id=sid)  # leave no session behind
     handler.store.close()
     return full
 

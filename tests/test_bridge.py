@@ -835,3 +835,33 @@ def test_resent_request_is_not_applied_twice(start: Callable[..., Running], ctx:
     history = restored["workspace_context"]["workspaces"]["default"]["history"]
     assert [e["source"] for e in history] == ["Transcript show: 'once'", "second"]
     assert restored["revision"] == 3
+
+
+def test_heavy_jobs_never_occupy_every_worker() -> None:
+    """Large requests run at most max_heavy at once; small ones still find a worker."""
+    pool = KeyedExecutor(workers=4, max_pending=64, max_heavy=1)
+    release = threading.Event()
+    running: list[str] = []
+    lock = threading.Lock()
+
+    def heavy(name: str) -> Callable[[], None]:
+        def job() -> None:
+            with lock:
+                running.append(name)
+            release.wait(10)
+
+        return job
+
+    try:
+        for i in range(4):
+            pool.submit(("c", f"h{i}"), heavy(f"h{i}"), heavy=True)
+        small = threading.Event()
+        pool.submit(("c", "small"), small.set)
+        assert small.wait(5), "a small job waited behind heavy ones"
+        with lock:
+            assert len(running) == 1  # one heavy job at a time
+    finally:
+        release.set()
+        assert pool.drain(30)
+        pool.shutdown()
+    assert sorted(running) == ["h0", "h1", "h2", "h3"]

@@ -158,7 +158,12 @@ def test_serve_until_sigint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert reply["result"]["max_sessions_per_client"] == 2
     assert reply["result"]["cleanup_interval"] == 60
     err = capsys.readouterr().err
-    assert f"stuisession bridge listening on {endpoint} (store: {store})" in err
+    assert f"stuisession bridge listening on {endpoint}" in err
+    # the banner names the store, mode, durability and the policy in force
+    assert f"store: file {store}" in err
+    assert "mode: compat" in err and "durability: fsync" in err
+    assert "idle timeout 120 s" in err and "2 sessions per client" in err
+    assert "rate limit 100/s per client, burst 200" in err
     assert (store / "keyring.json").exists()
     assert oct((store / "keyring.json").stat().st_mode & 0o777) == "0o600"
     # the previous handlers are back

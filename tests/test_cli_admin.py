@@ -19,6 +19,7 @@ import pytest
 
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
 from stuisession.admin import core as admin
+from stuisession.cli import _common
 from stuisession.cli import app as cli
 from stuisession.ids import new_session_id
 from stuisession.security.audit import AuditLog
@@ -738,14 +739,14 @@ def test_status_bad_endpoint_is_a_usage_error(capsys: pytest.CaptureFixture[str]
 
 # -- helpers ---------------------------------------------------------------------------------
 def test_table_formatting() -> None:
-    text = cli._table(["A", "NUM"], [["x", 5], ["longer\nline\x1b[31m", 12345]], right=[1])
+    text = _common.table(["A", "NUM"], [["x", 5], ["longer\nline\x1b[31m", 12345]], right=[1])
     cell = "longer\\nline\\x1b[31m"  # control characters escaped, never sent raw
     assert text.splitlines() == [
         "A".ljust(len(cell)) + "    NUM",
         "x".ljust(len(cell)) + "      5",
         cell + "  12345",
     ]
-    assert cli._kv_table([("a", 1), ("long key", None)]) == "a         1\nlong key  -"
+    assert _common.kv_table([("a", 1), ("long key", None)]) == "a         1\nlong key  -"
 
 
 def test_open_store_reads_lock_striping(tmp_path: Path) -> None:
@@ -864,16 +865,16 @@ def test_status_error_reply_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
-    with cli._ProgressBar(4, enabled=True, label="x ", width=4) as bar:
+    with _common.ProgressBar(4, enabled=True, label="x ", width=4) as bar:
         for i in range(1, 5):
             bar(i)
     err = capsys.readouterr().err
     assert err.startswith("\rx [#   ] 1/4")
     assert err.endswith("\rx [####] 4/4\n")
-    with cli._ProgressBar(0, enabled=True) as bar:
+    with _common.ProgressBar(0, enabled=True) as bar:
         bar(0)
     assert capsys.readouterr().err.endswith("] 0/0\n")
-    with cli._ProgressBar(3, enabled=False) as bar:
+    with _common.ProgressBar(3, enabled=False) as bar:
         bar(3)
     assert capsys.readouterr().err == ""
 

@@ -361,6 +361,7 @@ def test_open_while_the_server_restarts_restores_once(
         timeout=0.3,
         retries=30,
         backoff=0.05,
+        connect_timeout=None,  # ride out a server that is down at the very first call
     )
     restarter = threading.Timer(1.0, b.start)
     restarter.start()

@@ -65,16 +65,28 @@ from stuisession.state import lifecycle, migrations
 from stuisession.state.forms import unstructure_info, unstructure_state
 from stuisession.state.model import SCHEMA_VERSION, Session, SessionInfo, SessionStatus
 from stuisession.state.schema import SessionState, to_wire
+from volume import examples
 
 # -- shared fixtures (module level: Hypothesis tests can't use function fixtures) -------
+pytestmark = pytest.mark.volume
+
 RING = Keyring({"k1": bytes(range(32))}, "k1")
 CODECS = {True: SnapshotCodec(RING), False: SnapshotCodec(RING, encrypt=False)}
 T0 = 1_767_225_600.0
 SID_A = "session_" + "A" * 43
 SID_B = "session_" + "B" * 43
 
-PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# fewer examples in make test, the full volume in make faults (tests/volume.py)
+PROPS = settings(
+    max_examples=examples(full=100, quick=35),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+FAST = settings(
+    max_examples=examples(full=150, quick=50),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 #: records matter here, not states: cheap states, more examples
 LIGHT = sessions(states=st.just(SessionState()) | simple_session_states())
 

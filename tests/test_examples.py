@@ -7,10 +7,13 @@ import io
 import json
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import zmq
+
+from stuisession import FileStore, ProtocolHandler
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -36,33 +39,60 @@ def test_every_example_is_covered() -> None:
     assert {p.stem for p in EXAMPLES.glob("*.py")} == covered
 
 
-def test_embed(tmp_path: Path, capsys) -> None:
-    restored = load("embed").main(str(tmp_path))
-    assert restored["session_state"] == {"workspace": "x := 3 + 4.", "inspector": "open"}
-    assert restored["object_registry"] == {"obj_7": "a SmallInteger(7)"}
-    assert json.loads(capsys.readouterr().out)["revision"] == 2
+def active_sessions(store_dir: Path) -> int:
+    """Active sessions left in a file store (what a re-run of an example would meet)."""
+    handler = ProtocolHandler(FileStore(store_dir, fsync=False))
+    try:
+        stats = handler.handle({"id": "s", "command": "get_session_statistics"})
+        count: int = stats["result"]["active_sessions"]
+        return count
+    finally:
+        handler.store.close()
 
 
-def test_workspace_inspector(tmp_path: Path, capsys) -> None:
-    full = load("workspace_inspector").main(str(tmp_path))
-    assert full["stale_objects"] == ["obj_4"]
-    out = json.loads(capsys.readouterr().out)
-    assert out["selected_object"] == "obj_2"
-    assert any(op["path"][-1] == "n" for op in out["delta_since_held_revision"])
+# every example runs twice on the same store: a re-run must not meet leftovers of the first
+def test_embed_runs_twice_and_cleans_up(tmp_path: Path, capsys) -> None:
+    for _ in range(2):
+        restored = load("embed").main(str(tmp_path))
+        assert restored["session_state"] == {"workspace": "x := 3 + 4.", "inspector": "open"}
+        assert restored["object_registry"] == {"obj_7": "a SmallInteger(7)"}
+        assert json.loads(capsys.readouterr().out)["revision"] == 2
+        assert active_sessions(tmp_path) == 0
 
 
-def test_stdio_bridge(tmp_path: Path) -> None:
-    lines = io.StringIO(
-        '{"id":"1","command":"create_session","parameters":{"client_id":"me"}}\n'
-        "not json\n"
-        '{"id":"3","command":"get_session_statistics"}\n'
-    )
-    out = io.StringIO()
-    load("stdio_bridge").serve(lines, out, str(tmp_path))
-    replies = [json.loads(x) for x in out.getvalue().splitlines()]
-    assert [r["status"] for r in replies] == ["success", "error", "success"]
-    assert replies[1]["error_type"] == "InvalidRequest"
-    assert replies[2]["result"]["total_sessions"] == 1
+def test_workspace_inspector_runs_twice_and_cleans_up(tmp_path: Path, capsys) -> None:
+    for _ in range(2):
+        full = load("workspace_inspector").main(str(tmp_path))
+        assert full["stale_objects"] == ["obj_4"]
+        out = json.loads(capsys.readouterr().out)
+        assert out["selected_object"] == "obj_2"
+        assert any(op["path"][-1] == "n" for op in out["delta_since_held_revision"])
+        assert active_sessions(tmp_path) == 0
+
+
+def test_stdio_bridge_runs_twice_and_cleans_up(tmp_path: Path) -> None:
+    for _ in range(2):
+        out = io.StringIO()
+
+        def lines(out: io.StringIO = out) -> Iterator[str]:
+            # each line is written after the reply to the one before (the bridge flushes)
+            yield '{"id":"1","command":"create_session","parameters":{"client_id":"me"}}\n'
+            yield "not json\n"
+            yield '{"id":"3","command":"get_session_statistics"}\n'
+            sid = json.loads(out.getvalue().splitlines()[0])["result"]["session_id"]
+            yield (
+                json.dumps(
+                    {"id": "4", "command": "close_session", "parameters": {"session_id": sid}}
+                )
+                + "\n"
+            )
+
+        load("stdio_bridge").serve(lines(), out, str(tmp_path))
+        replies = [json.loads(x) for x in out.getvalue().splitlines()]
+        assert [r["status"] for r in replies] == ["success", "error", "success", "success"]
+        assert replies[1]["error_type"] == "InvalidRequest"
+        assert replies[2]["result"]["active_sessions"] == 1
+        assert active_sessions(tmp_path) == 0
 
 
 def _free_port() -> int:
@@ -71,10 +101,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_minimal_bridge(tmp_path: Path) -> None:
+def test_minimal_bridge_runs_twice_and_cleans_up(tmp_path: Path) -> None:
+    for _ in range(2):
+        _minimal_bridge_once(tmp_path)
+        assert active_sessions(tmp_path) == 0
+
+
+def _minimal_bridge_once(tmp_path: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     module = load("minimal_bridge")
-    thread = threading.Thread(target=module.serve, args=(endpoint, str(tmp_path), 2), daemon=True)
+    thread = threading.Thread(target=module.serve, args=(endpoint, str(tmp_path), 3), daemon=True)
     thread.start()
     ctx = zmq.Context()
     try:
@@ -91,6 +127,12 @@ def test_minimal_bridge(tmp_path: Path) -> None:
             ).encode()
         )
         assert json.loads(req.recv())["result"]["session_id"] == sid
+        req.send(
+            json.dumps(
+                {"id": "c", "command": "close_session", "parameters": {"session_id": sid}}
+            ).encode()
+        )
+        assert json.loads(req.recv())["result"]["closed"] is True
         req.close()
     finally:
         ctx.term()

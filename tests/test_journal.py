@@ -510,3 +510,29 @@ def test_verify_checks_journals_and_rotation_reseals_them(
     assert cli.main(["verify", "--store", str(tmp_path)]) == 1
     assert "journal" in capsys.readouterr().out
     assert h2 is not None
+
+
+def test_cache_charges_decoded_size_not_compressed_size(tmp_path: Path, ring: Keyring) -> None:
+    """A highly compressible state is charged by what it decodes to, on every path."""
+    bound = 64 * 1024 * 1024
+    store = FileStore(tmp_path, keyring=ring, cache_bytes=bound)
+    state_bytes = 5 * 1024 * 1024
+    ids = []
+    for i in range(12):
+        session = new_session(f"c{i}", now=NOW, timeout=3600)
+        store.create(session)
+        # the 5 MB update compacts into a snapshot of a few kB, kept decoded
+        update = StateUpdate(patches={"session_state": {"blob": "x" * state_bytes}})
+        big = with_state(session, update.apply(session.state, 2), NOW)
+        store.save(big, expected_revision=1, update=update)
+        assert len(store._cache.get(session.session_id).snapshot.blob) < state_bytes // 100
+        ids.append(session.session_id)
+    for sid in ids:  # and the read path
+        store.load(sid)
+    decoded = [h for sid in ids if (h := store._cache.get(sid)) and h.session is not None]
+    # the decoded states' JSON alone is a lower bound of the memory the cache holds
+    assert len(decoded) * state_bytes <= bound
+    assert len(decoded) < 12
+    assert store.cache_size <= bound
+    for head in decoded:
+        assert head.cost >= state_bytes

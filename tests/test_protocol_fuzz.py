@@ -17,17 +17,22 @@ import os
 import re
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stuisession import ManualClock, MemoryStore, Policy, ProtocolHandler
+from volume import examples as volume_examples
 
 DEEP = os.environ.get("STUISESSION_FUZZ") == "deep"
+pytestmark = pytest.mark.volume
 
 
 def fuzz_settings(examples: int) -> settings:
+    # make test draws a third (at least 30); make faults the full count; deep 20 times it
+    quick = volume_examples(full=examples, quick=max(30, examples // 3))
     return settings(
-        max_examples=examples * 20 if DEEP else examples,
+        max_examples=examples * 20 if DEEP else quick,
         deadline=None,
         derandomize=not DEEP,
         database=None,

@@ -35,12 +35,19 @@ from test_protocol_fuzz import (
     json_ish,
     json_values,
 )
+from volume import examples
 
-TARGET = 100_000
+#: messages per run: 100,000 at full volume (make faults), 20,000 in make test
+pytestmark = pytest.mark.volume
+
+TARGET = examples(full=100_000, quick=20_000)
 BATCH = 50
 #: examples per batch test (each sends >= BATCH messages); byte batches are the
 #: cheaper ones, so they carry most of the volume
-EXAMPLES = {"test_batches_of_bytes": 1500, "test_batches_of_envelopes_and_sequences": 520}
+EXAMPLES = {
+    "test_batches_of_bytes": examples(full=1500, quick=300),
+    "test_batches_of_envelopes_and_sequences": examples(full=520, quick=104),
+}
 SENT: dict[str, int] = {}
 FINISHED: set[str] = set()
 BATCH_TESTS = ("test_batches_of_bytes", "test_batches_of_envelopes_and_sequences")

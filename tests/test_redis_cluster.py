@@ -19,11 +19,11 @@ from redis.crc import key_slot
 
 from redis_cluster import RedisClusterServers, count_lost, start_redis_cluster, update_load
 from redis_server import RedisServer, RedisServerMissing
-from stuisession import lifecycle
 from stuisession.errors import ConfigurationError, SessionError, StorageError
 from stuisession.keys import ENV_KEYRING, Keyring
 from stuisession.policy import Policy
 from stuisession.protocol import ProtocolHandler
+from stuisession.state import lifecycle
 from stuisession.stores import SessionStore
 from stuisession.stores.redis import RedisStore, client_tag, parse_cluster_url
 from test_store_conformance import StoreConformance

@@ -34,20 +34,23 @@ from stuisession.state.updates import (
     patch_paths,
     structure_evaluations,
 )
+from volume import examples
 
 
 def _json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value, ensure_ascii=False))
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.volume
+@settings(max_examples=examples(full=150, quick=40), deadline=None)
 @given(session_states())
 def test_model_form_roundtrips(state: SessionState) -> None:
     validate_state(state)
     assert structure_state(_json_roundtrip(unstructure_state(state))) == state
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.volume
+@settings(max_examples=examples(full=150, quick=40), deadline=None)
 @given(session_states())
 def test_wire_form_roundtrips_with_identity(state: SessionState) -> None:
     wire = _json_roundtrip(to_wire(state))
@@ -59,7 +62,8 @@ def test_wire_form_roundtrips_with_identity(state: SessionState) -> None:
             assert list(iter_refs(back.workspaces[name].variables[var])) == list(iter_refs(value))
 
 
-@settings(max_examples=100, deadline=None)
+@pytest.mark.volume
+@settings(max_examples=examples(full=100, quick=30), deadline=None)
 @given(session_states())
 def test_upstream_views_are_derived(state: SessionState) -> None:
     wire = to_wire(state)
@@ -312,7 +316,8 @@ def test_appends_commute_but_conflict_with_replacement() -> None:
         check_rebase(s4, 4, StateUpdate(append_history={"w": [Evaluation(source="c")]}), 3)
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.mark.volume
+@settings(max_examples=examples(full=60, quick=20), deadline=None)
 @given(session_states(max_objects=4), st.data())
 def test_changes_since_reproduces_the_current_wire_form(
     state: SessionState, data: st.DataObject

@@ -18,6 +18,7 @@ from stuisession.codec.snapshot import SnapshotCodec
 from stuisession.keys import Keyring
 from stuisession.state import lifecycle
 from stuisession.state.schema import SessionState, to_wire
+from volume import examples
 
 
 def ok(handler: ProtocolHandler, command: str, **params: Any) -> dict[str, Any]:
@@ -328,8 +329,11 @@ def _stores(tmp: Path) -> list[Any]:
     return [MemoryStore(SnapshotCodec(ring)), FileStore(tmp / "f", keyring=ring, fsync=False)]
 
 
+@pytest.mark.volume
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(full=40, quick=12),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(session_states())
 def test_arbitrary_graphs_roundtrip_through_every_store(

@@ -22,6 +22,7 @@ from stuisession.errors import ValidationError
 from stuisession.state.refs import ref
 from stuisession.state.schema import SessionState, to_wire
 from stuisession.state.updates import StateUpdate, _apply_fast
+from volume import examples
 
 FIELDS = {
     "workspaces": ["variables", "settings", "contents", "history", "bogus"],
@@ -97,8 +98,9 @@ def outcome(fn: Any) -> tuple[str, Any]:
         return "error", exc.message
 
 
+@pytest.mark.volume
 @settings(
-    max_examples=150,
+    max_examples=examples(full=150, quick=30),
     deadline=None,
     derandomize=True,
     database=None,

@@ -57,10 +57,18 @@ def _parse_env(name: str, text: str) -> Any:
 
 
 def load_policy(
-    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Policy:
-    """The policy from *path* (TOML, optional) overridden by ``STUISESSION_*`` variables."""
-    values: dict[str, Any] = {}
+    """The policy from *path* (TOML, optional) overridden by ``STUISESSION_*`` variables.
+
+    *defaults* (option name to value, e.g. :data:`~stuisession.policy.SERVE_DEFAULTS`)
+    replace ``Policy()``'s defaults; the file and the environment override them.
+    Raises :class:`~stuisession.errors.ConfigurationError` for a bad file or value.
+    """
+    values: dict[str, Any] = dict(defaults or {})
     if path is not None:
         try:
             doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))

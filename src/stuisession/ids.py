@@ -17,8 +17,10 @@ SESSION_ID_PREFIX = "session_"
 #: 32 random bytes -> 43 base64url characters (no padding)
 _TOKEN_BYTES = 32
 _SESSION_ID_RE = re.compile(r"session_[A-Za-z0-9_-]{43}")
-#: printable, no whitespace other than space, no control characters
-_CLIENT_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+#: no control characters: Unicode category Cc is exactly C0, DEL and C1
+#: (U+0000-U+001F, U+007F-U+009F); C1 ones such as U+0085 (NEL) and U+009B
+#: (CSI) act as line breaks and terminal escapes too
+_CLIENT_ID_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,256}")
 MAX_CLIENT_ID_LENGTH = 256
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 

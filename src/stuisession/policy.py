@@ -1,4 +1,9 @@
-"""Session policy: timeouts, limits and sizes. Defaults are upstream STUI's."""
+"""Session policy: timeouts, limits and sizes. Defaults are upstream STUI's.
+
+Defaults per role: an embedded ``Policy()`` (a ``ProtocolHandler`` in a test
+harness or tool) has no rate limit; ``stuisession serve`` starts from
+:data:`SERVE_DEFAULTS`, which turn it on.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,11 @@ def _positive(inst: Any, attribute: attrs.Attribute[Any], value: int | float) ->
 def _optional_positive(inst: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and value <= 0:
         raise ConfigurationError(f"{attribute.name} must be positive or None, got {value!r}")
+
+
+def default_touch_granularity(session_timeout: int) -> int:
+    """How often access times are persisted for *session_timeout*: timeout/4, 1..60 s."""
+    return max(1, min(60, session_timeout // 4))
 
 
 def _client_set(value: Any) -> frozenset[str] | None:
@@ -50,8 +60,14 @@ class Policy:
     max_message_size: int = attrs.field(default=10 * MB, validator=_positive)
     #: largest sealed snapshot of one session (the seed's 1 MB per session file)
     max_snapshot_size: int = attrs.field(default=1 * MB, validator=_positive)
-    #: access times are persisted at most this often (restores stay read-only otherwise)
-    touch_granularity: int = attrs.field(default=60, validator=_positive)
+    #: access times are persisted at most this often (restores stay read-only otherwise);
+    #: default: a quarter of the idle timeout, at most 60 s. A value above half the
+    #: idle timeout is refused: the stored access time may lag by up to this much,
+    #: so a session used every few seconds could expire (see ``docs/guarantees.md``)
+    touch_granularity: int = attrs.field(
+        default=attrs.Factory(lambda self: default_touch_granularity(self.session_timeout), True),
+        validator=_positive,
+    )
     #: if set, only these client ids may create sessions
     allow_clients: frozenset[str] | None = attrs.field(default=None, converter=_client_set)
     #: client ids that may never create or use sessions
@@ -70,8 +86,9 @@ class Policy:
     #: resume/client tokens older than this are refused (None: valid while the session is)
     #: default 24 h; a restore in strict mode hands out fresh tokens
     token_ttl: int | None = attrs.field(default=DAY, validator=_optional_positive)
-    #: sustained requests per second per client (token bucket); None disables the limit
-    rate_limit: float | None = attrs.field(default=100.0, validator=_optional_positive)
+    #: sustained requests per second per client (token bucket); None (the embedded
+    #: default) disables the limit; ``stuisession serve`` uses 100 (SERVE_DEFAULTS)
+    rate_limit: float | None = attrs.field(default=None, validator=_optional_positive)
     #: requests a client may burst above the sustained rate
     rate_burst: int = attrs.field(default=200, validator=_positive)
     #: sessions examined per step of the expiry sweep (bounds the time of one step)
@@ -111,6 +128,13 @@ class Policy:
     def __attrs_post_init__(self) -> None:
         if self.session_timeout > self.retention:
             raise ConfigurationError("session_timeout must not exceed retention")
+        if 2 * self.touch_granularity > self.session_timeout:
+            # a session whose access time was recorded touch_granularity ago and
+            # that is used at half its timeout would be expired by the next use
+            raise ConfigurationError(
+                f"touch_granularity ({self.touch_granularity} s) must be at most half of "
+                f"session_timeout ({self.session_timeout} s), or sessions in use could expire"
+            )
 
     @property
     def strict(self) -> bool:
@@ -127,3 +151,9 @@ class Policy:
         if client_id in self.deny_clients:
             return False
         return self.allow_clients is None or client_id in self.allow_clients
+
+
+#: what ``stuisession serve`` changes from ``Policy()`` before its ``--config`` file,
+#: the environment and its options apply: a served bridge faces many clients, so
+#: each gets a token bucket of 100 requests/s with a burst of 200
+SERVE_DEFAULTS: dict[str, Any] = {"rate_limit": 100.0, "rate_burst": 200}

@@ -25,4 +25,4 @@ def test_cluster_recipe_two_bridges_one_service() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all acknowledged and read back" in done.stdout
     # each bridge logged the effective durability at start
-    assert done.stdout.count("store durability: replicas=1") == 2
+    assert done.stdout.count("durability: replicas=1 (each write waits for WAIT 1") == 2

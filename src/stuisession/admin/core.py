@@ -168,7 +168,7 @@ def export_sessions(store: SessionStore, directory: str | os.PathLike[str]) -> d
             snap = store.load_snapshot(sid)
         except (SessionNotFound, IntegrityError):
             continue
-        (out / f"{sid}.snap").write_bytes(snap.blob)
+        _fs.atomic_write(out / f"{sid}.snap", snap.blob)  # 0600, like the store
         manifest[sid] = hashlib.sha256(snap.blob).hexdigest()
     return manifest
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import attrs
 
+from stuisession.clock import isoformat
+
 
 @attrs.define
 class Connection:
@@ -43,8 +45,9 @@ class Connection:
         return {
             "identity": self.identity,
             "client_id": self.client_id,
-            "connected_since": self.connected_since,
-            "last_seen": self.last_seen,
+            # every time field of a reply is ISO-8601 UTC (docs/protocol.md)
+            "connected_since": isoformat(self.connected_since),
+            "last_seen": isoformat(self.last_seen),
             "idle_seconds": round(max(0.0, now - self.last_seen), 3),
             "requests": self.requests,
             "sessions": len(self.sessions),

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stuisession import _json
+from stuisession.bridge.budget import QueueBudget, send_tracked  # [budget hook]
 from stuisession.bridge.connections import ConnectionTracker
 from stuisession.bridge.curve import CurveConfig, is_loopback_endpoint
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
@@ -78,6 +79,8 @@ PEEK_BYTES = 64 * 1024
 _ROUTING_PARAMETERS = ("session_id", "client_id", "resume_token")
 #: session commands whose reply names the session (maybe a new id) and may carry a new token
 _ISSUES_CREDENTIALS = frozenset({"create_session", "restore_session", "rotate_credentials"})
+#: requests larger than this are "heavy": few are parsed at once (bridge/workers.py)
+HEAVY_BYTES = 1024 * 1024
 #: bounds of the interval between sweeps of idle connections (seconds)
 MIN_CONNECTION_SWEEP = 0.05
 
@@ -171,6 +174,12 @@ class BridgeServer:
         self._notify: Any = None
         self.upstream = upstream
         self.tracker = ConnectionTracker(idle_timeout)
+        # [budget hook] bytes held per connection and in total (bridge/budget.py)
+        self.budget = QueueBudget(
+            handler.policy.max_queued_bytes_per_connection,
+            handler.policy.max_queued_bytes,
+            idle_timeout,
+        )
         if hooks is None:
             hooks = CaptureHooks()
             hooks.register("evaluate", capture_evaluation)
@@ -203,6 +212,9 @@ class BridgeServer:
             if curve is not None:
                 self._authenticator = curve.start_authenticator(self._context)
                 curve.apply(sock)
+            # [budget hook] reply bodies go zero-copy and tracked, however small, so
+            # the budget sees every byte libzmq still holds
+            sock.copy_threshold = 0
             if "[" in bind:
                 sock.setsockopt(zmq.IPV6, 1)
             sock.bind(bind)
@@ -257,6 +269,7 @@ class BridgeServer:
                 if self._wake in events:
                     self._drain(self._wake)
                 self._flush_results()
+                self.budget.refresh()  # [budget hook]
                 if self._socket in events:
                     for _ in range(BATCH):
                         if self._stopping.is_set():
@@ -376,13 +389,19 @@ class BridgeServer:
         identity = frames[0]
         envelope, body, problem = split_frames(frames)
         if problem is not None:
-            self._send(envelope, error_reply(problem), None, started, identity)
+            self._send(envelope, error_reply(problem), None, started, identity, charge=False)
             return
         assert body is not None
         meta = peek_fields(
             body, ("id", "command", "parameters"), nested={"parameters": _ROUTING_PARAMETERS}
         )
         command = meta.get("command")
+        try:  # [budget hook] before the tracker: a dropped connection's requests don't keep it
+            self.budget.admit(identity.hex(), len(body))
+        except Busy as exc:
+            reply = _error_for(meta.get("id"), exc)
+            self._send(envelope, reply, command, started, identity, charge=False)
+            return
         raw_params = meta.get("parameters")
         params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
         session_id = params.get("session_id")
@@ -400,14 +419,19 @@ class BridgeServer:
         job = _Job(envelope, body, command, ident, started, identity, session_id, token, caller)
         assert self._executor is not None
         try:
-            self._executor.submit(key, lambda: self._work(job))
+            self._executor.submit(key, lambda: self._work(job), heavy=len(body) > HEAVY_BYTES)
         except Busy as exc:
+            self.budget.request_done(ident, len(body))
             reply = _error_for(meta.get("id"), exc)
-            self._send(envelope, reply, command, started, identity)
+            self._send(envelope, reply, command, started, identity, charge=False)
 
     def _work(self, job: _Job) -> None:
         """Handle one request (worker thread) and queue its reply for the serving thread."""
         command = job.command
+        # [budget hook] a dropped connection's queued requests are skipped, unanswered
+        if self.budget.dropped(job.ident):
+            self.budget.request_done(job.ident, len(job.body))
+            return
         try:
             if isinstance(command, str) and command in self.handler.commands:
                 reply = self.handler.handle_wire(job.body, caller=job.caller)
@@ -419,6 +443,8 @@ class BridgeServer:
             # still not take the server down
             self.log.exception("handler raised; answering with an internal error")
             reply = error_reply("Internal error while handling the request", "RuntimeError")
+        finally:
+            self.budget.request_done(job.ident, len(job.body))  # [budget hook]
         self._results.put((job.envelope, reply, command, job.started, job.identity))
         # a lost nudge only delays the reply until the next poll timeout
         with self._notify_lock, contextlib.suppress(self._zmq.ZMQError):
@@ -527,14 +553,36 @@ class BridgeServer:
             self._send(envelope, reply, command, started, identity)
 
     def _send(
-        self, envelope: list[bytes], reply: bytes, command: Any, started: float, identity: bytes
+        self,
+        envelope: list[bytes],
+        reply: bytes,
+        command: Any,
+        started: float,
+        identity: bytes,
+        *,
+        charge: bool = True,
     ) -> None:
+        """Send a reply; with *charge* (a handled request's) through the queued-bytes budget."""
         self.requests_served += 1
+        ident = identity.hex()
+        # [budget hook] a reply over the connection's or the total bound is replaced
+        # by a small Busy error; an accepted one stays charged until libzmq wrote it.
+        # Refusals sent without charge are small and at most socket_hwm per peer.
+        refusal = self.budget.reply(ident, len(reply)) if charge else None
+        if refusal is not None:
+            request_id = peek_fields(reply, ("id",)).get("id")
+            reply = _error_for(request_id, refusal)
+        tracker = None
         try:
-            self._socket.send_multipart([*envelope, reply], self._zmq.NOBLOCK)
+            if charge and refusal is None:
+                tracker = send_tracked(self._socket, self._zmq, [*envelope, reply])
+            else:
+                self._socket.send_multipart([*envelope, reply], self._zmq.NOBLOCK)
         except self._zmq.ZMQError as exc:
             # ROUTER drops replies to vanished peers by itself; anything else is logged
             self.log.warning("could not send a reply to %s: %s", fingerprint(identity), exc)
+        if charge and refusal is None:
+            self.budget.sent(ident, len(reply), tracker)
         if self.log.isEnabledFor(logging.INFO):
             meta = peek_fields(reply, ("id", "status", "error_type"), _reply_complete)
             self.log.info(
@@ -548,6 +596,7 @@ class BridgeServer:
             )
 
     def _sweep_connections(self) -> None:
+        self.budget.sweep()  # [budget hook]
         now = time.time()
         for conn in self.tracker.sweep(now):
             self.log.info(
@@ -600,6 +649,7 @@ class BridgeServer:
             "requests_served": self.requests_served,
             "uptime": int(now - self.started_at),
             "upstream": self.upstream is not None,
+            "queues": self.budget.statistics(),  # [budget hook]
         }
 
 

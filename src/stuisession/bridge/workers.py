@@ -5,6 +5,13 @@ as nREPL applies the messages of one session; jobs with different keys run in
 parallel on up to ``workers`` threads. At most ``max_pending`` jobs wait or
 run at once; :meth:`KeyedExecutor.submit` refuses more with
 :class:`~stuisession.errors.Busy` (back-pressure instead of unbounded queues).
+
+Heavy jobs (the bridge marks requests over ``HEAVY_BYTES``) run at most
+``max_heavy`` at a time: a few connections sending large messages that are
+costly to parse, and hold the GIL while it is done, can then never occupy every
+worker and stall small requests (issue 17, ``tests/adversarial``). A key
+whose next job is heavy waits its turn; other keys run meanwhile, so each
+key's order is kept.
 """
 
 from __future__ import annotations
@@ -22,16 +29,21 @@ Job = Callable[[], None]
 class KeyedExecutor:
     """Thread pool with per-key FIFO ordering and a bound on queued work."""
 
-    def __init__(self, workers: int = 8, max_pending: int = 1024) -> None:
+    def __init__(
+        self, workers: int = 8, max_pending: int = 1024, max_heavy: int | None = None
+    ) -> None:
         if workers < 1 or max_pending < 1:
             raise ValueError("workers and max_pending must be positive")
         self.workers = workers
         self.max_pending = max_pending
+        #: heavy jobs running at once (default: a quarter of the workers, at least 1)
+        self.max_heavy = max(1, workers // 4) if max_heavy is None else max_heavy
+        self._heavy_running = 0
         self._lock = threading.Condition()
         self._ready: collections.deque[Hashable] = (
             collections.deque()
         )  # keys with work, not running
-        self._queues: dict[Hashable, collections.deque[Job]] = {}
+        self._queues: dict[Hashable, collections.deque[tuple[Job, bool]]] = {}
         self._running: set[Hashable] = set()
         self._pending = 0
         self._stopping = False
@@ -48,8 +60,11 @@ class KeyedExecutor:
         with self._lock:
             return self._pending
 
-    def submit(self, key: Hashable, job: Job) -> None:
-        """Queue *job* behind the earlier jobs of *key*; :class:`Busy` when saturated."""
+    def submit(self, key: Hashable, job: Job, *, heavy: bool = False) -> None:
+        """Queue *job* behind the earlier jobs of *key*; :class:`Busy` when saturated.
+
+        A *heavy* job starts only while fewer than ``max_heavy`` heavy jobs run.
+        """
         with self._lock:
             if self._stopping:
                 raise Busy("The server is shutting down")
@@ -61,22 +76,25 @@ class KeyedExecutor:
                 queue = self._queues[key] = collections.deque()
                 if key not in self._running:
                     self._ready.append(key)
-            queue.append(job)
+            queue.append((job, heavy))
             self._lock.notify()
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._ready and not self._stopping:
+                while (key := self._next_key()) is None and not self._stopping:
                     self._lock.wait()
-                if not self._ready:
+                if key is None:
+                    if self._ready:  # stopping, but heavy work is still to do
+                        self._lock.wait(0.05)
+                        continue
                     return  # stopping and nothing left to do
-                key = self._ready.popleft()
                 queue = self._queues[key]
-                job = queue.popleft()
+                job, heavy = queue.popleft()
                 if not queue:
                     del self._queues[key]
                 self._running.add(key)
+                self._heavy_running += heavy
             try:
                 job()
             except Exception:  # pragma: no cover - jobs handle their own errors
@@ -85,11 +103,24 @@ class KeyedExecutor:
                 logging.getLogger("stuisession.dispatch").exception("a job failed")
             finally:
                 with self._lock:
+                    self._heavy_running -= heavy
                     self._running.discard(key)
                     self._pending -= 1
                     if key in self._queues:
                         self._ready.append(key)
                     self._lock.notify_all()
+
+    def _next_key(self) -> Hashable | None:
+        """Take the first ready key whose next job may start now (lock held)."""
+        if not self._ready:
+            return None
+        if self._heavy_running < self.max_heavy:
+            return self._ready.popleft()
+        for i, key in enumerate(self._ready):
+            if not self._queues[key][0][1]:
+                del self._ready[i]
+                return key
+        return None
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no job is queued or running; True if that happened in time."""

@@ -20,9 +20,6 @@ from stuisession.state.model import Session, SessionInfo
 
 #: default bound of the decoded-session cache (estimated bytes)
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
-#: a decoded state takes about this many times its JSON size in memory (measured
-#: with benchmarks/bench_memory.py: attrs objects, dicts and str headers)
-DECODED_FACTOR = 14
 
 FileKey = tuple[int, int, int]
 
@@ -34,12 +31,6 @@ def file_key(path: str) -> FileKey | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def decoded_cost(blob_size: int) -> int:
-    """Estimated memory of a decoded session whose sealed snapshot is *blob_size* bytes."""
-    # a sealed state is compressed about 7x; decoded it takes ~14x its JSON
-    return DECODED_FACTOR * 7 * blob_size
 
 
 @attrs.frozen
@@ -65,8 +56,12 @@ class Head:
     info: SessionInfo
     #: the decoded current session, when it has been decoded
     session: Session | None
-    #: estimated memory of this entry
+    #: estimated memory of this entry (:func:`stuisession.stores._cost.decoded_cost`
+    #: of the blob and ``state_size`` when the session is decoded, else the blob)
     cost: int
+    #: JSON bytes of the decoded state (snapshot state plus journal payloads);
+    #: None when the session is not decoded
+    state_size: int | None = None
 
     @property
     def journal_bytes(self) -> int:

@@ -20,15 +20,9 @@ from stuisession.codec import journal
 from stuisession.codec.snapshot import TAG_SIZE, Snapshot, SnapshotCodec
 from stuisession.errors import ConflictError, IntegrityError, SessionNotFound, StorageError
 from stuisession.state.model import Session, SessionInfo
+from stuisession.stores._cost import decoded_cost
 from stuisession.stores.file.atomic import FileWriter, pread_head, read_file
-from stuisession.stores.file.cache import (
-    DECODED_FACTOR,
-    FileKey,
-    Head,
-    HeadCache,
-    decoded_cost,
-    file_key,
-)
+from stuisession.stores.file.cache import FileKey, Head, HeadCache, file_key
 from stuisession.stores.file.layout import SessionPaths, errno_name
 from stuisession.stores.file.locking import StripeLocks
 from stuisession.stores.file.recovery import Recovery
@@ -100,9 +94,12 @@ class HeadReader:
         info = records[-1].info if records else snap.info
         session = None
         cost = len(blob)
+        state_size: int | None = None
         if decode:
             session = journal.replay(snap.session(), records)
-            cost += DECODED_FACTOR * len(snap.state_json())
+            # charged by what is held: the decoded state, not the compressed blob
+            state_size = len(snap.state_json()) + sum(len(r.payload) for r in records)
+            cost = decoded_cost(len(blob), state_size)
             snap.forget_state_json()
         return Head(
             snap_key=snap_key,
@@ -116,6 +113,7 @@ class HeadReader:
             info=info,
             session=session,
             cost=cost,
+            state_size=state_size,
         )
 
     def _catch_up(
@@ -150,8 +148,11 @@ class HeadReader:
             session_id=p.sid,
         )
         session = cached.session
+        state_size = cached.state_size
         if session is not None:
             session = journal.replay(session, records)
+            if state_size is not None:
+                state_size += sum(len(r.payload) for r in records)
         head = attrs.evolve(
             cached,
             jnl_key=jnl_key,
@@ -161,7 +162,12 @@ class HeadReader:
             updates=cached.updates + sum(r.kind == journal.KIND_UPDATE for r in records),
             info=records[-1].info if records else cached.info,
             session=session,
-            cost=cached.cost + sum(DECODED_FACTOR * len(r.payload) for r in records),
+            cost=(
+                cached.cost
+                if session is None or state_size is None
+                else decoded_cost(len(cached.snapshot.blob), state_size)
+            ),
+            state_size=state_size if session is not None else None,
         )
         self._cache.put(p.sid, head)
         return head
@@ -213,7 +219,7 @@ class JournalWriter:
         *,
         backups: int,
         journal_limit: int | None,
-        encode: Callable[[Session, int | None], bytes],
+        encode: Callable[[Session, int | None], tuple[bytes, int]],
     ) -> None:
         self._codec = codec
         self._cache = cache
@@ -261,17 +267,17 @@ class JournalWriter:
             too_big = max_size is not None and len(head.snapshot.blob) + grows > max_size
             if session is not None and (too_big or grows > self._limit(head)):
                 # fold everything into a new snapshot; its size is checked exactly
-                self.write_snapshot_locked(p, session, self._encode(session, max_size))
+                blob, state_size = self._encode(session, max_size)
+                self.write_snapshot_locked(p, session, blob, state_size)
                 return
             self._append_locked(p, head, record)
+            # the decoded session is kept only when its state's size is known (the
+            # previous head was decoded): the cache charges what it really holds
             new_session = None
-            if session is not None:
-                new_session = session
-            elif head.session is not None:
-                new_session = Session.from_info(new_info, head.session.state)
-            extra = DECODED_FACTOR * len(payload or b"")
-            if new_session is not None and head.session is None:
-                extra = decoded_cost(len(head.snapshot.blob))
+            new_size: int | None = None
+            if head.session is not None and head.state_size is not None:
+                new_session = session or Session.from_info(new_info, head.session.state)
+                new_size = head.state_size + len(payload or b"")
             self._cache.put(
                 p.sid,
                 attrs.evolve(
@@ -283,7 +289,12 @@ class JournalWriter:
                     updates=head.updates + (payload is not None),
                     info=new_info,
                     session=new_session,
-                    cost=head.cost + extra,
+                    cost=(
+                        len(head.snapshot.blob)
+                        if new_size is None
+                        else decoded_cost(len(head.snapshot.blob), new_size)
+                    ),
+                    state_size=new_size,
                 ),
             )
 
@@ -325,11 +336,17 @@ class JournalWriter:
             if head.updates == 0:
                 return head.snapshot.with_info(head.info)
             assert head.session is not None
-            blob = self._codec.encode(head.session)
-            return self.write_snapshot_locked(p, head.session, blob)
+            blob, state_size = self._encode(head.session, None)
+            return self.write_snapshot_locked(p, head.session, blob, state_size)
 
-    def write_snapshot_locked(self, p: SessionPaths, session: Session, blob: bytes) -> Snapshot:
-        """Replace the snapshot by *blob* (the state after every journal record)."""
+    def write_snapshot_locked(
+        self, p: SessionPaths, session: Session, blob: bytes, state_size: int
+    ) -> Snapshot:
+        """Replace the snapshot by *blob* (the state after every journal record).
+
+        *state_size* is the JSON size of *session*'s state (bytes), which the
+        cache charges for keeping *session* decoded.
+        """
         tmp = self._writer.write_session_temp(p, blob)
         try:
             self.rotate_backups(p)
@@ -354,7 +371,8 @@ class JournalWriter:
                     updates=0,
                     info=session.info,
                     session=session,
-                    cost=len(blob) + decoded_cost(len(blob)),
+                    cost=decoded_cost(len(blob), state_size),
+                    state_size=state_size,
                 ),
             )
         return snap

@@ -22,19 +22,28 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from stuisession import _json
 from stuisession.codec.snapshot import Snapshot, SnapshotCodec
 from stuisession.errors import (
     ConfigurationError,
     ConflictError,
     IntegrityError,
     SessionNotFound,
+    StateTooLarge,
     StorageError,
 )
 from stuisession.ids import check_session_id
 from stuisession.keys import Keyring
+from stuisession.state.forms import unstructure_state
 from stuisession.state.model import Session, SessionInfo
 from stuisession.state.updates import StateUpdate
-from stuisession.stores.base import Progress, SessionStore, VerifyItem, VerifyProblem
+from stuisession.stores.base import (
+    Progress,
+    SessionStore,
+    VerifyItem,
+    VerifyProblem,
+    state_part_sizes,
+)
 from stuisession.stores.file import verify as _verify
 from stuisession.stores.file.atomic import STALE_TMP_AGE, FileWriter, read_file
 from stuisession.stores.file.cache import DEFAULT_CACHE_BYTES, HeadCache, file_key
@@ -148,7 +157,7 @@ class FileStore(SessionStore):
             self._writer,
             backups=backups,
             journal_limit=journal_limit,
-            encode=self._encode,
+            encode=self._encode_sized,
         )
 
     # -- public extras --------------------------------------------------------------
@@ -365,6 +374,22 @@ class FileStore(SessionStore):
             return read_file(p.current, head_only=True)
         except OSError as exc:
             raise storage_error("read a session snapshot", exc) from exc
+
+    def _encode_sized(self, session: Session, max_size: int | None) -> tuple[bytes, int]:
+        """``(blob, state JSON bytes)``: the sealed snapshot and what the cache charges.
+
+        Raises :class:`~stuisession.errors.StateTooLarge` as ``_encode`` does.
+        """
+        state_json = _json.dumps(unstructure_state(session.state))
+        blob = self.codec.encode_state_json(session.info, state_json)
+        if max_size is not None and len(blob) > max_size:
+            raise StateTooLarge(
+                f"session snapshot would be {len(blob)} bytes, over the limit of {max_size}",
+                size=len(blob),
+                limit=max_size,
+                parts=state_part_sizes(session.state),
+            )
+        return blob, len(state_json)
 
     def _put(self, info: SessionInfo, blob: bytes, expected_revision: int | None) -> None:
         p = self._paths(info.session_id)
