@@ -99,7 +99,7 @@ def worker(endpoint: str, index: int, start_at: float, duration: float, timeout_
             lat.append(round(ms, 4))
             revisions.append(int(r["result"]["revision"]))
         else:
-            kind = str(r.get("error_type", "unknown"))
+            kind = str(r.get("error_code", r.get("error_type", "unknown")))
             errors[kind] = errors.get(kind, 0) + 1
     gaps = sum(1 for a, b in itertools.pairwise(revisions) if b != a + 1)
     print(

@@ -252,7 +252,8 @@ def test_a_denied_request_does_not_steal_the_session(
     intruder = connect(ctx, zmq.REQ, r.endpoint, identity=b"intruder")
     sid = ok(call(owner, "c", "create_session", client_id="owner"))["session_id"]
     denied = call(intruder, "r", "restore_session", session_id=sid, client_id="intruder")
-    assert denied["error_type"] == "AccessDenied"
+    assert denied["error_code"] == "SessionNotFound"
+    assert denied["error_type"] == "SessionNotFound"
     unknown = "session_" + "B" * 43
     assert call(intruder, "u", "get_session_info", session_id=unknown)["status"] == "error"
 
@@ -275,12 +276,12 @@ def test_no_upstream_gives_upstream_error(start: Callable[..., Running], ctx: zm
     for command in ("ping", "evaluate"):
         reply = call(req, f"x-{command}", command, code="1")
         assert reply["status"] == "error"
-        assert reply["error_type"] == "UpstreamError"
+        assert reply["error_code"] == "UpstreamError"
         assert "no pharo backend" in reply["error"].lower()
     # a v1 envelope (payload instead of command) is forwarded too, so: no backend
     req.send(json.dumps({"id": "v1", "payload": {"type": "ping"}}).encode())
     reply = json.loads(req.recv())
-    assert (reply["id"], reply["error_type"]) == ("v1", "UpstreamError")
+    assert (reply["id"], reply["error_code"]) == ("v1", "UpstreamError")
     assert ok(call(req, "s", "get_session_statistics"))["upstream"] is False
 
 
@@ -335,7 +336,7 @@ def test_stalled_upstream_times_out_while_session_commands_stay_fast(
     assert max(latencies) < FAST, latencies
     reply = outcome["reply"]
     assert reply["status"] == "error"
-    assert reply["error_type"] == "UpstreamError"
+    assert reply["error_code"] == "UpstreamError"
     assert reply["details"]["timeout"] == 1.0
     assert 0.9 <= outcome["elapsed"] < 8.0, outcome["elapsed"]
 
@@ -471,7 +472,7 @@ def test_a_bad_reply_from_the_image_is_an_upstream_error(
     req = connect(ctx, zmq.REQ, r.endpoint)
     reply = call(req, "bad", "evaluate", code="1")
     assert reply["status"] == "error"
-    assert reply["error_type"] == "UpstreamError"
+    assert reply["error_code"] == "UpstreamError"
 
 
 def test_lone_surrogates_pass_through_the_bridge_escaped(
@@ -509,14 +510,14 @@ def test_busy_when_the_pool_is_saturated(
     other = connect(ctx, zmq.REQ, r.endpoint)
     reply, elapsed = timed(lambda: call(other, "b1", "get_session_statistics"))
     assert reply["status"] == "error"
-    assert reply["error_type"] == "Busy"
+    assert reply["error_code"] == "Busy"
     assert elapsed < FAST * 4
     dealer = connect(ctx, zmq.DEALER, r.endpoint)
     dealer.send(request("b2", "create_session", client_id="late"))
-    assert json.loads(dealer.recv())["error_type"] == "Busy"
+    assert json.loads(dealer.recv())["error_code"] == "Busy"
     # the stalled one still gets its (timeout) answer, and then the server has room again
     late = json.loads(stuck.recv())
-    assert (late["id"], late["error_type"]) == ("stuck", "UpstreamError")
+    assert (late["id"], late["error_code"]) == ("stuck", "UpstreamError")
     # (the worker counts its job as done just after queueing the reply: allow a moment)
     replies: list[dict[str, Any]] = []
     assert wait_for(

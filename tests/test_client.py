@@ -160,14 +160,23 @@ def test_open_with_an_expired_or_closed_session_creates_a_new_one(
     assert reopened.open()["session_id"] != closed_sid
 
 
+def test_open_with_an_id_in_another_format_falls_back_to_create(
+    bridge: Callable[..., Bridge], client: Callable[..., SessionClient]
+):
+    b = bridge()
+    c = client(b.endpoint, "tui-bad", session_id="session_4_1756713600_0000000042")
+    assert c.open()["session_id"] != "session_4_1756713600_0000000042"
+
+
 def test_other_errors_from_open_are_raised(
     bridge: Callable[..., Bridge], client: Callable[..., SessionClient]
 ):
     b = bridge()
-    c = client(b.endpoint, "tui-bad", session_id="not-a-session-id")
+    c = client(b.endpoint, " " * 3)  # a blank client id is refused, not retried
     with pytest.raises(RequestFailed) as info:
         c.open()
-    assert info.value.error_type == "ValidationError"
+    assert info.value.error_code == "ValidationError"
+    assert info.value.error_type == "SessionError"
     assert info.value.reply["status"] == "error"
 
 
@@ -192,7 +201,7 @@ def test_stopped_server_gives_server_unavailable_after_the_retries(
         c.update(state_data={"lost": True})
     elapsed = time.monotonic() - started
     assert 0.3 <= elapsed < 5.0  # three tries of 0.1 s each, plus short pauses
-    assert info.value.error_type == "ServerUnavailable"
+    assert info.value.error_code == "ServerUnavailable"
     assert "3 tries" in info.value.message
     assert info.value.details["command"] == "update_session_state"
 
@@ -262,7 +271,7 @@ def test_ten_minute_disconnect_then_restore(
     clock.advance(3601)
     with pytest.raises(RequestFailed) as info:
         back.restore()
-    assert info.value.error_type == "SessionNotFound"
+    assert info.value.error_code == "SessionNotFound"
     assert info.value.details["reason"] == "expired"
     assert info.value.reply["details"] == {"reason": "expired"}
     # and open() starts over
@@ -293,7 +302,7 @@ def test_strict_mode_client_follows_rotated_ids_and_tokens(
     stale = client(b.endpoint, "tui-strict", session_id=ids[0], resume_token=tokens[0])
     with pytest.raises(RequestFailed) as info:
         stale.restore()
-    assert info.value.error_type == "AccessDenied"
+    assert info.value.error_code == "SessionNotFound"
     later = client(b.endpoint, "tui-strict", session_id=ids[-1], resume_token=tokens[-1])
     reopened = later.open()
     assert reopened["session_id"] not in ids

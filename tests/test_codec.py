@@ -62,7 +62,7 @@ from stuisession.errors import (
 )
 from stuisession.keys import ENV_KEYRING, KEY_BYTES, Keyring
 from stuisession.state import lifecycle, migrations
-from stuisession.state.forms import unstructure_info, unstructure_state
+from stuisession.state.forms import to_wire_dict, unstructure_info
 from stuisession.state.model import SCHEMA_VERSION, Session, SessionInfo, SessionStatus
 from stuisession.state.schema import SessionState, to_wire
 from volume import examples
@@ -151,7 +151,7 @@ def test_read_info_equals_session_info(session: Session) -> None:
 def test_state_json_is_the_wire_form(session: Session, encrypt: bool) -> None:
     snap = CODECS[encrypt].open(CODECS[encrypt].encode(session))
     assert snap.schema_version == SCHEMA_VERSION
-    assert snap.state_json() == jsonutil.dumps(unstructure_state(session.state))
+    assert snap.state_json() == jsonutil.dumps(to_wire_dict(session.state))
     assert snap.current_state_json() == snap.state_json()
     assert json.loads(snap.state_json()) == to_wire(session.state)
     assert str(session.session_id[:16]) in repr(snap)
@@ -542,7 +542,7 @@ def test_a_frame_claiming_a_huge_size_is_refused_before_allocating() -> None:
 
 
 def test_a_frame_without_content_size_is_bounded_too() -> None:
-    state = jsonutil.dumps(unstructure_state(_big_session().state))
+    state = jsonutil.dumps(to_wire_dict(_big_session().state))
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(state)
     assert zstandard.frame_content_size(frame) == -1
     codec = SnapshotCodec(RING, encrypt=False, max_state_bytes=len(state))

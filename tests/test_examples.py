@@ -90,7 +90,7 @@ def test_stdio_bridge_runs_twice_and_cleans_up(tmp_path: Path) -> None:
         load("stdio_bridge").serve(lines(), out, str(tmp_path))
         replies = [json.loads(x) for x in out.getvalue().splitlines()]
         assert [r["status"] for r in replies] == ["success", "error", "success", "success"]
-        assert replies[1]["error_type"] == "InvalidRequest"
+        assert replies[1]["error_code"] == "InvalidRequest"
         assert replies[2]["result"]["active_sessions"] == 1
         assert active_sessions(tmp_path) == 0
 

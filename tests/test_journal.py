@@ -312,7 +312,7 @@ def test_damaged_journal_is_reported_not_skipped(tmp_path: Path, ring: Keyring) 
         {"id": 1, "command": "restore_session", "parameters": {"session_id": sid}}
     )
     assert reply["status"] == "error"
-    assert reply["error_type"] == "IntegrityError"
+    assert reply["error_code"] == "IntegrityError"
 
 
 def test_two_stores_on_one_directory_see_each_others_appends(tmp_path: Path, ring: Keyring) -> None:
@@ -363,7 +363,7 @@ def test_failed_append_loses_nothing_and_the_store_recovers(
             },
         }
     )
-    assert reply["status"] == "error" and reply["error_type"] == "StorageError"
+    assert reply["status"] == "error" and reply["error_code"] == "StorageError"
     monkeypatch.setattr(os, "fdatasync", real_fdatasync)
     assert _variables(_handler(tmp_path, ring), sid) == {"x": 1}
     _set_var(h, sid, "y", 2)

@@ -35,7 +35,8 @@ COMMANDS = (
     "list_client_sessions",
     "get_session_statistics",
 )
-ERROR_KEYS = {"id", "status", "error", "error_type", "timestamp", "details"}
+ERROR_KEYS = {"id", "status", "error", "error_type", "error_code", "timestamp", "details"}
+UPSTREAM_TYPES = {"SessionError", "SessionNotFound", "RuntimeError", "Error"}
 SUCCESS_KEYS = {"id", "status", "result", "timestamp"}
 
 Reply = dict[str, Any]
@@ -60,9 +61,10 @@ def assert_success(reply: Reply, rid: object) -> dict[str, Any]:
     return reply["result"]
 
 
-def assert_error(reply: Reply, error_type: str, rid: object) -> Reply:
+def assert_error(reply: Reply, error_code: str, rid: object) -> Reply:
     assert reply["status"] == "error", reply
-    assert reply["error_type"] == error_type, reply
+    assert reply["error_code"] == error_code, reply
+    assert reply["error_type"] in UPSTREAM_TYPES, reply
     assert reply["id"] == rid, reply
     assert "result" not in reply
     assert set(reply) <= ERROR_KEYS, reply
@@ -581,10 +583,15 @@ BAD_SESSION_IDS = [
     "command", ["restore_session", "update_session_state", "close_session", "get_session_info"]
 )
 @pytest.mark.parametrize("bad", BAD_SESSION_IDS)
-def test_malformed_session_id(client: Client, command: str, bad: str) -> None:
+def test_session_id_in_another_format_answers_session_not_found(
+    client: Client, command: str, bad: str
+) -> None:
+    # upstream clients fall back to create_session on SessionNotFound (issue 18)
     params = valid_params(command, bad)
-    reply = client.err(command, "ValidationError", **params)
-    assert reply["details"] == {"field": "session_id"}
+    reply = client.err(command, "SessionNotFound", **params)
+    assert reply["error_type"] == "SessionNotFound"
+    assert reply["error"] == "Session not found"
+    assert "details" not in reply
     if len(bad) > 12:
         assert bad not in reply["error"]  # a guessed secret is never echoed
 
@@ -894,7 +901,7 @@ def test_a_client_denied_later_can_not_use_its_sessions(make_client: Callable[..
     sid = make_client().create("mallory")
     denied = make_client(deny_clients={"mallory"})
     for command in ("restore_session", "update_session_state", "close_session", "get_session_info"):
-        reply = denied.err(command, "AccessDenied", **valid_params(command, sid))
+        reply = denied.err(command, "SessionNotFound", **valid_params(command, sid))
         assert "details" not in reply
     assert make_client().revision(sid) == 1
 
@@ -909,9 +916,9 @@ def test_client_id_mismatch_looks_like_a_missing_session(
 ) -> None:
     """Another client's session and a missing one get the same reply (docs/protocol.md:
     ``AccessDenied``, "Session not found or access denied", no details)."""
-    theirs = client.err(command, "AccessDenied", **valid_params(command, sid), client_id="bob")
+    theirs = client.err(command, "SessionNotFound", **valid_params(command, sid), client_id="bob")
     missing = client.err(
-        command, "AccessDenied", **valid_params(command, UNKNOWN_SID), client_id="bob"
+        command, "SessionNotFound", **valid_params(command, UNKNOWN_SID), client_id="bob"
     )
     strip = {"id", "timestamp"}
     assert {k: v for k, v in theirs.items() if k not in strip} == {
@@ -1179,7 +1186,8 @@ def test_internal_error_is_a_runtime_error(clock: ManualClock) -> None:
     message = envelope("i", "restore_session", session_id=UNKNOWN_SID)
     for reply in (handler.handle(message), json.loads(handler.handle_wire(message))):
         assert "secret" not in json.dumps(reply)
-        assert_error(reply, "RuntimeError", "i")
+        assert_error(reply, "InternalError", "i")
+        assert reply["error_type"] == "RuntimeError"
 
 
 def test_internal_error_never_raises_and_hides_details(clock: ManualClock) -> None:

@@ -46,6 +46,7 @@ ERROR_TYPES = {
     "SessionError",
     "SessionNotFound",
     "RuntimeError",
+    "InternalError",
     "InvalidRequest",
     "MessageTooLarge",
     "UnknownCommand",
@@ -112,7 +113,8 @@ def check_reply(reply: Any) -> dict[str, Any]:
     if reply["status"] == "error":
         assert isinstance(reply["error"], str) and reply["error"], reply
         assert isinstance(reply["error_type"], str), reply
-        assert reply["error_type"] in TOLERATED_TYPES, reply
+        assert reply["error_code"] in TOLERATED_TYPES, reply
+        assert reply["error_type"] in {"SessionError", "SessionNotFound", "RuntimeError", "Error"}
         assert "result" not in reply, reply
         assert isinstance(reply.get("details", {}), dict), reply
     else:
@@ -354,7 +356,7 @@ def test_arbitrary_json_values(value: Any, ascii_only: bool) -> None:
     direct, wire = both(handler, text)
     assert direct["status"] == wire["status"] == "error"  # nothing here is a valid request
     if not isinstance(value, dict):
-        assert direct["error_type"] == "InvalidRequest" and direct["id"] is None
+        assert direct["error_code"] == "InvalidRequest" and direct["id"] is None
     # the decoded value itself, as a mapping or not
     check_reply(handler.handle(value))
 
@@ -373,7 +375,7 @@ def test_envelopes_with_fields_of_any_type(rid: Any, command: Any, parameters: A
     if usable_id(rid):
         assert direct["id"] == rid
     else:
-        assert direct["id"] is None and direct["error_type"] == "InvalidRequest"
+        assert direct["id"] is None and direct["error_code"] == "InvalidRequest"
 
 
 @fuzz_settings(250)
@@ -430,4 +432,4 @@ def test_tiny_message_limits(message: bytes, limit: int) -> None:
     handler = new_handler(max_message_size=limit)
     direct, wire = both(handler, message)
     if len(message) > limit:
-        assert direct["error_type"] == wire["error_type"] == "MessageTooLarge"
+        assert direct["error_code"] == wire["error_code"] == "MessageTooLarge"

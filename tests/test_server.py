@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import zmq
 
+from stuisession.bridge import replies
 from stuisession.bridge import server as server_mod
-from stuisession.bridge.server import BridgeServer, peek_fields, split_frames
+from stuisession.bridge.replies import peek_fields, split_frames
+from stuisession.bridge.server import BridgeServer
 from stuisession.clock import ManualClock
 from stuisession.policy import Policy
 from stuisession.protocol.handler import ProtocolHandler
@@ -249,7 +251,7 @@ def test_malformed_messages_get_error_replies(
     assert got[:-1] == expect_prefix
     reply = json.loads(got[-1])
     assert reply["status"] == "error"
-    assert reply["error_type"] == "InvalidRequest"
+    assert reply["error_code"] == "InvalidRequest"
     assert {"id", "error", "timestamp"} <= reply.keys()
     # and the server still serves
     req = connect(ctx, zmq.REQ, r.endpoint)
@@ -274,7 +276,7 @@ def test_too_large_message_gets_message_too_large(start: Callable[..., Running],
     req.send(request("big", "create_session", client_id="c", client_info={"x": "y" * 4000}))
     reply = json.loads(req.recv())
     assert reply["status"] == "error"
-    assert reply["error_type"] == "MessageTooLarge"
+    assert reply["error_code"] == "MessageTooLarge"
     ok(call(req, "small", "get_session_statistics"))
 
 
@@ -286,7 +288,7 @@ def test_handler_exception_becomes_error_reply(start: Callable[..., Running], ct
     req.send(request("x1", "get_session_statistics"))
     reply = json.loads(req.recv())
     assert reply["status"] == "error"
-    assert reply["error_type"] == "RuntimeError"
+    assert reply["error_code"] == "InternalError"
     assert "boom" not in reply["error"]
     handler.wire_error = None
     ok(call(req, "x2", "get_session_statistics"))
@@ -428,7 +430,7 @@ def test_sweep_removes_expired_sessions(start: Callable[..., Running], ctx: zmq.
     assert handler.wait_sweeps(n + 2)  # one full sweep after the clock moved
     reply = call(req, "i", "get_session_info", session_id=sid)
     assert reply["status"] == "error"
-    assert reply["error_type"] == "SessionNotFound"
+    assert reply["error_code"] == "SessionNotFound"
 
 
 def test_sweep_errors_are_logged_not_raised(
@@ -467,7 +469,9 @@ def test_one_log_line_per_request_without_contents(
     text = "\n".join(lines)
     assert "command=create_session id=log-c status=success error_type=-" in text
     assert "command=update_session_state id=log-u status=success" in text
-    assert "status=error error_type=UpstreamError" in text  # no backend configured
+    assert (
+        "status=error error_type=RuntimeError error_code=UpstreamError" in text
+    )  # no backend configured
     assert "\nINJECTED" not in text
     for secret in (sid, "hunter2", "secretive", "password"):
         assert secret not in text
@@ -516,7 +520,7 @@ def test_peek_fields_reads_only_what_it_needs():
     late = b'{"parameters": {"command": "nested"}, "id": 7, "command": "ping"}'
     assert peek_fields(late, ("command",)) == {"command": "ping"}
     reply = b'{"id":"r","status":"success","result":' + b"[" * 100_000
-    meta = peek_fields(reply, ("id", "status", "error_type"), server_mod._reply_complete)
+    meta = peek_fields(reply, ("id", "status", "error_type"), replies.reply_complete)
     assert meta == {"id": "r", "status": "success"}
     for junk in (
         b"",
@@ -532,7 +536,7 @@ def test_peek_fields_reads_only_what_it_needs():
 
 
 def test_printable():
-    p = server_mod._printable
+    p = replies.printable
     assert p(None) == "-"
     assert p("create_session") == "create_session"
     assert p(17) == "17"

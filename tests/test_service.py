@@ -169,7 +169,7 @@ def test_stale_writers_get_conflicts(service: SessionService, sid: str) -> None:
     assert final.revision == base + 1
     assert final.state.session_state == {"owner": won[0]}
     for exc in conflicts:
-        assert exc.error_type == "Conflict"
+        assert exc.error_code == "Conflict"
         assert exc.current_revision == base + 1
         assert exc.details["current_revision"] == base + 1
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from state_strategies import session_states
 from stuisession.errors import ConflictError, ValidationError
+from stuisession.state.deltas import changes_since, check_rebase
 from stuisession.state.refs import check_object_id, is_ref, iter_refs, ref
 from stuisession.state.schema import (
     Evaluation,
@@ -19,16 +20,14 @@ from stuisession.state.schema import (
     ObjectRecord,
     SessionState,
     Workspace,
+    from_model_dict,
     from_wire,
-    structure_state,
+    to_model_dict,
     to_wire,
-    unstructure_state,
     validate_state,
 )
 from stuisession.state.updates import (
     StateUpdate,
-    changes_since,
-    check_rebase,
     merge_patch,
     overlaps,
     patch_paths,
@@ -46,7 +45,7 @@ def _json_roundtrip(value: Any) -> Any:
 @given(session_states())
 def test_model_form_roundtrips(state: SessionState) -> None:
     validate_state(state)
-    assert structure_state(_json_roundtrip(unstructure_state(state))) == state
+    assert from_model_dict(_json_roundtrip(to_model_dict(state))) == state
 
 
 @pytest.mark.volume
@@ -183,7 +182,7 @@ def test_validation_names_the_place(state: SessionState, where: str) -> None:
 )
 def test_wrong_types_are_refused(model: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        structure_state(model)
+        from_model_dict(model)
 
 
 def test_refs_helpers() -> None:

@@ -91,19 +91,19 @@ def test_dangling_reference_is_refused_and_nothing_changes(
         session_id=sid,
         changes={"workspaces": {"default": {"variables": {"z": {"$ref": "ghost"}}}}},
     )
-    assert e["error_type"] == "ValidationError"
+    assert e["error_code"] == "ValidationError"
     assert "ghost" in e["error"]
     e = err(handler, "update_session_state", session_id=sid, changes={"objects": {"p": None}})
-    assert e["error_type"] == "ValidationError"  # p is still referenced by x and y
+    assert e["error_code"] == "ValidationError"  # p is still referenced by x and y
     e = err(handler, "update_session_state", session_id=sid, changes={"bogus": {}})
-    assert e["error_type"] == "ValidationError"
+    assert e["error_code"] == "ValidationError"
     e = err(
         handler,
         "update_session_state",
         session_id=sid,
         changes={"inspectors": {"i1": {"scroll": "far"}}},
     )
-    assert e["error_type"] == "ValidationError"
+    assert e["error_code"] == "ValidationError"
     after = ok(handler, "restore_session", session_id=sid)
     assert after["revision"] == before["revision"]
     assert after["objects"] == before["objects"]
@@ -133,7 +133,7 @@ def test_upstream_sections_and_merge(handler: ProtocolHandler, sid: str) -> None
     assert r["inspector_state"]["selected_object"] == "obj_7"
     assert r["object_registry"] == {"obj_7": "a SmallInteger(7)"}
     e = err(handler, "update_session_state", session_id=sid, object_registry={"o": 5})
-    assert e["error_type"] == "ValidationError"
+    assert e["error_code"] == "ValidationError"
 
 
 def test_append_history_counts_evaluations(handler: ProtocolHandler, sid: str) -> None:
@@ -164,7 +164,7 @@ def test_append_history_counts_evaluations(handler: ProtocolHandler, sid: str) -
     e = err(
         handler, "update_session_state", session_id=sid, append_history={"default": [{"src": 1}]}
     )
-    assert e["error_type"] == "ValidationError"
+    assert e["error_code"] == "ValidationError"
 
 
 def test_stale_base_revision_merges_disjoint_and_conflicts_on_overlap(
@@ -200,7 +200,7 @@ def test_stale_base_revision_merges_disjoint_and_conflicts_on_overlap(
         base_revision=base,
         changes={"workspaces": {"default": {"variables": {"x": 99}}}},
     )
-    assert e["error_type"] == "Conflict"
+    assert e["error_code"] == "Conflict"
     assert e["details"]["current_revision"] == base + 2
     r = ok(handler, "restore_session", session_id=sid)
     assert r["workspace_context"]["workspaces"]["default"]["variables"] == {"x": 10, "y": 20}
@@ -229,7 +229,7 @@ def test_restore_since_revision_returns_only_the_delta(handler: ProtocolHandler,
     )  # log doesn't reach back
     assert full["delta"] is False and "session_state" in full
     e = err(handler, "restore_session", session_id=sid, since_revision="1")
-    assert e["error_type"] == "ValidationError"
+    assert e["error_code"] == "ValidationError"
 
 
 def test_tool_contexts(handler: ProtocolHandler, sid: str) -> None:
@@ -275,18 +275,18 @@ def test_tool_contexts(handler: ProtocolHandler, sid: str) -> None:
     assert ok(handler, "load_context", session_id=sid, tool_id="ws-1")["loaded"] is False
     assert ok(handler, "clear_context", session_id=sid)["cleared"] == ["dbg-1"]
     assert ok(handler, "get_context_summary", session_id=sid)["context_count"] == 0
-    assert err(handler, "save_context", session_id=sid)["error_type"] == "ValidationError"
+    assert err(handler, "save_context", session_id=sid)["error_code"] == "ValidationError"
     assert (
         err(
             handler, "save_context", session_id=sid, tool_id="t", variables={"v": {"$ref": "nope"}}
-        )["error_type"]
+        )["error_code"]
         == "ValidationError"
     )
     assert (
-        err(handler, "load_context", session_id=sid, tool_id="")["error_type"] == "ValidationError"
+        err(handler, "load_context", session_id=sid, tool_id="")["error_code"] == "ValidationError"
     )
     assert (
-        err(handler, "save_context", session_id=sid, tool_id="t", mode="x")["error_type"]
+        err(handler, "save_context", session_id=sid, tool_id="t", mode="x")["error_code"]
         == "ValidationError"
     )
     r = ok(handler, "restore_session", session_id=sid)
@@ -304,7 +304,7 @@ def test_size_limit_names_the_part() -> None:
     e = err(
         h, "update_session_state", session_id=s, changes={"objects": {"o": {"print_string": noise}}}
     )
-    assert e["error_type"] == "StateTooLarge"
+    assert e["error_code"] == "StateTooLarge"
     parts = e["details"]["parts"]
     assert max(parts, key=parts.get) in ("objects", "object_registry")
     assert ok(h, "get_session_info", session_id=s)["revision"] == 1

@@ -77,7 +77,7 @@ class RequestFailed(StuiSessionError):
 class ServerUnavailable(UpstreamError):
     """No reply from the server after every retry (or within ``connect_timeout`` at first)."""
 
-    error_type = "ServerUnavailable"
+    error_code = "ServerUnavailable"
 
 
 def zmq_module() -> Any:

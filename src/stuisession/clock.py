@@ -1,4 +1,12 @@
-"""Clocks. The library never calls :func:`time.time` directly so tests can move time."""
+"""Clocks: every wall-time reading of the library goes through a :class:`Clock`.
+
+So tests can move time, library code asks a clock (:class:`SystemClock` by default,
+:class:`ManualClock` in tests) instead of calling :func:`time.time`. Durations, timeouts
+and poll waits use :func:`time.monotonic` directly: they measure elapsed time, must never
+jump with the wall clock, and are not session time. Known exceptions still calling
+:func:`time.time` (to be routed by their owners): the file store's stale-temp age and the
+Redis client index, which compare against file/server times, and the CLI.
+"""
 
 from __future__ import annotations
 
@@ -50,3 +58,6 @@ class ManualClock:
 def isoformat(ts: float) -> str:
     """Unix seconds -> ISO-8601 UTC with ``Z`` and whole seconds, as upstream examples."""
     return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = ["Clock", "ManualClock", "SystemClock", "isoformat"]

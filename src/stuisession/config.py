@@ -90,3 +90,6 @@ def load_policy(
         return Policy(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"invalid configuration: {exc}") from None
+
+
+__all__ = ["ENV_PREFIX", "load_policy"]

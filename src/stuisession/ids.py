@@ -63,3 +63,13 @@ def check_client_id(value: Any, field: str = "client_id") -> str:
         # not encodable as UTF-8: the record could not be stored
         raise ValidationError(f"{field} contains a lone surrogate", field=field)
     return value
+
+
+__all__ = [
+    "MAX_CLIENT_ID_LENGTH",
+    "SESSION_ID_PREFIX",
+    "check_client_id",
+    "check_session_id",
+    "is_valid_session_id",
+    "new_session_id",
+]

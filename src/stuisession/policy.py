@@ -157,3 +157,4 @@ class Policy:
 #: the environment and its options apply: a served bridge faces many clients, so
 #: each gets a token bucket of 100 requests/s with a burst of 200
 SERVE_DEFAULTS: dict[str, Any] = {"rate_limit": 100.0, "rate_burst": 200}
+__all__ = ["DAY", "MB", "SERVE_DEFAULTS", "Policy"]

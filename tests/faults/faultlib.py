@@ -52,6 +52,7 @@ ERROR_TYPES = {
     "SessionError",
     "SessionNotFound",
     "RuntimeError",
+    "InternalError",
     "InvalidRequest",
     "MessageTooLarge",
     "UnknownCommand",
@@ -323,7 +324,8 @@ def check_reply(reply: Any) -> dict[str, Any]:
     assert isinstance(reply["timestamp"], str) and TIMESTAMP.match(reply["timestamp"]), reply
     if reply["status"] == "error":
         assert isinstance(reply["error"], str) and reply["error"], reply
-        assert reply["error_type"] in ERROR_TYPES, reply
+        assert reply["error_code"] in ERROR_TYPES, reply
+        assert reply["error_type"] in {"SessionError", "SessionNotFound", "RuntimeError", "Error"}
         assert "result" not in reply, reply
         assert isinstance(reply.get("details", {}), dict), reply
     else:

@@ -58,10 +58,10 @@ class Client:
             if reply["status"] == "success":
                 result: dict[str, Any] = reply["result"]
                 return result
-            if reply["error_type"] not in ("Conflict", "StorageError"):
+            if reply["error_code"] not in ("Conflict", "StorageError"):
                 print(f"ERR {json.dumps(reply)}", flush=True)
                 sys.exit(1)
-            print(f"retry {reply['error_type']}", flush=True)
+            print(f"retry {reply['error_code']}", flush=True)
             time.sleep(0.001)
         print("ERR no progress", flush=True)
         sys.exit(1)
@@ -97,10 +97,10 @@ def worker(store_dir: str, shared: str, tag: str, n: int) -> None:
                 )
                 if reply["status"] == "success":
                     break
-                if reply["error_type"] not in ("Conflict", "StorageError"):
+                if reply["error_code"] not in ("Conflict", "StorageError"):
                     print(f"ERR {json.dumps(reply)}", flush=True)
                     sys.exit(1)
-                print(f"retry {reply['error_type']}", flush=True)
+                print(f"retry {reply['error_code']}", flush=True)
             else:
                 print("ERR no progress", flush=True)
                 sys.exit(1)

@@ -196,7 +196,7 @@ def test_backwards_jump_then_idle_expiry_counts_from_the_latest_use(make: Any) -
     assert c.state(a) == {}
     c.clock.set(T0 + 2 * TIMEOUT + 1)
     reply = c.send("restore_session", session_id=a)
-    assert reply["error_type"] == "SessionNotFound"
+    assert reply["error_code"] == "SessionNotFound"
     assert reply["details"]["reason"] == "expired"
 
 
@@ -221,7 +221,7 @@ def test_forward_jump_expires_only_idle_sessions(make: Any) -> None:
     ]
     for command, params in calls:
         reply = c.send(command, session_id=idle, **params)
-        assert reply["error_type"] == "SessionNotFound", (command, reply)
+        assert reply["error_code"] == "SessionNotFound", (command, reply)
         assert reply["details"]["reason"] == "expired", (command, reply)
     info = c.info(idle)
     assert info["is_expired"] and not info["is_active"] and info["status"] == "expired"
@@ -237,7 +237,7 @@ def test_forward_jump_expires_only_idle_sessions(make: Any) -> None:
     assert c.handler.cleanup_expired() == 2
     for sid in (idle, closed):
         reply = c.send("restore_session", session_id=sid)
-        assert reply["error_type"] == "SessionNotFound", reply
+        assert reply["error_code"] == "SessionNotFound", reply
     assert c.state(busy) == {"busy": True}
     stats = c.ok("get_session_statistics")
     assert stats["total_sessions"] == 1 and stats["active_sessions"] == 1
@@ -266,7 +266,7 @@ def test_forward_jump_past_absolute_lifetime(make: Any) -> None:
         assert c.state(a) == {}
     c.clock.advance(101)  # 1001 s since creation
     reply = c.send("restore_session", session_id=a)
-    assert reply["error_type"] == "SessionNotFound" and reply["details"]["reason"] == "expired"
+    assert reply["error_code"] == "SessionNotFound" and reply["details"]["reason"] == "expired"
     assert c.handler.cleanup_expired() == 1
 
 
@@ -277,7 +277,7 @@ def test_forward_jump_past_retention(make: Any) -> None:
     c.clock.advance(2 * DAY + 1)
     assert c.handler.cleanup_expired() == 2
     for sid in (a, b):
-        assert c.send("restore_session", session_id=sid)["error_type"] == "SessionNotFound"
+        assert c.send("restore_session", session_id=sid)["error_code"] == "SessionNotFound"
 
 
 def test_far_forward_and_back(make: Any) -> None:
@@ -305,7 +305,7 @@ def drain(c: Client, client_id: str) -> float:
     for _ in range(BURST):
         c.ok("list_client_sessions", client_id=client_id)
     reply = c.send("list_client_sessions", client_id=client_id)
-    assert reply["error_type"] == "RateLimited", reply
+    assert reply["error_code"] == "RateLimited", reply
     retry_after: float = reply["details"]["retry_after"]
     assert 0 < retry_after <= 1 / RATE + 0.001
     return retry_after
@@ -317,7 +317,7 @@ def test_rate_limiter_backwards_jump(make: Any) -> None:
     c.clock.advance(-3600)
     # no exception, no refill while the clock is behind the latest time seen
     reply = c.send("list_client_sessions", client_id="bob")
-    assert reply["error_type"] == "RateLimited", reply
+    assert reply["error_code"] == "RateLimited", reply
     assert reply["details"]["retry_after"] > 0
     # other clients are not affected by the jump
     assert c.ok("list_client_sessions", client_id="carol")["session_count"] == 0
@@ -355,7 +355,7 @@ def test_rate_limiter_forward_spike_then_correction_injected_clock(make: Any) ->
     c.clock.set(T0 + 1)  # ...corrected
     drain(c, "bob")
     c.clock.advance(60)
-    assert c.send("list_client_sessions", client_id="bob")["error_type"] == "RateLimited"
+    assert c.send("list_client_sessions", client_id="bob")["error_code"] == "RateLimited"
     c.clock.set(T0 + DAY + 1)  # past the spike: refills resume
     c.ok("list_client_sessions", client_id="bob")
 
@@ -374,7 +374,7 @@ def test_rate_limiter_on_the_system_clock_ignores_wall_clock_jumps(
     for _ in range(3):
         c.ok("list_client_sessions", client_id="bob")
     refused = c.send("list_client_sessions", client_id="bob")
-    assert refused["error_type"] == "RateLimited", refused
+    assert refused["error_code"] == "RateLimited", refused
     wall[0] = T0 + 365 * DAY  # spike...
     c.send("list_client_sessions", client_id="bob")
     wall[0] = T0  # ...corrected
@@ -396,7 +396,7 @@ def test_rate_limited_request_resent_after_retry_after() -> None:
         },
     }
     first = check_reply(handler.handle(request))
-    assert first["error_type"] == "RateLimited"
+    assert first["error_code"] == "RateLimited"
     clock.advance(first["details"]["retry_after"] + 10)
     assert check_reply(handler.handle(request))["status"] == "success"
 
@@ -435,7 +435,7 @@ def test_resume_tokens_across_jumps(make: Any) -> None:
     assert c.ok("get_session_info", session_id=sid, resume_token=token)["is_active"]
     c.clock.advance(-3600)  # a token "from the future" is refused...
     reply = c.send("get_session_info", session_id=sid, resume_token=token)
-    assert reply["error_type"] == "AccessDenied", reply
+    assert reply["error_code"] == "SessionNotFound", reply
     c.clock.set(T0 + 10)  # ...until the clock is back: no lasting lockout
     assert c.ok("get_session_info", session_id=sid, resume_token=token)["is_active"]
     c.clock.advance(DAY)  # and it expires after token_ttl as usual

@@ -93,7 +93,7 @@ def test_store_directory_deleted_under_a_running_store(root: Path) -> None:
     replies = every_command(h, sid)
     for name, reply in replies.items():
         if reply["status"] == "error":
-            assert reply["error_type"] in ("StorageError", "SessionNotFound"), (name, reply)
+            assert reply["error_code"] in ("StorageError", "SessionNotFound"), (name, reply)
             assert str(root) not in reply["error"], reply
         else:
             # nothing of the vanished session may be served
@@ -110,13 +110,13 @@ def test_store_directory_deleted_under_a_running_store(root: Path) -> None:
     assert state_of(reply) == acked[-1]
     for handler in (h.handler, fresh.handler):
         gone = h.send("restore_session", handler, session_id=sid)
-        assert gone["error_type"] in ("SessionNotFound", "StorageError"), gone
+        assert gone["error_code"] in ("SessionNotFound", "StorageError"), gone
         again = h.send("restore_session", handler, session_id=new_sid)
         # the running store never saw the new key file: it may refuse, never misread
         if again["status"] == "success":
             assert state_of(again) == acked[-1]
         else:
-            assert again["error_type"] in ("IntegrityError", "StorageError"), again
+            assert again["error_code"] in ("IntegrityError", "StorageError"), again
 
 
 def test_store_directory_recreated_empty(root: Path) -> None:
@@ -131,10 +131,10 @@ def test_store_directory_recreated_empty(root: Path) -> None:
     replies = every_command(h, sid)
     for name in ("restore", "info", "update", "save_context", "close"):
         assert replies[name]["status"] == "error", (name, replies[name])
-        assert replies[name]["error_type"] in ("SessionNotFound", "StorageError"), replies[name]
+        assert replies[name]["error_code"] in ("SessionNotFound", "StorageError"), replies[name]
     for name in ("create", "list", "stats"):
         reply = replies[name]
-        assert reply["status"] == "success" or reply["error_type"] == "StorageError", reply
+        assert reply["status"] == "success" or reply["error_code"] == "StorageError", reply
     # once the layout is back (any new store instance recreates it) all works again
     FileStore(root, lock_stripes=4).close()
     new_sid, acked = with_history(h, 2)
@@ -175,7 +175,7 @@ def test_shard_directory_deleted(root: Path) -> None:
                 if name in ("create", "list", "stats"):
                     assert reply["status"] == "success", (name, reply)
                 else:
-                    assert reply["error_type"] == "SessionNotFound", (name, reply)
+                    assert reply["error_code"] == "SessionNotFound", (name, reply)
         assert state_of(h.send("restore_session", handler, session_id=b)) == acked_b[-1]
         assert a not in listed_ids(h, handler, "alice")
         assert b in listed_ids(h, handler, bob)
@@ -218,10 +218,10 @@ def test_shard_directory_deleted_while_a_write_is_in_flight(
     faults.clear()
     assert removed, "the update never wrote into its shard"
     if reply["status"] == "error":
-        assert reply["error_type"] in ("StorageError", "SessionNotFound"), reply
+        assert reply["error_code"] in ("StorageError", "SessionNotFound"), reply
     for handler in (h.handler, h.reopened()):
         gone = h.send("restore_session", handler, session_id=sid)
-        assert gone["error_type"] == "SessionNotFound", gone
+        assert gone["error_code"] == "SessionNotFound", gone
     assert temp_files(root) == []
     new_sid, acked = with_history(h, 1)
     assert state_of(h.send("restore_session", h.reopened(), session_id=new_sid)) == acked[-1]
@@ -250,7 +250,7 @@ def check_read_only_behaviour(h: Harness, sid: str, acked: list[Any], code: int)
     }
     for op, reply in writes.items():
         assert reply["status"] == "error", (op, reply)
-        assert reply["error_type"] == "StorageError", (op, reply)
+        assert reply["error_code"] == "StorageError", (op, reply)
         assert name in reply["error"], (op, reply)
     with pytest.raises(StorageError, match=name):
         h.store.delete(sid)
@@ -361,10 +361,10 @@ def check_never_wrong(
     if info["status"] == "success":
         assert info["result"]["revision"] in [r for _, r in acked], info
     else:
-        assert info["error_type"] == "IntegrityError", info
+        assert info["error_code"] == "IntegrityError", info
     reply = h.send("restore_session", handler, session_id=sid)
     if reply["status"] == "error":
-        assert reply["error_type"] == "IntegrityError", reply
+        assert reply["error_code"] == "IntegrityError", reply
         return None
     got = state_of(reply)
     assert got in acked, f"served a state that was never acknowledged: {got}"
@@ -412,7 +412,7 @@ def test_every_generation_damaged_is_an_integrity_error(root: Path) -> None:
         ]
         for command, params in calls:
             reply = h.send(command, handler, session_id=sid, **params)
-            assert reply["error_type"] == "IntegrityError", reply
+            assert reply["error_code"] == "IntegrityError", reply
     # nothing was overwritten or rolled back
     assert {f: f.read_bytes() for f in files} == before
     # the other sessions are unaffected

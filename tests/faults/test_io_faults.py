@@ -92,7 +92,7 @@ def observe(h: Harness, handler: ProtocolHandler, sid: str) -> Expected:
     if reply["status"] == "success":
         result = reply["result"]
         return Active(result.get("session_state", {}), result["revision"])
-    assert reply["error_type"] == "SessionNotFound", reply
+    assert reply["error_code"] == "SessionNotFound", reply
     return GONE
 
 
@@ -141,7 +141,7 @@ def check_model(
 
 def check_storage_error(reply: dict[str, Any], code: int, h: Harness, sid: str | None) -> None:
     assert reply["status"] == "error", reply
-    assert reply["error_type"] == "StorageError", reply
+    assert reply["error_code"] == "StorageError", reply
     assert errno.errorcode[code] in reply["error"], reply
     # messages never carry paths or ids (ids are bearer secrets)
     assert str(h.root) not in reply["error"] and "session_" not in reply["error"], reply
@@ -589,7 +589,7 @@ def test_resent_request_after_storage_error_is_never_applied_twice(
         first = check_reply(h.handler.handle(request))
         faults.clear()
         if rule.fired and first["status"] == "error":
-            assert first["error_type"] == "StorageError", first
+            assert first["error_code"] == "StorageError", first
         committed = len(history(sid)) - before
         assert committed in (0, 1), "one request appended twice"
         if first["status"] == "error" and not any(commits_anyway(c) for c in rule.fired):
@@ -598,7 +598,7 @@ def test_resent_request_after_storage_error_is_never_applied_twice(
             assert not never_absorbed(rule.fired) and committed == 1, (fault, first)
         again = check_reply(h.handler.handle(request))
         if again["status"] == "error":
-            assert again["error_type"] == "StorageError", again  # the reply cache's answer
+            assert again["error_code"] == "StorageError", again  # the reply cache's answer
         after = len(history(sid)) - before
         # never applied twice; a committed request is not applied again
         assert after == committed + (again["status"] == "success" and not committed), (fault, again)

@@ -196,7 +196,7 @@ def test_held_stripe_lock_gives_a_bounded_lock_timeout(tmp_path: Path) -> None:
                 start = time.monotonic()
                 reply = send(impatient, command, **params)
                 elapsed = time.monotonic() - start
-                assert reply["error_type"] == "StorageError", (command, reply)
+                assert reply["error_code"] == "StorageError", (command, reply)
                 assert reply["details"]["reason"] == "lock_timeout", reply
                 assert "lock" in reply["error"]
                 assert elapsed < 30, elapsed  # bounded (0.2 s asked; generous for a loaded CI)
@@ -216,7 +216,7 @@ def test_held_stripe_lock_gives_a_bounded_lock_timeout(tmp_path: Path) -> None:
                 check=True,
             )
             result = json.loads(once.stdout)
-            assert result["reply"]["error_type"] == "StorageError", result
+            assert result["reply"]["error_code"] == "StorageError", result
             assert result["reply"]["details"]["reason"] == "lock_timeout", result
             assert result["elapsed"] < 30, result
             assert holder.stdin is not None

@@ -27,7 +27,7 @@ def main() -> None:
             }
         )
         if reply["status"] != "success":
-            print(f"ERR {reply['error_type']}", flush=True)
+            print(f"ERR {reply['error_code']}", flush=True)
             return
         print(f"k{i}", flush=True)
         i += 1

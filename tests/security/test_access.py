@@ -34,9 +34,11 @@ def ok(h: ProtocolHandler, command: str, **params: Any) -> dict[str, Any]:
 
 
 def denied(reply: dict[str, Any]) -> None:
+    # a session the caller cannot have answers exactly like an unknown one (issue 18)
     assert reply["status"] == "error", reply
-    assert reply["error_type"] == "AccessDenied"
-    assert reply["error"] == "Session not found or access denied"
+    assert reply["error_type"] == "SessionNotFound"
+    assert reply["error_code"] == "SessionNotFound"
+    assert reply["error"] == "Session not found"
     assert "details" not in reply  # nothing about why
 
 
@@ -100,7 +102,9 @@ def test_malformed_and_traversal_ids_never_reach_the_store(
 ) -> None:
     before = sorted(p.name for p in (tmp_path / "store").rglob("*"))
     reply = call(compat, "restore_session", session_id=bad)
-    assert reply["error_type"] == "ValidationError"
+    # an id in another format is a session the caller cannot have: upstream's fallback type
+    assert reply["error_type"] == "SessionNotFound"
+    assert reply["error_code"] == "SessionNotFound"
     assert bad not in json.dumps(reply) or bad == ""  # the guessed value is never echoed
     assert sorted(p.name for p in (tmp_path / "store").rglob("*")) == before
 
@@ -109,7 +113,7 @@ def test_guessed_ids_are_not_found(compat: ProtocolHandler) -> None:
     ok(compat, "create_session", client_id="alice")
     for _ in range(20):
         assert (
-            call(compat, "restore_session", session_id=new_session_id())["error_type"]
+            call(compat, "restore_session", session_id=new_session_id())["error_code"]
             == "SessionNotFound"
         )
 
@@ -119,10 +123,10 @@ def test_deny_listed_client(tmp_path: Path) -> None:
     h = ProtocolHandler(store, Policy(rate_limit=None))
     sid = ok(h, "create_session", client_id="eve")["session_id"]
     h2 = ProtocolHandler(store, Policy(rate_limit=None, deny_clients={"eve"}))
-    assert call(h2, "create_session", client_id="eve")["error_type"] == "SessionError"
+    assert call(h2, "create_session", client_id="eve")["error_code"] == "SessionError"
     denied(call(h2, "restore_session", session_id=sid))
     h3 = ProtocolHandler(store, Policy(rate_limit=None, allow_clients={"alice"}))
-    assert call(h3, "create_session", client_id="bob")["error_type"] == "SessionError"
+    assert call(h3, "create_session", client_id="bob")["error_code"] == "SessionError"
     assert ok(h3, "create_session", client_id="alice")
 
 
@@ -131,7 +135,7 @@ def test_burst_over_the_rate_limit(clock: ManualClock) -> None:
     replies = [call(h, "get_session_statistics", client_id="spammer") for _ in range(8)]
     assert [r["status"] for r in replies[:5]] == ["success"] * 5
     limited = replies[5]
-    assert limited["error_type"] == "RateLimited"
+    assert limited["error_code"] == "RateLimited"
     assert limited["details"]["retry_after"] > 0
     assert call(h, "get_session_statistics", client_id="polite")["status"] == "success"
     clock.advance(2.0)
@@ -142,14 +146,14 @@ def test_restore_after_expiry(compat: ProtocolHandler, clock: ManualClock) -> No
     sid = ok(compat, "create_session", client_id="alice")["session_id"]
     clock.advance(3601)
     reply = call(compat, "restore_session", session_id=sid)
-    assert reply["error_type"] == "SessionNotFound"
+    assert reply["error_code"] == "SessionNotFound"
     assert reply["details"]["reason"] == "expired"
     assert (
         call(compat, "update_session_state", session_id=sid, state_data={})["details"]["reason"]
         == "expired"
     )
     assert compat.cleanup_expired() == 1
-    assert call(compat, "restore_session", session_id=sid)["error_type"] == "SessionNotFound"
+    assert call(compat, "restore_session", session_id=sid)["error_code"] == "SessionNotFound"
 
 
 def test_absolute_lifetime(clock: ManualClock) -> None:
@@ -303,11 +307,11 @@ class TestStrictMode:
         a = ok(strict, "create_session", client_id="alice")
         b = ok(strict, "create_session", client_id="bob")
         assert (
-            call(strict, "list_client_sessions", client_id="alice")["error_type"] == "AccessDenied"
+            call(strict, "list_client_sessions", client_id="alice")["error_code"] == "AccessDenied"
         )
         assert (
             call(strict, "list_client_sessions", client_id="alice", client_token=b["client_token"])[
-                "error_type"
+                "error_code"
             ]
             == "AccessDenied"
         )

@@ -51,7 +51,7 @@ def refusal(
         auth.verify(token, client, sid, **kw)
     err = info.value
     assert not auth.is_valid(token, client, sid, **kw)
-    return (type(err), str(err), err.message, repr(err.details), err.error_type, err.__cause__)
+    return (type(err), str(err), err.message, repr(err.details), err.error_code, err.__cause__)
 
 
 DENIED = (AccessDenied, "Invalid credentials", "Invalid credentials", "{}", "AccessDenied", None)

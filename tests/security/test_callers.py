@@ -235,6 +235,12 @@ def test_bridge_logs_never_show_routing_identities(
         ok(_call(sock, "1", "get_session_statistics"))
     finally:
         ctx.destroy(linger=0)
+    # the request line is written just after the reply is sent: wait for it
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+        "request command=" in r.getMessage() for r in caplog.records
+    ):
+        time.sleep(0.01)
     assert any("request command=" in r.getMessage() for r in caplog.records)
     assert b"secret-routing-identity".hex() not in caplog.text
 

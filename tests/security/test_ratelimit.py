@@ -24,7 +24,7 @@ def test_burst_then_refusal_with_retry_after(clock: ManualClock) -> None:
         limiter.check("alice")
     err = info.value
     assert err.message == "Rate limit exceeded"
-    assert err.error_type == "RateLimited" and err.retryable
+    assert err.error_code == "RateLimited" and err.retryable
     assert err.details == {"retry_after": 1.0}
 
 

@@ -35,30 +35,31 @@ commands are forwarded to the Pharo image when an ``upstream`` is given
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
-import re
 import threading
 import time
-from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
-from stuisession import _json
 from stuisession.bridge.budget import QueueBudget, send_tracked  # [budget hook]
 from stuisession.bridge.connections import ConnectionTracker
 from stuisession.bridge.curve import CurveConfig, is_loopback_endpoint
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
-from stuisession.bridge.intake import admit_forwarded  # [limits hook]
+from stuisession.bridge.replies import (
+    error_for,
+    error_reply,
+    peek_fields,
+    printable,
+    reply_complete,
+    split_frames,
+)
+from stuisession.bridge.requests import Job, RequestRouter
 from stuisession.bridge.workers import KeyedExecutor
-from stuisession.errors import Busy, StuiSessionError, UpstreamError
+from stuisession.clock import Clock, SystemClock
+from stuisession.errors import Busy, InternalError
 from stuisession.ids import is_valid_session_id
-from stuisession.protocol.handler import error_response
 from stuisession.security.identity import Caller, fingerprint
-from stuisession.service.core import Credentials
 
 if TYPE_CHECKING:
     from stuisession.protocol.handler import ProtocolHandler
@@ -67,39 +68,16 @@ __all__ = ["BridgeServer"]
 
 log = logging.getLogger("stuisession.server")
 
-#: a message with more frames than this is refused without echoing its envelope
-MAX_FRAMES = 32
 #: the longest wait in one poll: a lost wake-up is still noticed this quickly (seconds)
 MAX_POLL_WAIT = 1.0
 #: messages handled per poll wake-up before stop/sweep deadlines are checked again
 BATCH = 64
-#: only this much of a message is read to find ``command`` etc. for the request log
-PEEK_BYTES = 64 * 1024
 #: the members of ``parameters`` the serving thread reads to route a request
 _ROUTING_PARAMETERS = ("session_id", "client_id", "resume_token")
-#: session commands whose reply names the session (maybe a new id) and may carry a new token
-_ISSUES_CREDENTIALS = frozenset({"create_session", "restore_session", "rotate_credentials"})
 #: requests larger than this are "heavy": few are parsed at once (bridge/workers.py)
 HEAVY_BYTES = 1024 * 1024
 #: bounds of the interval between sweeps of idle connections (seconds)
 MIN_CONNECTION_SWEEP = 0.05
-
-
-@attrs.frozen
-class _Job:
-    """One accepted request: what its worker needs and where its reply goes."""
-
-    envelope: list[bytes]
-    body: bytes
-    command: Any
-    ident: str
-    started: float
-    identity: bytes
-    #: the session the request names (read cheaply; None: none or unreadable)
-    session_id: str | None
-    resume_token: str | None
-    #: who sent it (CURVE key and its bound client ids, or the bare connection)
-    caller: Caller
 
 
 def _zmq() -> Any:
@@ -130,11 +108,11 @@ class BridgeServer:
     :param max_pending: requests queued or running before new ones get ``Busy``.
     :param idle_timeout: seconds without a request after which a connection
         counts as gone and its sessions as detached.
-    :param hooks: capture hooks for forwarded commands (default: the built-in
-        ``evaluate`` capture).
     :param curve: serve CurveZMQ with this key pair and client allow-list
         (:mod:`stuisession.bridge.curve`); None: plaintext, which logs a loud
         warning when bound beyond loopback.
+    :param hooks: capture hooks for forwarded commands (default: the built-in
+        ``evaluate`` capture).
     """
 
     def __init__(
@@ -153,10 +131,15 @@ class BridgeServer:
         curve: CurveConfig | None = None,
     ) -> None:
         zmq = _zmq()
+        self._zmq = zmq
         self.curve = curve
         self._authenticator: Any = None
-        self._zmq = zmq
         self.handler = handler
+        #: answers each request on a worker thread (bridge/requests.py)
+        self.router = RequestRouter(self)
+        #: wall time for connection bookkeeping and the bridge's own replies; the
+        #: service's clock may be a manual one (tests), which must not age sockets
+        self.clock: Clock = SystemClock()
         self.log = logger if logger is not None else log
         interval = handler.policy.cleanup_interval if sweep_interval is None else sweep_interval
         if not interval > 0:
@@ -192,7 +175,7 @@ class BridgeServer:
         )
         self._notify_lock = threading.Lock()
         self._sweeping = threading.Event()
-        self.started_at = time.time()
+        self.started_at = self.clock.now()
         self.requests_served = 0
         handler.extra_statistics = self.bridge_statistics
         try:
@@ -348,6 +331,19 @@ class BridgeServer:
         self.close()
 
     # -- internals ----------------------------------------------------------------------
+    def _close_sockets(self) -> None:
+        for sock in (self._socket, self._wake, self._notify):
+            if sock is not None:
+                sock.close()
+
+    def _drain(self, sock: Any) -> None:
+        zmq = self._zmq
+        while True:
+            try:
+                sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
     def _receive(self) -> tuple[list[bytes], Caller]:
         """One message and who sent it (raises ``zmq.Again`` when there is none)."""
         zmq = self._zmq
@@ -370,19 +366,6 @@ class BridgeServer:
             self._authenticator.stop()
             self._authenticator = None
 
-    def _close_sockets(self) -> None:
-        for sock in (self._socket, self._wake, self._notify):
-            if sock is not None:
-                sock.close()
-
-    def _drain(self, sock: Any) -> None:
-        zmq = self._zmq
-        while True:
-            try:
-                sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-
     def _serve_one(self, frames: list[bytes], caller: Caller | None = None) -> None:
         """Route one message (serving thread): answer framing errors, queue the rest."""
         started = time.perf_counter()
@@ -399,7 +382,7 @@ class BridgeServer:
         try:  # [budget hook] before the tracker: a dropped connection's requests don't keep it
             self.budget.admit(identity.hex(), len(body))
         except Busy as exc:
-            reply = _error_for(meta.get("id"), exc)
+            reply = error_for(meta.get("id"), exc)
             self._send(envelope, reply, command, started, identity, charge=False)
             return
         raw_params = meta.get("parameters")
@@ -412,20 +395,20 @@ class BridgeServer:
         if caller is None:
             caller = Caller.connection(identity)
         # the session is attached only once a session command on it succeeds (_track)
-        self.tracker.seen(ident, time.time(), client_id=client_id)
+        self.tracker.seen(ident, self.clock.now(), client_id=client_id)
         # one session's requests run in order; a connection's requests without a
         # (readable) session id run in order too
         key: tuple[str, str] = ("s", session_id) if session_id else ("c", ident)
-        job = _Job(envelope, body, command, ident, started, identity, session_id, token, caller)
+        job = Job(envelope, body, command, ident, started, identity, session_id, token, caller)
         assert self._executor is not None
         try:
             self._executor.submit(key, lambda: self._work(job), heavy=len(body) > HEAVY_BYTES)
         except Busy as exc:
             self.budget.request_done(ident, len(body))
-            reply = _error_for(meta.get("id"), exc)
+            reply = error_for(meta.get("id"), exc)
             self._send(envelope, reply, command, started, identity, charge=False)
 
-    def _work(self, job: _Job) -> None:
+    def _work(self, job: Job) -> None:
         """Handle one request (worker thread) and queue its reply for the serving thread."""
         command = job.command
         # [budget hook] a dropped connection's queued requests are skipped, unanswered
@@ -435,114 +418,20 @@ class BridgeServer:
         try:
             if isinstance(command, str) and command in self.handler.commands:
                 reply = self.handler.handle_wire(job.body, caller=job.caller)
-                self._track(job, command, reply)
+                self.router.track(job, command, reply)
             else:
-                reply = self._forward(job.body, command, job.ident, job.caller)
+                reply = self.router.forward(job.body, command, job.ident, job.caller)
         except Exception:
             # handle_wire promises not to raise; a wrapped or buggy handler must
             # still not take the server down
             self.log.exception("handler raised; answering with an internal error")
-            reply = error_reply("Internal error while handling the request", "RuntimeError")
+            reply = error_reply("Internal error while handling the request", InternalError)
         finally:
             self.budget.request_done(job.ident, len(job.body))  # [budget hook]
         self._results.put((job.envelope, reply, command, job.started, job.identity))
         # a lost nudge only delays the reply until the next poll timeout
         with self._notify_lock, contextlib.suppress(self._zmq.ZMQError):
             self._notify.send(b"r", self._zmq.NOBLOCK)
-
-    def _track(self, job: _Job, command: str, reply: bytes) -> None:
-        """Attach the session a successful session command used (or detach a closed one)."""
-        if peek_fields(reply, ("status",)).get("status") != "success":
-            return  # a refused request (wrong owner, unknown id, ...) attaches nothing
-        if command == "close_session":
-            if job.session_id is not None:
-                self.tracker.detach(job.session_id)
-            return
-        if command in _ISSUES_CREDENTIALS:
-            # create, a (possibly rotating) restore, a token rotation: the reply has
-            # the session id (new after a rotation) and any newly issued token
-            result = _peek_result(reply, ("session_id",))
-            sid = result.get("session_id")
-            if not is_valid_session_id(sid):
-                return
-            assert isinstance(sid, str)
-            token = job.resume_token
-            if command != "restore_session" or sid != job.session_id:
-                issued = _peek_result(reply, ("session_id", "resume_token")).get("resume_token")
-                token = issued if isinstance(issued, str) else token
-            self.tracker.attach(job.ident, sid, token, replaces=job.session_id)
-        elif job.session_id is not None:
-            self.tracker.attach(job.ident, job.session_id, job.resume_token)
-
-    def _forward(self, body: bytes, command: Any, ident: str, caller: Caller) -> bytes:
-        """Send a non-session request to the Pharo image (or say there is none)."""
-        # [limits hook] size limit, bounded parse and rate limit, as for session commands
-        try:
-            doc = admit_forwarded(body, self.handler.service, ident)
-        except StuiSessionError as exc:
-            return _error_for(exc.request_id, exc)
-        if "command" in doc and not isinstance(command, str):
-            return self.handler.handle_wire(body, caller=caller)
-        request_id = doc.get("id")
-        if self.upstream is None:
-            return _error_for(
-                request_id,
-                UpstreamError(
-                    "No Pharo backend is configured for this bridge "
-                    "(start it with --upstream tcp://HOST:PORT)"
-                ),
-            )
-        params = doc.get("parameters")
-        session_id: str | None = None
-        if isinstance(params, dict):
-            session_id = (
-                params.get("session_id") if is_valid_session_id(params.get("session_id")) else None
-            )
-            if session_id is None:
-                session_id = self.tracker.session_of(ident)
-                if session_id is not None:
-                    doc["parameters"] = {**params, "session_id": session_id}
-        try:
-            reply = self.upstream.forward(doc)
-        except StuiSessionError as exc:
-            return _error_for(request_id, exc)
-        if session_id is not None and isinstance(command, str):
-            self._capture(command, doc, reply, session_id, ident, caller)
-        try:
-            return _json.dumps(reply)
-        except UnicodeEncodeError:
-            # a lone surrogate from a "\ud800" escape in the image's reply: keep it escaped
-            return json.dumps(reply, separators=(",", ":")).encode()
-
-    def _capture(  # noqa: PLR0917 - internal, called from one place
-        self,
-        command: str,
-        request: dict[str, Any],
-        reply: dict[str, Any],
-        session_id: str,
-        ident: str,
-        caller: Caller,
-    ) -> None:
-        if reply.get("status", "success") != "success":
-            return
-        params = request.get("parameters") or {}
-        token = params.get("resume_token") if isinstance(params, dict) else None
-        if not isinstance(token, str):
-            token = None
-            if self.handler.policy.strict:
-                # forwarded requests carry no token: use the one this connection
-                # last proved it holds for the session (compat mode needs none)
-                token = self.tracker.token_of(ident, session_id)
-        # the capture acts with the forwarding connection's rights, never more
-        creds = Credentials(resume_token=token, caller=caller)
-        for hook in self.hooks.for_command(command):
-            try:
-                update = hook(request, reply)
-                if update is not None:
-                    self.handler.service.update(session_id, update, creds)
-            except Exception:
-                # capture is best effort: the client still gets the image's reply
-                self.log.warning("capture hook for %s failed", command, exc_info=True)
 
     def _flush_results(self) -> None:
         while True:
@@ -571,7 +460,7 @@ class BridgeServer:
         refusal = self.budget.reply(ident, len(reply)) if charge else None
         if refusal is not None:
             request_id = peek_fields(reply, ("id",)).get("id")
-            reply = _error_for(request_id, refusal)
+            reply = error_for(request_id, refusal)
         tracker = None
         try:
             if charge and refusal is None:
@@ -584,20 +473,22 @@ class BridgeServer:
         if charge and refusal is None:
             self.budget.sent(ident, len(reply), tracker)
         if self.log.isEnabledFor(logging.INFO):
-            meta = peek_fields(reply, ("id", "status", "error_type"), _reply_complete)
+            meta = peek_fields(reply, ("id", "status", "error_type", "error_code"), reply_complete)
             self.log.info(
-                "request command=%s id=%s status=%s error_type=%s duration_ms=%.1f client=%s",
-                _printable(command),
-                _printable(meta.get("id")),
-                _printable(meta.get("status")),
-                _printable(meta.get("error_type")),
+                "request command=%s id=%s status=%s error_type=%s error_code=%s duration_ms=%.1f "
+                "client=%s",
+                printable(command),
+                printable(meta.get("id")),
+                printable(meta.get("status")),
+                printable(meta.get("error_type")),
+                printable(meta.get("error_code")),
                 (time.perf_counter() - started) * 1000.0,
                 fingerprint(identity),  # routing identities are never shown or logged
             )
 
     def _sweep_connections(self) -> None:
         self.budget.sweep()  # [budget hook]
-        now = time.time()
+        now = self.clock.now()
         for conn in self.tracker.sweep(now):
             self.log.info(
                 "connection %s idle for %.0f s: disconnected, %d session(s) detached",
@@ -636,7 +527,7 @@ class BridgeServer:
         ``connections`` (per-connection details, client ids included) is shown
         to operators only; routing identities appear only as a fingerprint.
         """
-        now = time.time()
+        now = self.clock.now()
         connections = [
             {**c, "identity": fingerprint(str(c.get("identity", "")))}
             for c in self.tracker.snapshot(now)
@@ -651,148 +542,3 @@ class BridgeServer:
             "upstream": self.upstream is not None,
             "queues": self.budget.statistics(),  # [budget hook]
         }
-
-
-def _error_for(request_id: Any, exc: StuiSessionError) -> bytes:
-    return _json.dumps(error_response(request_id, exc, time.time()))
-
-
-# -- framing --------------------------------------------------------------------------
-def split_frames(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str | None]:
-    """Split a ROUTER message into ``(envelope, body, problem)``.
-
-    *envelope* is what to echo in front of the reply. *problem* is None when
-    *body* is the one request frame, else a message for the error reply.
-    """
-    if len(frames) > MAX_FRAMES:
-        # don't echo an arbitrarily long envelope; answer REQ-style if it looks like REQ
-        head = frames[:2] if len(frames) > 1 and frames[1] == b"" else frames[:1]
-        return head, None, f"Message has {len(frames)} frames; at most {MAX_FRAMES} are accepted"
-    delimiter = next((i for i in range(1, len(frames)) if frames[i] == b""), None)
-    if delimiter is None:
-        # DEALER style: [identity, *routing, body]
-        if len(frames) < 2:
-            return frames[:1], None, "Message has no body frame"
-        return frames[:-1], frames[-1], None
-    envelope, payload = frames[: delimiter + 1], frames[delimiter + 1 :]
-    if not payload:
-        return envelope, None, "Message has no body frame after the empty delimiter frame"
-    if len(payload) > 1:
-        return (
-            envelope,
-            None,
-            f"Message has {len(payload)} body frames; a request is one JSON frame",
-        )
-    return envelope, payload[0], None
-
-
-def error_reply(message: str, error_type: str = "InvalidRequest") -> bytes:
-    """An error reply in the flat envelope, for messages the handler never saw."""
-    exc = StuiSessionError(message)
-    exc.error_type = error_type
-    return _error_for(None, exc)
-
-
-# -- cheap peeking for the request log ---------------------------------------------------
-_decoder = json.JSONDecoder()
-_WS = re.compile(r"[ \t\n\r]*")
-_PLAIN = re.compile(r"[A-Za-z0-9_.:@/+-]{1,64}")
-
-
-def peek_fields(
-    data: bytes,
-    names: tuple[str, ...],
-    done: Callable[[dict[str, Any]], bool] | None = None,
-    *,
-    nested: Mapping[str, tuple[str, ...]] | None = None,
-) -> dict[str, Any]:
-    """Top-level members *names* of the JSON object in *data*, read cheaply.
-
-    Reads members in order from the first :data:`PEEK_BYTES` bytes only and
-    stops as soon as all *names* (or what *done* says is enough) are found, so
-    a large ``parameters`` or ``result`` after them is never decoded. Anything
-    unreadable just ends the search: this is for logging and routing, not
-    validation.
-
-    *nested* maps a member name to the names to read inside it when it is an
-    object: its value is then a dict of just those (read the same way), so
-    ``parameters.session_id`` is found even when a large ``state_data`` follows.
-    """
-    text = data[:PEEK_BYTES].decode("utf-8", "replace")
-    found: dict[str, Any] = {}
-    with contextlib.suppress(ValueError, RecursionError):
-        _peek_object(text, 0, found, names, done=done, nested=nested or {})
-    return found
-
-
-def _peek_object(
-    text: str,
-    i: int,
-    found: dict[str, Any],
-    names: tuple[str, ...],
-    *,
-    done: Callable[[dict[str, Any]], bool] | None = None,
-    nested: Mapping[str, tuple[str, ...]] | None = None,
-) -> int | None:
-    """Fill *found* from the object at *text[i]*; the index after it, or None if
-    the search stopped early (enough found, or unreadable)."""
-    i = _skip_ws(text, i)
-    if text[i : i + 1] != "{":
-        return None
-    i = _skip_ws(text, i + 1)
-    if text[i : i + 1] == "}":
-        return i + 1
-    while True:
-        if text[i : i + 1] != '"':
-            return None
-        key, i = _decoder.raw_decode(text, i)
-        i = _skip_ws(text, i)
-        if text[i : i + 1] != ":":
-            return None
-        i = _skip_ws(text, i + 1)
-        wanted = key in names and key not in found
-        if wanted and nested and key in nested and text[i : i + 1] == "{":
-            inner: dict[str, Any] = {}
-            found[key] = inner
-            end = _peek_object(text, i, inner, nested[key])
-            if end is None:
-                return None
-            i = end
-        else:
-            value, i = _decoder.raw_decode(text, i)
-            if wanted:
-                found[key] = value
-        if wanted and (len(found) == len(names) or (done is not None and done(found))):
-            return None
-        i = _skip_ws(text, i)
-        if text[i : i + 1] == "}":
-            return i + 1
-        if text[i : i + 1] != ",":
-            return None
-        i = _skip_ws(text, i + 1)
-
-
-def _peek_result(reply: bytes, names: tuple[str, ...]) -> dict[str, Any]:
-    """Members *names* of a reply's ``result`` object, read cheaply."""
-    result = peek_fields(reply, ("result",), nested={"result": names}).get("result")
-    return result if isinstance(result, dict) else {}
-
-
-def _skip_ws(text: str, i: int) -> int:
-    match = _WS.match(text, i)
-    return i if match is None else match.end()
-
-
-def _reply_complete(found: dict[str, Any]) -> bool:
-    # a success reply has no error_type: stop before its (possibly large) result
-    return found.get("status") == "success" and "id" in found
-
-
-def _printable(value: Any) -> str:
-    """A log-safe rendering of a client-chosen scalar (no newlines, bounded length)."""
-    if value is None:
-        return "-"
-    text = value if isinstance(value, str) else json.dumps(value)[:64]
-    if _PLAIN.fullmatch(text):
-        return text
-    return repr(text[:64])

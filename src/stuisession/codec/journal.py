@@ -32,19 +32,16 @@ Like :mod:`stuisession.codec`, this module knows nothing of files.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import os
 import struct
 from typing import Any
 
 import attrs
-import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stuisession import _json
-from stuisession.codec.snapshot import NONCE_SIZE, TAG_SIZE, SnapshotCodec
+from stuisession.codec import _envelope
+from stuisession.codec._envelope import TAG_SIZE
+from stuisession.codec.snapshot import SnapshotCodec
 from stuisession.errors import IntegrityError
 from stuisession.state.forms import structure_info, unstructure_info
 from stuisession.state.model import Session, SessionInfo
@@ -137,13 +134,12 @@ def seal(
     kid = key_id.encode("ascii")
     flags = 0
     if payload and len(payload) >= _COMPRESS_FROM:
-        payload = zstandard.ZstdCompressor(level=3).compress(payload)
+        payload = _envelope.compress(payload)
         flags |= _FLAG_ZSTD
     if payload and codec.encrypt:
         flags |= _FLAG_ENCRYPTED
-        nonce = os.urandom(NONCE_SIZE)
         aad = _aad(info.session_id, base_tag, prev_tag, kind, flags, key_id)
-        payload = nonce + AESGCM(codec.keyring.enc_key(key_id)).encrypt(nonce, payload, aad)
+        payload = _envelope.encrypt(codec.keyring.enc_key(key_id), payload, aad)
     meta = _json.dumps(unstructure_info(info))
     body = b"".join(
         (
@@ -160,11 +156,7 @@ def seal(
 
 
 def _tag(mac_key: bytes, base_tag: bytes, prev_tag: bytes, body: bytes) -> bytes:
-    mac = hmac.new(mac_key, _TAG_DOMAIN, hashlib.sha256)
-    mac.update(base_tag)
-    mac.update(prev_tag)
-    mac.update(body)
-    return mac.digest()
+    return _envelope.mac(mac_key, _TAG_DOMAIN, base_tag, prev_tag, body)
 
 
 def _aad(  # noqa: PLR0917 - a fixed list of what the ciphertext is bound to
@@ -253,7 +245,7 @@ def _open_one(  # noqa: PLR0917 - private helper of open_records
             key_id=key_id,
         )
     expected = _tag(codec.keyring.mac_key(key_id), base_tag, prev_tag, body)
-    if not hmac.compare_digest(expected, tag):
+    if not _envelope.tag_matches(expected, tag):
         raise IntegrityError("journal record failed its integrity check")
     pos += klen
     (meta_len,) = _LEN.unpack_from(body, pos)
@@ -269,19 +261,13 @@ def _open_one(  # noqa: PLR0917 - private helper of open_records
         raise IntegrityError("journal record belongs to another session")
     if flags & _FLAG_ENCRYPTED:
         aad = _aad(session_id, base_tag, prev_tag, kind, flags, key_id)
-        try:
-            payload = AESGCM(codec.keyring.enc_key(key_id)).decrypt(
-                payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad
-            )
-        except (InvalidTag, ValueError):
-            raise IntegrityError("journal record failed to decrypt") from None
+        payload = _envelope.decrypt(
+            codec.keyring.enc_key(key_id), payload, aad, what="journal record"
+        )
     if flags & _FLAG_ZSTD:
-        try:
-            payload = zstandard.ZstdDecompressor().decompress(
-                payload, max_output_size=codec.max_state_bytes
-            )
-        except zstandard.ZstdError:
-            raise IntegrityError("journal record failed to decompress") from None
+        payload = _envelope.decompress(payload, codec.max_state_bytes, what="journal record")
+    else:
+        _envelope.check_size(len(payload), codec.max_state_bytes)
     return JournalRecord(kind=kind, info=info, payload=bytes(payload), tag=tag, end=end)
 
 

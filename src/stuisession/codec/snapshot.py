@@ -20,25 +20,21 @@ The codec knows nothing of files, keys on disk or protocol commands.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import os
 import struct
 from typing import Any
 
 import attrs
-import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stuisession import _json
+from stuisession.codec import _envelope
 from stuisession.errors import IntegrityError, StateTooLarge
 from stuisession.keys import Keyring
 from stuisession.state.forms import (
+    from_wire_dict,
     structure_info,
-    structure_state,
+    to_wire_dict,
     unstructure_info,
-    unstructure_state,
 )
 from stuisession.state.migrations import migrate
 from stuisession.state.model import SCHEMA_VERSION, Session, SessionInfo, SessionState
@@ -48,10 +44,11 @@ FORMAT_VERSION = 1
 FLAG_ZSTD = 0x01
 FLAG_ENCRYPTED = 0x02
 _KNOWN_FLAGS = FLAG_ZSTD | FLAG_ENCRYPTED
+#: the envelope's sizes, named here too: the store and tests know them as snapshot facts
+TAG_SIZE = _envelope.TAG_SIZE
+NONCE_SIZE = _envelope.NONCE_SIZE
 _HEADER = struct.Struct(">4sBBHBBII")
 HEADER_SIZE = _HEADER.size  # 18
-TAG_SIZE = 32
-NONCE_SIZE = 12
 _HEAD_DOMAIN = b"STSN-head"
 _AAD_DOMAIN = b"STSN-aad"
 #: a header of a plausible snapshot can't claim more metadata than this
@@ -135,7 +132,7 @@ class Snapshot:
     def state_json(self) -> bytes:
         """The state as stored (JSON bytes at ``schema_version``), decrypted and decompressed."""
         if self._state_json is None:
-            self._state_json = self._codec._unseal_payload(self)
+            self._state_json = self._codec.unseal_state(self)
         return self._state_json
 
     def forget_state_json(self) -> None:
@@ -150,7 +147,7 @@ class Snapshot:
         """The state as JSON of the *current* schema (migrated and re-encoded if older)."""
         if self.schema_version == SCHEMA_VERSION:
             return self.state_json()
-        return _json.dumps(unstructure_state(self.state()))
+        return _json.dumps(to_wire_dict(self.state()))
 
     def state(self) -> SessionState:
         """The state, migrated to the current schema and structured into attrs objects."""
@@ -162,7 +159,7 @@ class Snapshot:
             raise IntegrityError("snapshot state is not a JSON object")
         data = migrate(data, self.schema_version)
         try:
-            return structure_state(data)
+            return from_wire_dict(data)
         except Exception as exc:  # cattrs raises several exception types
             raise IntegrityError(f"snapshot state does not fit the schema: {exc}") from None
 
@@ -194,13 +191,12 @@ class SnapshotCodec:
         self.keyring = keyring
         self.encrypt = encrypt
         self.max_state_bytes = max_state_bytes
-        self._compressor = zstandard.ZstdCompressor(level=compression_level)
         self._level = compression_level
 
     # -- writing ------------------------------------------------------------------
     def encode(self, session: Session) -> bytes:
         """Seal *session* into a snapshot."""
-        return self.encode_state_json(session.info, _json.dumps(unstructure_state(session.state)))
+        return self.encode_state_json(session.info, _json.dumps(to_wire_dict(session.state)))
 
     def encode_state_json(
         self, info: SessionInfo, state_json: bytes, *, schema_version: int = SCHEMA_VERSION
@@ -211,8 +207,7 @@ class SnapshotCodec:
                 f"state is {len(state_json)} bytes, over the {self.max_state_bytes}-byte limit",
                 part="state",
             )
-        # ZstdCompressor objects are not thread-safe; a fresh one per call is cheap
-        compressed = zstandard.ZstdCompressor(level=self._level).compress(state_json)
+        compressed = _envelope.compress(state_json, self._level)
         return self._seal(info, compressed, schema_version, FLAG_ZSTD)
 
     def rewrite_info(self, snapshot: Snapshot, info: SessionInfo) -> bytes:
@@ -230,9 +225,8 @@ class SnapshotCodec:
         key_id = self.keyring.current_id
         if self.encrypt:
             flags |= FLAG_ENCRYPTED
-            nonce = os.urandom(NONCE_SIZE)
             aad = self._aad(flags, schema, key_id, info.session_id)
-            payload = nonce + AESGCM(self.keyring.enc_key(key_id)).encrypt(nonce, compressed, aad)
+            payload = _envelope.encrypt(self.keyring.enc_key(key_id), compressed, aad)
         else:
             payload = compressed
         return self._assemble(info, payload, schema, flags, key_id)
@@ -247,11 +241,9 @@ class SnapshotCodec:
         )
         mac_key = self.keyring.mac_key(key_id)
         head = header + kid + meta
-        head_tag = hmac.new(mac_key, _HEAD_DOMAIN + head, hashlib.sha256).digest()
-        mac = hmac.new(mac_key, head, hashlib.sha256)
-        mac.update(head_tag)
-        mac.update(payload)
-        return b"".join((head, head_tag, payload, mac.digest()))
+        head_tag = _envelope.mac(mac_key, _HEAD_DOMAIN, head)
+        tag = _envelope.mac(mac_key, head, head_tag, payload)
+        return b"".join((head, head_tag, payload, tag))
 
     @staticmethod
     def _aad(flags: int, schema: int, key_id: str, session_id: str) -> bytes:
@@ -287,8 +279,8 @@ class SnapshotCodec:
         if len(blob) < end + TAG_SIZE:
             raise IntegrityError("snapshot is truncated (in the metadata)")
         head = blob[:end]
-        expected = hmac.new(self._mac_key_for(header), _HEAD_DOMAIN + head, hashlib.sha256).digest()
-        if not hmac.compare_digest(expected, blob[end : end + TAG_SIZE]):
+        expected = _envelope.mac(self._mac_key_for(header), _HEAD_DOMAIN, head)
+        if not _envelope.tag_matches(expected, blob[end : end + TAG_SIZE]):
             raise IntegrityError("snapshot metadata failed its integrity check")
         return self._info_from_meta(blob[header.meta_offset : end], expected_session_id)
 
@@ -303,8 +295,8 @@ class SnapshotCodec:
             )
         mac_key = self._mac_key_for(header)
         body_end = header.total_size - TAG_SIZE
-        expected = hmac.new(mac_key, memoryview(blob)[:body_end], hashlib.sha256).digest()
-        if not hmac.compare_digest(expected, blob[body_end:]):
+        expected = _envelope.mac(mac_key, memoryview(blob)[:body_end])
+        if not _envelope.tag_matches(expected, blob[body_end:]):
             raise IntegrityError("snapshot failed its integrity check")
         meta_end = header.meta_offset + header.meta_len
         info = self._info_from_meta(blob[header.meta_offset : meta_end], expected_session_id)
@@ -326,56 +318,21 @@ class SnapshotCodec:
             raise IntegrityError("snapshot belongs to another session")
         return info
 
-    def _unseal_payload(self, snap: Snapshot) -> bytes:
+    def unseal_state(self, snap: Snapshot) -> bytes:
+        """The stored state bytes of *snap* (decrypted, decompressed), through the one
+        envelope and its size guard.
+
+        Raises :class:`IntegrityError` (fails to decrypt/decompress) or
+        :class:`StateTooLarge` (decodes to over ``max_state_bytes``).
+        """
         h = snap.header
         payload = snap.blob[h.payload_offset : h.payload_offset + h.payload_len]
         if h.flags & FLAG_ENCRYPTED:
-            if len(payload) < NONCE_SIZE + 16:
-                raise IntegrityError("encrypted payload is too short")
             aad = self._aad(h.flags, h.schema_version, h.key_id, snap.info.session_id)
-            try:
-                payload = AESGCM(self.keyring.enc_key(h.key_id)).decrypt(
-                    payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad
-                )
-            except InvalidTag:
-                raise IntegrityError("snapshot state failed to decrypt") from None
+            payload = _envelope.decrypt(
+                self.keyring.enc_key(h.key_id), payload, aad, what="snapshot state"
+            )
         if h.flags & FLAG_ZSTD:
-            payload = self._decompress(payload)
+            return _envelope.decompress(payload, self.max_state_bytes, what="snapshot state")
+        _envelope.check_size(len(payload), self.max_state_bytes)
         return bytes(payload)
-
-    def _decompress(self, data: bytes) -> bytes:
-        # ``max_output_size`` only bounds frames without a content size, so a
-        # declared size (which may claim terabytes) is checked first
-        limit = self.max_state_bytes
-        try:
-            size = zstandard.frame_content_size(data)
-        except zstandard.ZstdError:
-            raise IntegrityError("snapshot state failed to decompress") from None
-        if size > limit:
-            raise self._too_large(size)
-        try:
-            out: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
-            return out
-        except zstandard.ZstdError:
-            if size < 0 and self._exceeds_limit(data):
-                raise self._too_large(None) from None
-            raise IntegrityError("snapshot state failed to decompress") from None
-
-    def _exceeds_limit(self, data: bytes) -> bool:
-        """True when a frame without a content size decompresses to over the limit."""
-        total = 0
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-                while chunk := reader.read(1 << 20):
-                    total += len(chunk)
-                    if total > self.max_state_bytes:
-                        return True
-        except zstandard.ZstdError:
-            pass
-        return False
-
-    def _too_large(self, size: int | None) -> StateTooLarge:
-        what = "over" if size is None else f"{size} bytes, over"
-        return StateTooLarge(
-            f"stored state is {what} the {self.max_state_bytes}-byte limit", part="state"
-        )

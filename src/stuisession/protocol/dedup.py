@@ -73,8 +73,8 @@ class _Entry:
         self.cost = cost
 
 
-#: error types that a resend of the same request may not meet again: not remembered
-TRANSIENT_ERRORS = frozenset({"RateLimited", "Busy", "StorageError", "RuntimeError"})
+#: error codes that a resend of the same request may not meet again: not remembered
+TRANSIENT_ERRORS = frozenset({"RateLimited", "Busy", "StorageError", "InternalError"})
 
 
 class ReplyCache:
@@ -153,7 +153,7 @@ class ReplyCache:
             reply = compute()
             details = reply.get("details") or {}
             if (
-                reply.get("error_type") in TRANSIENT_ERRORS
+                reply.get("error_code") in TRANSIENT_ERRORS
                 and details.get("reason") != "durability_unknown"  # it did commit
             ):
                 # a resend must try again, not be told the same transient failure

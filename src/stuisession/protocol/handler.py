@@ -13,35 +13,32 @@ follow ``shared/stui-protocol.md``; extensions are additive and listed in
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
-
 from stuisession import _json
 from stuisession._json import RawJSON
 from stuisession.clock import Clock, isoformat
-from stuisession.errors import (
-    InternalError,
-    InvalidRequest,
-    MessageTooLarge,
-    StuiSessionError,
-    UnknownCommand,
-    ValidationError,
-)
-from stuisession.ids import check_client_id, check_session_id
+from stuisession.errors import InternalError, StuiSessionError, UnknownCommand, ValidationError
 from stuisession.policy import Policy
+from stuisession.protocol import params as val
 from stuisession.protocol.dedup import ReplyCache, request_key
-from stuisession.protocol.limits import bound_reply, parse_message  # [limits hook]
+from stuisession.protocol.envelope import Request, parse_request
+from stuisession.protocol.limits import bound_reply  # [limits hook]
+from stuisession.protocol.params import Params
+from stuisession.protocol.results import (
+    context_json,
+    context_summary,
+    error_response,
+    session_record,
+)
 from stuisession.security.audit import AuditLog
-from stuisession.security.identity import Caller, fingerprint
-from stuisession.service.core import Credentials, SessionService
-from stuisession.state.model import Session, SessionInfo
-from stuisession.state.schema import Metadata, ToolContext
-from stuisession.state.updates import PATCHABLE, StateUpdate, structure_evaluations
+from stuisession.security.identity import CURRENT_CALLER, Caller, fingerprint
+from stuisession.service.core import SessionService
+from stuisession.state.schema import Metadata
+from stuisession.state.updates import StateUpdate
 from stuisession.stores.base import SessionStore
 
 log = logging.getLogger("stuisession.protocol")
@@ -58,154 +55,9 @@ MUTATING = frozenset(
     }
 )
 
-#: the caller of the request being handled (set by ``respond`` for its duration)
-_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar(
-    "stuisession_caller",
-    default=Caller.anonymous(),  # noqa: B039 - Caller is frozen
-)
-#: members of the bridge's statistics only an operator may see
-PRIVATE_STATISTICS = frozenset({"connections"})
-
-Params = Mapping[str, Any]
 Result = dict[str, Any] | RawJSON
 
-
-@attrs.frozen
-class Request:
-    """A parsed, envelope-valid request."""
-
-    id: str | int
-    command: str
-    parameters: Mapping[str, Any]
-
-
-# -- parameter validation ----------------------------------------------------------
-def _required(params: Params, name: str) -> Any:
-    if name not in params or params[name] is None:
-        raise ValidationError(f"{name} is required", field=name)
-    return params[name]
-
-
-def _session_id(params: Params) -> str:
-    return check_session_id(_required(params, "session_id"))
-
-
-def _client_id(params: Params) -> str:
-    return check_client_id(_required(params, "client_id"))
-
-
-def _optional_client_id(params: Params) -> str | None:
-    value = params.get("client_id")
-    return None if value is None else check_client_id(value)
-
-
-def _creds(params: Params) -> Credentials:
-    return Credentials(
-        client_id=_optional_client_id(params),
-        resume_token=_optional_str(params, "resume_token"),
-        client_token=_optional_str(params, "client_token"),
-        caller=_CALLER.get(),
-    )
-
-
-def _object(params: Params, name: str, *, required: bool = False) -> dict[str, Any] | None:
-    if name not in params or params[name] is None:
-        if required:
-            raise ValidationError(f"{name} is required", field=name)
-        return None
-    value = params[name]
-    if not isinstance(value, Mapping):
-        raise ValidationError(f"{name} must be a JSON object", field=name)
-    _json.check_json_value(value, name)
-    return dict(value)
-
-
-def _optional_int(params: Params, name: str, minimum: int = 0) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"{name} must be an integer", field=name)
-    if value < minimum:
-        raise ValidationError(f"{name} must be at least {minimum}", field=name)
-    return value
-
-
-def _optional_bool(params: Params, name: str, default: bool) -> bool:
-    value = params.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ValidationError(f"{name} must be a boolean", field=name)
-    return value
-
-
-def _optional_str(params: Params, name: str, max_length: int = 256) -> str | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > max_length or not _encodable(value):
-        raise ValidationError(
-            f"{name} must be a UTF-8 string of 1-{max_length} characters", field=name
-        )
-    return value
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: valid JSON escapes, not UTF-8
-        return False
-    return True
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _tool_id(params: Params, *, required: bool = True) -> str | None:
-    if required:
-        _required(params, "tool_id")
-    return _optional_str(params, "tool_id", 128)
-
-
-def _upstream_sections(params: Params) -> dict[str, Any]:
-    """Translate upstream-shaped section parameters into model-form patches.
-
-    ``workspace_context`` and ``inspector_state`` are merged as their wire form;
-    ``object_registry`` (id -> description) sets print strings.
-    """
-    patches: dict[str, Any] = {}
-    wc = _object(params, "workspace_context")
-    if wc is not None:
-        for key, value in wc.items():
-            if key == "workspaces":
-                patches["workspaces"] = value
-            elif key == "current_workspace":
-                patches["current_workspace"] = value
-            else:
-                patches.setdefault("workspace_extra", {})[key] = value
-    ins = _object(params, "inspector_state")
-    if ins is not None:
-        for key, value in ins.items():
-            if key == "inspectors":
-                patches["inspectors"] = value
-            elif key == "selected_inspector":
-                patches["selected_inspector"] = value
-            else:
-                patches.setdefault("inspector_extra", {})[key] = value
-    registry = _object(params, "object_registry")
-    if registry is not None:
-        objects: dict[str, Any] = {}
-        for oid, desc in registry.items():
-            if desc is not None and not isinstance(desc, str):
-                raise ValidationError(
-                    "object_registry must map object ids to description strings",
-                    field="object_registry",
-                )
-            objects[oid] = None if desc is None else {"print_string": desc}
-        patches["objects"] = objects
-    return patches
+__all__ = ["MUTATING", "ProtocolHandler", "Request", "error_response", "session_record"]
 
 
 class ProtocolHandler:
@@ -317,11 +169,11 @@ class ProtocolHandler:
         caller: Caller | None = None,
     ) -> dict[str, Any]:
         """Handle one request; the reply may hold :class:`~stuisession.jsonutil.RawJSON` values."""
-        token = _CALLER.set(caller if caller is not None else Caller.anonymous())
+        token = CURRENT_CALLER.set(caller if caller is not None else Caller.anonymous())
         try:
-            return self._respond(message, _CALLER.get())
+            return self._respond(message, CURRENT_CALLER.get())
         finally:
-            _CALLER.reset(token)
+            CURRENT_CALLER.reset(token)
 
     def _respond(
         self, message: bytes | bytearray | memoryview | str | Mapping[str, Any], caller: Caller
@@ -332,7 +184,7 @@ class ProtocolHandler:
             request_id = request.id
             command = self._commands.get(request.command)
             if command is None:
-                shown = _printable(request.command[:64])
+                shown = val.printable(request.command[:64])
                 raise UnknownCommand(f"Unknown command: {shown}", command=shown)
             if self.replies is not None and (
                 request.command in MUTATING
@@ -356,7 +208,7 @@ class ProtocolHandler:
 
     def _dispatch(self, request: Request, command: Callable[[Params], Result]) -> dict[str, Any]:
         try:
-            self.service.check_rate(_rate_key(request.parameters, _CALLER.get()))
+            self.service.check_rate(_rate_key(request.parameters, CURRENT_CALLER.get()))
             result = command(request.parameters)
         except StuiSessionError as exc:
             return self._error_reply(request.id, exc)
@@ -380,165 +232,64 @@ class ProtocolHandler:
     # -- envelope -----------------------------------------------------------------------
     def parse(self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]) -> Request:
         """Validate the envelope of one message; raise :class:`InvalidRequest` if it is bad."""
-        limit = self.policy.max_message_size
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            if len(message) > limit:
-                raise MessageTooLarge(
-                    f"Message of {len(message)} bytes exceeds the limit of {limit}", limit=limit
-                )
-            try:
-                text = bytes(message).decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidRequest("Message is not valid UTF-8") from None
-            doc = self._loads(text)
-        elif isinstance(message, str):
-            if len(message) > limit:  # characters >= bytes/4; cheap first check
-                raise MessageTooLarge(f"Message exceeds the limit of {limit} bytes", limit=limit)
-            if len(message.encode("utf-8", "surrogatepass")) > limit:
-                raise MessageTooLarge(f"Message exceeds the limit of {limit} bytes", limit=limit)
-            doc = self._loads(message)
-        elif isinstance(message, Mapping):
-            doc = message
-        else:
-            raise InvalidRequest(
-                f"Message must be bytes, str or a mapping, not {type(message).__name__}"
-            )
-        if not isinstance(doc, Mapping):
-            raise InvalidRequest("Message must be a JSON object")
-        request_id = doc.get("id")
-        if request_id is None:
-            raise InvalidRequest("Message has no id", field="id")
-        if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
-            raise InvalidRequest("id must be a string", field="id")
-        if isinstance(request_id, str) and (
-            len(request_id) > self.policy.max_request_id_length or not _encodable(request_id)
-        ):
-            raise InvalidRequest("id is too long or not valid UTF-8", field="id")
-        if isinstance(request_id, int) and request_id.bit_length() > _json.MAX_INT_BITS:
-            raise InvalidRequest("id is out of range", field="id")
-        command = doc.get("command")
-        if command is None:
-            raise _with_id(InvalidRequest("Message has no command", field="command"), request_id)
-        if not isinstance(command, str):
-            raise _with_id(InvalidRequest("command must be a string", field="command"), request_id)
-        params = doc.get("parameters", {})
-        if params is None:
-            params = {}
-        if not isinstance(params, Mapping):
-            raise _with_id(
-                InvalidRequest("parameters must be a JSON object", field="parameters"), request_id
-            )
-        return Request(id=request_id, command=command, parameters=params)
-
-    def _loads(self, text: str) -> Any:
-        # [limits hook] bounded parse: digits, keys, nodes, lone surrogates (issue 17)
-        return parse_message(text, self.policy)
+        return parse_request(message, self.policy)
 
     def _error_reply(self, request_id: str | int | None, exc: StuiSessionError) -> dict[str, Any]:
         rid = exc.request_id if exc.request_id is not None else request_id
         return error_response(rid, exc, self.service.clock.now())
 
     # -- commands -----------------------------------------------------------------------
-    def _record(self, info: SessionInfo, now: float) -> dict[str, Any]:
-        return {
-            "session_id": info.session_id,
-            "client_id": info.client_id,
-            "created_at": isoformat(info.created_at),
-            "last_modified": isoformat(info.last_modified),
-            "timeout": info.timeout,
-            "is_active": info.is_active(now),
-            "revision": info.revision,
-        }
-
     def _create_session(self, params: Params) -> Result:
-        client_id = _client_id(params)
-        client_info = _object(params, "client_info") or {}
-        config = _object(params, "config")
+        client_id = val.client_id(params)
+        client_info = val.json_object(params, "client_info") or {}
+        config = val.json_object(params, "config")
         metadata = Metadata(
             client_info=client_info,
-            last_client_version=_optional_str(params, "client_version"),
+            last_client_version=val.optional_str(params, "client_version"),
             extra={"config": config} if config is not None else {},
         )
-        created = self.service.create(client_id, metadata=metadata, creds=_creds(params))
-        result = self._record(created.session.info, created.session.created_at)
+        created = self.service.create(client_id, metadata=metadata, creds=val.creds(params))
+        result = session_record(created.session.info, created.session.created_at)
         del result["last_modified"]
         result["resume_token"] = created.resume_token
         result["client_token"] = created.client_token
         return result
 
     def _restore_session(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        creds = _creds(params)
-        since = _optional_int(params, "since_revision", minimum=0)
+        session_id = val.session_id(params)
+        creds = val.creds(params)
+        since = val.optional_int(params, "since_revision", minimum=0)
         restored = self.service.restore(session_id, creds)
         now = self.service.clock.now()
-        head = self._record(restored.info, now)
-        head["time_until_expiry"] = restored.info.time_until_expiry(now)
+        record = session_record(restored.info, now)
+        record["time_until_expiry"] = restored.info.time_until_expiry(now)
         if restored.rotated:
-            head["session_id_rotated"] = True
-            head["resume_token"] = restored.resume_token
+            record["session_id_rotated"] = True
+            record["resume_token"] = restored.resume_token
             if restored.client_token is not None:
-                head["client_token"] = restored.client_token
+                record["client_token"] = restored.client_token
         if since is not None:
             session = restored.snapshot.session()
-            from stuisession.state.updates import changes_since
+            from stuisession.state.deltas import changes_since
 
             ops = changes_since(session.state, session.revision, since)
             if ops is not None:
-                head.update(delta=True, since_revision=since, changes=ops)
-                return head
-        head["delta"] = False
+                record.update(delta=True, since_revision=since, changes=ops)
+                return record
+        record["delta"] = False
         state_json = restored.snapshot.current_state_json()
-        head_json = _json.dumps(head)
+        record_json = _json.dumps(record)
         if state_json == b"{}":
-            return RawJSON(head_json)
+            return RawJSON(record_json)
         # the state's top-level keys are the upstream restore-result keys:
         # splice its members after the record instead of decoding them
-        return RawJSON(head_json[:-1] + b"," + state_json[1:])
-
-    def _state_update(self, params: Params) -> StateUpdate:
-        patches: dict[str, Any] = {}
-        replace: set[str] = set()
-        state_data = _object(params, "state_data")
-        mode = params.get("mode", "replace")
-        if mode not in ("replace", "merge"):
-            raise ValidationError('mode must be "replace" or "merge"', field="mode")
-        if state_data is not None:
-            patches["session_state"] = state_data
-            if mode == "replace":
-                replace.add("session_state")
-        for section, patch in _upstream_sections(params).items():
-            patches[section] = patch
-        changes = _object(params, "changes")
-        if changes is not None:
-            for section, patch in changes.items():
-                if section not in PATCHABLE:
-                    raise ValidationError(
-                        f"changes has unknown section {section[:64]!r}; "
-                        f"known: {', '.join(PATCHABLE)}",
-                        field="changes",
-                    )
-                if section in patches:
-                    raise ValidationError(f"section {section} is given twice", field="changes")
-                patches[section] = patch
-        appends: dict[str, Any] = {}
-        if params.get("append_history") is not None:
-            appends = structure_evaluations(params["append_history"], "append_history")
-        if not patches and not appends:
-            raise ValidationError("state_data is required", field="state_data")
-        return StateUpdate(
-            patches=patches,
-            replace=frozenset(replace),
-            append_history=appends,
-            client_version=_optional_str(params, "client_version"),
-            values_checked=True,  # _object checked every patch above
-        )
+        return RawJSON(record_json[:-1] + b"," + state_json[1:])
 
     def _update_session_state(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        creds = _creds(params)
-        update = self._state_update(params)
-        base_revision = _optional_int(params, "base_revision", minimum=1)
+        session_id = val.session_id(params)
+        creds = val.creds(params)
+        update = val.state_update(params)
+        base_revision = val.optional_int(params, "base_revision", minimum=1)
         session = self.service.update(session_id, update, creds, base_revision=base_revision)
         return {
             "session_id": session.session_id,
@@ -549,16 +300,16 @@ class ProtocolHandler:
         }
 
     def _close_session(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        _optional_bool(params, "save_state", True)  # state is always kept until the sweep
-        info = self.service.close(session_id, _creds(params))
+        session_id = val.session_id(params)
+        val.optional_bool(params, "save_state", True)  # state is always kept until the sweep
+        info = self.service.close(session_id, val.creds(params))
         return {"session_id": info.session_id, "closed": True, "revision": info.revision}
 
     def _get_session_info(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        info = self.service.info(session_id, _creds(params))
+        session_id = val.session_id(params)
+        info = self.service.info(session_id, val.creds(params))
         now = self.service.clock.now()
-        result = self._record(info, now)
+        result = session_record(info, now)
         result.update(
             time_until_expiry=info.time_until_expiry(now) if info.is_active(now) else 0,
             is_expired=info.is_expired(now),
@@ -569,11 +320,11 @@ class ProtocolHandler:
         return result
 
     def _list_client_sessions(self, params: Params) -> Result:
-        client_id = _client_id(params)
+        client_id = val.client_id(params)
         now = self.service.clock.now()
         sessions = []
-        for info in self.service.list_client(client_id, _creds(params)):
-            item = self._record(info, now)
+        for info in self.service.list_client(client_id, val.creds(params)):
+            item = session_record(info, now)
             del item["client_id"]
             item["time_until_expiry"] = info.time_until_expiry(now) if info.is_active(now) else 0
             sessions.append(item)
@@ -592,29 +343,29 @@ class ProtocolHandler:
             **self._extra_statistics(),
         }
 
+    # -- tool-scoped contexts ------------------------------------------------------------
     def _extra_statistics(self) -> dict[str, Any]:
         """The transport's statistics; per-connection details for operators only."""
         if self.extra_statistics is None:
             return {}
         extra = self.extra_statistics()
-        if _CALLER.get().operator:
+        if CURRENT_CALLER.get().operator:
             return extra
         return {k: v for k, v in extra.items() if k not in PRIVATE_STATISTICS}
 
-    # -- tool-scoped contexts ------------------------------------------------------------
     def _save_context(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        tool_id = _tool_id(params)
+        session_id = val.session_id(params)
+        tool_id = val.tool_id(params)
         assert tool_id is not None
-        variables = _object(params, "variables")
-        data = _object(params, "context")
+        variables = val.json_object(params, "variables")
+        data = val.json_object(params, "context")
         if data is None:
-            data = _object(params, "data")
+            data = val.json_object(params, "data")
         mode = params.get("mode", "replace")
         if mode not in ("replace", "merge"):
             raise ValidationError('mode must be "replace" or "merge"', field="mode")
         context: dict[str, Any] = {
-            "tool_type": _optional_str(params, "tool_type", 64) or "workspace",
+            "tool_type": val.optional_str(params, "tool_type", 64) or "workspace",
             "saved_at": isoformat(self.service.clock.now()),
         }
         if variables is not None:
@@ -630,8 +381,8 @@ class ProtocolHandler:
         session = self.service.update(
             session_id,
             update,
-            _creds(params),
-            base_revision=_optional_int(params, "base_revision", minimum=1),
+            val.creds(params),
+            base_revision=val.optional_int(params, "base_revision", minimum=1),
         )
         return {
             "session_id": session_id,
@@ -641,29 +392,29 @@ class ProtocolHandler:
         }
 
     def _load_context(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        tool_id = _tool_id(params)
+        session_id = val.session_id(params)
+        tool_id = val.tool_id(params)
         assert tool_id is not None
-        session = self.service.load(session_id, _creds(params))
+        session = self.service.load(session_id, val.creds(params))
         ctx = session.state.contexts.get(tool_id)
         return {
             "session_id": session_id,
             "tool_id": tool_id,
             "loaded": ctx is not None,
-            "context": None if ctx is None else {"tool_id": tool_id, **_context_json(ctx)},
+            "context": None if ctx is None else {"tool_id": tool_id, **context_json(ctx)},
             "revision": session.revision,
         }
 
     def _get_context_summary(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        tool_id = _tool_id(params, required=False)
-        session = self.service.load(session_id, _creds(params))
-        return _summary(session, tool_id)
+        session_id = val.session_id(params)
+        tool_id = val.tool_id(params, required=False)
+        session = self.service.load(session_id, val.creds(params))
+        return context_summary(session, tool_id)
 
     def _clear_context(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        tool_id = _tool_id(params, required=False)
-        creds = _creds(params)
+        session_id = val.session_id(params)
+        tool_id = val.tool_id(params, required=False)
+        creds = val.creds(params)
         current = self.service.load(session_id, creds)
         if tool_id is None:
             cleared = sorted(current.state.contexts)
@@ -677,8 +428,8 @@ class ProtocolHandler:
         return {"session_id": session_id, "cleared": cleared, "revision": session.revision}
 
     def _rotate_credentials(self, params: Params) -> Result:
-        session_id = _session_id(params)
-        info, token = self.service.rotate_token(session_id, _creds(params))
+        session_id = val.session_id(params)
+        info, token = self.service.rotate_token(session_id, val.creds(params))
         return {
             "session_id": session_id,
             "resume_token": token,
@@ -686,63 +437,8 @@ class ProtocolHandler:
         }
 
 
-def _context_json(ctx: ToolContext) -> dict[str, Any]:
-    return {
-        "tool_type": ctx.tool_type,
-        "variables": ctx.variables,
-        "data": ctx.data,
-        "saved_at": ctx.saved_at,
-    }
-
-
-def _summary(session: Session, tool_id: str | None) -> dict[str, Any]:
-    state = session.state
-    contexts = []
-    for tid in sorted(state.contexts):
-        if tool_id is not None and tid != tool_id:
-            continue
-        ctx = state.contexts[tid]
-        contexts.append(
-            {
-                "tool_id": tid,
-                "tool_type": ctx.tool_type,
-                "variable_count": len(ctx.variables),
-                "variables": sorted(ctx.variables),
-                "data_keys": sorted(ctx.data),
-                "saved_at": ctx.saved_at,
-            }
-        )
-    return {
-        "session_id": session.session_id,
-        "revision": session.revision,
-        "context_count": len(contexts),
-        "contexts": contexts,
-        "current_workspace": state.current_workspace,
-        "workspaces": [
-            {"name": n, "variable_count": len(ws.variables), "history_count": len(ws.history)}
-            for n, ws in sorted(state.workspaces.items())
-        ],
-        "object_count": len(state.objects),
-        "stale_object_count": len(state.stale_objects()),
-        "inspector_count": len(state.inspectors),
-        "selected_inspector": state.selected_inspector,
-    }
-
-
-def error_response(request_id: Any, exc: StuiSessionError, now: float) -> dict[str, Any]:
-    """The flat-envelope error reply for *exc* (``id`` null unless a str or int is given)."""
-    reply: dict[str, Any] = {
-        "id": request_id if isinstance(request_id, (str, int)) else None,
-        "status": "error",
-        "error": exc.message,
-        "error_type": exc.error_type,
-        "timestamp": isoformat(now),
-    }
-    if exc.details:
-        reply["details"] = exc.details
-    return reply
-
-
+#: members of the bridge's statistics only an operator may see
+PRIVATE_STATISTICS = frozenset({"connections"})
 #: commands whose reply gives nothing its credential does not already give
 _CREDENTIAL_SCOPED = frozenset(
     {"update_session_state", "close_session", "save_context", "clear_context"}
@@ -791,9 +487,3 @@ def _rate_key(params: Params, caller: Caller) -> str:
         if isinstance(value, str) and value:
             return f"{name[0]}:{value[:256]}"
     return "anonymous"
-
-
-def _with_id(exc: InvalidRequest, request_id: str | int) -> InvalidRequest:
-    # the envelope had a usable id: echo it so the client can match the error
-    exc.request_id = request_id
-    return exc

@@ -51,13 +51,11 @@ class ReplyTooLarge(StuiSessionError):
     """A reply would exceed ``Policy.max_reply_bytes``; it is refused, never queued."""
 
     error_type = "SessionError"
+    error_code = "ReplyTooLarge"
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(
-            f"Reply of {size} bytes exceeds the limit of {limit} bytes",
-            code="ReplyTooLarge",
-            size=size,
-            limit=limit,
+            f"Reply of {size} bytes exceeds the limit of {limit} bytes", size=size, limit=limit
         )
 
 

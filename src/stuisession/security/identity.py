@@ -25,6 +25,7 @@ is never shown to clients.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import secrets
@@ -32,7 +33,7 @@ from typing import Final
 
 import attrs
 
-__all__ = ["Caller", "fingerprint"]
+__all__ = ["CURRENT_CALLER", "Caller", "fingerprint"]
 
 #: a per-process key for log fingerprints: they correlate lines of one run only
 _FINGERPRINT_KEY: Final = secrets.token_bytes(32)
@@ -113,3 +114,10 @@ class Caller:
 
 _LOCAL: Final = Caller(key="local", operator=True, trusted=True)
 _ANONYMOUS: Final = Caller(key="anonymous")
+
+#: the caller of the request being handled (``ProtocolHandler.respond`` sets it for
+#: the duration of one request; parameter parsing reads it into ``Credentials``)
+CURRENT_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar(
+    "stuisession_caller",
+    default=_ANONYMOUS,
+)

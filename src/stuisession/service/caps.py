@@ -27,7 +27,8 @@ from stuisession import _json
 from stuisession.errors import RateLimited, SessionError, StateTooLarge
 from stuisession.policy import Policy
 from stuisession.security.ratelimit import TokenBucketLimiter
-from stuisession.state.schema import SessionState, unstructure_state
+from stuisession.state.forms import to_wire_dict
+from stuisession.state.schema import SessionState
 from stuisession.stores.base import SessionStore
 
 __all__ = ["CapacityExceeded", "GlobalCaps", "StateSizeGuard", "disk_usage"]
@@ -39,10 +40,12 @@ DISK_INTERVAL = 10.0
 
 
 class CapacityExceeded(SessionError):
-    """A global cap refused a create (upstream type ``SessionError``; ``details.code``)."""
+    """A global cap refused a create (upstream type ``SessionError``)."""
+
+    error_code = "CapacityExceeded"
 
     def __init__(self, message: str, cap: str, limit: float) -> None:
-        super().__init__(message, code="CapacityExceeded", cap=cap, limit=limit)
+        super().__init__(message, cap=cap, limit=limit)
         self.cap = cap
 
 
@@ -187,5 +190,5 @@ class StateSizeGuard:
 
 def exact_state_size(state: SessionState) -> int:
     """The decoded (JSON) size of *state* in bytes."""
-    data: Any = unstructure_state(state)
+    data: Any = to_wire_dict(state)
     return len(_json.dumps(data))

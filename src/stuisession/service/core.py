@@ -7,11 +7,14 @@ audited) and nothing of JSON envelopes or sockets; it raises
 responses.
 
 Access control: every command on a session checks the caller's
-:class:`Credentials` against the session's owner. A caller that names a client
-(``client_id``) or presents a token and is not the owner gets exactly the same
-:class:`~stuisession.errors.AccessDenied` as for a session that does not exist,
-so probing reveals nothing. In strict mode every session command must carry
-the session's resume token.
+:class:`Credentials` against the session's owner. Any session the caller cannot
+have -- unknown, foreign (another ``client_id``, a bad token, a client no longer
+allowed), or an id that is not in our format (e.g. one the Pharo backend issued) --
+raises the one reply :func:`~stuisession.errors.session_not_found` (upstream
+``SessionNotFound``, no details), so probing reveals nothing. Only after the caller
+passed these checks does an expired or closed session answer with
+``details.reason``. In strict mode every session command must carry the session's
+resume token.
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ from stuisession.errors import (
     SessionExpired,
     SessionNotFound,
     StorageError,
-    StuiSessionError,
     ValidationError,
+    session_not_found,
 )
-from stuisession.ids import check_client_id, check_session_id, is_valid_session_id, new_session_id
+from stuisession.ids import check_client_id, is_valid_session_id, new_session_id
 from stuisession.policy import Policy
 from stuisession.security.aggregate import RefusalAggregator  # [limits hook]
 from stuisession.security.audit import AuditLog
@@ -48,10 +51,12 @@ from stuisession.security.auth import TokenAuthority
 from stuisession.security.identity import Caller
 from stuisession.security.ratelimit import TokenBucketLimiter
 from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
+from stuisession.service.sweep import Sweeper, SweepResult
 from stuisession.state import lifecycle
+from stuisession.state.deltas import changes_since, check_rebase
 from stuisession.state.model import Session, SessionInfo, SessionStatus
 from stuisession.state.schema import Metadata, SessionState
-from stuisession.state.updates import StateUpdate, changes_since, check_rebase
+from stuisession.state.updates import StateUpdate
 from stuisession.stores.base import SessionStore
 
 log = logging.getLogger("stuisession.service")
@@ -60,7 +65,25 @@ _Loaded = TypeVar("_Loaded", Session, Snapshot)
 
 #: the scope string client tokens are bound to (in place of a session id)
 CLIENT_SCOPE = "client-scope"
-_DENIED = "Session not found or access denied"
+
+
+class _Denied(SessionNotFound):
+    """A refusal already audited as ``deny``; on the wire identical to an unknown session."""
+
+
+def check_session_ref(session_id: object) -> str:
+    """*session_id* if it may name one of our sessions.
+
+    :class:`ValidationError` (upstream ``SessionError``) when it is not a string; the
+    one :func:`session_not_found` reply when it is a string in any other format (an
+    upstream client may hold an id another backend issued: it must fall back to
+    ``create_session``).
+    """
+    if not isinstance(session_id, str):
+        raise ValidationError("session_id must be a string", field="session_id")
+    if not is_valid_session_id(session_id):
+        raise session_not_found()
+    return session_id
 
 
 @attrs.frozen
@@ -120,16 +143,6 @@ class Statistics:
     active_clients: int
 
 
-@attrs.frozen
-class SweepResult:
-    """What one step of the expiry sweep did."""
-
-    scanned: int
-    removed: int
-    #: True when this step finished a full pass over the store
-    done: bool
-
-
 class SessionService:
     """Applies a :class:`Policy` to a :class:`SessionStore`.
 
@@ -169,8 +182,6 @@ class SessionService:
         )
         # serialises the limit check and the create of one client (in this process)
         self._create_locks = [threading.Lock() for _ in range(64)]
-        self._sweep_lock = threading.Lock()
-        self._sweep_cursor: Iterator[SessionInfo] | None = None
         #: (key id, session id, sealed snapshot) of the dummy used for uniform timing
         self._dummy_head: tuple[str, str, bytes] | None = None
         #: a session id known to exist, read in place of an unknown one (uniform timing)
@@ -183,12 +194,14 @@ class SessionService:
         self.refusals = (
             None if audit is None else RefusalAggregator(audit, self.policy.audit_interval)
         )
+        #: the expiry sweep, bounded per step
+        self.sweeper = Sweeper(self)
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
         return self.clock.now()
 
-    def _audit(
+    def audit_event(
         self,
         event: str,
         *,
@@ -197,6 +210,11 @@ class SessionService:
         outcome: str = "ok",
         reason: str | None = None,
     ) -> None:
+        """Record a security event in the audit log, if one is configured.
+
+        A failing audit log never fails the request: the error is logged, and the gap
+        shows in ``stuisession audit verify``.
+        """
         if self.audit is None:
             return
         if outcome == "denied" and self.refusals is not None:  # [limits hook]
@@ -211,15 +229,15 @@ class SessionService:
             # to `stuisession audit verify` (the head file no longer matches)
             log.exception("could not append to the audit log")
 
-    def _deny(self, session_id: str | None, creds: Credentials, reason: str) -> AccessDenied:
-        self._audit(
+    def _deny(self, session_id: str | None, creds: Credentials, reason: str) -> SessionNotFound:
+        self.audit_event(
             "deny",
             client_id=creds.client_id,
             session_id=session_id,
             outcome="denied",
             reason=reason,
         )
-        return AccessDenied(_DENIED)
+        return _Denied(session_not_found().message)
 
     def check_rate(self, key: str) -> None:
         """Charge one request to *key*'s token bucket; :class:`RateLimited` when empty."""
@@ -231,11 +249,11 @@ class SessionService:
             # a session id is a bearer secret: the audit log keeps only its keyed hash
             kind, _, value = key.partition(":")
             if kind == "s" and is_valid_session_id(value):
-                self._audit("rate_limit", session_id=value, outcome="denied")
+                self.audit_event("rate_limit", session_id=value, outcome="denied")
             elif kind == "c" and _valid_client_id(value):
-                self._audit("rate_limit", client_id=value, outcome="denied")
+                self.audit_event("rate_limit", client_id=value, outcome="denied")
             else:
-                self._audit("rate_limit", outcome="denied", reason=kind[:16] or None)
+                self.audit_event("rate_limit", outcome="denied", reason=kind[:16] or None)
             raise
 
     def _load(self, session_id: str, creds: Credentials) -> Session:
@@ -254,7 +272,7 @@ class SessionService:
         head: "not yours" and "does not exist" take the same time, whatever the
         size of the session.
         """
-        check_session_id(session_id)
+        check_session_ref(session_id)
         guarded = creds.identified or self.policy.strict
         if guarded:
             self._guarded_head(session_id, creds)
@@ -263,9 +281,9 @@ class SessionService:
         except SessionNotFound:
             if guarded:  # deleted between the two reads
                 raise self._deny(session_id, creds, "unknown session") from None
-            raise
+            raise session_not_found() from None
         except IntegrityError as exc:
-            self._audit(
+            self.audit_event(
                 "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
             )
             raise
@@ -280,7 +298,7 @@ class SessionService:
             self._owner_problem(self._decoy_info(), creds)  # same checks, result unused
             raise self._deny(session_id, creds, "unknown session") from None
         except IntegrityError as exc:
-            self._audit(
+            self.audit_event(
                 "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
             )
             raise
@@ -362,11 +380,12 @@ class SessionService:
         token_ok = self.authority.is_valid(creds.client_token, client_id, CLIENT_SCOPE)
         return creds.caller.proves(client_id) or token_ok
 
-    def _expired_by_retention(self, info: SessionInfo, now: float) -> bool:
+    def expired_by_retention(self, info: SessionInfo, now: float) -> bool:
+        """True when *info* was last accessed longer than ``Policy.retention`` ago."""
         return now - info.last_accessed > self.policy.retention
 
     def _require_active(self, info: SessionInfo, now: float) -> None:
-        if self._expired_by_retention(info, now):
+        if self.expired_by_retention(info, now):
             raise SessionExpired()
         lifecycle.require_active(info, now)
 
@@ -392,7 +411,7 @@ class SessionService:
         check_client_id(client_id)
         creds = creds or ANONYMOUS
         if not self.policy.client_allowed(client_id) or not creds.caller.may_act_as(client_id):
-            self._audit(
+            self.audit_event(
                 "create", client_id=client_id, outcome="denied", reason="client not allowed"
             )
             raise SessionError("Client is not allowed to use sessions")
@@ -403,13 +422,13 @@ class SessionService:
             active = [i for i in self.store.list_by_client(client_id) if i.is_active(now)]
             if active and not proven and self.policy.strict:
                 # a mere claim must not get this client's token nor use up its limit
-                self._audit("create", client_id=client_id, outcome="denied", reason="unproven")
+                self.audit_event("create", client_id=client_id, outcome="denied", reason="unproven")
                 raise SessionError(
                     "Client already has sessions: present its client_token "
                     "(or connect with a key bound to it) to create more"
                 )
             if len(active) >= self.policy.max_sessions_per_client:
-                self._audit("create", client_id=client_id, outcome="denied", reason="limit")
+                self.audit_event("create", client_id=client_id, outcome="denied", reason="limit")
                 raise SessionError(
                     f"Client has reached the limit of {self.policy.max_sessions_per_client} "
                     "active sessions",
@@ -418,7 +437,7 @@ class SessionService:
             try:  # [limits hook] global caps (total, creates/s, disk)
                 self.caps.check_create()
             except CapacityExceeded as exc:
-                self._audit("create", client_id=client_id, outcome="denied", reason=exc.cap)
+                self.audit_event("create", client_id=client_id, outcome="denied", reason=exc.cap)
                 raise
             session = lifecycle.new_session(
                 client_id,
@@ -433,7 +452,7 @@ class SessionService:
                 limit=self.policy.max_sessions_per_client,
                 max_size=self.policy.max_snapshot_size,
             )
-        self._audit("create", client_id=client_id, session_id=session.session_id)
+        self.audit_event("create", client_id=client_id, session_id=session.session_id)
         self._decoy = session.session_id
         return Created(
             session=session,
@@ -455,8 +474,8 @@ class SessionService:
             now = self._now()
             self._require_active(info, now)
         except (SessionNotFound, IntegrityError) as exc:
-            if not isinstance(exc, AccessDenied):
-                self._audit(
+            if not isinstance(exc, _Denied):
+                self.audit_event(
                     "restore",
                     client_id=creds.client_id,
                     session_id=session_id,
@@ -480,7 +499,7 @@ class SessionService:
                 # intact (a full disk or read-only store must not block restores);
                 # the idle expiry then counts from the last recorded access
                 log.warning("could not record a session access: %s", exc.message)
-        self._audit("restore", client_id=info.client_id, session_id=session_id)
+        self.audit_event("restore", client_id=info.client_id, session_id=session_id)
         return Restored(info=info, snapshot=snap)
 
     def _rotate_id(self, snap: Snapshot, now: float) -> Restored:
@@ -498,7 +517,7 @@ class SessionService:
             self.store.delete(new.session_id)
             raise
         self.store.delete(old.session_id)
-        self._audit(
+        self.audit_event(
             "restore",
             client_id=old.client_id,
             session_id=new.session_id,
@@ -526,7 +545,7 @@ class SessionService:
                 self.store.save_info(snap, info, expected_revision=snap.info.revision)
             except ConflictError:
                 continue
-            self._audit("token_rotation", client_id=info.client_id, session_id=session_id)
+            self.audit_event("token_rotation", client_id=info.client_id, session_id=session_id)
             token = self.authority.issue(
                 info.client_id, session_id, generation=info.token_generation
             )
@@ -535,7 +554,7 @@ class SessionService:
 
     def info(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """The session's record (also for expired or closed sessions not yet swept)."""
-        check_session_id(session_id)
+        check_session_ref(session_id)
         if creds.identified or self.policy.strict:
             return self._guarded_head(session_id, creds)
         info = self.store.load_info(session_id)
@@ -593,7 +612,7 @@ class SessionService:
             except ConflictError:
                 continue
             if self.policy.audit_updates:
-                self._audit("update", client_id=current.client_id, session_id=session_id)
+                self.audit_event("update", client_id=current.client_id, session_id=session_id)
             return new
         raise ConflictError("Session is being changed too often; retry the update")
 
@@ -608,7 +627,7 @@ class SessionService:
                 self.store.save(closed, expected_revision=current.revision)
             except ConflictError:
                 continue
-            self._audit("close", client_id=current.client_id, session_id=session_id)
+            self.audit_event("close", client_id=current.client_id, session_id=session_id)
             return closed.info
         raise ConflictError("Session is being changed too often; retry closing it")
 
@@ -622,7 +641,9 @@ class SessionService:
         """
         check_client_id(client_id)
         if not self._proves_client(client_id, creds):
-            self._audit("deny", client_id=client_id, outcome="denied", reason="client not proven")
+            self.audit_event(
+                "deny", client_id=client_id, outcome="denied", reason="client not proven"
+            )
             raise AccessDenied("Invalid credentials")
         return [
             i for i in self.store.list_by_client(client_id) if i.status is not SessionStatus.CLOSED
@@ -637,81 +658,18 @@ class SessionService:
             active_clients=stats.clients,
         )
 
-    # -- expiry sweep -----------------------------------------------------------------
-    def _due_for_sweep(self, info: SessionInfo) -> bool:
-        """True when the sweep deletes *info*: expired, closed or past retention."""
-        now = self._now()
-        return not info.is_active(now) or self._expired_by_retention(info, now)
-
-    def _sweepable(self) -> Iterator[SessionInfo]:
-        return (info for info in self.store.iter_infos() if self._due_for_sweep(info))
-
+    # -- expiry sweep (see :mod:`stuisession.service.sweep`) ---------------------------
     def sweep_step(self, max_items: int | None = None) -> SweepResult:
-        """One bounded step of the expiry sweep: examine at most *max_items* sessions.
-
-        The sweep keeps a cursor between steps, so memory stays flat however
-        large the store is, and a caller can interleave steps with live
-        requests. Deletions are audited (event ``expire``).
-        """
-        limit = max_items or self.policy.sweep_batch
-        scanned = removed = 0
-        with self._sweep_lock:
-            if self._sweep_cursor is None:
-                self._sweep_cursor = self._iter_all_infos()
-            cursor = self._sweep_cursor
-            try:
-                for info in cursor:
-                    scanned += 1
-                    if info is not _SKIP and self._sweep_one(info):
-                        removed += 1
-                    if scanned >= limit:
-                        return SweepResult(scanned=scanned, removed=removed, done=False)
-            except BaseException:
-                # a failed read ends the generator: start the next step afresh
-                # instead of reporting an exhausted cursor as a finished pass
-                self._sweep_cursor = None
-                raise
-            self._sweep_cursor = None
-        return SweepResult(scanned=scanned, removed=removed, done=True)
-
-    def _iter_all_infos(self) -> Iterator[SessionInfo]:
-        # yields every examined session so a step is bounded by sessions read,
-        # not by sessions removed
-        for sid in self.store.ids():
-            try:
-                yield self.store.load_info(sid)
-            except (SessionNotFound, IntegrityError):
-                yield _SKIP
-
-    def _sweep_one(self, info: SessionInfo) -> bool:
-        if not self._due_for_sweep(info):
-            return False
-        try:
-            removed = self.store.delete(info.session_id)
-        except StuiSessionError:  # pragma: no cover - raced with another sweeper
-            return False
-        if removed:
-            reason = "closed" if info.status is SessionStatus.CLOSED else "expired"
-            self._audit(
-                "expire", client_id=info.client_id, session_id=info.session_id, reason=reason
-            )
-        return removed
+        """One bounded step of the expiry sweep (see :meth:`Sweeper.step`)."""
+        return self.sweeper.step(max_items)
 
     def iter_sweepable(self) -> Iterator[SessionInfo]:
         """Records of sessions the sweep would delete now (for dry runs)."""
-        return self._sweepable()
+        return self.sweeper.sweepable()
 
     def cleanup_expired(self) -> int:
         """A full sweep: delete expired, closed and past-retention sessions; return how many."""
-        removed = 0
-        while True:
-            step = self.sweep_step()
-            removed += step.removed
-            if step.done:
-                break
-        if removed:
-            log.info("swept %d expired or closed sessions", removed)
-        return removed
+        return self.sweeper.full_pass()
 
 
 def _valid_client_id(value: str) -> bool:
@@ -722,9 +680,6 @@ def _valid_client_id(value: str) -> bool:
     return True
 
 
-#: placeholder for an unreadable record in the sweep cursor
-_SKIP: Any = object()
-
 __all__ = [
     "ANONYMOUS",
     "CLIENT_SCOPE",
@@ -734,4 +689,5 @@ __all__ = [
     "SessionService",
     "Statistics",
     "SweepResult",
+    "check_session_ref",
 ]

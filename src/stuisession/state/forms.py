@@ -34,11 +34,15 @@ def structure_info(data: Any) -> SessionInfo:
     return converter.structure(data, SessionInfo)
 
 
-def unstructure_state(state: SessionState) -> dict[str, Any]:
-    """The state's wire form: a JSON-ready dict whose keys are the restore-result keys."""
+def to_wire_dict(state: SessionState) -> dict[str, Any]:
+    """The state's wire form: a JSON-ready dict whose keys are the restore-result keys.
+
+    (The *model* form, which mirrors the attrs classes, is
+    :func:`stuisession.state.schema.to_model_dict`.)
+    """
     return to_wire(state)
 
 
-def structure_state(data: Any) -> SessionState:
-    """The inverse of :func:`unstructure_state`."""
+def from_wire_dict(data: Any) -> SessionState:
+    """The inverse of :func:`to_wire_dict`; raises what :func:`~.schema.from_wire` raises."""
     return from_wire(data)

@@ -15,7 +15,7 @@ What a client gets back on restore, as attrs classes:
 
 Values are JSON literals or references (see :mod:`stuisession.refs`).
 
-Two JSON forms exist. The *model form* (``unstructure_state``) mirrors these
+Two JSON forms exist. The *model form* (``to_model_dict``) mirrors these
 classes; merge-patch updates address it. The *wire form* (``to_wire``) is what
 is stored and what ``restore_session`` returns: its top-level keys are the
 restore-result keys, with upstream's views (``workspace_context.variables``,
@@ -252,13 +252,13 @@ for _t in (str, int, float, bool):
     converter.register_structure_hook(_t, _strict)
 
 
-def unstructure_state(state: SessionState) -> dict[str, Any]:
+def to_model_dict(state: SessionState) -> dict[str, Any]:
     """The model form of *state* (what merge-patch updates address)."""
     out: dict[str, Any] = converter.unstructure(state)
     return out
 
 
-def structure_state(data: Any) -> SessionState:
+def from_model_dict(data: Any) -> SessionState:
     """Build a :class:`SessionState` from its model form; ``ValidationError`` if it doesn't fit."""
     try:
         return converter.structure(data, SessionState)
@@ -282,7 +282,7 @@ def to_wire(state: SessionState) -> dict[str, Any]:
     inspector. A client that writes those upstream keys directly (no typed
     workspace / inspector) gets its own values back.
     """
-    model = unstructure_state(state)
+    model = to_model_dict(state)
     current = state.workspaces.get(state.current_workspace)
     selected = state.inspectors.get(state.selected_inspector or "")
     wc_extra = model.get("workspace_extra", {})
@@ -339,7 +339,7 @@ def from_wire(data: dict[str, Any]) -> SessionState:
         "inspector_extra": ins,
         "changes": data.get("changes", []),
     }
-    return structure_state(model)
+    return from_model_dict(model)
 
 
 def canonical(state: SessionState) -> SessionState:
@@ -432,10 +432,10 @@ __all__ = [
     "SessionState",
     "ToolContext",
     "Workspace",
+    "from_model_dict",
     "from_wire",
     "is_ref",
-    "structure_state",
+    "to_model_dict",
     "to_wire",
-    "unstructure_state",
     "validate_state",
 ]

@@ -28,7 +28,7 @@ import cattrs
 
 from stuisession import _json
 from stuisession._json import MAX_DEPTH, check_json_value
-from stuisession.errors import ConflictError, ValidationError
+from stuisession.errors import ValidationError
 from stuisession.state.refs import check_object_id, is_ref, iter_refs
 from stuisession.state.schema import (
     MAX_CHANGE_RECORDS,
@@ -43,9 +43,8 @@ from stuisession.state.schema import (
     Workspace,
     canonical,
     converter,
-    structure_state,
-    to_wire,
-    unstructure_state,
+    from_model_dict,
+    to_model_dict,
     validate_state,
 )
 
@@ -196,7 +195,7 @@ class StateUpdate:
         if fast is not None:
             new, paths = fast
             return self._finish(state, new, paths, new_revision, validate=False)
-        model = unstructure_state(state)
+        model = to_model_dict(state)
         paths = self.paths(model)
         for section, patch in self.patches.items():
             if patch is None:
@@ -207,7 +206,7 @@ class StateUpdate:
                 model[section] = merge_patch(model.get(section, _default(section)), patch)
         for path, value in self.sets:
             _set_path(model, path, value)
-        return self._finish(state, structure_state(model), paths, new_revision, validate=True)
+        return self._finish(state, from_model_dict(model), paths, new_revision, validate=True)
 
     def _finish(
         self,
@@ -517,117 +516,6 @@ def _check_touched(state: SessionState, touched: dict[str, dict[str, Any]]) -> N
 
 def _appended_valid(entries: list[Evaluation], state: SessionState) -> bool:
     return all(_values_valid(ev.result, True, state.objects, 0) for ev in entries)
-
-
-def check_rebase(
-    state: SessionState, current_revision: int, update: StateUpdate, base: int
-) -> None:
-    """Allow an update based on revision *base* onto *current_revision*, or raise.
-
-    Raises :class:`ConflictError` (with the current revision) when a revision
-    after *base* touched data this update also touches, or when the change log
-    no longer reaches back to *base*.
-    """
-    if base == current_revision:
-        return
-    if base > current_revision:
-        raise ConflictError(
-            "base_revision is newer than the session", current_revision=current_revision
-        )
-    since = [c for c in state.changes if c.revision > base]
-    if not since or since[0].revision != base + 1 or since[-1].revision != current_revision:
-        raise ConflictError(
-            "Session changed since base_revision and the changes are no longer known",
-            current_revision=current_revision,
-        )
-    mine = update.paths(unstructure_state(state))
-    my_appends = update.appends()
-    for record in since:
-        theirs = [tuple(p) for p in record.paths]
-        their_appends = [tuple(p) for p in record.appends]
-        for p in mine:
-            if any(overlaps(p, q) for q in theirs + their_appends):
-                raise ConflictError(
-                    "Session was changed at " + "/".join(p[:3]) + " since base_revision",
-                    current_revision=current_revision,
-                    path=list(p[:MAX_PATH_DEPTH]),
-                )
-        for p in my_appends:
-            if any(overlaps(p, q) for q in theirs):
-                raise ConflictError(
-                    "Session was changed at " + "/".join(p[:3]) + " since base_revision",
-                    current_revision=current_revision,
-                    path=list(p),
-                )
-
-
-# -- deltas -------------------------------------------------------------------------------
-def _wire_paths(path: Path) -> list[Path]:
-    """Where a model-form path shows up in the wire form (with derived views)."""
-    section, rest = path[0], path[1:]
-    if section == "workspaces":
-        return [("workspace_context", "workspaces", *rest), ("workspace_context", "variables")]
-    if section == "current_workspace":
-        return [("workspace_context", "current_workspace"), ("workspace_context", "variables")]
-    if section == "objects":
-        out: list[Path] = [("objects", *rest), ("stale_objects",)]
-        out.append(("object_registry", rest[0]) if rest else ("object_registry",))
-        return out
-    if section == "inspectors":
-        return [("inspector_state", "inspectors", *rest), ("inspector_state", "selected_object")]
-    if section == "selected_inspector":
-        return [("inspector_state", "selected_inspector"), ("inspector_state", "selected_object")]
-    if section == "workspace_extra":
-        return [("workspace_context", *rest)] if rest else [("workspace_context",)]
-    if section == "inspector_extra":
-        return [("inspector_state", *rest)] if rest else [("inspector_state",)]
-    return [path]
-
-
-_MISSING = object()
-
-
-def _get(doc: Any, path: Path) -> Any:
-    for key in path:
-        if not isinstance(doc, dict) or key not in doc:
-            return _MISSING
-        doc = doc[key]
-    return doc
-
-
-def changes_since(
-    state: SessionState, current_revision: int, since: int
-) -> list[dict[str, Any]] | None:
-    """Operations that bring a client from revision *since* to *current_revision*.
-
-    Each is ``{"path": [...], "value": v}`` (set, replacing what is there) or
-    ``{"path": [...], "delete": true}``, over the wire form. ``None`` when the
-    change log no longer reaches back to *since* (the client needs a full restore).
-    """
-    if since >= current_revision:
-        return []
-    records = [c for c in state.changes if c.revision > since]
-    if not records or records[0].revision != since + 1:
-        return None
-    wanted: set[Path] = set()
-    for record in records:
-        for logged in [*record.paths, *record.appends]:
-            wanted.update(_wire_paths(tuple(logged)))
-    # a path under another wanted path is covered by the parent's value
-    ordered = sorted(wanted, key=len)
-    kept: list[Path] = []
-    for path in ordered:
-        if not any(overlaps(path, q) and len(q) < len(path) for q in kept):
-            kept.append(path)
-    wire = to_wire(state)
-    ops: list[dict[str, Any]] = []
-    for path in sorted(kept):
-        value = _get(wire, path)
-        if value is _MISSING:
-            ops.append({"path": list(path), "delete": True})
-        else:
-            ops.append({"path": list(path), "value": value})
-    return ops
 
 
 def structure_evaluations(value: Any, field: str) -> dict[str, list[Evaluation]]:

@@ -43,7 +43,7 @@ from stuisession.codec.snapshot import Snapshot, SnapshotCodec
 from stuisession.errors import IntegrityError, SessionNotFound, StateTooLarge
 from stuisession.ids import check_client_id, check_session_id, new_session_id
 from stuisession.keys import Keyring
-from stuisession.state.forms import unstructure_state
+from stuisession.state.forms import to_wire_dict
 from stuisession.state.model import Session, SessionInfo, SessionState
 from stuisession.state.updates import StateUpdate
 
@@ -102,7 +102,7 @@ def check_blob(codec: SnapshotCodec, blob: bytes, session_id: str) -> str | None
 
 def state_part_sizes(state: SessionState) -> dict[str, int]:
     """Encoded size in bytes of each part of *state* (to say which part is too big)."""
-    return {k: len(_json.dumps(v)) for k, v in unstructure_state(state).items()}
+    return {k: len(_json.dumps(v)) for k, v in to_wire_dict(state).items()}
 
 
 class SessionStore(abc.ABC):

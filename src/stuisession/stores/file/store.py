@@ -34,7 +34,7 @@ from stuisession.errors import (
 )
 from stuisession.ids import check_session_id
 from stuisession.keys import Keyring
-from stuisession.state.forms import unstructure_state
+from stuisession.state.forms import to_wire_dict
 from stuisession.state.model import Session, SessionInfo
 from stuisession.state.updates import StateUpdate
 from stuisession.stores.base import (
@@ -380,7 +380,7 @@ class FileStore(SessionStore):
 
         Raises :class:`~stuisession.errors.StateTooLarge` as ``_encode`` does.
         """
-        state_json = _json.dumps(unstructure_state(session.state))
+        state_json = _json.dumps(to_wire_dict(session.state))
         blob = self.codec.encode_state_json(session.info, state_json)
         if max_size is not None and len(blob) > max_size:
             raise StateTooLarge(
