@@ -39,12 +39,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from stuisession.bridge.budget import QueueBudget, send_tracked  # [budget hook]
 from stuisession.bridge.connections import ConnectionTracker
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
+from stuisession.bridge.notify import Notifier
 from stuisession.bridge.replies import (
     error_for,
     error_reply,
@@ -108,6 +110,10 @@ class BridgeServer:
         counts as gone and its sessions as detached.
     :param hooks: capture hooks for forwarded commands (default: the built-in
         ``evaluate`` capture).
+    :param notify: an endpoint to publish change notices on (an XPUB socket,
+        :class:`~stuisession.bridge.notify.Notifier`; None: no notices).
+    :param identity_client: maps a CURVE-authenticated ``User-Id`` to its client id,
+        for subscriptions proved by identity (see ``bridge/notify.py``).
     """
 
     def __init__(
@@ -123,6 +129,8 @@ class BridgeServer:
         max_pending: int = 1024,
         idle_timeout: float = 60.0,
         hooks: CaptureHooks | None = None,
+        notify: str | None = None,
+        identity_client: Callable[[str], str | None] | None = None,
     ) -> None:
         zmq = _zmq()
         self._zmq = zmq
@@ -199,6 +207,12 @@ class BridgeServer:
             self._notify = self._context.socket(zmq.PUSH)
             self._notify.setsockopt(zmq.LINGER, 0)
             self._notify.connect(self._wake_endpoint)
+            #: the change-notice publisher (``--notify``), or None
+            self.notifier: Notifier | None = None
+            if notify is not None:
+                self.notifier = Notifier(
+                    handler.service, notify, self._context, identity_client=identity_client
+                )
         except BaseException:
             self._close_sockets()
             if self._own_context:
@@ -313,6 +327,9 @@ class BridgeServer:
 
     # -- internals ----------------------------------------------------------------------
     def _close_sockets(self) -> None:
+        notifier = getattr(self, "notifier", None)
+        if notifier is not None:
+            notifier.close()
         for sock in (self._socket, self._wake, self._notify):
             if sock is not None:
                 sock.close()
@@ -490,4 +507,5 @@ class BridgeServer:
             "uptime": int(now - self.started_at),
             "upstream": self.upstream is not None,
             "queues": self.budget.statistics(),  # [budget hook]
+            **({} if self.notifier is None else {"notifications": self.notifier.statistics()}),
         }

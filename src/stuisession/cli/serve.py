@@ -50,6 +50,13 @@ def register_serve(sub: Any) -> None:
         "e.g. tcp://127.0.0.1:5556 (default: none, such requests get a 'no backend' error)",
     )
     p.add_argument(
+        "--notify",
+        metavar="ENDPOINT",
+        help="publish session change notices on this ZeroMQ XPUB endpoint, e.g. "
+        "tcp://127.0.0.1:5556 (default: off; subscribers must prove they hold the session, "
+        "see docs/notifications.md)",
+    )
+    p.add_argument(
         "--upstream-timeout",
         type=float,
         default=30.0,
@@ -123,7 +130,7 @@ def serve_policy(args: argparse.Namespace) -> Any:
         raise UsageError(exc.message) from None
 
 
-def _check_bind(zmq: Any, endpoint: str) -> None:
+def _check_bind(zmq: Any, endpoint: str, option: str = "--bind") -> None:
     """Bind a throw-away socket to *endpoint* so that a bad or busy one fails first."""
     ctx = zmq.Context()
     try:
@@ -133,7 +140,7 @@ def _check_bind(zmq: Any, endpoint: str) -> None:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             if exc.errno in (errno.EINVAL, errno.EPROTONOSUPPORT):
-                raise UsageError(f"invalid --bind endpoint {endpoint!r}: {exc}") from None
+                raise UsageError(f"invalid {option} endpoint {endpoint!r}: {exc}") from None
             raise Fail(f"cannot bind {endpoint}: {exc}") from None
         sock.close(linger=0)
     finally:
@@ -256,6 +263,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.audit not in (None, "off") and Path(args.audit).is_dir():
         raise UsageError(f"--audit {args.audit} is a directory")
     _check_bind(zmq, args.bind)
+    if args.notify is not None:
+        _check_bind(zmq, args.notify, "--notify")
 
     store = open_store(args.store, key_file=args.key_file, create=True)
     upstream = None
@@ -274,9 +283,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 max_pending=args.max_pending,
                 idle_timeout=args.idle_timeout,
+                notify=args.notify,
             )
         except zmq.ZMQError as exc:  # taken between the check and now
-            raise Fail(f"cannot bind {args.bind}: {exc}") from None
+            raise Fail(f"cannot bind {args.bind} or {args.notify}: {exc}") from None
         with server:
             text = banner(
                 args,
@@ -285,6 +295,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 directory is None,
                 getattr(store, "durability", None),
             )
+            if server.notifier is not None:
+                text += f"\n  change notices on {server.notifier.bound_endpoint}"
             print(text, file=sys.stderr, flush=True)
             with SignalStop(server.stop):
                 server.serve_forever()

@@ -48,6 +48,7 @@ from stuisession.security.aggregate import RefusalAggregator  # [limits hook]
 from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
 from stuisession.security.ratelimit import TokenBucketLimiter
+from stuisession.security.subscriptions import SubscriptionAuthority
 from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
 from stuisession.service.sweep import Sweeper, SweepResult
 from stuisession.state import lifecycle
@@ -55,7 +56,7 @@ from stuisession.state.deltas import changes_since, check_rebase
 from stuisession.state.model import Session, SessionInfo, SessionStatus
 from stuisession.state.schema import Metadata, SessionState
 from stuisession.state.updates import StateUpdate
-from stuisession.stores.base import SessionStore
+from stuisession.stores.base import ChangeEvent, SessionStore
 
 log = logging.getLogger("stuisession.service")
 
@@ -178,10 +179,17 @@ class SessionService:
         )
         #: the expiry sweep, bounded per step
         self.sweeper = Sweeper(self)
+        #: notification topics and watch tokens (docs/notifications.md)
+        self.subscriptions = SubscriptionAuthority(store.codec.keyring)
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
         return self.clock.now()
+
+    def _announce(self, info: SessionInfo, event: str) -> None:
+        # after the commit: a hint for watchers (docs/notifications.md); never fails the write
+        if self.store.has_change_listeners:
+            self.store.announce(ChangeEvent.of(info, event))
 
     def audit_event(
         self,
@@ -323,6 +331,7 @@ class SessionService:
                 max_size=self.policy.max_snapshot_size,
             )
         self.audit_event("create", client_id=client_id, session_id=session.session_id)
+        self._announce(session.info, "created")
         return Created(
             session=session,
             resume_token=self.authority.issue(client_id, session.session_id),
@@ -384,6 +393,7 @@ class SessionService:
             self.store.delete(new.session_id)
             raise
         self.store.delete(old.session_id)
+        self._announce(attrs.evolve(old.info, revision=old.revision + 1), "rotated")
         self.audit_event(
             "restore",
             client_id=old.client_id,
@@ -411,6 +421,7 @@ class SessionService:
             except ConflictError:
                 continue
             self.audit_event("token_rotation", client_id=info.client_id, session_id=session_id)
+            self._announce(info, "rotated")
             token = self.authority.issue(
                 info.client_id, session_id, generation=info.token_generation
             )
@@ -427,6 +438,31 @@ class SessionService:
                 raise self._deny(session_id, creds, "unknown session") from None
             raise session_not_found() from None
         self._authorize(info, creds)
+        return info
+
+    def watch(self, session_id: str, creds: Credentials = ANONYMOUS) -> tuple[SessionInfo, str]:
+        """The active session's record and a subscription token for its change notices.
+
+        Same checks as a restore (owner, token, active); the token is bound to the
+        session's current token generation (``rotate_credentials`` revokes it).
+        """
+        info = self.info(session_id, creds)
+        self._require_active(info, self._now())
+        return info, self.subscriptions.issue(info.session_id, info.token_generation)
+
+    def check_watch(self, token: bytes | str) -> SessionInfo:
+        """The record of the session *token* proves its holder may watch.
+
+        Raises :class:`AccessDenied` for a token not ours, revoked by a credential
+        rotation, or naming a session that is gone or not active.
+        """
+        session_id, generation = self.subscriptions.open(token)
+        try:
+            info = self.store.load_info(session_id)
+        except (SessionNotFound, IntegrityError):
+            raise AccessDenied("invalid subscription token") from None
+        if generation < info.token_generation or not info.is_active(self._now()):
+            raise AccessDenied("invalid subscription token")
         return info
 
     def load(self, session_id: str, creds: Credentials = ANONYMOUS) -> Session:
@@ -481,6 +517,7 @@ class SessionService:
                 continue
             if self.policy.audit_updates:
                 self.audit_event("update", client_id=current.client_id, session_id=session_id)
+            self._announce(new.info, "updated" if update.counts_as_update else "context_saved")
             return new
         raise ConflictError("Session is being changed too often; retry the update")
 
@@ -496,6 +533,7 @@ class SessionService:
             except ConflictError:
                 continue
             self.audit_event("close", client_id=current.client_id, session_id=session_id)
+            self._announce(closed.info, "closed")
             return closed.info
         raise ConflictError("Session is being changed too often; retry closing it")
 

@@ -77,7 +77,12 @@ from stuisession.errors import (
 from stuisession.ids import check_client_id, check_session_id, is_valid_session_id
 from stuisession.keys import Keyring
 from stuisession.state.model import Session, SessionInfo, SessionStatus
-from stuisession.stores.base import SessionStore, StoreStatistics
+from stuisession.stores.base import (
+    ChangeEvent,
+    ChangeListener,
+    SessionStore,
+    StoreStatistics,
+)
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
@@ -512,6 +517,7 @@ class RedisStore(SessionStore):
         #: see INDEX_GRACE (tests lower it)
         self.index_grace = INDEX_GRACE
         self._owns_client = client is None
+        self._feed: Any = None  # the Pub/Sub thread of the change feed, once listened to
         self._topology_lock = threading.Lock()
         self._topology_at = 0.0
         self._client: Any = (
@@ -781,8 +787,65 @@ class RedisStore(SessionStore):
         """Whether the session and its client's indexes may be written by one script."""
         return not self._cluster or session_id[_TAG] == _tag_of_hash(chash)
 
+    # -- change notices (docs/notifications.md) ------------------------------------------
+    @property
+    def changes_channel(self) -> str:
+        """The Redis Pub/Sub channel every store on this prefix publishes its changes on."""
+        return f"{self._prefix}:changes"
+
+    @property
+    def has_change_listeners(self) -> bool:
+        # always publish: a listener may be another process (another bridge)
+        return True
+
+    def announce(self, event: ChangeEvent) -> None:
+        """PUBLISH *event* on :attr:`changes_channel` right after the write committed.
+
+        Every store on this prefix with listeners (this one included) delivers it
+        from its subscription, so a change through any process reaches the
+        listeners of all. At most once: a failed PUBLISH (logged) or a process
+        that dies between the write and the PUBLISH loses the hint, never the write.
+        """
+        try:
+            self._client.publish(self.changes_channel, event.to_json())
+        except Exception as exc:
+            log.warning("could not publish a change notice: %s", self._scrub(str(exc)))
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Deliver every change published on :attr:`changes_channel` to *listener*.
+
+        The first listener starts a subscriber thread (redis-py ``run_in_thread``);
+        after a lost connection it resubscribes by itself (notices published
+        meanwhile are lost: hints).
+        """
+        super().add_change_listener(listener)
+        with self._listeners_lock:
+            if self._feed is not None:
+                return
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+
+            def on_message(message: dict[str, Any]) -> None:
+                data = message.get("data")
+                event = ChangeEvent.from_json(data) if isinstance(data, bytes) else None
+                if event is not None:
+                    self._deliver(event)
+
+            def on_error(exc: BaseException, ps: Any, thread: Any) -> None:
+                log.warning("change feed: %s; resubscribing", self._scrub(str(exc)))
+                time.sleep(0.5)
+
+            pubsub.subscribe(**{self.changes_channel: on_message})
+            self._feed = pubsub.run_in_thread(
+                sleep_time=0.5, daemon=True, exception_handler=on_error
+            )
+
     def close(self) -> None:
         """Disconnect the connection pool (a client passed in is left open)."""
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            with contextlib.suppress(Exception):
+                feed.stop()
+                feed.join(2.0)
         self._close_owned()
 
     def _close_owned(self) -> None:
