@@ -462,3 +462,57 @@ def test_curve_identity_bound_to_the_client_proves_a_subscription(ctx: zmq.Conte
     finally:
         notifier.close()
         auth.stop()
+
+
+@pytest.mark.parametrize("cas", ["lua", "watch"])
+def test_redis_publishes_a_notice_exactly_when_the_write_commits(
+    redis_url: str, redis_prefix: str, cas: str
+) -> None:
+    from stuisession.errors import ConflictError
+    from stuisession.service.core import SessionService
+    from stuisession.state.updates import StateUpdate
+
+    ring = Keyring.generate()
+    writer = RedisStore(redis_url, prefix=redis_prefix, keyring=ring, cas=cas)  # type: ignore[arg-type]
+    listener = RedisStore(redis_url, prefix=redis_prefix, keyring=ring)
+    seen: list[ChangeEvent] = []
+    got = threading.Event()
+
+    def on_change(event: ChangeEvent) -> None:
+        seen.append(event)
+        got.set()
+
+    try:
+        listener.add_change_listener(on_change)
+        # SUBSCRIBE is sent by add_change_listener; confirm the server has it
+        deadline = time.monotonic() + WAIT
+        while (
+            dict(writer.client.pubsub_numsub(writer.changes_channel)).get(
+                writer.changes_channel.encode(), 0
+            )
+            < 1
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        service = SessionService(writer)
+        sid = service.create("alice").session.session_id
+        service.update(sid, StateUpdate(sets=((("session_state", "x"), 1),)))
+        stale = service.load(sid)
+        service.update(sid, StateUpdate(sets=((("session_state", "x"), 2),)))
+        # a write that loses its compare-and-swap publishes nothing
+        with pytest.raises(ConflictError), writer.announcing(ChangeEvent.of(stale, "updated")):
+            writer.save(stale, expected_revision=stale.revision - 1)
+        service.close(sid)
+        deadline = time.monotonic() + WAIT
+        while len(seen) < 4 and time.monotonic() < deadline:
+            got.wait(0.1)
+        time.sleep(0.2)  # a stray fifth notice would arrive by now
+        assert [(e.event, e.revision) for e in seen] == [
+            ("created", 1),
+            ("updated", 2),
+            ("updated", 3),
+            ("closed", 4),
+        ]
+    finally:
+        writer.close()
+        listener.close()

@@ -19,11 +19,13 @@ resume token.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import attrs
@@ -186,10 +188,11 @@ class SessionService:
     def _now(self) -> float:
         return self.clock.now()
 
-    def _announce(self, info: SessionInfo, event: str) -> None:
-        # after the commit: a hint for watchers (docs/notifications.md); never fails the write
-        if self.store.has_change_listeners:
-            self.store.announce(ChangeEvent.of(info, event))
+    def _announcing(self, info: SessionInfo, event: str) -> AbstractContextManager[None]:
+        # a hint for watchers once the write in the block committed (docs/notifications.md)
+        if not self.store.has_change_listeners:
+            return contextlib.nullcontext()
+        return self.store.announcing(ChangeEvent.of(info, event))
 
     def audit_event(
         self,
@@ -325,13 +328,13 @@ class SessionService:
                 state=SessionState(metadata=metadata or Metadata()),
                 session_id=self.store.new_session_id(client_id),
             )
-            self.store.create_within_limit(
-                session,
-                limit=self.policy.max_sessions_per_client,
-                max_size=self.policy.max_snapshot_size,
-            )
+            with self._announcing(session.info, "created"):
+                self.store.create_within_limit(
+                    session,
+                    limit=self.policy.max_sessions_per_client,
+                    max_size=self.policy.max_snapshot_size,
+                )
         self.audit_event("create", client_id=client_id, session_id=session.session_id)
-        self._announce(session.info, "created")
         return Created(
             session=session,
             resume_token=self.authority.issue(client_id, session.session_id),
@@ -388,12 +391,13 @@ class SessionService:
         # the new record exists before the old one goes: a crash never loses the session
         self.store.create(new)
         try:
-            self.store.save(lifecycle.close(old, now), expected_revision=old.revision)
+            closed = lifecycle.close(old, now)
+            with self._announcing(closed.info, "rotated"):
+                self.store.save(closed, expected_revision=old.revision)
         except ConflictError:
             self.store.delete(new.session_id)
             raise
         self.store.delete(old.session_id)
-        self._announce(attrs.evolve(old.info, revision=old.revision + 1), "rotated")
         self.audit_event(
             "restore",
             client_id=old.client_id,
@@ -417,11 +421,11 @@ class SessionService:
             self._require_active(snap.info, now)
             info = attrs.evolve(snap.info, token_generation=snap.info.token_generation + 1)
             try:
-                self.store.save_info(snap, info, expected_revision=snap.info.revision)
+                with self._announcing(info, "rotated"):
+                    self.store.save_info(snap, info, expected_revision=snap.info.revision)
             except ConflictError:
                 continue
             self.audit_event("token_rotation", client_id=info.client_id, session_id=session_id)
-            self._announce(info, "rotated")
             token = self.authority.issue(
                 info.client_id, session_id, generation=info.token_generation
             )
@@ -507,17 +511,18 @@ class SessionService:
                 session_id, current.revision, new.state, len(update.to_json()), new.revision
             )
             try:
-                self.store.save(
-                    new,
-                    expected_revision=current.revision,
-                    max_size=self.policy.max_snapshot_size,
-                    update=update,
-                )
+                event = "updated" if update.counts_as_update else "context_saved"
+                with self._announcing(new.info, event):
+                    self.store.save(
+                        new,
+                        expected_revision=current.revision,
+                        max_size=self.policy.max_snapshot_size,
+                        update=update,
+                    )
             except ConflictError:
                 continue
             if self.policy.audit_updates:
                 self.audit_event("update", client_id=current.client_id, session_id=session_id)
-            self._announce(new.info, "updated" if update.counts_as_update else "context_saved")
             return new
         raise ConflictError("Session is being changed too often; retry the update")
 
@@ -529,11 +534,11 @@ class SessionService:
                 return current.info
             closed = lifecycle.close(current, self._now())
             try:
-                self.store.save(closed, expected_revision=current.revision)
+                with self._announcing(closed.info, "closed"):
+                    self.store.save(closed, expected_revision=current.revision)
             except ConflictError:
                 continue
             self.audit_event("close", client_id=current.client_id, session_id=session_id)
-            self._announce(closed.info, "closed")
             return closed.info
         raise ConflictError("Session is being changed too often; retry closing it")
 

@@ -33,6 +33,7 @@ Stores know nothing of JSON commands; they move sealed snapshots.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -177,6 +178,7 @@ class SessionStore(abc.ABC):
         self.codec = codec if codec is not None else SnapshotCodec(Keyring.generate())
         self._listeners: tuple[ChangeListener, ...] = ()
         self._listeners_lock = threading.Lock()
+        self._pending_notice = threading.local()
 
     # -- backend primitives ---------------------------------------------------------
     @abc.abstractmethod
@@ -460,6 +462,32 @@ class SessionStore(abc.ABC):
     def has_change_listeners(self) -> bool:
         """True when someone listens (the service skips building notices otherwise)."""
         return bool(self._listeners)
+
+    @contextlib.contextmanager
+    def announcing(self, event: ChangeEvent) -> Iterator[None]:
+        """Announce *event* if the write(s) in the ``with`` block succeed (none if they raise).
+
+        A backend that can publish in the same server-side step as the write takes
+        the notice with :meth:`_take_notice` inside its primitive (the Redis store
+        does); otherwise it is announced right after the block (:meth:`announce`).
+        """
+        self._pending_notice.event = event
+        try:
+            yield
+        except BaseException:
+            self._pending_notice.event = None
+            raise
+        pending, self._pending_notice.event = self._pending_notice.event, None
+        if pending is not None:
+            self.announce(pending)
+
+    def _take_notice(self, session_id: str) -> ChangeEvent | None:
+        """The notice pending for a write of *session_id* on this thread, taken (or None)."""
+        event: ChangeEvent | None = getattr(self._pending_notice, "event", None)
+        if event is None or event.session_id != session_id:
+            return None
+        self._pending_notice.event = None
+        return event
 
     def announce(self, event: ChangeEvent) -> None:
         """Tell the listeners that a write committed (called right after it, by the service).

@@ -129,7 +129,7 @@ _LAYOUT_2 = b"2"
 # or a standalone server)
 # ARGV: expected revision ('' = create), new revision, blob, head, client hash,
 #       ttl (0 = none), session id, index score, active until (0 = not active),
-#       limit (0 = none), now
+#       limit (0 = none), now, change channel, change notice ('' = none)
 # -> {1, previous client hash} written | {0, current revision} conflict
 #    | {-1, ''} not found | {-2, active count} the client's limit is reached
 _PUT_LUA = """
@@ -184,6 +184,10 @@ end
 if #KEYS >= 4 and want == '' then
   redis.call('ZADD', KEYS[4], ARGV[8], sid)
 end
+-- the change notice in the same step as the write (docs/notifications.md)
+if ARGV[13] ~= nil and ARGV[13] ~= '' then
+  redis.call('PUBLISH', ARGV[12], ARGV[13])
+end
 return {1, old}
 """
 
@@ -232,6 +236,8 @@ class _Write:
     limit: int = 0
     #: whether the indexes are written inside the script (same slot, or standalone)
     atomic: bool = True
+    #: the change notice published with the write (b"": none)
+    notice: bytes = b""
 
 
 @attrs.frozen
@@ -799,12 +805,15 @@ class RedisStore(SessionStore):
         return True
 
     def announce(self, event: ChangeEvent) -> None:
-        """PUBLISH *event* on :attr:`changes_channel` right after the write committed.
+        """PUBLISH *event* on :attr:`changes_channel` (a change not written by a script).
 
-        Every store on this prefix with listeners (this one included) delivers it
-        from its subscription, so a change through any process reaches the
-        listeners of all. At most once: a failed PUBLISH (logged) or a process
-        that dies between the write and the PUBLISH loses the hint, never the write.
+        Writes inside :meth:`announcing` publish their notice in the same server-side
+        step as the write (the CAS script, or the MULTI/EXEC transaction); this is
+        the fallback for the rest (deletions by the expiry sweep), sent right after
+        the write: a process that dies in between, or a failed PUBLISH (logged),
+        loses that hint, never the write. Every store on this prefix with listeners
+        (this one included) delivers a notice from its subscription, so a change
+        through any process reaches the listeners of all.
         """
         try:
             self._client.publish(self.changes_channel, event.to_json())
@@ -1027,6 +1036,9 @@ class RedisStore(SessionStore):
             limit=limit,
             atomic=self._same_slot(sid, chash),
         )
+        notice = self._take_notice(sid)
+        if notice is not None:
+            w.notice = notice.to_json()
         with self._errors("write a session"):
             status, extra = self._put_lua(w) if self._cas == "lua" else self._put_watch(w)
             if status == 1 and extra and extra != chash:
@@ -1076,6 +1088,7 @@ class RedisStore(SessionStore):
                 keys.append(self._all_key)
         args = [w.want, w.rev, w.blob, w.head, w.chash, self._ttl or 0, w.sid]
         args += [repr(w.score), repr(w.until), w.limit, repr(w.now)]
+        args += [self.changes_channel, w.notice]
         if w.want == b"" and (self._cluster or not w.atomic):
             # index first: a session is never missing from its indexes
             pipe = self._client.pipeline(transaction=False)
@@ -1139,6 +1152,8 @@ class RedisStore(SessionStore):
                     if w.want == b"":
                         pipe.zadd(self._all_key, {w.sid: w.score})
                     self._index_cmds(pipe, w)
+                    if w.notice:  # in the transaction: published if and only if written
+                        pipe.publish(self.changes_channel, w.notice)
                     for cmd in self._wait_cmds:
                         pipe.execute_command(*cmd)
                     results = pipe.execute()
