@@ -516,3 +516,47 @@ def test_redis_publishes_a_notice_exactly_when_the_write_commits(
     finally:
         writer.close()
         listener.close()
+
+
+# -- the command line ----------------------------------------------------------------------
+def test_serve_notify_publishes_to_a_token_holder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import signal
+
+    from redis_server import free_port
+    from stuisession.cli import app as cli
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    notify = f"tcp://127.0.0.1:{free_port()}"
+    outcome: dict[str, Any] = {}
+
+    def terminal() -> None:
+        try:
+            with SessionClient(endpoint, "alice", timeout=WAIT, close_on_exit=True) as a:
+                a.open()
+                watch = a.watch(notify)
+                wait_subscribed_watch(watch)
+                a.update(state_data={"via": "serve --notify"})
+                assert a.revision is not None
+                catch_up(watch, a.revision)
+                outcome["state"] = watch.state["session_state"]
+                watch.close()
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    helper = threading.Thread(target=terminal)
+    helper.start()
+    try:
+        code = cli.main(
+            ["serve", "--bind", endpoint, "--notify", notify, "--store", str(tmp_path / "s")]
+        )
+    finally:
+        helper.join(WAIT * 2)
+    assert code == 0
+    assert outcome.get("error") is None, outcome
+    assert outcome["state"] == {"via": "serve --notify"}
+    assert f"change notices on {notify}" in capsys.readouterr().err

@@ -286,7 +286,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 notify=args.notify,
             )
         except zmq.ZMQError as exc:  # taken between the check and now
-            raise Fail(f"cannot bind {args.bind} or {args.notify}: {exc}") from None
+            where = args.bind if args.notify is None else f"{args.bind} or {args.notify}"
+            raise Fail(f"cannot bind {where}: {exc}") from None
         with server:
             text = banner(
                 args,
