@@ -13,9 +13,9 @@ threads of this process; a notice that overtakes the acknowledgement counts as 0
 Notices never received are counted as lost (PUB drops under pressure; none expected
 at this rate).
 
-The cost of notices: sequential updates (one REQ client, back to back) against a
-bridge without ``--notify`` and against one with ``--notify`` and *subscribers*
-subscribed; p50/mean of each and the relative difference. Also, in-process, the
+The cost of notices: sequential updates against two bridges running at once, one
+without ``--notify`` and one with ``--notify`` and *subscribers* subscribed, taking
+turns update by update; p50/mean of each and the relative difference. Also, in-process, the
 service's update on a MemoryStore with and without a change listener (the CPU the
 notice itself costs, without fsync to hide it).
 
@@ -180,34 +180,43 @@ def latency(rate: float, duration: float, subscribers: int) -> dict[str, Any]:
 
 
 def update_cost(n: int, subscribers: int) -> dict[str, Any]:
+    """Sequential updates, alternating between a bridge without and one with notices.
+
+    Both bridges run at once on the same file system and take turns update by update,
+    so drift (caches, fsync latency, other load) hits both sides alike.
+    """
     ctx = zmq.Context()
-    out: dict[str, Any] = {}
+    times: dict[str, list[float]] = {"off": [], "on": []}
     try:
-        for label, notify in (("off", False), ("on", True)):
-            with bridge(notify=notify) as (endpoint, notify_ep):
+        with bridge(notify=False) as (off_ep, _), bridge(notify=True) as (on_ep, notify_ep):
+            assert notify_ep is not None
+            sides = []
+            for label, endpoint in (("off", off_ep), ("on", on_ep)):
                 req = Req(ctx, endpoint)
                 sid = req.call("create_session", client_id="bench")["session_id"]
-                subs: list[Any] = []
-                if notify_ep is not None:
-                    token = req.call("watch_session", session_id=sid, client_id="bench")
-                    subs = _subscribe(ctx, notify_ep, token, subscribers)
-                for i in range(20):  # warm-up
-                    req.call("update_session_state", session_id=sid, state_data={"w": i})
-                times = []
-                for i in range(n):
+                sides.append((label, req, sid))
+            on_req, on_sid = sides[1][1], sides[1][2]
+            token = on_req.call("watch_session", session_id=on_sid, client_id="bench")
+            subs = _subscribe(ctx, notify_ep, token, subscribers)
+            for i in range(n + 20):
+                for label, req, sid in sides if i % 2 else sides[::-1]:
                     t0 = time.perf_counter()
                     req.call(
                         "update_session_state",
                         session_id=sid,
+                        client_id="bench",
                         state_data={"n": i},
                         mode="merge",
                     )
-                    times.append((time.perf_counter() - t0) * 1000)
-                out[label] = benchlib.summary(times)
+                    if i >= 20:  # after a warm-up
+                        times[label].append((time.perf_counter() - t0) * 1000)
+                # the subscribers drain as a client would (not timed)
                 for s in subs:
-                    s.close()
+                    while s.poll(0):
+                        s.recv_multipart()
     finally:
         ctx.destroy(linger=0)
+    out: dict[str, Any] = {label: benchlib.summary(xs) for label, xs in times.items()}
     out["added_p50"] = out["on"]["p50"] / out["off"]["p50"] - 1
     out["added_mean"] = out["on"]["mean"] / out["off"]["mean"] - 1
     return out
@@ -256,11 +265,13 @@ def main() -> None:
         f"lost {lat['notices_lost']} of {lat['notices_expected']}"
     )
     cost = update_cost(args.cost_n, args.subscribers)
-    print(
-        f"update via the bridge (file store, fsync): off p50 {cost['off']['p50']:.3f} ms, "
-        f"on p50 {cost['on']['p50']:.3f} ms ({cost['added_p50']:+.1%}; mean "
-        f"{cost['added_mean']:+.1%})"
-    )
+    one = update_cost(args.cost_n, 1)
+    for label, c in ((f"{args.subscribers} subscribers", cost), ("1 subscriber", one)):
+        print(
+            f"update via the bridge (file store, fsync), {label}: off p50 "
+            f"{c['off']['p50']:.3f} ms, on p50 {c['on']['p50']:.3f} ms "
+            f"({c['added_p50']:+.1%}; mean {c['added_mean']:+.1%})"
+        )
     svc = service_cost(args.cost_n * 5)
     print(
         f"service update, MemoryStore: off p50 {svc['off']['p50'] * 1000:.1f} µs, "
@@ -270,6 +281,7 @@ def main() -> None:
         {
             "latency": lat,
             "bridge_update": cost,
+            "bridge_update_one_subscriber": one,
             "service_update_memory": svc,
             "elapsed_s": time.perf_counter() - started,
             "setup": "stuisession serve --notify (file store, fsync on, audit on), "

@@ -367,13 +367,30 @@ def targets(r: dict[str, Any]) -> list[Target]:
     out.append(
         Target(
             "notify-update-cost",
-            "update through the bridge, notices on vs off (file store), p50",
+            f"update through the bridge, notices on vs off (file store, {subs} subscribers), p50",
             "< 10% added",
             "n/a" if added is None else f"{added:+.1%}",
             f"off {ms(_p50(nt, 'bridge_update', 'off'))}, on {ms(_p50(nt, 'bridge_update', 'on'))}",
             "n/a" if added is None else ratio(max(added, 0.0) / 0.10),
             None if added is None else added < 0.10,
             "n/a" if added is None else f"{added:+.1%} against 10%",
+        )
+    )
+    one = _get(nt, "bridge_update_one_subscriber", "added_p50")
+    one = float(one) if isinstance(one, (int, float)) else None
+    out.append(
+        Target(
+            "notify-update-cost-1",
+            "update through the bridge, notices on vs off (file store, 1 subscriber), p50",
+            "< 10% added",
+            "n/a" if one is None else f"{one:+.1%}",
+            "off "
+            + ms(_p50(nt, "bridge_update_one_subscriber", "off"))
+            + ", on "
+            + ms(_p50(nt, "bridge_update_one_subscriber", "on")),
+            "n/a" if one is None else ratio(max(one, 0.0) / 0.10),
+            None if one is None else one < 0.10,
+            "n/a" if one is None else f"{one:+.1%} against 10%",
         )
     )
 
