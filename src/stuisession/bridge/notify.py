@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from stuisession import _json
 from stuisession.errors import StuiSessionError
 from stuisession.ids import is_valid_session_id
+from stuisession.security.subscriptions import TOPIC_PREFIX
 from stuisession.stores.base import ChangeEvent
 
 if TYPE_CHECKING:
@@ -202,6 +203,10 @@ class Notifier:
         if not data or data[0] not in (0, 1):
             return  # not a subscription message (XPUB passes other messages up too)
         subscribe, request = data[0] == 1, data[1:]
+        if request.startswith(TOPIC_PREFIX):
+            # a watcher's own filter (it subscribes to its topic too): never granted,
+            # and not a refusal worth counting or auditing
+            return
         info = self._verify(request, frame)
         if info is None:
             if subscribe:
