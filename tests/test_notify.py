@@ -272,6 +272,8 @@ def test_unproven_subscribers_receive_nothing(
     assert bridge.srv.notifier is not None
     # refusals are counted, except topic-shaped requests (a watcher's own filter)
     assert bridge.srv.notifier.refused >= len(refused) - 2
+    stats = a.call("get_session_statistics")["notifications"]
+    assert stats["refused"] >= len(refused) - 2 and stats["granted"] >= 2
 
 
 def test_watch_token_is_revoked_by_rotate_credentials(
