@@ -39,6 +39,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ from stuisession.bridge.budget import QueueBudget, send_tracked  # [budget hook]
 from stuisession.bridge.connections import ConnectionTracker
 from stuisession.bridge.curve import CurveConfig, is_loopback_endpoint
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
+from stuisession.bridge.notify import Notifier
 from stuisession.bridge.replies import (
     error_for,
     error_reply,
@@ -113,6 +115,10 @@ class BridgeServer:
         warning when bound beyond loopback.
     :param hooks: capture hooks for forwarded commands (default: the built-in
         ``evaluate`` capture).
+    :param notify: an endpoint to publish change notices on (an XPUB socket,
+        :class:`~stuisession.bridge.notify.Notifier`; None: no notices).
+    :param identity_client: maps a CURVE-authenticated ``User-Id`` to its client id,
+        for subscriptions proved by identity (see ``bridge/notify.py``).
     """
 
     def __init__(
@@ -129,6 +135,8 @@ class BridgeServer:
         idle_timeout: float = 60.0,
         hooks: CaptureHooks | None = None,
         curve: CurveConfig | None = None,
+        notify: str | None = None,
+        identity_client: Callable[[str], str | frozenset[str] | None] | None = None,
     ) -> None:
         zmq = _zmq()
         self._zmq = zmq
@@ -216,6 +224,19 @@ class BridgeServer:
             self._notify = self._context.socket(zmq.PUSH)
             self._notify.setsockopt(zmq.LINGER, 0)
             self._notify.connect(self._wake_endpoint)
+            #: the change-notice publisher (``--notify``), or None
+            self.notifier: Notifier | None = None
+            if notify is not None:
+                if curve is not None and identity_client is None:
+                    identity_client = _bound_client_ids(curve)
+                self.notifier = Notifier(
+                    handler.service,
+                    notify,
+                    self._context,
+                    identity_client=identity_client,
+                    # subscribers authenticate like requesters: same key pair, same ZAP
+                    setup=None if curve is None else curve.apply,
+                )
         except BaseException:
             self._close_sockets()
             self._stop_authenticator()
@@ -332,6 +353,9 @@ class BridgeServer:
 
     # -- internals ----------------------------------------------------------------------
     def _close_sockets(self) -> None:
+        notifier = getattr(self, "notifier", None)
+        if notifier is not None:
+            notifier.close()
         for sock in (self._socket, self._wake, self._notify):
             if sock is not None:
                 sock.close()
@@ -541,4 +565,15 @@ class BridgeServer:
             "uptime": int(now - self.started_at),
             "upstream": self.upstream is not None,
             "queues": self.budget.statistics(),  # [budget hook]
+            **({} if self.notifier is None else {"notifications": self.notifier.statistics()}),
         }
+
+
+def _bound_client_ids(curve: CurveConfig) -> Callable[[str], frozenset[str] | None]:
+    """Map a CURVE ``User-Id`` to the client ids its key is bound to (for subscriptions)."""
+
+    def bound(user_id: str) -> frozenset[str] | None:
+        binding = curve.allow_list.lookup(user_id)
+        return None if binding is None else binding.client_ids
+
+    return bound

@@ -50,6 +50,13 @@ def register_serve(sub: Any) -> None:
         "e.g. tcp://127.0.0.1:5556 (default: none, such requests get a 'no backend' error)",
     )
     p.add_argument(
+        "--notify",
+        metavar="ENDPOINT",
+        help="publish session change notices on this ZeroMQ XPUB endpoint, e.g. "
+        "tcp://127.0.0.1:5556 (default: off; subscribers must prove they hold the session, "
+        "see docs/notifications.md)",
+    )
+    p.add_argument(
         "--upstream-timeout",
         type=float,
         default=30.0,
@@ -136,7 +143,7 @@ def serve_policy(args: argparse.Namespace) -> Any:
         raise UsageError(exc.message) from None
 
 
-def _check_bind(zmq: Any, endpoint: str) -> None:
+def _check_bind(zmq: Any, endpoint: str, option: str = "--bind") -> None:
     """Bind a throw-away socket to *endpoint* so that a bad or busy one fails first."""
     ctx = zmq.Context()
     try:
@@ -146,7 +153,7 @@ def _check_bind(zmq: Any, endpoint: str) -> None:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             if exc.errno in (errno.EINVAL, errno.EPROTONOSUPPORT):
-                raise UsageError(f"invalid --bind endpoint {endpoint!r}: {exc}") from None
+                raise UsageError(f"invalid {option} endpoint {endpoint!r}: {exc}") from None
             raise Fail(f"cannot bind {endpoint}: {exc}") from None
         sock.close(linger=0)
     finally:
@@ -270,6 +277,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--audit {args.audit} is a directory")
     _check_bind(zmq, args.bind)
     curve = _serve_curve(args)
+    if args.notify is not None:
+        _check_bind(zmq, args.notify, "--notify")
 
     store = open_store(args.store, key_file=args.key_file, create=True)
     upstream = None
@@ -289,9 +298,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 max_pending=args.max_pending,
                 idle_timeout=args.idle_timeout,
                 curve=curve,
+                notify=args.notify,
             )
         except zmq.ZMQError as exc:  # taken between the check and now
-            raise Fail(f"cannot bind {args.bind}: {exc}") from None
+            where = args.bind if args.notify is None else f"{args.bind} or {args.notify}"
+            raise Fail(f"cannot bind {where}: {exc}") from None
         with server:
             text = banner(
                 args,
@@ -300,6 +311,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 directory is None,
                 getattr(store, "durability", None),
             )
+            if server.notifier is not None:
+                text += f"\n  change notices on {server.notifier.bound_endpoint}"
             print(text, file=sys.stderr, flush=True)
             _announce_transport(server.bound_endpoint, curve)
             with SignalStop(server.stop), _ReloadOnHangup(curve):

@@ -104,6 +104,7 @@ class ProtocolHandler:
             "get_context_summary": self._get_context_summary,
             "clear_context": self._clear_context,
             "rotate_credentials": self._rotate_credentials,
+            "watch_session": self._watch_session,
         }
 
     @property
@@ -304,6 +305,21 @@ class ProtocolHandler:
         val.optional_bool(params, "save_state", True)  # state is always kept until the sweep
         info = self.service.close(session_id, val.creds(params))
         return {"session_id": info.session_id, "closed": True, "revision": info.revision}
+
+    def _watch_session(self, params: Params) -> Result:
+        # (ext) a subscription token for the session's change notices (docs/notifications.md)
+        session_id = val.session_id(params)
+        info, token = self.service.watch(session_id, val.creds(params))
+        result: dict[str, Any] = {
+            "session_id": info.session_id,
+            "subscription": token,
+            "topic": self.service.subscriptions.topic(info.session_id).decode("ascii"),
+            "revision": info.revision,
+        }
+        lineage = getattr(info, "lineage", None)  # the record field of issue 14, once merged
+        if lineage is not None:
+            result["lineage"] = lineage
+        return result
 
     def _get_session_info(self, params: Params) -> Result:
         session_id = val.session_id(params)

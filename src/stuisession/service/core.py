@@ -25,6 +25,7 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import attrs
@@ -50,6 +51,7 @@ from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
 from stuisession.security.identity import Caller
 from stuisession.security.ratelimit import TokenBucketLimiter
+from stuisession.security.subscriptions import SubscriptionAuthority
 from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
 from stuisession.service.sweep import Sweeper, SweepResult
 from stuisession.state import lifecycle
@@ -57,7 +59,7 @@ from stuisession.state.deltas import changes_since, check_rebase
 from stuisession.state.model import Session, SessionInfo, SessionStatus
 from stuisession.state.schema import Metadata, SessionState
 from stuisession.state.updates import StateUpdate
-from stuisession.stores.base import SessionStore
+from stuisession.stores.base import ChangeEvent, SessionStore
 
 log = logging.getLogger("stuisession.service")
 
@@ -196,10 +198,18 @@ class SessionService:
         )
         #: the expiry sweep, bounded per step
         self.sweeper = Sweeper(self)
+        #: notification topics and watch tokens (docs/notifications.md)
+        self.subscriptions = SubscriptionAuthority(store.codec.keyring)
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
         return self.clock.now()
+
+    def _announcing(self, info: SessionInfo, event: str) -> AbstractContextManager[None]:
+        # a hint for watchers once the write in the block committed (docs/notifications.md)
+        if not self.store.has_change_listeners:
+            return contextlib.nullcontext()
+        return self.store.announcing(ChangeEvent.of(info, event))
 
     def audit_event(
         self,
@@ -447,11 +457,12 @@ class SessionService:
                 state=SessionState(metadata=metadata or Metadata()),
                 session_id=self.store.new_session_id(client_id),
             )
-            self.store.create_within_limit(
-                session,
-                limit=self.policy.max_sessions_per_client,
-                max_size=self.policy.max_snapshot_size,
-            )
+            with self._announcing(session.info, "created"):
+                self.store.create_within_limit(
+                    session,
+                    limit=self.policy.max_sessions_per_client,
+                    max_size=self.policy.max_snapshot_size,
+                )
         self.audit_event("create", client_id=client_id, session_id=session.session_id)
         self._decoy = session.session_id
         return Created(
@@ -512,7 +523,9 @@ class SessionService:
         # the new record exists before the old one goes: a crash never loses the session
         self.store.create(new)
         try:
-            self.store.save(lifecycle.close(old, now), expected_revision=old.revision)
+            closed = lifecycle.close(old, now)
+            with self._announcing(closed.info, "rotated"):
+                self.store.save(closed, expected_revision=old.revision)
         except ConflictError:
             self.store.delete(new.session_id)
             raise
@@ -542,7 +555,8 @@ class SessionService:
             self._require_active(snap.info, now)
             info = attrs.evolve(snap.info, token_generation=snap.info.token_generation + 1)
             try:
-                self.store.save_info(snap, info, expected_revision=snap.info.revision)
+                with self._announcing(info, "rotated"):
+                    self.store.save_info(snap, info, expected_revision=snap.info.revision)
             except ConflictError:
                 continue
             self.audit_event("token_rotation", client_id=info.client_id, session_id=session_id)
@@ -559,6 +573,31 @@ class SessionService:
             return self._guarded_head(session_id, creds)
         info = self.store.load_info(session_id)
         self._authorize(info, creds)
+        return info
+
+    def watch(self, session_id: str, creds: Credentials = ANONYMOUS) -> tuple[SessionInfo, str]:
+        """The active session's record and a subscription token for its change notices.
+
+        Same checks as a restore (owner, token, active); the token is bound to the
+        session's current token generation (``rotate_credentials`` revokes it).
+        """
+        info = self.info(session_id, creds)
+        self._require_active(info, self._now())
+        return info, self.subscriptions.issue(info.session_id, info.token_generation)
+
+    def check_watch(self, token: bytes | str) -> SessionInfo:
+        """The record of the session *token* proves its holder may watch.
+
+        Raises :class:`AccessDenied` for a token not ours, revoked by a credential
+        rotation, or naming a session that is gone or not active.
+        """
+        session_id, generation = self.subscriptions.open(token)
+        try:
+            info = self.store.load_info(session_id)
+        except (SessionNotFound, IntegrityError):
+            raise AccessDenied("invalid subscription token") from None
+        if generation < info.token_generation or not info.is_active(self._now()):
+            raise AccessDenied("invalid subscription token")
         return info
 
     def load(self, session_id: str, creds: Credentials = ANONYMOUS) -> Session:
@@ -603,12 +642,14 @@ class SessionService:
                 session_id, current.revision, new.state, len(update.to_json()), new.revision
             )
             try:
-                self.store.save(
-                    new,
-                    expected_revision=current.revision,
-                    max_size=self.policy.max_snapshot_size,
-                    update=update,
-                )
+                event = "updated" if update.counts_as_update else "context_saved"
+                with self._announcing(new.info, event):
+                    self.store.save(
+                        new,
+                        expected_revision=current.revision,
+                        max_size=self.policy.max_snapshot_size,
+                        update=update,
+                    )
             except ConflictError:
                 continue
             if self.policy.audit_updates:
@@ -624,7 +665,8 @@ class SessionService:
                 return current.info
             closed = lifecycle.close(current, self._now())
             try:
-                self.store.save(closed, expected_revision=current.revision)
+                with self._announcing(closed.info, "closed"):
+                    self.store.save(closed, expected_revision=current.revision)
             except ConflictError:
                 continue
             self.audit_event("close", client_id=current.client_id, session_id=session_id)
