@@ -85,7 +85,8 @@ class CreateSessionResult(TypedDict):
     revision: int
     lineage: str
     resume_token: str
-    client_token: str
+    #: None when the client id had sessions and the caller did not prove it (issue 16)
+    client_token: str | None
 
 
 class RestoreSessionResult(TypedDict):
@@ -107,6 +108,8 @@ class RestoreSessionResult(TypedDict):
     since_revision: NotRequired[int]
     session_id_rotated: NotRequired[bool]
     resume_token: NotRequired[str]
+    #: a fresh client token with a rotating restore (strict mode)
+    client_token: NotRequired[str]
     session_state: NotRequired[dict[str, Any]]
     workspace_context: NotRequired[dict[str, Any]]
     inspector_state: NotRequired[dict[str, Any]]

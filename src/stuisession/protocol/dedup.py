@@ -9,7 +9,9 @@ while; a repeat gets the remembered reply. A repeat that arrives while the
 first copy is still being handled waits for it.
 
 A different request that reuses an ``id`` has a different digest and is
-handled normally.
+handled normally. Replies are remembered per caller (the authenticated key,
+else the connection): a request with another caller's id and content is
+handled as new, never answered with the other caller's reply.
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ from typing import Any
 from stuisession import _json
 
 
-def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
-    """A digest identifying one request (its id, command and parameters)."""
+def request_key(
+    request_id: str | int, command: str, parameters: Any, caller: str = "local"
+) -> bytes:
+    """A digest identifying one request of one caller (its id, command and parameters).
+
+    *caller* is :attr:`stuisession.security.identity.Caller.key`: the same
+    request sent by two callers has two keys, so one caller's reply is never
+    replayed to another (it may hold a new session's id and tokens).
+    """
     h = hashlib.sha256()
+    h.update(_field(caller.encode("utf-8", "surrogatepass")))
     h.update(repr(request_id).encode("utf-8", "surrogatepass"))
     h.update(b"\x00" + command.encode() + b"\x00")
     try:
@@ -40,24 +50,24 @@ def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
     return h.digest()
 
 
-#: who sent the request being handled (e.g. the CURVE public key the bridge
-#: authenticated); b"" when the transport names no caller. Part of the durable key.
-CALLER: ContextVar[bytes] = ContextVar("stuisession_caller", default=b"")
-#: the durable key of the mutating request being handled (see durable_request_key)
+#: the durable key of the state-changing request being handled (see durable_key)
 CURRENT_REQUEST: ContextVar[str | None] = ContextVar("stuisession_request", default=None)
 
 
-def durable_request_key(caller: bytes, request_id: str | int, command: str, parameters: Any) -> str:
-    """The key a session record keeps for an applied request: 32 hex characters.
+def durable_key(key: bytes) -> str:
+    """The form a session record keeps an applied request's key in: 32 hex characters.
 
-    A digest over the caller's identity, the request id and its content (the
-    same request key the reply cache uses), so a resend after a restart is
-    recognised while another caller's request with the same id is not.
+    *key* is :func:`request_key` with the caller's dedup scope -- a digest over
+    the caller's identity, the request id and its content, the reply cache's
+    own key -- so a resend after a restart is recognised while another
+    caller's request with the same id is not.
     """
-    h = hashlib.sha256(b"stuisession-applied-request\x00")
-    h.update(len(caller).to_bytes(4, "big") + caller)
-    h.update(request_key(request_id, command, parameters))
-    return h.hexdigest()[:32]
+    return key.hex()[:32]
+
+
+def _field(data: bytes) -> bytes:
+    # length-prefixed, so the caller can never run into the request id
+    return len(data).to_bytes(4, "big") + data
 
 
 def reply_cost(reply: dict[str, Any]) -> int:
