@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import zmq
 
@@ -318,7 +319,7 @@ def test_notices_carry_no_state_and_no_raw_id(
     assert topic == token["topic"].encode()
     assert (a.session_id or "").encode() not in topic
     assert set(notice) <= {"event", "revision", "lineage"}
-    assert notice == {"event": "updated", "revision": a.revision}
+    assert notice == {"event": "updated", "revision": a.revision, "lineage": a.lineage}
 
 
 def test_change_events_name_what_happened() -> None:
@@ -384,7 +385,7 @@ def test_change_through_one_redis_bridge_reaches_subscribers_of_another(
         wait_subscribed(sub)
         a.update(state_data={"from": "bridge one"})
         _topic, notice = next_notice(sub)
-        assert notice == {"event": "updated", "revision": a.revision}
+        assert notice == {"event": "updated", "revision": a.revision, "lineage": a.lineage}
         # and a watcher on bridge two follows writes through bridge one exactly
         watch = b.watch(two.notify)
         for i in range(20):
@@ -417,7 +418,11 @@ def test_file_store_bridge_notifies_the_changes_made_through_it(
     assert next_notice(sub_one)[1]["event"] == "updated"
     assert frames_within(sub_two, WINDOW) == []
     b.update(state_data={"via": "two"})
-    assert next_notice(sub_two)[1] == {"event": "updated", "revision": b.revision}
+    assert next_notice(sub_two)[1] == {
+        "event": "updated",
+        "revision": b.revision,
+        "lineage": b.lineage,
+    }
 
 
 # -- CURVE identity as the proof -----------------------------------------------------------
@@ -507,7 +512,8 @@ def test_redis_publishes_a_notice_exactly_when_the_write_commits(
         service.update(sid, StateUpdate(sets=((("session_state", "x"), 2),)))
         # a write that loses its compare-and-swap publishes nothing
         with pytest.raises(ConflictError), writer.announcing(ChangeEvent.of(stale, "updated")):
-            writer.save(stale, expected_revision=stale.revision - 1)
+            # based on a record older than the one read: it can not commit
+            writer.save(stale, expected=attrs.evolve(stale.info, version=stale.version - 1))
         service.close(sid)
         deadline = time.monotonic() + WAIT
         while len(seen) < 4 and time.monotonic() < deadline:
