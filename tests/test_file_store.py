@@ -66,7 +66,7 @@ def save_next(store: FileStore, session: Session, **entries: Any) -> Session:
 
 
 def snap(store: FileStore, sid: str, k: int = 0) -> Path:
-    p = store.path / "sessions" / sid[8:10] / f"{sid}.snap"
+    p = Path(store._paths(sid).current)
     return p if k == 0 else p.with_name(f"{p.name}.{k}")
 
 

@@ -21,6 +21,7 @@ from stuisession.codec import journal
 from stuisession.errors import ConfigurationError, IntegrityError
 from stuisession.keys import ENV_KEYRING, Keyring
 from stuisession.stores.file import hwm
+from stuisession.stores.file.layout import session_stem
 
 OPTIONS: dict[str, Any] = {"fsync": False, "lock_stripes": 4}
 
@@ -44,12 +45,13 @@ def _update(h: ProtocolHandler, sid: str, name: str, value: int) -> int:
 
 
 def _files(root: Path, sid: str) -> dict[str, Path]:
-    (shard,) = [p.parent for p in (root / "sessions").rglob(f"{sid}.snap")]
+    stem = session_stem(root, sid)
+    shard = root / "sessions" / stem[:2]
     return {
-        "snap": shard / f"{sid}.snap",
-        "backup": shard / f"{sid}.snap.1",
-        "journal": shard / f"{sid}.jnl",
-        "hwm": shard / f"{sid}.hwm",
+        "snap": shard / f"{stem}.snap",
+        "backup": shard / f"{stem}.snap.1",
+        "journal": shard / f"{stem}.jnl",
+        "hwm": shard / f"{stem}.hwm",
     }
 
 
@@ -239,10 +241,20 @@ def test_older_format_file_put_back_is_refused(tmp_path: Path) -> None:
 
 
 # -- migration: a version-2 store gets its marks ------------------------------------------
+def _as_named_by_id(root: Path, sid: str) -> None:
+    """Rename *sid*'s files back to the layout before format 4 (named by the id)."""
+    stem = session_stem(root, sid)
+    legacy = root / "sessions" / sid[8:10]
+    legacy.mkdir(exist_ok=True)
+    for path in (root / "sessions").rglob(f"{stem}.*"):
+        path.rename(legacy / (sid + path.name[len(stem) :]))
+
+
 def test_version_2_store_is_migrated_with_marks(tmp_path: Path) -> None:
     sid, acked = _session(tmp_path)
-    mark = _files(tmp_path, sid)["hwm"]
-    mark.unlink()
+    _files(tmp_path, sid)["hwm"].unlink()
+    _as_named_by_id(tmp_path, sid)
+    mark = tmp_path / "sessions" / sid[8:10] / f"{sid}.hwm"
     fmt = tmp_path / "format.json"
     doc = json.loads(fmt.read_text())
     fmt.write_text(
@@ -251,7 +263,9 @@ def test_version_2_store_is_migrated_with_marks(tmp_path: Path) -> None:
         )
     )
     store = FileStore(tmp_path, **OPTIONS)
-    assert json.loads(fmt.read_text())["version"] == 3
+    assert json.loads(fmt.read_text())["version"] == 4  # and renamed (format 4)
+    assert not mark.exists()
+    mark = _files(tmp_path, sid)["hwm"]
     assert hwm.read(store.codec.keyring, sid, str(mark)).revision == acked
     assert store.load(sid).revision == acked
     assert _verify_problems(tmp_path) == []

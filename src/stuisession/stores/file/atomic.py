@@ -94,11 +94,11 @@ class FileWriter:
 
     def write_session_temp(self, p: SessionPaths, blob: bytes) -> str:
         try:
-            return self.write_temp(p.dir, p.sid, blob)
+            return self.write_temp(p.dir, p.name, blob)
         except FileNotFoundError:
             pass
         self.make_shard(p.dir)
-        return self.write_temp(p.dir, p.sid, blob)
+        return self.write_temp(p.dir, p.name, blob)
 
     def make_shard(self, directory: str) -> None:
         """Create a shard directory durably (first session in it)."""

@@ -126,9 +126,9 @@ class Recovery:
         evidence = read_file(p.journal)
         if evidence:
             # a copy, not a link: the journal is cut and appended in place later
-            tmp = self._writer.write_temp(self._layout.quarantine_dir, p.sid, evidence)
+            tmp = self._writer.write_temp(self._layout.quarantine_dir, p.name, evidence)
             os.replace(
-                tmp, os.path.join(self._layout.quarantine_dir, f"{p.sid}.{stamp}.{rand}.jnl.bad")
+                tmp, os.path.join(self._layout.quarantine_dir, f"{p.name}.{stamp}.{rand}.jnl.bad")
             )
         note = {
             "session_ref": session_ref(p.sid),
@@ -138,8 +138,10 @@ class Recovery:
             "reason": reason,
             "time": stamp,
         }
-        path = Path(self._layout.quarantine_dir) / f"{p.sid}.{stamp}.{rand}{ROLLBACK_SUFFIX}"
-        tmp = self._writer.write_temp(self._layout.quarantine_dir, p.sid, json.dumps(note).encode())
+        path = Path(self._layout.quarantine_dir) / f"{p.name}.{stamp}.{rand}{ROLLBACK_SUFFIX}"
+        tmp = self._writer.write_temp(
+            self._layout.quarantine_dir, p.name, json.dumps(note).encode()
+        )
         os.replace(tmp, path)
         self._writer.fsync_dir(self._layout.quarantine_dir)
         created = hwm.write(
@@ -255,7 +257,7 @@ class Recovery:
         """
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         while True:
-            name = f"{p.sid}.{stamp}.{secrets.token_hex(4)}.{kind}.bad"
+            name = f"{p.name}.{stamp}.{secrets.token_hex(4)}.{kind}.bad"
             dst = os.path.join(self._layout.quarantine_dir, name)
             try:
                 os.link(path, dst)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 
 from stuisession.codec import journal
@@ -58,8 +59,10 @@ def verify_files(
                 done[item.identity] = reason
         if reason is not None:
             yield VerifyProblem(item.session_id, reason, item.path)
-        if item.generation == 0:
-            for note in notes.get(item.session_id, []):
+        if item.generation == 0 and item.path is not None:
+            # notes are named by the session's file name stem, like its snapshot
+            stem = os.path.basename(item.path).partition(".")[0]
+            for note in notes.get(stem, []):
                 yield VerifyProblem(item.session_id, _describe_note(note), note)
         if progress is not None:
             progress(i)
