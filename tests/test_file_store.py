@@ -766,7 +766,7 @@ def test_no_session_id_in_clear_anywhere_in_the_store(
     # the contents of every file that holds no session record (marks, markers,
     # format.json, keyring, locks, quarantine notes); see docs/security.md for
     # the records in snapshots and journals
-    records = (".snap", ".jnl", ".bad") + tuple(f".snap.{k}" for k in range(1, 10))
+    records = (".snap", ".jnl", ".bad", *(f".snap.{k}" for k in range(1, 10)))
     for path in root.rglob("*"):
         if path.is_file() and not path.name.endswith(records):
             data = path.read_bytes()
