@@ -17,6 +17,7 @@ from typing import Any
 import filelock
 import pytest
 
+from stuisession._fs import Beneath
 from stuisession.codec.snapshot import HEADER_SIZE, MAGIC
 from stuisession.errors import (
     ConfigurationError,
@@ -443,9 +444,9 @@ FAULTS: dict[str, tuple[str, int, Callable[..., bool]]] = {
     "fsync-eio": ("fsync", errno.EIO, _always),
     "write-enospc": ("write", errno.ENOSPC, _always),
     "replace-eio": ("replace", errno.EIO, _always),
-    "final-rename-eio": ("replace", errno.EIO, lambda src, dst: str(dst).endswith(".snap")),
+    "final-rename-eio": ("replace", errno.EIO, lambda src, dst, **_: str(dst).endswith(".snap")),
     "link-eio": ("link", errno.EIO, _always),
-    "create-erofs": ("open", errno.EROFS, lambda path, flags, *a: bool(flags & os.O_CREAT)),
+    "create-erofs": ("open", errno.EROFS, lambda path, flags, *a, **_: bool(flags & os.O_CREAT)),
 }
 
 
@@ -513,10 +514,10 @@ def test_read_fault_is_storage_error(store: FileStore, monkeypatch: pytest.Monke
     monkeypatch.setattr(
         os,
         "open",
-        lambda path, flags, *a: (
+        lambda path, flags, *a, **kw: (
             (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
             if str(path).endswith(".snap")
-            else real(path, flags, *a)
+            else real(path, flags, *a, **kw)
         ),
     )
     with pytest.raises(StorageError, match="EIO"):
@@ -692,11 +693,12 @@ def test_head_read_of_large_metadata(tmp_path: Path) -> None:
     blob = header + b"k1" + b"m" * meta_len + b"t" * 32 + b"p" * 10 + b"T" * 32
     f = tmp_path / "big"
     f.write_bytes(blob)
-    head = read_file(str(f), head_only=True)
+    fs = Beneath(tmp_path)
+    head = read_file(str(f), head_only=True, fs=fs)
     assert head == blob[: HEADER_SIZE + 2 + meta_len + 32]
     f.write_bytes(blob[:5000])  # truncated: returned as far as it goes
-    assert read_file(str(f), head_only=True) == blob[:5000]
-    assert read_file(str(tmp_path / "missing"), head_only=True) is None
+    assert read_file(str(f), head_only=True, fs=fs) == blob[:5000]
+    assert read_file(str(tmp_path / "missing"), head_only=True, fs=fs) is None
 
 
 # -- planted symlinks (issue 17 item 10) ----------------------------------------------------

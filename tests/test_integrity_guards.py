@@ -266,7 +266,7 @@ def test_version_2_store_is_migrated_with_marks(tmp_path: Path) -> None:
     assert json.loads(fmt.read_text())["version"] == 4  # and renamed (format 4)
     assert not mark.exists()
     mark = _files(tmp_path, sid)["hwm"]
-    assert hwm.read(store.codec.keyring, sid, str(mark)).revision == acked
+    assert hwm.read(store.codec.keyring, sid, str(mark), fs=store._layout.fs).revision == acked
     assert store.load(sid).revision == acked
     assert _verify_problems(tmp_path) == []
 

@@ -147,6 +147,8 @@ class Layout:
         self.quarantine_dir = str(self.root / "quarantine")
         self.format_file = self.root / FORMAT_FILE
         self.keyring_file = self.root / KEYRING_FILE
+        #: every file operation under the store directory goes through it (no symlinks)
+        self.fs = _fs.Beneath(self.root)
         #: keys file names (format 4); None: files are named by session ids
         self.name_key: bytes | None = None
         #: the session id in a snapshot head whose record checks out (set by the store;
@@ -297,7 +299,7 @@ class Layout:
         directory = self.shard_dir(stem[:2])
         for suffix in (SNAP_SUFFIX, *(f"{SNAP_SUFFIX}.{k}" for k in range(1, 100))):
             try:
-                head = _read_head(os.path.join(directory, stem + suffix))
+                head = _read_head(self.fs, os.path.join(directory, stem + suffix))
             except OSError:
                 head = None
             if head is None:
@@ -453,10 +455,10 @@ class Layout:
         return found
 
 
-def _read_head(path: str) -> bytes | None:
+def _read_head(fs: _fs.Beneath, path: str) -> bytes | None:
     """The head of the snapshot file *path* (header to head tag), None if absent; OSError."""
     try:
-        fd = os.open(path, os.O_RDONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+        fd = fs.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import attrs
 
-from stuisession import _json
+from stuisession import _fs, _json
 from stuisession.codec.snapshot import Snapshot, SnapshotCodec
 from stuisession.errors import (
     ConfigurationError,
@@ -175,6 +175,8 @@ class FileStore(SessionStore):
         self._backups = backups
         if not allow_insecure_directory:
             _check_directory(layout.root)
+        else:  # the operator accepted a symlinked root; nothing below it is followed
+            layout.fs = _fs.Beneath(layout.root, follow_root=True)
         layout.make_dirs()
         if codec is None:
             ring = keyring if keyring is not None else Keyring.from_env()
@@ -188,7 +190,10 @@ class FileStore(SessionStore):
         self._index = ClientIndex(layout, fmt.shard_key)
         self._locks = StripeLocks(layout.lock_paths(fmt.lock_stripes), lock_timeout)
         self._writer = FileWriter(
-            layout.sessions_dir, fsync=fsync, sweep_age=max(STALE_TMP_AGE, 2 * float(lock_timeout))
+            layout.sessions_dir,
+            fsync=fsync,
+            sweep_age=max(STALE_TMP_AGE, 2 * float(lock_timeout)),
+            fs=layout.fs,
         )
         self._journal = journal
         self._cache = HeadCache(cache_bytes)
@@ -228,9 +233,10 @@ class FileStore(SessionStore):
         name_kid = self.codec.keyring.current_id
         layout = self._layout
         for sid in list(layout.iter_legacy_ids()):
-            self._io(
-                "rename a session's files", lambda sid=sid: self._rename_session(sid, name_kid)
-            )
+            try:
+                self._rename_session(sid, name_kid)
+            except OSError as exc:
+                raise storage_error("rename a session's files", exc) from exc
         layout.write_format(attrs.evolve(fmt, name_kid=name_kid), self.codec.keyring, fsync=fsync)
         layout.set_names(attrs.evolve(fmt, name_kid=name_kid), self.codec.keyring)
         log.info("file store: migrated %s from format version %d", self._root, fmt.version)
@@ -261,6 +267,7 @@ class FileStore(SessionStore):
     def _rename_session(self, sid: str, name_kid: str) -> None:
         """Rename *sid*'s files (and quarantine copies) to its format-4 names; OSError."""
         layout = self._layout
+        fs = layout.fs
         old = layout.legacy_paths(sid)
         stem = session_name(self.codec.keyring.derive(NAME_PURPOSE, name_kid), sid)
         new = SessionPaths(layout.sessions_dir, sid, stem)
@@ -292,13 +299,13 @@ class FileStore(SessionStore):
                 self._writer.write_marker(os.path.join(layout.shard_dir(shard), stem + REF_SUFFIX))
             moves.append((old.current, new.current))  # last: the session is migrated once it moves
             for src, dst in moves:
-                if not os.path.isdir(os.path.dirname(dst)):
+                if not fs.lexists(os.path.dirname(dst)):
                     self._writer.make_shard(os.path.dirname(dst))
                 with contextlib.suppress(FileNotFoundError):
-                    os.replace(src, dst)
+                    fs.replace(src, dst)
             if old_marker is not None:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(old_marker)
+                    fs.unlink(old_marker)
             for d in {old.dir, new.dir, layout.quarantine_dir}:
                 self._writer.fsync_dir(d)
 
@@ -520,14 +527,14 @@ class FileStore(SessionStore):
     def _get(self, session_id: str) -> bytes | None:
         p = self._paths(session_id)
         try:
-            return read_file(p.current)
+            return read_file(p.current, fs=self._layout.fs)
         except OSError as exc:
             raise storage_error("read a session snapshot", exc) from exc
 
     def _get_head(self, session_id: str) -> bytes | None:
         p = self._paths(session_id)
         try:
-            return read_file(p.current, head_only=True)
+            return read_file(p.current, head_only=True, fs=self._layout.fs)
         except OSError as exc:
             raise storage_error("read a session snapshot", exc) from exc
 
@@ -566,13 +573,13 @@ class FileStore(SessionStore):
                 self._writer.discard(tmp)
 
     def _create_locked(self, p: SessionPaths, tmp: str, revision: int) -> None:
-        if os.path.lexists(p.current):
+        if self._layout.fs.lexists(p.current):
             # before the mark is written: never lower an existing session's mark
             raise ConflictError("session already exists", current_revision=self._head_revision(p))
         # the mark goes first: a reader never sees the session without it
         self._jw.mark(p, revision)
         try:
-            os.link(tmp, p.current)  # atomic create-if-absent
+            self._layout.fs.link(tmp, p.current)  # atomic create-if-absent
         except FileExistsError:
             raise ConflictError(
                 "session already exists", current_revision=self._head_revision(p)
@@ -595,7 +602,7 @@ class FileStore(SessionStore):
         if revision != expected_revision:
             raise ConflictError("session was changed by another writer", current_revision=revision)
         self._jw.rotate_backups(p)
-        os.replace(tmp, p.current)
+        self._layout.fs.replace(tmp, p.current)
         self._writer.fsync_dir_committed(p.dir)
         self._jw.mark_committed(p, new_revision)
         self._jw.forget_journal(p)
@@ -603,9 +610,10 @@ class FileStore(SessionStore):
 
     def _delete(self, session_id: str) -> bool:
         p = self._paths(session_id)
+        fs = self._layout.fs
         try:
             with self._locks.locked(session_id):
-                existed = os.path.lexists(p.current)
+                existed = fs.lexists(p.current)
                 marker = None
                 if existed:
                     with contextlib.suppress(SessionNotFound, IntegrityError):
@@ -615,24 +623,24 @@ class FileStore(SessionStore):
                 # backups and journal first: a crash part-way leaves the session
                 # in place, never backups without their session
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p.journal)
+                    fs.unlink(p.journal)
                 for path in self._layout.backup_files(p):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                        fs.unlink(path)
                 if existed:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(p.current)
+                        fs.unlink(p.current)
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p.hwm)  # after the session: never a session without its mark
+                    fs.unlink(p.hwm)  # after the session: never a session without its mark
                 if existed:
                     self._writer.fsync_dir(p.dir)
                 if marker is not None:  # after the session: never a session without it
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(marker)
+                        fs.unlink(marker)
                 # "everything kept for it": set-aside copies go too
                 for path in self._layout.quarantine_files(p.sid):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                        fs.unlink(path)
                 return existed
         except OSError as exc:
             raise storage_error("delete a session", exc) from exc
