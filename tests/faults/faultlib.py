@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
+from stuisession.stores.file.layout import session_stem
 
 #: iterations of the randomised tests: quick by default, ``make faults`` sets 500
 ITERATIONS = int(os.environ.get("STUISESSION_FAULT_ITERATIONS", "0")) or None
@@ -468,7 +469,7 @@ def session_files(root: Path, sid: str) -> list[Path]:
     """Every file kept for session *sid* in its shard (snapshot, backups, journal...)."""
     return sorted(
         p
-        for p in (root / "sessions").rglob(f"{sid}*")
+        for p in (root / "sessions").rglob(f"{session_stem(root, sid)}*")
         # client-index markers are empty: nothing in them to damage
         if p.is_file() and not p.name.endswith((".tmp", ".ref"))
     )
