@@ -706,9 +706,8 @@ def test_status_of_a_running_bridge(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert fields["active_sessions"] == "1"
         assert fields["max_sessions_per_client"] == "5"
         assert "connections" not in fields
-        table = out.split("\n\n")[1].splitlines()
-        assert table[0].split()[:3] == ["IDENTITY", "CLIENT", "CONNECTED"]
-        assert len(table) == 2  # our own REQ connection
+        # a plaintext (unauthenticated) caller sees counts only: no connection table
+        assert "IDENTITY" not in out and "alice" not in out
 
         code, out, _ = run(
             capsys, "status", "--endpoint", srv.bound_endpoint, "--timeout", "10", "--json"
@@ -716,7 +715,7 @@ def test_status_of_a_running_bridge(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert code == 0
         doc = json.loads(out)
         assert doc["total_sessions"] == 1
-        assert isinstance(doc["connections"], list)
+        assert "connections" not in doc
     finally:
         srv.stop()
         thread.join(10)

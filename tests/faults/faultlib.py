@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
+from stuisession.security.identity import Caller
 from stuisession.stores.file.layout import session_stem
 
 #: iterations of the randomised tests: quick by default, ``make faults`` sets 500
@@ -385,7 +386,11 @@ class Harness:
         self._n += 1
         rid = f"r{self._n}"
         reply = check_reply(
-            (handler or self.handler).handle({"id": rid, "command": command, "parameters": params})
+            # the harness is the embedding application (a trusted caller): these tests
+            # exercise the store under faults, not access control
+            (handler or self.handler).handle(
+                {"id": rid, "command": command, "parameters": params}, caller=Caller.local()
+            )
         )
         assert reply["id"] == rid
         return reply
