@@ -326,7 +326,7 @@ def test_planted_symlink_shard_directory_is_not_followed(tmp_path: Path) -> None
         with pytest.raises((StorageError, SessionNotFound)):
             store_now.load(s.session_id)
         with pytest.raises((StorageError, SessionNotFound)):
-            store_now.save(s, expected_revision=s.revision)
+            store_now.save(lifecycle.revise(s), expected=s)
         # a new session whose files belong in that shard
         other = s
         while store_now._paths(other.session_id).dir != str(shard) or other is s:
