@@ -83,7 +83,11 @@
 //!
 //! [`ClientOptions::curve`] sets `CURVE_SERVERKEY`, `CURVE_PUBLICKEY` and
 //! `CURVE_SECRETKEY` (40-character Z85 keys) on every socket. The bridge must
-//! be started with CURVE enabled for this to connect.
+//! be started with CURVE (`stuisession serve --curve-secret FILE
+//! --curve-clients FILE`, keys from `stuisession keys curve-server` /
+//! `curve-client`). A key on no allow-list is refused at the handshake, so
+//! calls end in [`ClientError::Timeout`]; a key acts only as the client ids
+//! it is bound to, and another client's session answers `SessionNotFound`.
 //!
 //! # Building offline
 //!
