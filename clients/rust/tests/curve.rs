@@ -26,7 +26,14 @@ fn cert_field(path: &Path, name: &str) -> String {
         if let Some(rest) = line.strip_prefix(name) {
             let value = rest.trim_start().trim_start_matches('=').trim();
             let value = value.trim_matches('"');
-            assert_eq!(value.len(), 40, "{} in {}: {:?}", name, path.display(), value);
+            assert_eq!(
+                value.len(),
+                40,
+                "{} in {}: {:?}",
+                name,
+                path.display(),
+                value
+            );
             return value.to_string();
         }
     }
@@ -105,7 +112,9 @@ fn curve_keys_from_the_cli_act_only_as_their_bound_client_ids() {
 
     // alice, with her bound key: create / update / restore as her client id
     let mut a = curve_client(&bridge, &alice, 5000, 3);
-    let created = a.create_session(&alice_id).expect("create_session with a bound key");
+    let created = a
+        .create_session(&alice_id)
+        .expect("create_session with a bound key");
     assert_eq!(created.client_id, alice_id);
     let id = created.session_id.clone();
     let state = json!({"workspace": "x := 3 + 4.", "variables": ["x"], "ünï": "😀"});
@@ -181,7 +190,9 @@ fn curve_keys_from_the_cli_act_only_as_their_bound_client_ids() {
         ErrorType::SessionNotFound
     );
     // bob's own sessions work
-    let own = b.create_session(&bob_id).expect("bob creates his own session");
+    let own = b
+        .create_session(&bob_id)
+        .expect("bob creates his own session");
     assert_eq!(own.client_id, bob_id);
 
     // the refusals left alice's session and the bridge as they were

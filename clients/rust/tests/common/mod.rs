@@ -135,7 +135,11 @@ impl Bridge {
             let mut bridge = Bridge {
                 child: None,
                 port: free_port(),
-                notify_port: if setup.notify { Some(free_port()) } else { None },
+                notify_port: if setup.notify {
+                    Some(free_port())
+                } else {
+                    None
+                },
                 setup: setup.clone(),
                 dir: dir.clone(),
                 starts: 0,
@@ -161,7 +165,9 @@ impl Bridge {
 
     /// `tcp://127.0.0.1:<notify port>` (panics unless started with `notify`).
     pub fn notify_endpoint(&self) -> String {
-        let port = self.notify_port.expect("the bridge was started without --notify");
+        let port = self
+            .notify_port
+            .expect("the bridge was started without --notify");
         format!("tcp://127.0.0.1:{}", port)
     }
 
