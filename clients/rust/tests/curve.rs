@@ -9,12 +9,12 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{run_cli, unique_client_id, Bridge, Setup, TempDir};
 use serde_json::json;
 use stuisession_client::{
-    Client, ClientError, ClientOptions, CurveKeys, ErrorType, RestoreSessionRequest,
+    Client, ClientError, ClientOptions, CurveKeys, ErrorType, RestoreSessionRequest, Watch,
 };
 
 /// The value of `name = "..."` in a ZeroMQ certificate file (`zmq.auth` format).
@@ -107,7 +107,7 @@ fn curve_keys_from_the_cli_act_only_as_their_bound_client_ids() {
             allow_list.to_str().unwrap().into(),
         ],
         probe_curve: Some(alice.clone()),
-        ..Default::default()
+        notify: true,
     });
 
     // alice, with her bound key: create / update / restore as her client id
@@ -194,6 +194,41 @@ fn curve_keys_from_the_cli_act_only_as_their_bound_client_ids() {
         .create_session(&bob_id)
         .expect("bob creates his own session");
     assert_eq!(own.client_id, bob_id);
+
+    // the notice socket is a CURVE server too: alice's watch subscribes with
+    // her keys and follows her update; bob may not watch her session
+    let mut watch = Watch::new(
+        curve_client(&bridge, &alice, 5000, 3),
+        bridge.notify_endpoint(),
+        &id,
+    )
+    .client_id(&alice_id);
+    watch.start().expect("alice watches her session over CURVE");
+    let newer = json!({"workspace": "y := 5."});
+    let revision = a
+        .update_session_state(&id, newer.clone())
+        .expect("update")
+        .extra["revision"]
+        .as_u64()
+        .expect("revision");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while watch.revision() != Some(revision) {
+        assert!(
+            Instant::now() < deadline,
+            "no notice over CURVE: {:?}",
+            watch
+        );
+        watch.poll(Duration::from_millis(500)).expect("poll");
+    }
+    assert_eq!(watch.state()["session_state"], newer);
+    let state = newer;
+    let mut bob_watch = Watch::new(
+        curve_client(&bridge, &bob, 5000, 3),
+        bridge.notify_endpoint(),
+        &id,
+    )
+    .client_id(&bob_id);
+    assert_eq!(error_type(bob_watch.start()), ErrorType::SessionNotFound);
 
     // the refusals left alice's session and the bridge as they were
     let again = a
