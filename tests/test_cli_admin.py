@@ -25,6 +25,7 @@ from stuisession.ids import new_session_id
 from stuisession.security.audit import AuditLog
 from stuisession.service.core import SessionService
 from stuisession.state.model import Session, SessionState
+from stuisession.stores.file.layout import session_stem
 
 #: put into every state; must never appear in list/show output
 SECRET = "hunter2-TOP-SECRET-value"
@@ -94,7 +95,8 @@ class Populated:
 
     def path_of(self, name: str, generation: int = 0) -> Path:
         sid = self.ids[name]
-        path = self.root / "sessions" / sid[8:10] / f"{sid}.snap"
+        stem = session_stem(self.root, sid)
+        path = self.root / "sessions" / stem[:2] / f"{stem}.snap"
         return path if generation == 0 else path.with_name(f"{path.name}.{generation}")
 
     def stored_size(self, name: str) -> int:
