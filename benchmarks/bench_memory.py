@@ -41,7 +41,7 @@ from typing import Any
 import benchlib
 
 from stuisession import FileStore, Policy, ProtocolHandler
-from stuisession.state.schema import lifecycle
+from stuisession.state import lifecycle
 
 SAMPLE = 500  # sessions restored and described
 SAMPLE_UPDATES = 100  # of them also updated

@@ -279,22 +279,21 @@ def targets(r: dict[str, Any]) -> list[Target]:
     mgmt = mem.get("management_mb")
     n_sessions = _get(mem, "store", "sessions")
     with_cache = default.get("added_mb")
+    # judged with the defaults (the cache included): the budget holds without tuning
     out.append(
         Target(
             "memory-added",
             f"RSS added by session management, {n_sessions or 'n/a'} stored sessions "
-            "(a sample served, not all loaded)",
+            "(a sample served, not all loaded), default settings",
             "< 10 MB",
-            "n/a" if mgmt is None else f"{mgmt:.1f} MB" + (" (cache off)" if off else ""),
+            "n/a" if with_cache is None else f"{with_cache:.1f} MB (defaults)",
+            "n/a" if mgmt is None or not off else f"{mgmt:.1f} MB with the cache off",
+            "n/a" if with_cache is None else ratio(with_cache / 10),
+            None if with_cache is None else with_cache < 10,
             "n/a"
             if with_cache is None
-            else f"{with_cache:.1f} MB with the default decoded-session cache",
-            "n/a" if mgmt is None else ratio(mgmt / 10),
-            None if mgmt is None else mgmt < 10,
-            "n/a"
-            if mgmt is None
-            else f"{mgmt:.1f} MB against 10 MB"
-            + (f"; {with_cache:.1f} MB with the default cache" if off and with_cache else ""),
+            else f"{with_cache:.1f} MB with the defaults against 10 MB"
+            + (f"; {mgmt:.1f} MB with the cache off" if off and mgmt is not None else ""),
         )
     )
     peak_mb = default.get("peak_all_mb")

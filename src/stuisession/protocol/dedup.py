@@ -62,11 +62,17 @@ class _Entry:
 TRANSIENT_ERRORS = frozenset({"RateLimited", "Busy", "StorageError", "InternalError"})
 
 
+#: default bound of the reply cache (bytes of encoded replies): small for the memory
+#: budget; a reply larger than the bound is not remembered (a resend is handled again
+#: and the id-keyed revision checks still apply)
+DEFAULT_REPLY_BYTES = 4 * 1024 * 1024
+
+
 class ReplyCache:
     """Bounded (entries and estimated bytes), time-limited memory of replies. Thread-safe."""
 
     def __init__(
-        self, ttl: float = 300.0, max_entries: int = 4096, max_bytes: int = 64 * 1024 * 1024
+        self, ttl: float = 300.0, max_entries: int = 4096, max_bytes: int = DEFAULT_REPLY_BYTES
     ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries

@@ -18,8 +18,10 @@ from stuisession.codec import journal
 from stuisession.codec.snapshot import Snapshot
 from stuisession.state.model import Session, SessionInfo
 
-#: default bound of the decoded-session cache (estimated bytes)
-DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+#: default bound of the decoded-session cache (estimated bytes): small, so that a
+#: bridge with 10,000 stored sessions stays inside its 10 MB memory budget; a
+#: bigger cache is opt-in (``FileStore(cache_bytes=)``, ``serve --cache-mb``)
+DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
 
 FileKey = tuple[int, int, int]
 
