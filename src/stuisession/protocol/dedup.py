@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from stuisession import _json
@@ -30,6 +30,13 @@ def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
     h = hashlib.sha256()
     h.update(repr(request_id).encode("utf-8", "surrogatepass"))
     h.update(b"\x00" + command.encode() + b"\x00")
+    raw: Mapping[str, bytes] = getattr(parameters, "raw", None) or {}
+    if raw:
+        # raw request text kept by the parse: hash those bytes, not a re-encoding
+        parameters = {
+            k: ("\x00raw:" + hashlib.sha256(raw[k]).hexdigest()) if k in raw else v
+            for k, v in parameters.items()
+        }
     try:
         h.update(_json.dumps_sorted(parameters))
     except (TypeError, ValueError):

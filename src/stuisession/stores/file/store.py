@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -295,9 +295,11 @@ class FileStore(SessionStore):
             return
         p = self._paths(session.session_id)
         payload = update.to_json()
+        # a section replaced wholesale by validated client bytes is stored as those bytes
+        raw = {k: v for k, v in update.raw.items() if k in update.replace}
         self._io(
             "write a session journal",
-            lambda: self._jw.commit(p, session, expected_revision, max_size, payload),
+            lambda: self._jw.commit(p, session, expected_revision, max_size, payload, raw=raw),
         )
 
     def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected_revision: int) -> None:
@@ -375,12 +377,21 @@ class FileStore(SessionStore):
         except OSError as exc:
             raise storage_error("read a session snapshot", exc) from exc
 
-    def _encode_sized(self, session: Session, max_size: int | None) -> tuple[bytes, int]:
+    def _encode_sized(
+        self, session: Session, max_size: int | None, raw: Mapping[str, bytes] | None = None
+    ) -> tuple[bytes, int]:
         """``(blob, state JSON bytes)``: the sealed snapshot and what the cache charges.
 
+        *raw*: wire sections whose value is exactly these validated JSON bytes (a
+        section the last update replaced wholesale): spliced, not encoded again.
         Raises :class:`~stuisession.errors.StateTooLarge` as ``_encode`` does.
         """
-        state_json = _json.dumps(to_wire_dict(session.state))
+        wire = to_wire_dict(session.state)
+        if raw:
+            spliced = {k: _json.RawJSON(raw[k]) if k in raw else v for k, v in wire.items()}
+            state_json = _json.dumps_with_raw(spliced)
+        else:
+            state_json = _json.dumps(wire)
         blob = self.codec.encode_state_json(session.info, state_json)
         if max_size is not None and len(blob) > max_size:
             raise StateTooLarge(

@@ -1,0 +1,169 @@
+"""The whole-state save path: one validating parse, the client's bytes stored and echoed.
+
+``update_session_state`` with ``state_data`` keeps the raw JSON text of
+``state_data`` from the single parse of the request and splices it into the
+journal record, the compacted snapshot and the reply; these tests check that
+what comes back is exactly the value the request held, and that the checks
+the second walk used to make still refuse what they refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stuisession import _json
+from stuisession.keys import Keyring
+from stuisession.policy import Policy
+from stuisession.protocol.handler import ProtocolHandler
+from stuisession.stores.file import FileStore
+from stuisession.stores.memory import MemoryStore
+
+STATE_TEXT = (
+    '{ "big": 123456789012345678901234567890123,  "neg": -98765432109876543210987,'
+    ' "f": 1.0, "g": 0.1, "h": 1e5, "esc": "caf\\u00e9 \\ud83d\\ude00 \\"q\\" \\\\",'
+    ' "dup": 1, "dup": 2, "nested": {"a": [[], {}, [1, [2, [3]]]], "b": "]]}{[["},'
+    ' "uni": "日本" }'
+)
+
+
+def _wire(handler: ProtocolHandler, rid: str, command: str, params: str) -> dict[str, Any]:
+    body = f'{{"id": "{rid}", "command": "{command}", "parameters": {params}}}'
+    reply: dict[str, Any] = json.loads(handler.handle_wire(body.encode()))
+    return reply
+
+
+def _create(handler: ProtocolHandler) -> str:
+    reply = _wire(handler, "c", "create_session", '{"client_id": "alice"}')
+    assert reply["status"] == "success", reply
+    return str(reply["result"]["session_id"])
+
+
+def _save(handler: ProtocolHandler, rid: str, sid: str, state_text: str) -> dict[str, Any]:
+    return _wire(
+        handler,
+        rid,
+        "update_session_state",
+        f'{{"session_id": "{sid}", "state_data": {state_text}}}',
+    )
+
+
+def test_whole_state_save_stores_and_echoes_exactly_the_sent_value(tmp_path: Path) -> None:
+    expected = json.loads(STATE_TEXT)  # the value the client means (last duplicate wins)
+    ring = Keyring.generate()
+    store = FileStore(tmp_path, keyring=ring, journal_limit=0)  # every save compacts
+    handler = ProtocolHandler(store, Policy(rate_limit=None))
+    sid = _create(handler)
+    reply = _save(handler, "u1", sid, STATE_TEXT)
+    assert reply["status"] == "success", reply
+    assert reply["result"]["session_state"] == expected
+    assert type(reply["result"]["session_state"]["big"]) is int
+    restored = _wire(handler, "r", "restore_session", f'{{"session_id": "{sid}"}}')
+    assert restored["result"]["session_state"] == expected
+    store.close()
+    # a fresh process reads the compacted snapshot
+    again = ProtocolHandler(FileStore(tmp_path, keyring=ring), Policy(rate_limit=None))
+    restored = _wire(again, "r2", "restore_session", f'{{"session_id": "{sid}"}}')
+    assert restored["result"]["session_state"] == expected
+
+
+def test_whole_state_save_journal_record_replays_the_sent_value(tmp_path: Path) -> None:
+    expected = json.loads(STATE_TEXT)
+    ring = Keyring.generate()
+    store = FileStore(tmp_path, keyring=ring, journal_limit=10 << 20, cache_bytes=0)
+    handler = ProtocolHandler(store, Policy(rate_limit=None))
+    sid = _create(handler)
+    assert _save(handler, "u1", sid, STATE_TEXT)["status"] == "success"
+    # a second update on top replays the first from the journal (no cache)
+    reply = _wire(
+        handler,
+        "u2",
+        "update_session_state",
+        f'{{"session_id": "{sid}", "changes": '
+        '{"workspaces": {"default": {"variables": {"v": 1}}}}}',
+    )
+    assert reply["status"] == "success", reply
+    assert reply["result"]["session_state"] == expected
+    store.close()
+    again = ProtocolHandler(FileStore(tmp_path, keyring=ring), Policy(rate_limit=None))
+    restored = _wire(again, "r2", "restore_session", f'{{"session_id": "{sid}"}}')
+    assert restored["result"]["session_state"] == expected
+
+
+def test_whole_state_save_still_refuses_what_the_value_checks_refuse() -> None:
+    handler = ProtocolHandler(MemoryStore(), Policy(rate_limit=None))
+    sid = _create(handler)
+    bad = {
+        "lone surrogate": '{"s": "\\ud800"}',
+        "infinite number": '{"x": 1e999}',
+        "overflowing decimal": '{"x": ' + "9" * 400 + ".5}",
+        # state_data's object is level 0, the innermost list level 201
+        "too deep": "[" * 201 + "]" * 201,
+    }
+    for what, text in bad.items():
+        reply = _save(handler, f"b-{len(what)}", sid, "{" + f'"k": {text}' + "}")
+        assert reply["status"] == "error", what
+        assert reply["error_type"] == "SessionError", (what, reply)
+        assert reply["details"].get("field") == "state_data", (what, reply)
+    # the deepest accepted value is still accepted
+    ok = _save(handler, "ok", sid, "{" + '"k": ' + "[" * 200 + "]" * 200 + "}")
+    assert ok["status"] == "success", ok
+
+
+def test_whole_state_save_resend_is_deduplicated_by_its_bytes() -> None:
+    handler = ProtocolHandler(MemoryStore(), Policy(rate_limit=None))
+    sid = _create(handler)
+    first = _save(handler, "same", sid, STATE_TEXT)
+    resent = _save(handler, "same", sid, STATE_TEXT)
+    assert resent == first  # the remembered reply: no second revision
+    other = _save(handler, "same", sid, '{"other": true}')
+    assert other.get("result", {}).get("session_state") != first["result"]["session_state"]
+
+
+# -- the depth bound of the single parse ---------------------------------------------------
+_leaf = st.one_of(
+    st.integers(), st.text(alphabet='[]{}"\\ab'), st.booleans(), st.none(), st.floats(-1, 1)
+)
+_json_values = st.recursive(
+    _leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\k', max_size=3), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+def _true_depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_true_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_true_depth(v) for v in value), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values, st.booleans())
+def test_nesting_depth_is_exact_despite_brackets_and_escapes_in_strings(
+    value: Any, ascii_only: bool
+) -> None:
+    data = json.dumps(value, ensure_ascii=ascii_only).encode()
+    depth = _true_depth(value)
+    assert _json.nesting_depth(data, 100) == depth
+    assert _json.nesting_depth(data, depth) == depth
+    if depth:
+        assert _json.nesting_depth(data, depth - 1) is None
+
+
+def test_raw_text_of_a_duplicate_parameters_object_is_the_last_one() -> None:
+    parsed = _json.loads_request(
+        '{"parameters": {"state_data": {"a": 1}}, "parameters": {"x": 1}}',
+        _json.Limits(),
+        frozenset({"state_data"}),
+    )
+    assert parsed.value == {"parameters": {"x": 1}}
+    assert parsed.raw == {}
