@@ -167,3 +167,44 @@ def test_raw_text_of_a_duplicate_parameters_object_is_the_last_one() -> None:
     )
     assert parsed.value == {"parameters": {"x": 1}}
     assert parsed.raw == {}
+
+
+# -- creates near the floor ----------------------------------------------------------------
+def test_file_store_create_is_two_fsyncs(tmp_path: Path, monkeypatch: Any) -> None:
+    """A create writes one file durably: its fsync and its directory's, nothing else
+    (the shard directories exist from the store's creation)."""
+    import os
+
+    store = FileStore(tmp_path, keyring=Keyring.generate())
+    handler = ProtocolHandler(store, Policy(rate_limit=None, max_creates_per_second=None))
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    for i in range(20):  # new clients: each lands in a shard of its own
+        reply = _wire(handler, f"c{i}", "create_session", f'{{"client_id": "client-{i}"}}')
+        assert reply["status"] == "success", reply
+    assert len(calls) == 2 * 20
+
+
+def test_memory_store_lists_a_clients_sessions_from_its_index() -> None:
+    store = MemoryStore()
+    handler = ProtocolHandler(store, Policy(rate_limit=None, max_creates_per_second=None))
+    ids = {
+        c: [
+            _wire(handler, f"{c}{k}", "create_session", f'{{"client_id": "{c}"}}')["result"][
+                "session_id"
+            ]
+            for k in range(3)
+        ]
+        for c in ("alice", "bob")
+    }
+    assert {i.session_id for i in store.list_by_client("alice")} == set(ids["alice"])
+    assert store.delete(ids["alice"][0])
+    assert {i.session_id for i in store.list_by_client("alice")} == set(ids["alice"][1:])
+    assert {i.session_id for i in store.list_by_client("bob")} == set(ids["bob"])
+    assert list(store.list_by_client("carol")) == []

@@ -22,6 +22,9 @@ class MemoryStore(SessionStore):
     def __init__(self, codec: SnapshotCodec | None = None) -> None:
         super().__init__(codec)
         self._blobs: dict[str, tuple[int, str, bytes]] = {}  # id -> (revision, client, blob)
+        #: client id -> its session ids: a create counts the client's sessions without
+        #: scanning every stored one
+        self._by_client: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def _get(self, session_id: str) -> bytes | None:
@@ -41,10 +44,20 @@ class MemoryStore(SessionStore):
                     "session was changed by another writer", current_revision=current[0]
                 )
             self._blobs[info.session_id] = (info.revision, info.client_id, blob)
+            if current is None:
+                self._by_client.setdefault(info.client_id, set()).add(info.session_id)
 
     def _delete(self, session_id: str) -> bool:
         with self._lock:
-            return self._blobs.pop(session_id, None) is not None
+            entry = self._blobs.pop(session_id, None)
+            if entry is None:
+                return False
+            ids = self._by_client.get(entry[1])
+            if ids is not None:
+                ids.discard(session_id)
+                if not ids:
+                    del self._by_client[entry[1]]
+            return True
 
     def _ids(self) -> Iterator[str]:
         with self._lock:
@@ -53,7 +66,7 @@ class MemoryStore(SessionStore):
 
     def _client_ids(self, client_id: str) -> Iterator[str]:
         with self._lock:
-            ids = [sid for sid, (_, cid, _) in self._blobs.items() if cid == client_id]
+            ids = sorted(self._by_client.get(client_id, ()))
         return iter(ids)
 
     def corrupt(self, session_id: str, blob: bytes) -> None:

@@ -133,6 +133,8 @@ class FileStore(SessionStore):
             codec = SnapshotCodec(ring, encrypt=encrypt)
         super().__init__(codec)
         fmt = layout.open_format(lock_stripes, fsync=fsync)
+        if fmt.shard_key is not None:
+            layout.make_shards(fsync=fsync)  # once per store: creates never mkdir
         self._index = ClientIndex(layout, fmt.shard_key)
         self._locks = StripeLocks(layout.lock_paths(fmt.lock_stripes), lock_timeout)
         self._writer = FileWriter(
