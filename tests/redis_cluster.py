@@ -369,7 +369,7 @@ def update_load(
                     with lock:
                         acked.setdefault((sid, key), []).append(i)
                     break
-                kind = reply.get("error_type", "?")
+                kind = reply.get("error_code") or reply.get("error_type", "?")
                 reason = (reply.get("details") or {}).get("reason", "")
                 with lock:
                     name = f"{kind}:{reason}" if reason == "durability_unknown" else kind

@@ -25,6 +25,7 @@ HOMES = [
     "stuisession.keys",
     "stuisession.policy",
     "stuisession.config",
+    "stuisession.replies",
     "stuisession.state",
     "stuisession.codec",
     "stuisession.stores",

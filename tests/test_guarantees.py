@@ -31,7 +31,7 @@ def test_client_ids_with_c1_controls_are_refused_by_create() -> None:
             {"id": 1, "command": "create_session", "parameters": {"client_id": f"a{ch}b"}}
         )
         assert reply["status"] == "error"
-        assert reply["error_type"] == "ValidationError"
+        assert reply["error_code"] == "ValidationError"
 
 
 def test_policy_that_can_expire_an_active_session_is_refused() -> None:

@@ -47,7 +47,7 @@ def test_parsing_refuses_long_integers_before_converting_them() -> None:
         + "]}}}"
     ).encode()
     reply = wire(h, body)
-    assert reply["error_type"] == "InvalidRequest"
+    assert reply["error_code"] == "InvalidRequest"
     assert reply["details"]["limit"] == "max_int_digits"
 
 
@@ -57,7 +57,7 @@ def test_parsing_refuses_objects_with_too_many_members() -> None:
     reply = wire(
         h, ('{"id":"x","command":"create_session","parameters":{' + members + "}}").encode()
     )
-    assert reply["error_type"] == "InvalidRequest"
+    assert reply["error_code"] == "InvalidRequest"
     assert reply["details"]["limit"] == "max_object_keys"
 
 
@@ -77,7 +77,7 @@ def test_parsing_refuses_deep_nesting_cleanly() -> None:
     reply = wire(
         h, b'{"id":"x","command":"c","parameters":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     )
-    assert reply["error_type"] == "InvalidRequest"
+    assert reply["error_code"] == "InvalidRequest"
 
 
 def test_parsing_limits_accept_ordinary_messages_and_escaped_pairs() -> None:
@@ -150,7 +150,7 @@ def test_replies_over_max_reply_bytes_are_refused() -> None:
         ).encode(),
     )
     assert reply["status"] == "error" and reply["error_type"] == "SessionError"
-    assert reply["details"]["code"] == "ReplyTooLarge" and reply["id"] == "r"
+    assert reply["error_code"] == "ReplyTooLarge" and reply["id"] == "r"
 
 
 def test_state_limit_applies_to_decoded_size() -> None:
@@ -179,7 +179,7 @@ def test_state_limit_applies_to_decoded_size() -> None:
             "parameters": {"session_id": sid, "state_data": {"k9": "a" * 20_000}, "mode": "merge"},
         }
     )
-    assert upd["status"] == "error" and upd["error_type"] == "StateTooLarge"
+    assert upd["status"] == "error" and upd["error_code"] == "StateTooLarge"
 
 
 def test_reply_cache_charges_the_real_reply_size() -> None:
@@ -207,7 +207,7 @@ def test_total_sessions_cap_refuses_with_session_error() -> None:
     for i in range(3):
         create(h, f"c{i}")
     reply = h.handle({"id": "c", "command": "create_session", "parameters": {"client_id": "fresh"}})
-    assert reply["error_type"] == "SessionError" and reply["details"]["code"] == "CapacityExceeded"
+    assert reply["error_type"] == "SessionError" and reply["error_code"] == "CapacityExceeded"
     assert reply["details"]["cap"] == "max_sessions_total"
 
 

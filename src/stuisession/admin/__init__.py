@@ -5,17 +5,19 @@ May import: everything below the bridge (``service`` and lower), never ``cli``.
 
 from stuisession.admin.core import (
     RotationReport,
-    VerifyProblem,
     export_sessions,
     import_sessions,
     open_store,
     rotate_keys,
     verify_store,
 )
+from stuisession.admin.core import (
+    VerifyProblem as VerifyProblem,
+)
 
+# VerifyProblem moved to stuisession.stores.base; still importable from here
 __all__ = [
     "RotationReport",
-    "VerifyProblem",
     "export_sessions",
     "import_sessions",
     "open_store",
