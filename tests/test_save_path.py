@@ -37,8 +37,8 @@ def _wire(handler: ProtocolHandler, rid: str, command: str, params: str) -> dict
     return reply
 
 
-def _create(handler: ProtocolHandler) -> str:
-    reply = _wire(handler, "c", "create_session", '{"client_id": "alice"}')
+def _create(handler: ProtocolHandler, rid: str = "c") -> str:
+    reply = _wire(handler, rid, "create_session", '{"client_id": "alice"}')
     assert reply["status"] == "success", reply
     return str(reply["result"]["session_id"])
 
@@ -208,3 +208,30 @@ def test_memory_store_lists_a_clients_sessions_from_its_index() -> None:
     assert {i.session_id for i in store.list_by_client("alice")} == set(ids["alice"][1:])
     assert {i.session_id for i in store.list_by_client("bob")} == set(ids["bob"])
     assert list(store.list_by_client("carol")) == []
+
+
+def test_cache_keeps_the_latest_session_larger_than_its_bound(tmp_path: Path) -> None:
+    """A session bigger than the whole cache bound stays decoded (one such slot), so
+    updates of one big session do not decode it each time; cache_bytes=0 keeps nothing."""
+    ring = Keyring.generate()
+    big = '{"blob": "' + "x" * 200_000 + '"}'
+    for cache_bytes, kept in ((64 * 1024, True), (0, False)):
+        store = FileStore(tmp_path / str(cache_bytes), keyring=ring, cache_bytes=cache_bytes)
+        handler = ProtocolHandler(store, Policy(rate_limit=None))
+        sid = _create(handler)
+        assert _save(handler, "big", sid, big)["status"] == "success"
+        store.load(sid)
+        head = store._cache.get(sid)
+        assert (head is not None and head.session is not None) is kept
+        if kept:
+            assert head is not None and head.cost > cache_bytes
+            assert store.cache_size == head.cost
+            # a second big session takes the slot: memory stays the bound plus one session
+            other = _create(handler, "c2")
+            assert other != sid
+            assert _save(handler, "big2", other, big)["status"] == "success"
+            store.load(other)
+            assert store._cache.get(sid) is None
+        else:
+            assert store.cache_size == 0
+        store.close()
