@@ -189,7 +189,8 @@ def run(n: int, quick: bool = False) -> dict[str, Any]:
         small: dict[str, Any] = {}
         stores: list[tuple[str, SessionStore]] = [
             ("memory", MemoryStore()),
-            ("file", FileStore(root / "create-store")),
+            # as `serve` opens a file store: its shard directories made once
+            ("file", FileStore(root / "create-store", make_shards=True)),
         ]
         redis_server = None
         try:

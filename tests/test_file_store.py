@@ -652,7 +652,7 @@ def test_leftover_temp_files_ignored_and_swept(root: Path) -> None:
     (shard / "notes.txt").write_text("stray")
     (shard / "session_short.snap").write_bytes(b"stray")
     other_shard = root / "sessions" / "zz"
-    other_shard.mkdir(exist_ok=True)  # every shard exists from the store's creation
+    other_shard.mkdir()
     (other_shard / f"{s.session_id}.snap").write_bytes(b"in the wrong shard")
 
     assert list(store._ids()) == [s.session_id]

@@ -172,10 +172,11 @@ def test_raw_text_of_a_duplicate_parameters_object_is_the_last_one() -> None:
 # -- creates near the floor ----------------------------------------------------------------
 def test_file_store_create_is_two_fsyncs(tmp_path: Path, monkeypatch: Any) -> None:
     """A create writes one file durably: its fsync and its directory's, nothing else
-    (the shard directories exist from the store's creation)."""
+    (with ``make_shards``, as ``serve`` opens a file store, the shard directories
+    exist from the store's creation)."""
     import os
 
-    store = FileStore(tmp_path, keyring=Keyring.generate())
+    store = FileStore(tmp_path, keyring=Keyring.generate(), make_shards=True)
     handler = ProtocolHandler(store, Policy(rate_limit=None, max_creates_per_second=None))
     calls: list[int] = []
     real = os.fsync

@@ -21,9 +21,7 @@ model built only from acknowledged replies after every step.
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
-import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -215,12 +213,6 @@ def run_op(
     """
     if op == "create":
         client = client or f"client-{n}"
-        # the store makes every shard directory when it is created; removing this new
-        # client's (empty) one keeps the create's recovery path (mkdir) under test
-        shard = h.store._index.shard(client)
-        if shard is not None:
-            with contextlib.suppress(OSError):
-                os.rmdir(h.store._layout.shard_dir(shard))
         reply = h.send("create_session", client_id=client)
         new = reply["result"]["session_id"] if reply["status"] == "success" else "new"
         return Attempt(reply, None, None, {new: Active({}, 1)}, client)

@@ -276,7 +276,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers > 1:
         return _serve_workers(args, workers, run_policy, directory is None)
 
-    store = open_store(args.store, key_file=args.key_file, create=True)
+    store = open_store(args.store, key_file=args.key_file, create=True, **_shards(args.store))
     upstream = None
     try:
         audit = _serve_audit(args, store)
@@ -325,7 +325,7 @@ def _serve_workers(
     from stuisession.bridge.supervisor import Supervisor
 
     # create the store (directory, keyring) once, before workers race to do it
-    store = open_store(args.store, key_file=args.key_file, create=True)
+    store = open_store(args.store, key_file=args.key_file, create=True, **_shards(args.store))
     durability = getattr(store, "durability", None)
     store.close()
     settings = {
@@ -360,7 +360,7 @@ def _worker_server(settings: dict[str, Any], config: Any, context: Any) -> tuple
     from stuisession.protocol.handler import ProtocolHandler
 
     args = argparse.Namespace(store=settings["store"], audit=settings["audit"])
-    store = open_store(settings["store"], key_file=settings["key_file"], create=True)
+    store = open_store(settings["store"], key_file=settings["key_file"], create=True)  # made once
     upstream = None
     try:
         audit = _serve_audit(args, store)
@@ -392,6 +392,13 @@ def _worker_server(settings: dict[str, Any], config: Any, context: Any) -> tuple
         store.close()
 
     return server, cleanup
+
+
+def _shards(spec: str) -> dict[str, Any]:
+    """A file store served gets all its shard directories once: no create pays a mkdir."""
+    from stuisession.admin.core import store_directory
+
+    return {"make_shards": True} if store_directory(spec) is not None else {}
 
 
 def _serve_audit(args: argparse.Namespace, store: Any) -> Any:

@@ -91,7 +91,13 @@ class FileStore(SessionStore):
     :param cache_bytes: bound on the cache of decoded sessions (estimated
         memory, bytes). Cached sessions are revalidated with a ``stat`` of
         their files, so several processes may share the directory. 0 turns
-        the cache off.
+        the cache off. Default 4 MiB (the memory budget); besides the bound
+        it keeps the latest session larger than the bound.
+    :param make_shards: create the 4,096 shard directories now (about 0.3-1 s
+        for a new store, a ``listdir`` afterwards), so that no create pays a
+        ``mkdir`` and an extra directory fsync for its client's first session.
+        ``serve`` turns it on; test harnesses that make many small stores
+        leave it off.
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class FileStore(SessionStore):
         journal: bool = True,
         journal_limit: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        make_shards: bool = False,
     ) -> None:
         if cache_bytes < 0:
             raise ConfigurationError("cache_bytes must be 0 or more")
@@ -133,7 +140,7 @@ class FileStore(SessionStore):
             codec = SnapshotCodec(ring, encrypt=encrypt)
         super().__init__(codec)
         fmt = layout.open_format(lock_stripes, fsync=fsync)
-        if fmt.shard_key is not None:
+        if make_shards and fmt.shard_key is not None:
             layout.make_shards(fsync=fsync)  # once per store: creates never mkdir
         self._index = ClientIndex(layout, fmt.shard_key)
         self._locks = StripeLocks(layout.lock_paths(fmt.lock_stripes), lock_timeout)
