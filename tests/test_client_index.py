@@ -20,13 +20,16 @@ def _no_env_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_KEYRING, raising=False)
 
 
-def test_new_ids_land_in_the_clients_shard(tmp_path: Path) -> None:
+def test_session_ids_carry_no_visible_client_prefix(tmp_path: Path) -> None:
     store = FileStore(tmp_path, keyring=Keyring.generate())
     shard = store.client_shard("alice")
     assert shard is not None and len(shard) == 2
     ids = {store.new_session_id("alice") for _ in range(50)}
-    assert len(ids) == 50
-    assert all(is_valid_session_id(s) and s[8:10] == shard for s in ids)
+    assert len(ids) == 50 and all(is_valid_session_id(s) for s in ids)
+    # 256 random bits: one client's ids share no prefix (50 ids in one shard by
+    # chance: 4096**-49)
+    assert len({s[8:10] for s in ids}) > 1
+    assert len({s[:12] for s in ids}) == 50
     # keyed: another store maps clients elsewhere (ids reveal nothing of the client)
     shards = {
         FileStore(tmp_path / str(i), keyring=Keyring.generate()).client_shard("alice")

@@ -207,7 +207,16 @@ def test_corrupt_current_falls_back_to_newest_backup(
     current.write_bytes(bad)
 
     with caplog.at_level("WARNING", logger="stuisession.stores.file"):
+        # the read that finds the damage says so: revision 3 was acknowledged
+        with pytest.raises(IntegrityError) as lost:
+            store.load(sid)
         recovered = store.load(sid)
+    assert lost.value.details["rolled_back"] is True
+    assert (lost.value.details["acknowledged_revision"], lost.value.details["found_revision"]) == (
+        3,
+        2,
+    )
+    assert len(store.rollbacks()) == 1
     assert recovered.revision == 2
     assert recovered.state.session_state == {"n": 2}
     # the bad file is kept in quarantine, byte for byte
@@ -241,9 +250,12 @@ def test_skips_corrupt_backups(store: FileStore) -> None:
     sid = s.session_id
     snap(store, sid).write_bytes(b"garbage")
     snap(store, sid, 1).write_bytes(b"more garbage")
+    with pytest.raises(IntegrityError, match="went backwards"):
+        store.load(sid)
     assert store.load(sid).revision == 2
     assert len(store.quarantined()) == 2
-    assert len(list((store.path / "quarantine").iterdir())) == 2
+    # the two bad files and the rollback note
+    assert len(list((store.path / "quarantine").iterdir())) == 3
     assert not snap(store, sid, 1).exists()
 
 
@@ -251,9 +263,12 @@ def test_save_over_corrupt_current_compares_with_backup(store: FileStore) -> Non
     s = history(store, 3)
     sid = s.session_id
     snap(store, sid).write_bytes(b"garbage")
-    with pytest.raises(ConflictError) as info:
+    with pytest.raises(IntegrityError) as info:
         store.save(updated(s, x=1), expected_revision=3)
-    assert info.value.current_revision == 2
+    assert info.value.details["found_revision"] == 2
+    with pytest.raises(ConflictError) as conflict:
+        store.save(updated(s, x=1), expected_revision=3)
+    assert conflict.value.current_revision == 2
     assert len(store.quarantined()) == 1
     good = store.load(sid)
     assert good.revision == 2
@@ -305,8 +320,9 @@ def test_snapshot_of_another_session_is_not_rolled_back(store: FileStore) -> Non
 def test_delete_removes_quarantined_copies(store: FileStore) -> None:
     s = history(store, 2)
     snap(store, s.session_id).write_bytes(b"bad")
-    store.load(s.session_id)
-    assert len(list((store.path / "quarantine").iterdir())) == 1
+    with pytest.raises(IntegrityError, match="went backwards"):
+        store.load(s.session_id)
+    assert len(list((store.path / "quarantine").iterdir())) == 2  # the file and the note
     assert store.delete(s.session_id)
     assert list((store.path / "quarantine").iterdir()) == []
 

@@ -4,6 +4,7 @@ tool contexts, the heavy session, and exact round trips through every store."""
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -326,7 +327,9 @@ def test_state_data_comes_back_equal_as_json(state_data: dict[str, Any]) -> None
 
 def _stores(tmp: Path) -> list[Any]:
     ring = Keyring.generate()
-    return [MemoryStore(SnapshotCodec(ring)), FileStore(tmp / "f", keyring=ring, fsync=False)]
+    # a directory per keyring: a file store refuses a keyring its format.json was not sealed with
+    directory = tempfile.mkdtemp(dir=tmp)
+    return [MemoryStore(SnapshotCodec(ring)), FileStore(directory, keyring=ring, fsync=False)]
 
 
 @pytest.mark.volume

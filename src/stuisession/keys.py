@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -38,6 +40,16 @@ def _derive(master: bytes, purpose: bytes) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"stuisession/v1/" + purpose
     ).derive(master)
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
+
+
+def _key_check(key_id: str, key: bytes) -> str:
+    """A key's check value: names a damaged key without revealing it (64 bits)."""
+    mac = hmac.new(_derive(key, b"key-check"), key_id.encode("ascii", "replace"), hashlib.sha256)
+    return mac.hexdigest()[:16]
 
 
 def new_key_id() -> str:
@@ -73,26 +85,64 @@ class Keyring:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Keyring:
-        """Parse ``{"current": id, "keys": {id: base64-key}}``."""
+        """Parse ``{"current": id, "keys": {id: base64-key}, "checks": {...}, "mac": hex}``.
+
+        ``checks`` (one check value per key) and ``mac`` (over the whole
+        document) are written by :meth:`to_json` and verified when present, so
+        a damaged key is named instead of silently failing every snapshot it
+        sealed. Files without them (older releases, hand-made keyrings) are
+        accepted. :class:`ConfigurationError` on any failure; the message never
+        holds key material.
+        """
         try:
             doc = json.loads(text)
             keys = {str(k): base64.b64decode(v, validate=True) for k, v in doc["keys"].items()}
             current = str(doc["current"])
+            checks = doc.get("checks")
+            mac = doc.get("mac")
+            if checks is not None and not isinstance(checks, dict):
+                raise TypeError
+            if mac is not None and not isinstance(mac, str):
+                raise TypeError
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             # never include the text: it holds secrets
             raise ConfigurationError("keyring is not valid JSON of the expected form") from None
-        return cls(keys, current)
+        if (checks is None) != (mac is None):
+            raise ConfigurationError("keyring is damaged (its checks or its mac are missing)")
+        if checks is not None:
+            if set(checks) != set(keys):
+                raise ConfigurationError("keyring is damaged (its checks do not match its keys)")
+            for kid, key in keys.items():
+                if len(key) != KEY_BYTES or not _same(str(checks[kid]), _key_check(kid, key)):
+                    raise ConfigurationError(
+                        f"key {kid!r} is damaged (its check value does not match); the "
+                        "snapshots it sealed can not be opened until it is restored",
+                        key_id=kid,
+                    )
+        ring = cls(keys, current)
+        if mac is not None:
+            body = {k: v for k, v in doc.items() if k != "mac"}
+            if not _same(mac, ring._file_mac(body)):
+                raise ConfigurationError(
+                    "keyring is damaged or was edited (its mac does not match)"
+                )
+        return ring
+
+    def _file_mac(self, body: dict[str, object]) -> str:
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        key = self.derive("keyring-file")
+        return hmac.new(key, b"stuisession-keyring\n" + canonical, hashlib.sha256).hexdigest()
 
     def to_json(self) -> str:
         """The keyring as JSON (contains secrets: write it only to a 0600 file)."""
-        return json.dumps(
-            {
-                "version": 1,
-                "current": self._current,
-                "keys": {k: base64.b64encode(v).decode() for k, v in self._keys.items()},
-            },
-            indent=2,
-        )
+        body: dict[str, object] = {
+            "version": 1,
+            "current": self._current,
+            "keys": {k: base64.b64encode(v).decode() for k, v in self._keys.items()},
+            "checks": {k: _key_check(k, v) for k, v in self._keys.items()},
+        }
+        body["mac"] = self._file_mac(body)
+        return json.dumps(body, indent=2)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Keyring | None:
@@ -118,7 +168,15 @@ class Keyring:
                     f"key file {p} is accessible by group or others "
                     f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
                 )
-            return cls.from_json(fh.read())
+            text = fh.read()
+        try:
+            return cls.from_json(text)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"key file {p}: {exc.message}; restore it from a backup of the store "
+                "(a new key would leave every session unreadable)",
+                **exc.details,
+            ) from None
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> Keyring:

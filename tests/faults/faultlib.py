@@ -452,7 +452,8 @@ def session_files(root: Path, sid: str) -> list[Path]:
     return sorted(
         p
         for p in (root / "sessions").rglob(f"{sid}*")
-        if p.is_file() and not p.name.endswith(".tmp")
+        # client-index markers are empty: nothing in them to damage
+        if p.is_file() and not p.name.endswith((".tmp", ".ref"))
     )
 
 

@@ -39,7 +39,7 @@ from stuisession.stores.base import (
     VerifyProblem,
     check_blob,
 )
-from stuisession.stores.file.layout import KEYRING_FILE, recorded_lock_stripes
+from stuisession.stores.file.layout import KEYRING_FILE, Layout, recorded_lock_stripes
 from stuisession.stores.file.store import FileStore
 from stuisession.stores.redis import RedisStore
 
@@ -278,6 +278,12 @@ def open_store(
         if stripes is not None:
             options["lock_stripes"] = stripes
     if key_file is not None:
+        if create and not Path(key_file).exists() and Layout(directory).is_existing():
+            # never mint a key inside an existing store: its sessions would be unreadable
+            raise ConfigurationError(
+                f"key file {key_file} is missing but the store at {directory} already holds "
+                "sessions; put the key file back from a backup"
+            )
         ring = Keyring.load_or_create(key_file) if create else Keyring.load(key_file)
         return FileStore(directory, keyring=ring, **options)
     if create:

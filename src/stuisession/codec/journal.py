@@ -5,10 +5,14 @@ so an update costs what the change costs, not what the session costs. The
 format (see ``docs/format.md``)::
 
     journal  := header record*
-    header   := "STJH" u8 version, 3 zero bytes, base_tag (32 bytes)
-    record   := u32 n, body (n bytes), u32 n
+    header   := "STJH" u8 version (2), 3 zero bytes, base_tag (32 bytes),
+                u32 crc32 of the 40 bytes before it
+    record   := u32 n, u32 crc32("STJL" || n || version), body (n bytes), u32 n
     body     := "STJR" u8 version, u8 kind, u8 flags, u8 key-id length,
                 key_id, u32 meta length, meta, payload, tag (32 bytes)
+
+Version 1 journals (no header or length check) are still read; a writer
+compacts one before appending to it.
 
 ``base_tag`` is the final tag of the snapshot the journal extends: a journal
 left behind by a crash during compaction names the old snapshot and is
@@ -22,10 +26,14 @@ records are chained to their base and to each other, so none can be dropped
 from the middle, reordered or moved to another session unnoticed. The length
 at both ends lets a reader find the last record from the end of the file.
 
-A record that stops short of the end of the file was being appended when its
-writer died (appends are acknowledged only after ``fdatasync``): readers
-ignore it and the next writer cuts it off. A complete record that fails its
-check raises :class:`~stuisession.errors.IntegrityError`.
+:func:`scan_journal` reads the valid prefix and reports where and why it
+stops (:class:`Scan`); whether what follows is a torn, never acknowledged
+append or damage is decided by the caller against the acknowledged revision
+it keeps elsewhere (the file store's high-water mark): a torn write can only
+affect records after the last acknowledged one. :func:`open_records` /
+:func:`open_journal` are the strict readers for callers without one: only a
+record that stops short of the end of the file (an interrupted append) is
+ignored, anything else raises :class:`~stuisession.errors.IntegrityError`.
 
 Like :mod:`stuisession.codec`, this module knows nothing of files.
 """
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import hmac
 import struct
+import zlib
 from typing import Any
 
 import attrs
@@ -49,10 +58,15 @@ from stuisession.state.updates import StateUpdate
 
 HEADER_MAGIC = b"STJH"
 RECORD_MAGIC = b"STJR"
-VERSION = 1
-HEADER = struct.Struct(">4sB3x32s")
-HEADER_SIZE = HEADER.size  # 40
+VERSION = 2
+#: journals of this version are read (version 1: no header or length checks)
+READABLE_VERSIONS = (1, 2)
+_HEADER_V1 = struct.Struct(">4sB3x32s")
+HEADER = struct.Struct(">4sB3x32sI")
+HEADER_SIZE = HEADER.size  # 44
 _LEN = struct.Struct(">I")
+_LEN_CHECK = struct.Struct(">II")
+_LEN_DOMAIN = b"STJL"
 _BODY_HEAD = struct.Struct(">4sBBBB")
 KIND_UPDATE = 1
 KIND_INFO = 2
@@ -107,17 +121,50 @@ def snapshot_tag(blob: bytes) -> bytes:
 
 def header(base_tag: bytes) -> bytes:
     """A journal header for a journal extending the snapshot with final tag *base_tag*."""
-    return HEADER.pack(HEADER_MAGIC, VERSION, base_tag)
+    head = _HEADER_V1.pack(HEADER_MAGIC, VERSION, base_tag)
+    return head + _LEN.pack(zlib.crc32(head))
+
+
+def _len_check(n: int, version: int) -> int:
+    return zlib.crc32(_LEN_DOMAIN + _LEN.pack(n) + bytes((version,)))
+
+
+@attrs.frozen
+class Header:
+    """A journal's parsed, checked header."""
+
+    version: int
+    base_tag: bytes
+    size: int
+
+
+def parse_header(data: bytes | memoryview) -> Header | None:
+    """The journal's header; None if *data* is too short to hold one (torn or empty).
+
+    :class:`IntegrityError` if a complete header fails its check (damage).
+    """
+    if len(data) < _HEADER_V1.size:
+        return None
+    magic, version, base = _HEADER_V1.unpack_from(data)
+    if magic != HEADER_MAGIC or version not in READABLE_VERSIONS:
+        raise IntegrityError("journal header is damaged (magic or version)")
+    if version == 1:
+        return Header(1, bytes(base), _HEADER_V1.size)
+    if len(data) < HEADER_SIZE:
+        return None
+    (check,) = _LEN.unpack_from(data, _HEADER_V1.size)
+    if check != zlib.crc32(bytes(data[: _HEADER_V1.size])):
+        raise IntegrityError("journal header is damaged (its checksum does not match)")
+    return Header(version, bytes(base), HEADER_SIZE)
 
 
 def base_of(data: bytes) -> bytes | None:
     """The base tag named by a journal's header, or None if there is no valid header."""
-    if len(data) < HEADER_SIZE:
+    try:
+        found = parse_header(data)
+    except IntegrityError:
         return None
-    magic, version, base = HEADER.unpack_from(data)
-    if magic != HEADER_MAGIC or version != VERSION:
-        return None
-    return bytes(base)
+    return None if found is None else found.base_tag
 
 
 def seal(
@@ -151,8 +198,14 @@ def seal(
         )
     )
     tag = _tag(codec.keyring.mac_key(key_id), base_tag, prev_tag, body)
-    n = _LEN.pack(len(body) + TAG_SIZE)
-    return b"".join((n, body, tag, n))
+    size = len(body) + TAG_SIZE
+    n = _LEN.pack(size)
+    return b"".join((_LEN_CHECK.pack(size, _len_check(size, VERSION)), body, tag, n))
+
+
+def record_tag(record: bytes) -> bytes:
+    """The tag of a record returned by :func:`seal`."""
+    return record[-(TAG_SIZE + _LEN.size) : -_LEN.size]
 
 
 def _tag(mac_key: bytes, base_tag: bytes, prev_tag: bytes, body: bytes) -> bytes:
@@ -160,11 +213,89 @@ def _tag(mac_key: bytes, base_tag: bytes, prev_tag: bytes, body: bytes) -> bytes
 
 
 def _aad(  # noqa: PLR0917 - a fixed list of what the ciphertext is bound to
-    session_id: str, base_tag: bytes, prev_tag: bytes, kind: int, flags: int, key_id: str
+    session_id: str,
+    base_tag: bytes,
+    prev_tag: bytes,
+    kind: int,
+    flags: int,
+    key_id: str,
+    version: int = VERSION,
 ) -> bytes:
     return b"|".join(
-        (_AAD_DOMAIN, bytes((VERSION, kind, flags)), key_id.encode(), session_id.encode())
+        (_AAD_DOMAIN, bytes((version, kind, flags)), key_id.encode(), session_id.encode())
     ) + (base_tag + prev_tag)
+
+
+@attrs.frozen
+class Scan:
+    """The valid prefix of a journal and why reading stopped.
+
+    ``records`` verified in order, ``end`` just past the last of them (the
+    header's end when there is none), ``problem`` the failure that stopped
+    the scan (None: the file ended cleanly), ``incomplete`` whether that
+    failure is a frame that stops short of the end of the file (what an
+    interrupted append leaves).
+    """
+
+    records: list[JournalRecord]
+    end: int
+    problem: IntegrityError | None = None
+    incomplete: bool = False
+
+    def strict(self) -> list[JournalRecord]:
+        """The records; raises the problem unless it is an incomplete last frame."""
+        if self.problem is not None and not self.incomplete:
+            raise self.problem
+        return self.records
+
+
+def scan_records(
+    codec: SnapshotCodec,
+    data: bytes | memoryview,
+    *,
+    start: int,
+    base_tag: bytes,
+    prev_tag: bytes,
+    session_id: str,
+    version: int = VERSION,
+) -> Scan:
+    """Verify and decode the records of *data* from offset *start*, up to the first failure."""
+    view = memoryview(data)
+    out: list[JournalRecord] = []
+    pos = start
+    end = len(view)
+    prefix = _LEN_CHECK.size if version >= 2 else _LEN.size
+
+    def stop(message: str, *, incomplete: bool = False) -> Scan:
+        return Scan(out, pos, IntegrityError(message), incomplete)
+
+    while pos < end:
+        if end - pos < prefix:
+            return stop("journal ends inside a record's length", incomplete=True)
+        (n,) = _LEN.unpack_from(view, pos)
+        if version >= 2:
+            (check,) = _LEN.unpack_from(view, pos + _LEN.size)
+            if check != _len_check(n, version):
+                # a damaged length is never taken for an interrupted append
+                return stop("journal record length is damaged (its checksum does not match)")
+        if n > MAX_RECORD_SIZE or n < _BODY_HEAD.size + TAG_SIZE:
+            return stop("journal record has an implausible length")
+        frame_end = pos + prefix + n + _LEN.size
+        if frame_end > end:
+            return stop("journal ends inside a record", incomplete=True)
+        (trailer,) = _LEN.unpack_from(view, frame_end - _LEN.size)
+        if trailer != n:
+            return stop("journal record is damaged (its two lengths differ)")
+        body = bytes(view[pos + prefix : frame_end - _LEN.size - TAG_SIZE])
+        tag = bytes(view[frame_end - _LEN.size - TAG_SIZE : frame_end - _LEN.size])
+        try:
+            record = _open_one(codec, body, tag, base_tag, prev_tag, session_id, frame_end, version)
+        except IntegrityError as exc:
+            return Scan(out, pos, exc, False)
+        out.append(record)
+        prev_tag = tag
+        pos = frame_end
+    return Scan(out, pos)
 
 
 def open_records(
@@ -175,54 +306,74 @@ def open_records(
     base_tag: bytes,
     prev_tag: bytes,
     session_id: str,
+    version: int = VERSION,
 ) -> list[JournalRecord]:
-    """Verify and decode the records of *data* from offset *start*.
+    """Verify and decode the records of *data* from offset *start* (strict).
 
     *prev_tag* is the tag before *start* (the base tag at the first record).
     An incomplete record at the very end is ignored (its append was never
     acknowledged); any other damage raises :class:`IntegrityError`.
     """
-    view = memoryview(data)
-    out: list[JournalRecord] = []
-    pos = start
-    end = len(view)
-    while pos < end:
-        if end - pos < _LEN.size:
-            break  # a torn length prefix
-        (n,) = _LEN.unpack_from(view, pos)
-        if n > MAX_RECORD_SIZE or n < _BODY_HEAD.size + TAG_SIZE:
-            raise IntegrityError("journal record has an implausible length")
-        stop = pos + _LEN.size + n + _LEN.size
-        if stop > end:
-            break  # torn: the append did not complete
-        (trailer,) = _LEN.unpack_from(view, stop - _LEN.size)
-        if trailer != n:
-            raise IntegrityError("journal record is damaged (its two lengths differ)")
-        body = bytes(view[pos + _LEN.size : stop - _LEN.size - TAG_SIZE])
-        tag = bytes(view[stop - _LEN.size - TAG_SIZE : stop - _LEN.size])
-        record = _open_one(codec, body, tag, base_tag, prev_tag, session_id, stop)
-        out.append(record)
-        prev_tag = tag
-        pos = stop
-    return out
+    return scan_records(
+        codec,
+        data,
+        start=start,
+        base_tag=base_tag,
+        prev_tag=prev_tag,
+        session_id=session_id,
+        version=version,
+    ).strict()
+
+
+def scan_journal(
+    codec: SnapshotCodec, data: bytes, *, base_tag: bytes, session_id: str
+) -> tuple[Header | None, Scan]:
+    """The journal *data*'s header and the valid prefix of its records for *base_tag*.
+
+    The header is None (and the scan empty) when there is none to read: an
+    empty or torn journal (``Scan.incomplete``), or one whose intact header
+    names another snapshot (a journal left behind by a compaction; ``end``
+    is 0). A damaged header is a scan problem.
+    """
+    try:
+        found = parse_header(data)
+    except IntegrityError as exc:
+        return None, Scan([], 0, exc, False)
+    if found is None:
+        if not data:
+            return None, Scan([], 0)
+        return None, Scan([], 0, IntegrityError("journal header is incomplete"), True)
+    if found.base_tag != base_tag:
+        return None, Scan([], 0)  # stale: extends another snapshot
+    scan = scan_records(
+        codec,
+        data,
+        start=found.size,
+        base_tag=base_tag,
+        prev_tag=base_tag,
+        session_id=session_id,
+        version=found.version,
+    )
+    return found, scan
 
 
 def open_journal(
     codec: SnapshotCodec, data: bytes, *, base_tag: bytes, session_id: str
 ) -> list[JournalRecord] | None:
-    """Every record of the journal *data* extending the snapshot *base_tag*.
+    """Every record of the journal *data* extending the snapshot *base_tag* (strict).
 
     None when the journal has no header naming that snapshot (absent, empty,
     or left behind by a compaction): it holds nothing for this snapshot.
     """
-    if base_of(data) != base_tag:
+    found, scan = scan_journal(codec, data, base_tag=base_tag, session_id=session_id)
+    if found is None:
+        if scan.problem is not None and not scan.incomplete:
+            raise scan.problem
         return None
-    return open_records(
-        codec, data, start=HEADER_SIZE, base_tag=base_tag, prev_tag=base_tag, session_id=session_id
-    )
+    return scan.strict()
 
 
-def _open_one(  # noqa: PLR0917 - private helper of open_records
+def _open_one(  # noqa: PLR0917 - private helper of scan_records
     codec: SnapshotCodec,
     body: bytes,
     tag: bytes,
@@ -230,9 +381,10 @@ def _open_one(  # noqa: PLR0917 - private helper of open_records
     prev_tag: bytes,
     session_id: str,
     end: int,
+    version: int,
 ) -> JournalRecord:
-    magic, version, kind, flags, klen = _BODY_HEAD.unpack_from(body)
-    if magic != RECORD_MAGIC or version != VERSION or kind not in _KINDS:
+    magic, rversion, kind, flags, klen = _BODY_HEAD.unpack_from(body)
+    if magic != RECORD_MAGIC or rversion != version or kind not in _KINDS:
         raise IntegrityError("not a journal record of a known version")
     pos = _BODY_HEAD.size
     try:
@@ -260,7 +412,7 @@ def _open_one(  # noqa: PLR0917 - private helper of open_records
     if not hmac.compare_digest(info.session_id, session_id):
         raise IntegrityError("journal record belongs to another session")
     if flags & _FLAG_ENCRYPTED:
-        aad = _aad(session_id, base_tag, prev_tag, kind, flags, key_id)
+        aad = _aad(session_id, base_tag, prev_tag, kind, flags, key_id, version)
         payload = _envelope.decrypt(
             codec.keyring.enc_key(key_id), payload, aad, what="journal record"
         )
@@ -275,12 +427,19 @@ __all__ = [
     "HEADER_SIZE",
     "KIND_INFO",
     "KIND_UPDATE",
+    "VERSION",
+    "Header",
     "JournalRecord",
+    "Scan",
     "base_of",
     "header",
     "open_journal",
     "open_records",
+    "parse_header",
+    "record_tag",
     "replay",
+    "scan_journal",
+    "scan_records",
     "seal",
     "snapshot_tag",
 ]

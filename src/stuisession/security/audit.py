@@ -26,11 +26,16 @@ therefore change at a rotation; :func:`iter_session_events` matches each line
 with its own key. Removing a compromised key from the keyring makes lines
 sealed with it unverifiable: archive the log first and start a new one.
 
-**Failure policy.** :meth:`AuditLog.record` fails closed: it raises
-:class:`IntegrityError` instead of extending a chain whose tail does not verify
-or whose head file says lines are missing, so a truncation is never papered
-over by new appends. Appends are serialised across threads (a lock) and
-processes (``flock`` on the log file).
+**Failure policy.** :meth:`AuditLog.record` fails closed on a truncation: it
+raises :class:`IntegrityError` instead of extending a chain whose head file
+says lines are missing (or whose tail does not verify with no head to go by),
+so a truncation is never papered over by new appends. A complete last line
+that does not verify (garbage) is skipped over: the chain continues from the
+head and an ``audit_gap`` line says so; :func:`verify` still reports the bad
+line. After a failed append (a full disk) the next successful one is preceded
+by an ``audit_gap`` line counting the events that were not recorded. Appends
+are serialised across threads (a lock) and processes (``flock`` on the log
+file).
 
 Nothing secret (keys, session ids, session contents) is ever written to the log
 or put in an exception message.
@@ -305,6 +310,9 @@ def verify(
         head = _read_head(p, keyring)
     except _Bad as exc:
         return bad(lines + 1, str(exc))
+    if require_head and head is None and tail is None and not torn:
+        # a log is created by its first line: an empty one without its head was emptied
+        return bad(1, "log is empty and its head file is missing (emptied?)")
     if head is not None or require_head:
         problem = _check_head_against_tail(head, tail)
         if problem is not None:
@@ -400,6 +408,11 @@ class AuditLog:
         # (log identity, head identity, seq, mac) after our own last append: while
         # neither file changed, the next append need not re-read the tail
         self._cache: tuple[_Identity, _Identity | None, int, str] | None = None
+        #: events that could not be written (a full disk...): recorded as a gap later
+        self._lost = 0
+        self._lost_reason = ""
+        self._written = False
+        self._garbage = ""
         self._path.parent.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -464,7 +477,43 @@ class AuditLog:
                 "reason": reason,
                 "kid": kid,
             }
-            return self._append(ring, body)
+            try:
+                if self._lost:
+                    # the log resumes with a record of what it missed
+                    gap = dict(
+                        body,
+                        event="audit_gap",
+                        client_id=None,
+                        session=None,
+                        outcome="error",
+                        reason=self._gap_reason()[:MAX_REASON_LENGTH],
+                    )
+                    self._append(ring, gap)
+                    self._lost = 0
+                seq = self._append(ring, body)
+                if self._garbage:
+                    # appended after a line that does not verify: say so right away
+                    note = dict(
+                        body,
+                        event="audit_gap",
+                        client_id=None,
+                        session=None,
+                        outcome="error",
+                        reason=self._gap_reason()[:MAX_REASON_LENGTH],
+                    )
+                    self._garbage = ""
+                    self._append(ring, note)
+                return seq
+            except OSError as exc:
+                if not self._written:  # the line itself is missing, not just the head
+                    self._lost += 1
+                self._lost_reason = f"write failed ({exc.strerror or type(exc).__name__})"
+                raise
+
+    def _gap_reason(self) -> str:
+        if self._lost:
+            return f"{self._lost} event(s) not recorded: {self._lost_reason}"
+        return f"a line that does not verify ({self._garbage}) precedes the line before"
 
     def _append(self, ring: Keyring, body: dict[str, Any]) -> int:
         # O_NOFOLLOW: a planted audit.log symlink is refused, so the torn-line
@@ -486,11 +535,13 @@ class AuditLog:
             body["prev"] = prev
             mac = _line_mac(ring, body["kid"], body)
             line = _canonical({**body, "mac": mac}) + b"\n"
+            self._written = False
             written = os.write(fd, line)
             if written != len(line):
                 raise OSError("short write to the audit log")
             if self._fsync:
                 os.fsync(fd)
+            self._written = True
             self._write_head(ring, seq + 1, mac)
             self._cache = (self._identity(os.fstat(fd)), self._head_identity(), seq + 1, mac)
             return seq + 1
@@ -517,8 +568,16 @@ class AuditLog:
             if end < size:
                 # an incomplete line from a crash mid-append: never acknowledged, drop it
                 os.ftruncate(fd, end)
-            tail = None if raw is None else _parse_line(raw, ring)
             head = _read_head(self._path, ring)
+            try:
+                tail = None if raw is None else _parse_line(raw, ring)
+            except _Bad as exc:
+                if head is None or head[0] == 0:
+                    raise
+                # garbage after the last sealed line: the head says where the chain
+                # was, so new lines continue from it (verify reports the bad line)
+                self._garbage = str(exc)
+                return head
         except _Bad as exc:
             raise IntegrityError(f"audit log tail does not verify: {exc}") from None
         problem = _check_head_against_tail(head, tail)
@@ -526,7 +585,13 @@ class AuditLog:
             raise IntegrityError(f"audit log does not verify: {problem}")
         if tail is None:
             return 0, GENESIS
-        return int(tail["seq"]), str(tail["mac"])
+        seq, mac = int(tail["seq"]), str(tail["mac"])
+        if head is None or head[0] != seq:
+            # the head is one line behind (a crash or a failed head write after the
+            # last line): bring it up to date first, or two failed head writes in a
+            # row would leave it "stale" and stop the log for good
+            self._write_head(ring, seq, mac)
+        return seq, mac
 
     def _write_head(self, ring: Keyring, seq: int, mac: str) -> None:
         kid = ring.current_id

@@ -61,6 +61,8 @@ class Head:
     #: estimated memory of this entry (:func:`stuisession.stores._cost.decoded_cost`
     #: of the blob and ``state_size`` when the session is decoded, else the blob)
     cost: int
+    #: the journal's format version (a version-1 journal is compacted before an append)
+    jnl_version: int = journal.VERSION
     #: JSON bytes of the decoded state (snapshot state plus journal payloads);
     #: None when the session is not decoded
     state_size: int | None = None

@@ -21,6 +21,7 @@ from stuisession.codec.snapshot import TAG_SIZE, Snapshot, SnapshotCodec
 from stuisession.errors import ConflictError, IntegrityError, SessionNotFound, StorageError
 from stuisession.state.model import Session, SessionInfo
 from stuisession.stores._cost import decoded_cost
+from stuisession.stores.file import hwm
 from stuisession.stores.file.atomic import FileWriter, pread_head, read_file
 from stuisession.stores.file.cache import FileKey, Head, HeadCache, file_key
 from stuisession.stores.file.layout import SessionPaths, errno_name
@@ -34,13 +35,27 @@ _MIN_JOURNAL_LIMIT = 64 * 1024
 _READ_ATTEMPTS = 16
 
 
-class HeadReader:
-    """Reads a session's head (snapshot plus journal), through the cache."""
+class _Suspect(Exception):
+    """An unlocked read found the state below its high-water mark: re-read under the lock."""
 
-    def __init__(self, codec: SnapshotCodec, cache: HeadCache, recovery: Recovery) -> None:
+
+class HeadReader:
+    """Reads a session's head (snapshot plus journal), through the cache.
+
+    With *marks*, every uncached read is checked against the session's
+    high-water mark (:mod:`.hwm`): a state below the acknowledged revision is
+    settled by :meth:`Recovery.settle_locked` (quarantined, reported), and
+    what follows the valid prefix of a journal that reaches the mark is an
+    unacknowledged, torn append.
+    """
+
+    def __init__(
+        self, codec: SnapshotCodec, cache: HeadCache, recovery: Recovery, *, marks: bool = True
+    ) -> None:
         self._codec = codec
         self._cache = cache
         self._recovery = recovery
+        self.marks = marks
 
     def head(self, p: SessionPaths, *, decode: bool, locked: bool = False) -> Head:
         """The session's current head, revalidated against its files.
@@ -61,7 +76,11 @@ class HeadReader:
                 grown = self._catch_up(p, cached, jnl_key, decode)
                 if grown is not None:
                     return grown
-            head = self._read_head(p, decode=decode, locked=locked)
+            try:
+                head = self._read_head(p, decode=decode, locked=locked)
+            except _Suspect:
+                with self._recovery.locks.locked(p.sid):
+                    head = self._read_head(p, decode=decode, locked=True)
             if head is not None:
                 self._cache.put(p.sid, head)
                 return head
@@ -69,6 +88,7 @@ class HeadReader:
 
     def _read_head(self, p: SessionPaths, *, decode: bool, locked: bool) -> Head | None:
         """Read snapshot and journal from disk (None: they changed meanwhile, retry)."""
+        mark = self._read_mark(p)
         snap_key = file_key(p.current)
         blob = read_file(p.current)
         if blob is None or snap_key is None:
@@ -82,16 +102,22 @@ class HeadReader:
                 self._recovery.recover(p.sid, exc)
             return None  # the current file was replaced by a backup: read again
         jnl_key = file_key(p.journal)
-        data = read_file(p.journal) or b""
+        data = read_file(p.journal)
         if file_key(p.current) != snap_key or file_key(p.journal) != jnl_key:
             return None
         base_tag = journal.snapshot_tag(blob)
-        found = journal.open_journal(self._codec, data, base_tag=base_tag, session_id=p.sid)
-        records = found or []
-        end = 0
-        if found is not None:
-            end = records[-1].end if records else journal.HEADER_SIZE
+        found, scan = journal.scan_journal(
+            self._codec, data or b"", base_tag=base_tag, session_id=p.sid
+        )
+        records = scan.records
+        end = 0 if found is None else scan.end
         info = records[-1].info if records else snap.info
+        if self.marks:
+            # the mark was read first: it never runs ahead of what is read after it
+            if not self._mark_holds(p, mark, info.revision, scan.problem, locked=locked):
+                return None  # settled: read again
+        elif scan.problem is not None and not scan.incomplete:
+            raise scan.problem
         session = None
         cost = len(blob)
         state_size: int | None = None
@@ -108,6 +134,7 @@ class HeadReader:
             base_tag=base_tag,
             last_tag=records[-1].tag if records else base_tag,
             end=end,
+            jnl_version=found.version if found is not None else journal.VERSION,
             records=len(records),
             updates=sum(r.kind == journal.KIND_UPDATE for r in records),
             info=info,
@@ -115,6 +142,59 @@ class HeadReader:
             cost=cost,
             state_size=state_size,
         )
+
+    def _read_mark(self, p: SessionPaths) -> hwm.Mark | None:
+        if not self.marks:
+            return None
+        return hwm.read(self._codec.keyring, p.sid, p.hwm)
+
+    def _mark_holds(
+        self,
+        p: SessionPaths,
+        mark: hwm.Mark | None,
+        found: int,
+        problem: IntegrityError | None,
+        *,
+        locked: bool,
+    ) -> bool:
+        """True if the state read (revision *found*) is what the mark says was acknowledged.
+
+        Otherwise: unlocked, raise :class:`_Suspect` (the caller re-reads under
+        the lock); locked, settle it (quarantine, note, log, lower the mark)
+        and raise :class:`IntegrityError` (``details.rolled_back``) for this
+        read; later reads serve the settled state. A damaged or missing mark
+        over an intact state is reported the same way but the read succeeds
+        (nothing was lost that can be shown).
+        """
+        assert mark is not None
+        if mark.revision is not None and found >= mark.revision and not mark.damaged:
+            # a journal problem past the acknowledged records is a torn append
+            return True
+        if not locked:
+            raise _Suspect
+        if mark.revision is None or found >= mark.revision:
+            reason = (
+                "high-water mark is missing" if not mark.present else "high-water mark is damaged"
+            )
+        elif problem is not None:
+            reason = f"acknowledged journal records are unreadable ({problem.message})"
+        else:
+            reason = (
+                "the stored state went backwards (journal cut or removed, or an older snapshot)"
+            )
+        self._recovery.settle_locked(
+            p, acknowledged=mark.revision, found=found, reason=reason, present=mark.present
+        )
+        if mark.revision is not None and found < mark.revision:
+            raise IntegrityError(
+                f"session state went backwards: {reason}; acknowledged revision "
+                f"{mark.revision}, the best genuine state is revision {found} "
+                "(served from now on; see quarantine/)",
+                rolled_back=True,
+                acknowledged_revision=mark.revision,
+                found_revision=found,
+            )
+        return False
 
     def _catch_up(
         self, p: SessionPaths, cached: Head, jnl_key: FileKey | None, decode: bool
@@ -139,14 +219,18 @@ class HeadReader:
             os.close(fd)
         if (st.st_ino, st.st_size, st.st_mtime_ns) != jnl_key:
             return None
-        records = journal.open_records(
+        scan = journal.scan_records(
             self._codec,
             tail,
             start=0,
             base_tag=cached.base_tag,
             prev_tag=cached.last_tag,
             session_id=p.sid,
+            version=cached.jnl_version,
         )
+        if scan.problem is not None:
+            return None  # a full read decides whether it is torn or damage
+        records = scan.records
         session = cached.session
         state_size = cached.state_size
         if session is not None:
@@ -201,8 +285,9 @@ class HeadReader:
             data = read_file(p.journal) or b""
             if file_key(p.journal) != jnl_key:
                 continue  # appended or compacted meanwhile
-            records = journal.open_journal(self._codec, data, base_tag=base_tag, session_id=p.sid)
-            return records[-1].info if records else info
+            # listing only: the valid prefix (loads check it against the mark)
+            _, scan = journal.scan_journal(self._codec, data, base_tag=base_tag, session_id=p.sid)
+            return scan.records[-1].info if scan.records else info
         raise StorageError("session files kept changing while being read", reason="busy")
 
 
@@ -219,6 +304,7 @@ class JournalWriter:
         *,
         backups: int,
         journal_limit: int | None,
+        marks: bool = True,
         encode: Callable[..., tuple[bytes, int]],
     ) -> None:
         self._codec = codec
@@ -229,6 +315,32 @@ class JournalWriter:
         self._backups = backups
         self._journal_max = journal_limit
         self._encode = encode
+        self.marks = marks
+
+    def mark(self, p: SessionPaths, revision: int) -> None:
+        """Record *revision* as acknowledged (after it is durable, before the write returns)."""
+        if not self.marks:
+            return
+        if hwm.write(self._codec.keyring, p.sid, p.hwm, revision, fsync=self._writer.fsync):
+            self._writer.fsync_dir_committed(p.dir)
+
+    def mark_committed(self, p: SessionPaths, revision: int) -> None:
+        """:meth:`mark` after a snapshot was renamed into place (the change is visible).
+
+        A failure then leaves the change committed with unknown durability,
+        which the error says (``reason: durability_unknown``), as for the
+        directory fsync before it.
+        """
+        try:
+            self.mark(p, revision)
+        except OSError as exc:
+            name = errno_name(exc)
+            raise StorageError(
+                f"file store committed a change but could not record it durably: {name} "
+                f"({exc.strerror})",
+                errno=name,
+                reason="durability_unknown",
+            ) from exc
 
     def _limit(self, head: Head) -> int:
         if self._journal_max is not None:
@@ -258,6 +370,14 @@ class JournalWriter:
                 )
             new_info = session.info if session is not None else info
             assert new_info is not None
+            if head.jnl_version != journal.VERSION and head.records:
+                # never append new frames to an old-format journal: fold it first
+                head = self._reader.head(p, decode=True, locked=True)
+                assert head.session is not None
+                current = session or Session.from_info(new_info, head.session.state)
+                blob, state_size = self._encode(current, max_size)
+                self.write_snapshot_locked(p, current, blob, state_size)
+                return
             kind = journal.KIND_UPDATE if payload is not None else journal.KIND_INFO
             record = journal.seal(
                 self._codec,
@@ -274,7 +394,8 @@ class JournalWriter:
                 blob, state_size = self._encode(session, max_size, raw)
                 self.write_snapshot_locked(p, session, blob, state_size)
                 return
-            self._append_locked(p, head, record)
+            restart = head.end == 0 or head.jnl_version != journal.VERSION
+            self._append_locked(p, head, record, new_info.revision)
             # the decoded session is kept only when its state's size is known (the
             # previous head was decoded): the cache charges what it really holds
             new_session = None
@@ -288,7 +409,8 @@ class JournalWriter:
                     head,
                     jnl_key=file_key(p.journal),
                     last_tag=record[-(TAG_SIZE + 4) : -4],
-                    end=(head.end or journal.HEADER_SIZE) + len(record),
+                    end=(journal.HEADER_SIZE if restart else head.end) + len(record),
+                    jnl_version=journal.VERSION,
                     records=head.records + 1,
                     updates=head.updates + (payload is not None),
                     info=new_info,
@@ -302,9 +424,14 @@ class JournalWriter:
                 ),
             )
 
-    def _append_locked(self, p: SessionPaths, head: Head, record: bytes) -> None:
-        """Append *record* durably (stripe lock held); cuts off a torn tail first."""
+    def _append_locked(self, p: SessionPaths, head: Head, record: bytes, revision: int) -> None:
+        """Append *record* durably, then mark *revision* (stripe lock held).
+
+        Cuts off a torn tail first. If the mark can not be written the record
+        is cut off again: the update is not acknowledged, and must not appear.
+        """
         existed = head.jnl_key is not None
+        restart = head.end == 0 or head.jnl_version != journal.VERSION
         fd = os.open(
             p.journal,
             os.O_WRONLY | os.O_APPEND | os.O_CREAT | _fs.O_CLOEXEC | _fs.O_NOFOLLOW,
@@ -313,7 +440,7 @@ class JournalWriter:
         try:
             size = os.fstat(fd).st_size
             data = record
-            if head.end == 0:
+            if restart:
                 # no valid journal for this snapshot yet: start one
                 if size:
                     os.ftruncate(fd, 0)
@@ -326,12 +453,22 @@ class JournalWriter:
         except BaseException:
             # whatever reached the file is not acknowledged: cut it off again
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, head.end if head.end else 0)
+                os.ftruncate(fd, 0 if restart else head.end)
             raise
         finally:
             os.close(fd)
         if not existed:
             self._writer.fsync_dir_committed(p.dir)
+        try:
+            self.mark(p, revision)
+        except OSError:
+            with contextlib.suppress(OSError):
+                fd = os.open(p.journal, os.O_WRONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+                try:
+                    os.ftruncate(fd, 0 if restart else head.end)
+                finally:
+                    os.close(fd)
+            raise
 
     def compact(self, p: SessionPaths) -> Snapshot:
         """Fold the journal into a new snapshot (takes the lock); return it."""
@@ -358,6 +495,7 @@ class JournalWriter:
             self._writer.fsync_dir_committed(p.dir)
         finally:
             self._writer.discard(tmp)  # gone after the rename; removed if it failed
+        self.mark_committed(p, session.info.revision)
         self.forget_journal(p)
         snap = self._codec.open(blob, expected_session_id=p.sid)
         snap_key = file_key(p.current)
@@ -375,6 +513,7 @@ class JournalWriter:
                     updates=0,
                     info=session.info,
                     session=session,
+                    jnl_version=journal.VERSION,
                     cost=decoded_cost(len(blob), state_size),
                     state_size=state_size,
                 ),

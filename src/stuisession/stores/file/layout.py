@@ -8,6 +8,7 @@ Layout under the store directory (see ``docs/file-store.md``)::
     sessions/<ab>/<id>.snap     the current snapshot (<ab>: 2 chars of the id token)
     sessions/<ab>/<id>.snap.1   backups, newest first, up to ``backups``
     sessions/<ab>/<id>.jnl      the journal extending the current snapshot
+    sessions/<ab>/<id>.hwm      high-water mark: the acknowledged revision (format 3)
     sessions/<ab>/<id>.ref      client index marker (an id outside its client's shard)
     sessions/<ab>/.<id>.<rand>.tmp   a write in progress (or left by a crash)
     quarantine/<id>.<time>.<rand>.bad   snapshots that failed their check
@@ -26,22 +27,30 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from stuisession import _fs
 from stuisession.errors import ConfigurationError, StorageError
 from stuisession.ids import SESSION_ID_PREFIX, check_session_id, is_valid_session_id
+from stuisession.keys import Keyring
 
 FORMAT_NAME = "stuisession-file-store"
-#: version 2 adds client-sharded session ids (the client index); version 1
-#: stores are still read and written, listing a client's sessions by a scan
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: version 2 adds client-sharded session ids (the client index); version 3
+#: authenticates format.json and keeps a high-water mark per session. Stores
+#: of versions 1 and 2 are migrated to 3 when opened (a v1 store keeps listing
+#: a client's sessions by a scan)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+_FORMAT_PURPOSE = "file-store-format"
 FORMAT_FILE = "format.json"
 KEYRING_FILE = "keyring.json"
 SNAP_SUFFIX = ".snap"
 JOURNAL_SUFFIX = ".jnl"
+HWM_SUFFIX = ".hwm"
+#: a recovery that served an older state than acknowledged leaves this note in quarantine/
+ROLLBACK_SUFFIX = ".rollback.json"
 REF_SUFFIX = ".ref"
 TMP_SUFFIX = _fs.TMP_SUFFIX
 #: the two characters of a session id that name its shard directory
@@ -67,13 +76,14 @@ def storage_error(action: str, exc: OSError) -> StorageError:
 class SessionPaths:
     """The file names of one session (the id has been validated)."""
 
-    __slots__ = ("current", "dir", "journal", "sid")
+    __slots__ = ("current", "dir", "hwm", "journal", "sid")
 
     def __init__(self, sessions_dir: str, session_id: str) -> None:
         self.sid = session_id
         self.dir = os.path.join(sessions_dir, session_id[SHARD])
         self.current = os.path.join(self.dir, session_id + SNAP_SUFFIX)
         self.journal = os.path.join(self.dir, session_id + JOURNAL_SUFFIX)
+        self.hwm = os.path.join(self.dir, session_id + HWM_SUFFIX)
 
     def backup(self, k: int) -> str:
         """The backup of generation *k* (1 is the newest)."""
@@ -88,6 +98,8 @@ class StoreFormat:
     lock_stripes: int
     #: keys the client -> shard map (None: a version-1 store)
     shard_key: bytes | None
+    #: the file must be rewritten as version 3 (with high-water marks written first)
+    migrate: bool = False
 
 
 class Layout:
@@ -145,48 +157,80 @@ class Layout:
         return os.path.join(self.sessions_dir, shard, session_id + REF_SUFFIX)
 
     # -- format.json --------------------------------------------------------------------
-    def open_format(self, lock_stripes: int, *, fsync: bool) -> StoreFormat:
+    def is_existing(self) -> bool:
+        """True if the directory already holds a store (a format file or anything in sessions/)."""
+        if os.path.lexists(self.format_file):
+            return True
+        try:
+            with os.scandir(self.sessions_dir) as it:
+                return any(True for _ in it)
+        except FileNotFoundError:
+            return False
+
+    def open_format(self, lock_stripes: int, *, fsync: bool, keyring: Keyring) -> StoreFormat:
         """Record the striping in ``format.json`` on first use; check it later.
 
         Processes mapping sessions to stripes differently would not exclude
-        each other, so the stripe count is a property of the directory.
-        Raises ConfigurationError (a foreign or mismatched format) or StorageError.
+        each other, so the stripe count is a property of the directory. The
+        file is authenticated with a key derived from *keyring*; it is created
+        only in a new, empty store. Raises ConfigurationError (missing in an
+        existing store, damaged, edited, foreign or mismatched) or StorageError.
         """
         meta = self.format_file
-        doc = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "lock_stripes": lock_stripes,
-            # keys the client -> shard map, so a session id reveals nothing of its client
-            "client_shard_key": secrets.token_hex(16),
-        }
         try:
             if not os.path.lexists(meta):
+                if self.is_existing():
+                    raise ConfigurationError(
+                        f"{meta} is missing but the store at {self.root} holds sessions; "
+                        "restore format.json from a backup of the store (it can not be "
+                        "recreated: it holds the key of the client index)"
+                    )
+                doc = seal_format(
+                    keyring,
+                    {
+                        "format": FORMAT_NAME,
+                        "version": FORMAT_VERSION,
+                        "lock_stripes": lock_stripes,
+                        # keys the client -> shard map (the client index)
+                        "client_shard_key": secrets.token_hex(16),
+                    },
+                )
                 # create-if-absent: the first opener wins
                 with contextlib.suppress(FileExistsError):
                     _fs.atomic_write(meta, json.dumps(doc).encode(), create_only=True, fsync=fsync)
             text = (_fs.read_file(meta) or b"").decode("utf-8", "replace")
         except OSError as exc:
             raise storage_error("read or create format.json", exc) from exc
-        try:
-            found = json.loads(text)
-            name, version, stripes = found["format"], found["version"], found["lock_stripes"]
-        except (ValueError, KeyError, TypeError):
-            raise ConfigurationError(f"{meta} is not a valid file store format file") from None
-        if name != FORMAT_NAME or version not in READABLE_VERSIONS:
-            raise ConfigurationError(f"{meta}: unsupported store format {name!r} v{version!r}")
-        shard_key: bytes | None = None
-        if version >= 2:
-            try:
-                shard_key = bytes.fromhex(found["client_shard_key"])
-            except (KeyError, TypeError, ValueError):
-                raise ConfigurationError(f"{meta} has no valid client_shard_key") from None
-        if stripes != lock_stripes:
+        fmt = parse_format(meta, text, keyring)
+        if fmt.lock_stripes != lock_stripes:
             raise ConfigurationError(
-                f"the store at {self.root} uses lock_stripes={stripes}; open it with the "
+                f"the store at {self.root} uses lock_stripes={fmt.lock_stripes}; open it with the "
                 "same value (every process sharing a store must stripe locks alike)"
             )
-        return StoreFormat(version=version, lock_stripes=stripes, shard_key=shard_key)
+        return fmt
+
+    def write_format(self, fmt: StoreFormat, keyring: Keyring, *, fsync: bool) -> None:
+        """Rewrite ``format.json`` as the current version (a migration's last step)."""
+        doc = seal_format(
+            keyring,
+            {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "lock_stripes": fmt.lock_stripes,
+                "client_shard_key": None if fmt.shard_key is None else fmt.shard_key.hex(),
+            },
+        )
+        try:
+            _fs.atomic_write(self.format_file, json.dumps(doc).encode(), fsync=fsync)
+        except OSError as exc:
+            raise storage_error("write format.json", exc) from exc
+
+    def has_marks(self) -> bool:
+        """True if any session has a high-water-mark file (only stores of version 3 do)."""
+        for shard in self.shards():
+            if any(e.name.endswith(HWM_SUFFIX) for e in self._names(shard)):
+                return True
+        return False
 
     # -- listing ------------------------------------------------------------------------
     def shards(self) -> list[str]:
@@ -284,6 +328,21 @@ class Layout:
         prefix = session_id + "."
         return [e.path for e in os.scandir(self.quarantine_dir) if e.name.startswith(prefix)]
 
+    def rollback_notes(self) -> dict[str, list[str]]:
+        """Session id -> paths of the rollback notes in ``quarantine/`` (sorted)."""
+        found: dict[str, list[str]] = {}
+        try:
+            entries = list(os.scandir(self.quarantine_dir))
+        except FileNotFoundError:
+            return found
+        for e in entries:
+            sid = e.name.partition(".")[0]
+            if e.name.endswith(ROLLBACK_SUFFIX) and is_valid_session_id(sid):
+                found.setdefault(sid, []).append(e.path)
+        for paths in found.values():
+            paths.sort()
+        return found
+
 
 class ClientIndex:
     """Which shard holds a client's sessions.
@@ -334,6 +393,56 @@ def client_shard(shard_key: bytes, client_id: str) -> str:
     """The shard (two id characters) of *client_id*'s sessions under *shard_key*."""
     d = hmac.new(shard_key, client_id.encode("utf-8", "surrogatepass"), "sha256").digest()
     return _B64[d[0] % 64] + _B64[d[1] % 64]
+
+
+def _format_mac(keyring: Keyring, key_id: str, body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    key = keyring.derive(_FORMAT_PURPOSE, key_id)
+    return hmac.new(key, b"stuisession-format\n" + canonical, "sha256").hexdigest()
+
+
+def seal_format(keyring: Keyring, body: dict[str, Any]) -> dict[str, Any]:
+    """*body* with ``kid`` and ``mac`` added (format version 3)."""
+    doc = dict(body, kid=keyring.current_id)
+    doc["mac"] = _format_mac(keyring, keyring.current_id, doc)
+    return doc
+
+
+def parse_format(meta: Path, text: str, keyring: Keyring) -> StoreFormat:
+    """The checked content of format.json (ConfigurationError naming *meta*)."""
+    restore = "; restore it from a backup of the store"
+    try:
+        found = json.loads(text)
+        name, version, stripes = found["format"], found["version"], found["lock_stripes"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigurationError(f"{meta} is not a valid file store format file{restore}") from None
+    if name != FORMAT_NAME or version not in READABLE_VERSIONS or type(version) is not int:
+        raise ConfigurationError(f"{meta}: unsupported store format {name!r} v{version!r}")
+    if version >= 3:
+        kid, mac = found.get("kid"), found.get("mac")
+        if not isinstance(kid, str) or not isinstance(mac, str) or kid not in keyring:
+            raise ConfigurationError(
+                f"{meta} is damaged, or sealed with a key that is not in this keyring "
+                f"(wrong keyring?){restore}"
+            )
+        body = {k: v for k, v in found.items() if k != "mac"}
+        expected = _format_mac(keyring, kid, body)
+        if not hmac.compare_digest(expected.encode(), mac.encode("utf-8", "replace")):
+            raise ConfigurationError(
+                f"{meta} is damaged or was edited (its mac does not match){restore}"
+            )
+    if type(stripes) is not int or not 1 <= stripes <= MAX_STRIPES:
+        raise ConfigurationError(f"{meta} has an invalid lock_stripes{restore}")
+    shard_key: bytes | None = None
+    raw_key = found.get("client_shard_key")
+    if version >= 2 and (version == 2 or raw_key is not None):
+        try:
+            shard_key = bytes.fromhex(raw_key)
+        except (KeyError, TypeError, ValueError):
+            raise ConfigurationError(f"{meta} has no valid client_shard_key{restore}") from None
+    return StoreFormat(
+        version=version, lock_stripes=stripes, shard_key=shard_key, migrate=version < FORMAT_VERSION
+    )
 
 
 def recorded_lock_stripes(directory: str | os.PathLike[str]) -> int | None:

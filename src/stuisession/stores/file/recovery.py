@@ -8,21 +8,67 @@ other, never nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
 from pathlib import Path
 
-from stuisession.codec.snapshot import Snapshot, SnapshotCodec, parse_header
+import attrs
+
+from stuisession.codec.snapshot import HEADER_SIZE, Snapshot, SnapshotCodec, parse_header
 from stuisession.errors import IntegrityError, SessionNotFound
+from stuisession.stores.file import hwm
 from stuisession.stores.file.atomic import FileWriter, read_file
 from stuisession.stores.file.cache import HeadCache
-from stuisession.stores.file.layout import Layout, SessionPaths, storage_error
+from stuisession.stores.file.layout import ROLLBACK_SUFFIX, Layout, SessionPaths, storage_error
 from stuisession.stores.file.locking import StripeLocks
 
 log = logging.getLogger("stuisession.stores.file")
+
+
+_KEY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@attrs.frozen
+class Rollback:
+    """A session served from an older state than the store had acknowledged.
+
+    ``acknowledged`` is the revision the high-water mark held (None: the mark
+    was missing or damaged), ``found`` the revision of the best genuine state
+    that was kept, ``note`` the report left in ``quarantine/``.
+    """
+
+    session_id: str
+    acknowledged: int | None
+    found: int
+    reason: str
+    note: Path
+
+
+def key_id_damaged(codec: SnapshotCodec, blob: bytes, key_id: str) -> bool:
+    """True if *blob*'s unknown key id is damage, not a key this keyring lacks.
+
+    A key id that is not even well-formed is damage; otherwise it is damage
+    when putting a known key id of the same length in its place makes the
+    snapshot verify (the tags cover the key id bytes).
+    """
+    if _KEY_ID_RE.fullmatch(key_id) is None:
+        return True
+    start = HEADER_SIZE
+    for candidate in codec.keyring.key_ids:
+        if len(candidate) != len(key_id):
+            continue
+        fixed = blob[:start] + candidate.encode("ascii") + blob[start + len(key_id) :]
+        try:
+            codec.open(fixed)
+        except IntegrityError:
+            continue
+        return True
+    return False
 
 
 def session_ref(session_id: str) -> str:
@@ -50,7 +96,69 @@ class Recovery:
         self._writer = writer
         self._backups = backups
         self._quarantined: list[Path] = []
+        self._rollbacks: list[Rollback] = []
         self._meta_lock = threading.Lock()
+        self.locks = locks
+
+    def rollbacks(self) -> list[Rollback]:
+        """Rollbacks this store instance detected and settled (oldest first)."""
+        with self._meta_lock:
+            return list(self._rollbacks)
+
+    def settle_locked(
+        self,
+        p: SessionPaths,
+        *,
+        acknowledged: int | None,
+        found: int,
+        reason: str,
+        present: bool = True,
+    ) -> Rollback:
+        """Accept the best genuine state (revision *found*) loudly (stripe lock held).
+
+        Keeps a copy of the journal and a note in ``quarantine/`` (``verify``
+        reports it until an operator removes it), logs an ERROR and moves the
+        high-water mark to *found*, so later reads serve that state.
+        """
+        self._cache.drop(p.sid)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        rand = secrets.token_hex(4)
+        evidence = read_file(p.journal)
+        if evidence:
+            # a copy, not a link: the journal is cut and appended in place later
+            tmp = self._writer.write_temp(self._layout.quarantine_dir, p.sid, evidence)
+            os.replace(
+                tmp, os.path.join(self._layout.quarantine_dir, f"{p.sid}.{stamp}.{rand}.jnl.bad")
+            )
+        note = {
+            "session_ref": session_ref(p.sid),
+            "acknowledged_revision": acknowledged,
+            "found_revision": found,
+            "lost_revisions": None if acknowledged is None else max(0, acknowledged - found),
+            "reason": reason,
+            "time": stamp,
+        }
+        path = Path(self._layout.quarantine_dir) / f"{p.sid}.{stamp}.{rand}{ROLLBACK_SUFFIX}"
+        tmp = self._writer.write_temp(self._layout.quarantine_dir, p.sid, json.dumps(note).encode())
+        os.replace(tmp, path)
+        self._writer.fsync_dir(self._layout.quarantine_dir)
+        created = hwm.write(
+            self._codec.keyring, p.sid, p.hwm, found, fsync=self._writer.fsync, lower=True
+        )
+        if created:
+            self._writer.fsync_dir(p.dir)
+        rollback = Rollback(p.sid, acknowledged, found, reason, path)
+        with self._meta_lock:
+            self._rollbacks.append(rollback)
+        log.error(
+            "file store: session ref %s: %s; acknowledged revision %s, serving revision %d "
+            "(the best genuine state); report kept in quarantine/",
+            session_ref(p.sid),
+            reason,
+            "unknown" if acknowledged is None else acknowledged,
+            found,
+        )
+        return rollback
 
     def quarantined(self) -> list[Path]:
         """Files moved to ``quarantine/`` by this store instance (oldest first)."""
@@ -84,8 +192,9 @@ class Recovery:
         discard a valid snapshot in both cases.
         """
         try:
-            if parse_header(blob).key_id not in self._codec.keyring:
-                return True
+            key_id = parse_header(blob).key_id
+            if key_id not in self._codec.keyring:
+                return not key_id_damaged(self._codec, blob, key_id)
             self._codec.open(blob)
         except IntegrityError:
             return False
@@ -127,7 +236,7 @@ class Recovery:
         self._writer.fsync_dir(p.dir)
         with self._meta_lock:
             self._quarantined.extend(moved)
-        log.warning(
+        log.error(
             "file store: snapshot of session ref %s failed its check (%s); moved %d file(s) "
             "to quarantine and restored backup %d (revision %d)",
             session_ref(p.sid),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -53,15 +54,53 @@ from stuisession.stores.file.layout import (
     ClientIndex,
     Layout,
     SessionPaths,
+    StoreFormat,
     storage_error,
 )
 from stuisession.stores.file.locking import StripeLocks
-from stuisession.stores.file.recovery import Recovery, session_ref
+from stuisession.stores.file.recovery import Recovery, Rollback, session_ref
 
 log = logging.getLogger("stuisession.stores.file")
 _T = TypeVar("_T")
 
-__all__ = ["DEFAULT_CACHE_BYTES", "STALE_TMP_AGE", "FileStore", "session_ref"]
+
+def _check_directory(root: Path) -> None:
+    """Refuse a store directory that is a symlink or writable by group or others.
+
+    Anyone who can write the directory can swap files for symlinks or replace
+    them; a symlinked directory may point where the operator did not mean.
+    """
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return  # created 0700 by make_dirs
+    except OSError as exc:
+        raise storage_error("inspect the store directory", exc) from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigurationError(
+            f"the store directory {root} is a symlink; give the real path "
+            "(or pass allow_insecure_directory=True)"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigurationError(
+            f"the store directory {root} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 700 it "
+            "(or pass allow_insecure_directory=True)"
+        )
+
+
+def _load_key_file(layout: Layout, path: Path) -> Keyring:
+    """The store's key file; created only in a new store, never in an existing one."""
+    if not os.path.lexists(path) and layout.is_existing():
+        raise ConfigurationError(
+            f"key file {path} is missing but the store at {layout.root} already holds "
+            "sessions; put the key file back from a backup (or set $STUISESSION_KEYRING): "
+            "a new key would leave every session unreadable"
+        )
+    return Keyring.load_or_create(path)
+
+
+__all__ = ["DEFAULT_CACHE_BYTES", "STALE_TMP_AGE", "FileStore", "Rollback", "session_ref"]
 
 
 class FileStore(SessionStore):
@@ -88,6 +127,9 @@ class FileStore(SessionStore):
     :param journal_limit: journal size (bytes) that triggers compaction; None:
         the snapshot's own size, at least 64 KiB, so replaying costs at most
         about as much as reading the snapshot.
+    :param allow_insecure_directory: open a store directory that is a symlink
+        or writable by group or others (refused by default with
+        :class:`~stuisession.errors.ConfigurationError`).
     :param cache_bytes: bound on the cache of decoded sessions (estimated
         memory, bytes). Cached sessions are revalidated with a ``stat`` of
         their files, so several processes may share the directory. 0 turns
@@ -115,6 +157,7 @@ class FileStore(SessionStore):
         journal: bool = True,
         journal_limit: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        allow_insecure_directory: bool = False,
         make_shards: bool = False,
     ) -> None:
         if cache_bytes < 0:
@@ -132,14 +175,16 @@ class FileStore(SessionStore):
         self._layout = layout = Layout(path)
         self._root = layout.root
         self._backups = backups
+        if not allow_insecure_directory:
+            _check_directory(layout.root)
         layout.make_dirs()
         if codec is None:
             ring = keyring if keyring is not None else Keyring.from_env()
             if ring is None:
-                ring = Keyring.load_or_create(key_file or layout.keyring_file)
+                ring = _load_key_file(layout, Path(key_file or layout.keyring_file))
             codec = SnapshotCodec(ring, encrypt=encrypt)
         super().__init__(codec)
-        fmt = layout.open_format(lock_stripes, fsync=fsync)
+        fmt = layout.open_format(lock_stripes, fsync=fsync, keyring=codec.keyring)
         if make_shards and fmt.shard_key is not None:
             layout.make_shards(fsync=fsync)  # once per store: creates never mkdir
         self._index = ClientIndex(layout, fmt.shard_key)
@@ -168,6 +213,33 @@ class FileStore(SessionStore):
             journal_limit=journal_limit,
             encode=self._encode_sized,
         )
+        if fmt.migrate:
+            self._migrate(fmt, fsync=fsync)
+
+    def _migrate(self, fmt: StoreFormat, *, fsync: bool) -> None:
+        """Bring a version-1/2 store to version 3: a mark per session, then format.json."""
+        if self._layout.has_marks():
+            raise ConfigurationError(
+                f"{self._layout.format_file} says store format version {fmt.version}, but the "
+                "sessions have high-water marks (version 3): an older copy of format.json was "
+                "put back; restore the current one from a backup of the store"
+            )
+        self._reader.marks = False
+        try:
+            for sid in list(self._layout.iter_ids()):
+                p = self._paths(sid)
+                try:
+                    with self._locks.locked(sid):
+                        revision = self._reader.head(p, decode=False, locked=True).info.revision
+                        self._jw.mark(p, revision)
+                except (SessionNotFound, IntegrityError):
+                    continue  # verify reports it; its first read settles the missing mark
+                except OSError as exc:
+                    raise storage_error("write a high-water mark", exc) from exc
+        finally:
+            self._reader.marks = True
+        self._layout.write_format(fmt, self.codec.keyring, fsync=fsync)
+        log.info("file store: migrated %s from format version %d", self._root, fmt.version)
 
     # -- public extras --------------------------------------------------------------
     @property
@@ -193,6 +265,14 @@ class FileStore(SessionStore):
     def quarantined(self) -> list[Path]:
         """Files this store instance moved to ``quarantine/`` (oldest first)."""
         return self._recovery.quarantined()
+
+    def rollbacks(self) -> list[Rollback]:
+        """Sessions this instance served from an older state than acknowledged (oldest first).
+
+        Each was reported (ERROR log, a note in ``quarantine/`` that ``verify``
+        reports); a service may hook these, e.g. to audit them or start a new lineage.
+        """
+        return self._recovery.rollbacks()
 
     def sweep_temp_files(self, max_age: float = STALE_TMP_AGE) -> int:
         """Delete temp files older than *max_age* seconds left by crashed writers.
@@ -223,8 +303,12 @@ class FileStore(SessionStore):
         return self._index.shard(client_id)
 
     def new_session_id(self, client_id: str) -> str:
-        """A fresh session id, placed in *client_id*'s shard (256-bit id, 244 bits random)."""
-        return self._index.place(super().new_session_id(client_id), client_id)
+        """A fresh session id: 256 random bits, nothing derived from *client_id*.
+
+        The client index is kept by a marker in the client's shard instead
+        (written by :meth:`create`), so ids of one client can not be linked.
+        """
+        return super().new_session_id(client_id)
 
     def _client_ids(self, client_id: str) -> Iterator[str] | None:
         return self._index.ids(client_id)
@@ -369,7 +453,9 @@ class FileStore(SessionStore):
         Hard-linked copies are checked once; files that vanished meanwhile are skipped.
         """
         chosen = self.verify_items() if items is None else items
-        return _verify.verify_files(self.codec, self._layout, chosen, progress=progress)
+        return _verify.verify_files(
+            self.codec, self._layout, chosen, progress=progress, marks=self._reader.marks
+        )
 
     # -- primitives -------------------------------------------------------------------
     def _get(self, session_id: str) -> bytes | None:
@@ -420,16 +506,21 @@ class FileStore(SessionStore):
             self._writer.sweep_once(p.dir)
             with self._locks.locked(p.sid):
                 if expected_revision is None:
-                    self._create_locked(p, tmp)
+                    self._create_locked(p, tmp, info.revision)
                 else:
-                    self._replace_locked(p, tmp, expected_revision)
+                    self._replace_locked(p, tmp, expected_revision, info.revision)
         except OSError as exc:
             raise storage_error("write a session snapshot", exc) from exc
         finally:
             if tmp is not None:
                 self._writer.discard(tmp)
 
-    def _create_locked(self, p: SessionPaths, tmp: str) -> None:
+    def _create_locked(self, p: SessionPaths, tmp: str, revision: int) -> None:
+        if os.path.lexists(p.current):
+            # before the mark is written: never lower an existing session's mark
+            raise ConflictError("session already exists", current_revision=self._head_revision(p))
+        # the mark goes first: a reader never sees the session without it
+        self._jw.mark(p, revision)
         try:
             os.link(tmp, p.current)  # atomic create-if-absent
         except FileExistsError:
@@ -444,7 +535,9 @@ class FileStore(SessionStore):
         except (SessionNotFound, IntegrityError):
             return None
 
-    def _replace_locked(self, p: SessionPaths, tmp: str, expected_revision: int) -> None:
+    def _replace_locked(
+        self, p: SessionPaths, tmp: str, expected_revision: int, new_revision: int
+    ) -> None:
         # the whole snapshot is verified (when not cached), not just its head: a
         # corrupt current file must not be rotated into the backups, pushing out
         # a good generation
@@ -454,6 +547,7 @@ class FileStore(SessionStore):
         self._jw.rotate_backups(p)
         os.replace(tmp, p.current)
         self._writer.fsync_dir_committed(p.dir)
+        self._jw.mark_committed(p, new_revision)
         self._jw.forget_journal(p)
         self._cache.drop(p.sid)
 
@@ -478,6 +572,9 @@ class FileStore(SessionStore):
                 if existed:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(p.current)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p.hwm)  # after the session: never a session without its mark
+                if existed:
                     self._writer.fsync_dir(p.dir)
                 if marker is not None:  # after the session: never a session without it
                     with contextlib.suppress(FileNotFoundError):

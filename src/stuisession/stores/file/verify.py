@@ -1,18 +1,25 @@
-"""Verification of a file store's files: every snapshot, backup and journal.
+"""Verification of a file store's files: every snapshot, backup, journal and mark.
 
-Reads only: a bad file is reported, never repaired or moved.
+Reads only: a bad file is reported, never repaired or moved. Reported as well:
+a session whose state is below its high-water mark (what was lost), a missing
+or damaged mark, and every rollback a store settled (its note in
+``quarantine/`` stays until an operator removes it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterable, Iterator
 
 from stuisession.codec import journal
-from stuisession.codec.snapshot import SnapshotCodec
+from stuisession.codec.snapshot import SnapshotCodec, parse_header
 from stuisession.errors import IntegrityError
 from stuisession.stores.base import Progress, VerifyItem, VerifyProblem, check_blob
+from stuisession.stores.file import hwm
 from stuisession.stores.file.atomic import read_file
-from stuisession.stores.file.layout import Layout, journal_path
+from stuisession.stores.file.layout import HWM_SUFFIX, JOURNAL_SUFFIX, Layout, journal_path
+from stuisession.stores.file.recovery import key_id_damaged
 
 
 def verify_items(layout: Layout) -> list[VerifyItem]:
@@ -29,6 +36,7 @@ def verify_files(
     items: Iterable[VerifyItem],
     *,
     progress: Progress | None = None,
+    marks: bool = True,
 ) -> Iterator[VerifyProblem]:
     """Check each file of *items* fully; yield the bad ones.
 
@@ -37,6 +45,7 @@ def verify_files(
     skipped. Hard-linked copies (same identity) are checked once.
     """
     done: dict[tuple[int, int], str | None] = {}
+    notes = layout.rollback_notes()
     for i, named in enumerate(items, 1):
         item = named
         if item.path is None:
@@ -44,17 +53,39 @@ def verify_files(
         if item.identity in done:
             reason = done[item.identity]
         else:
-            reason = _check_file(codec, item)
+            reason = _check_file(codec, item, marks=marks)
             if item.identity != (0, 0):
                 done[item.identity] = reason
         if reason is not None:
             yield VerifyProblem(item.session_id, reason, item.path)
+        if item.generation == 0:
+            for note in notes.get(item.session_id, []):
+                yield VerifyProblem(item.session_id, _describe_note(note), note)
         if progress is not None:
             progress(i)
 
 
-def _check_file(codec: SnapshotCodec, item: VerifyItem) -> str | None:
+def _describe_note(path: str) -> str:
+    try:
+        note = json.loads(read_file(path) or b"{}")
+        return (
+            f"rolled back: acknowledged revision {note.get('acknowledged_revision')}, now "
+            f"serving revision {note.get('found_revision')} ({note.get('reason')}); remove "
+            "the note from quarantine/ once the loss is dealt with"
+        )
+    except (OSError, ValueError, AttributeError):
+        return "rolled back (the note in quarantine/ is unreadable)"
+
+
+def _check_file(codec: SnapshotCodec, item: VerifyItem, *, marks: bool) -> str | None:
     assert item.path is not None
+    mark = None
+    if item.generation == 0 and marks:
+        mark_path = journal_path(item.path)[: -len(JOURNAL_SUFFIX)] + HWM_SUFFIX
+        try:
+            mark = hwm.read(codec.keyring, item.session_id, mark_path)
+        except OSError as exc:
+            return f"high-water mark could not be read ({exc.strerror})"
     try:
         blob = read_file(item.path)
     except OSError as exc:
@@ -62,23 +93,52 @@ def _check_file(codec: SnapshotCodec, item: VerifyItem) -> str | None:
     if blob is None:
         return None  # gone meanwhile: nothing to check
     reason = check_blob(codec, blob, item.session_id)
+    if reason is not None and "not in the keyring" in reason:
+        with contextlib.suppress(IntegrityError):
+            key_id = parse_header(blob).key_id
+            if key_id_damaged(codec, blob, key_id):
+                reason = "snapshot is damaged (its key id bytes); the keyring is not the cause"
     if reason is None and item.generation == 0:
-        reason = _check_journal(codec, blob, item.session_id, journal_path(item.path))
+        reason = _check_journal(codec, blob, item.session_id, journal_path(item.path), mark)
+    elif reason is not None and mark is not None and mark.revision is not None:
+        reason += f"; acknowledged revision {mark.revision} (a backup may hold an older one)"
+    if reason is None and mark is not None:
+        reason = _check_mark(mark)
     return reason
 
 
-def _check_journal(codec: SnapshotCodec, blob: bytes, session_id: str, path: str) -> str | None:
+def _check_mark(mark: hwm.Mark) -> str | None:
+    if not mark.present:
+        return "high-water mark is missing (a rollback of this session would go unseen)"
+    if mark.damaged or mark.revision is None:
+        return "high-water mark is damaged"
+    return None
+
+
+def _check_journal(
+    codec: SnapshotCodec, blob: bytes, session_id: str, path: str, mark: hwm.Mark | None
+) -> str | None:
     """Why the journal extending the snapshot *blob* is bad, or None (also: no journal)."""
     try:
         data = read_file(path)
     except OSError as exc:
         return f"journal could not be read ({exc.strerror})"
     base = journal.snapshot_tag(blob)
+    snap = codec.open(blob, expected_session_id=session_id)
+    _, scan = journal.scan_journal(codec, data or b"", base_tag=base, session_id=session_id)
+    found = scan.records[-1].info.revision if scan.records else snap.info.revision
+    acknowledged = None if mark is None else mark.revision
+    if acknowledged is not None and found < acknowledged:
+        why = "" if scan.problem is None else f" ({scan.problem.message})"
+        return (
+            f"state went backwards: acknowledged revision {acknowledged}, the files hold "
+            f"revision {found}{why}: {acknowledged - found} acknowledged revision(s) lost"
+        )
+    if scan.problem is not None and acknowledged is None and not scan.incomplete:
+        return f"journal: {scan.problem.message}"
     try:
-        records = journal.open_journal(codec, data or b"", base_tag=base, session_id=session_id)
-        if not records:
-            return None
-        journal.replay(codec.open(blob, expected_session_id=session_id).session(), records)
+        if scan.records:
+            journal.replay(snap.session(), scan.records)
     except IntegrityError as exc:
         return f"journal: {exc.message}"
     return None
