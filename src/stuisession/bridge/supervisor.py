@@ -18,6 +18,10 @@ endpoint in a 0700 directory. A client's messages always go to the same worker
   A client that reconnects with a new routing identity may reach another
   worker: that resend is handled again, as after a bridge restart (revision
   checks and the durable per-session dedup apply);
+- the queued-bytes bounds (``Policy.max_queued_bytes_per_connection`` and
+  ``max_queued_bytes``) apply in the parent, where replies wait for a slow
+  reader: a connection over its bound is dropped there (its later requests get
+  ``Busy`` from the parent), as in a single bridge;
 - connection tracking stays per worker and exact; ``get_session_statistics``
   adds up every worker's bridge figures, which each worker publishes into the
   private directory twice a second (the other workers' figures are at most
@@ -50,8 +54,9 @@ from typing import Any
 
 import attrs
 
-from stuisession.bridge.replies import error_reply
-from stuisession.errors import Busy
+from stuisession.bridge.budget import QueueBudget, send_tracked
+from stuisession.bridge.replies import error_for, error_reply, peek_fields
+from stuisession.errors import Busy, StuiSessionError
 from stuisession.policy import Policy
 
 log = logging.getLogger("stuisession.server")
@@ -66,6 +71,8 @@ RESTART_DELAY = 0.5
 DRAIN_TIMEOUT = 30.0
 #: frontend messages moved per wake-up before the backends get a turn
 BATCH = 256
+#: the parent's published queue figures (the public socket's budget)
+BROKER_STATS = "stats-broker.json"
 
 
 @attrs.frozen
@@ -118,6 +125,7 @@ class Supervisor:
         factory: WorkerFactory,
         *,
         policy: Policy,
+        idle_timeout: float = 60.0,
         logger: logging.Logger | None = None,
     ) -> None:
         import zmq
@@ -140,6 +148,13 @@ class Supervisor:
         self._started: list[float] = [0.0] * workers
         self.restarts = 0
         self._mp = multiprocessing.get_context("spawn")  # no fork of a zmq context
+        # replies wait for a slow reader here, in the process owning the public socket:
+        # the per-connection and total bounds (bridge/budget.py) apply here, as in a
+        # single bridge (a connection over its bound is dropped)
+        self.budget = QueueBudget(
+            policy.max_queued_bytes_per_connection, policy.max_queued_bytes, idle_timeout
+        )
+        self._next_publish = 0.0
         self.frontend: Any = None
         self._backends: list[Any] = []
         try:
@@ -231,8 +246,11 @@ class Supervisor:
                     self._to_clients(be)
             if self.frontend in events and not self._stopping.is_set():
                 self._to_workers()
+            self.budget.refresh()
             if time.monotonic() >= next_check:
                 self._check_workers()
+                self.budget.sweep()
+                self._publish()
                 next_check = time.monotonic() + 0.2
         self._drain(poller)
 
@@ -243,20 +261,29 @@ class Supervisor:
                 frames = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            ident = frames[0].bytes
+            try:
+                self.budget.admit(ident.hex(), 0)  # dropped, or the total is full
+            except Busy as exc:
+                self._refuse(frames, exc)
+                continue
             # the same connection always reaches the same worker
-            index = zlib.crc32(frames[0].bytes) % self.n
+            index = zlib.crc32(ident) % self.n
             try:
                 self._backends[index].send_multipart(frames, zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                self._refuse(frames)
+                self._refuse(frames, None)
 
-    def _refuse(self, frames: list[Any]) -> None:
-        """Answer a request the worker's queue can not take with ``Busy``."""
+    def _refuse(self, frames: list[Any], exc: StuiSessionError | None) -> None:
+        """Answer a request with ``Busy`` (*exc*, or: the worker's queue is full)."""
         zmq = self._zmq
         envelope = [f.bytes for f in frames[:-1]]
         if not envelope:
             return
-        reply = error_reply("The bridge is busy; retry later", Busy)
+        if exc is None:
+            reply = error_reply("The bridge is busy; retry later", Busy)
+        else:
+            reply = error_for(peek_fields(frames[-1].bytes, ("id",)).get("id"), exc)
         with contextlib.suppress(zmq.ZMQError):
             self.frontend.send_multipart([*envelope, reply], zmq.NOBLOCK)
 
@@ -267,9 +294,24 @@ class Supervisor:
                 frames = backend.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            envelope = [f.bytes for f in frames[:-1]]
+            body = frames[-1].bytes
+            ident = envelope[0].hex() if envelope else ""
+            # over the connection's or the total bound: a small Busy instead, sent
+            # uncharged; an accepted reply stays charged until libzmq wrote it out
+            refusal = self.budget.reply(ident, len(body))
+            tracker = None
             # a ROUTER drops a reply to a peer that is gone or whose queue is full
             with contextlib.suppress(zmq.ZMQError):
-                self.frontend.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                if refusal is not None:
+                    request_id = peek_fields(body, ("id",)).get("id")
+                    self.frontend.send_multipart(
+                        [*envelope, error_for(request_id, refusal)], zmq.NOBLOCK
+                    )
+                else:
+                    tracker = send_tracked(self.frontend, zmq, [*envelope, body])
+            if refusal is None:
+                self.budget.sent(ident, len(body), tracker)
 
     def _drain(self, poller: Any) -> None:
         """Ask every worker to finish what it accepted, pass its replies on, wait for it."""
@@ -294,6 +336,19 @@ class Supervisor:
         for p in self._procs:
             if p is not None:
                 p.join(5)
+
+    def _publish(self) -> None:
+        """Publish the public socket's queue figures for the workers' statistics."""
+        if time.monotonic() < self._next_publish:
+            return
+        self._next_publish = time.monotonic() + STATS_INTERVAL
+        path = os.path.join(self._dir, BROKER_STATS)
+        try:
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump({"queues": self.budget.statistics()}, f)
+            os.replace(path + ".tmp", path)
+        except OSError:  # pragma: no cover - best effort
+            self.log.debug("could not publish queue statistics", exc_info=True)
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -373,11 +428,13 @@ def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
             if key not in out:
                 out[key] = value
             else:
-                out[key] = _merge(out[key], value)
+                out[key] = _merge(out[key], value, key)
     return out
 
 
-def _merge(a: Any, b: Any) -> Any:
+def _merge(a: Any, b: Any, key: str = "") -> Any:
+    if key.startswith("max_"):  # a configured bound: the same everywhere, never a sum
+        return max(a, b) if type(a) is type(b) and isinstance(a, (int, float)) else a
     if isinstance(a, bool) or isinstance(b, bool):
         return bool(a) or bool(b)
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -418,11 +475,16 @@ class _SharedStatistics:
 
     def aggregate(self) -> dict[str, Any]:
         parts = [self._server.bridge_statistics()]
-        for i in range(_worker_count(self._config.stats_dir)):
-            if i == self._config.index:
-                continue
+        paths = [
+            _stats_path(self._config.stats_dir, i)
+            for i in range(_worker_count(self._config.stats_dir))
+            if i != self._config.index
+        ]
+        # the public socket's queue (replies waiting for slow readers) is the parent's
+        paths.append(os.path.join(self._config.stats_dir, BROKER_STATS))
+        for path in paths:
             try:
-                with open(_stats_path(self._config.stats_dir, i), encoding="utf-8") as f:
+                with open(path, encoding="utf-8") as f:
                     parts.append(json.load(f))
             except (OSError, ValueError):
                 continue  # not published yet, or restarting

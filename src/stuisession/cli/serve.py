@@ -341,7 +341,9 @@ def _serve_workers(
     }
     factory = functools.partial(_worker_server, settings)
     try:
-        supervisor = Supervisor(args.bind, workers, factory, policy=run_policy)
+        supervisor = Supervisor(
+            args.bind, workers, factory, policy=run_policy, idle_timeout=args.idle_timeout
+        )
     except Exception as exc:  # zmq.ZMQError: taken between the check and now
         raise Fail(f"cannot bind {args.bind}: {exc}") from None
     with supervisor:
