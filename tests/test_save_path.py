@@ -170,26 +170,50 @@ def test_raw_text_of_a_duplicate_parameters_object_is_the_last_one() -> None:
 
 
 # -- creates near the floor ----------------------------------------------------------------
-def test_file_store_create_is_two_fsyncs(tmp_path: Path, monkeypatch: Any) -> None:
-    """A create writes one file durably: its fsync and its directory's, nothing else
-    (with ``make_shards``, as ``serve`` opens a file store, the shard directories
-    exist from the store's creation)."""
+def _twenty_creates(root: Path, make_shards: bool, monkeypatch: Any) -> tuple[list[str], list[str]]:
+    """(mkdir paths, fsynced paths) of 20 creates for new clients in a new store."""
     import os
 
-    store = FileStore(tmp_path, keyring=Keyring.generate(), make_shards=True)
+    store = FileStore(root, keyring=Keyring.generate(), make_shards=make_shards)
     handler = ProtocolHandler(store, Policy(rate_limit=None, max_creates_per_second=None))
-    calls: list[int] = []
-    real = os.fsync
+    mkdirs: list[str] = []
+    synced: list[str] = []
+    real_mkdir, real_fsync = os.mkdir, os.fsync
 
-    def counting(fd: int) -> None:
-        calls.append(fd)
-        real(fd)
+    def counting_mkdir(path: Any, *args: Any, **kw: Any) -> None:
+        mkdirs.append(str(path))
+        real_mkdir(path, *args, **kw)
 
-    monkeypatch.setattr(os, "fsync", counting)
-    for i in range(20):  # new clients: each lands in a shard of its own
-        reply = _wire(handler, f"c{i}", "create_session", f'{{"client_id": "client-{i}"}}')
-        assert reply["status"] == "success", reply
-    assert len(calls) == 2 * 20
+    def counting_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "mkdir", counting_mkdir)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    try:
+        for i in range(20):  # new clients: each lands in a shard of its own
+            reply = _wire(handler, f"c{i}", "create_session", f'{{"client_id": "client-{i}"}}')
+            assert reply["status"] == "success", reply
+    finally:
+        monkeypatch.undo()
+        store.close()
+    return mkdirs, synced
+
+
+def test_file_store_create_makes_no_directory_with_its_shards_made(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """With ``make_shards`` (as ``serve`` opens a file store) a new client's first
+    session costs no ``mkdir`` and no fsync of ``sessions/``: only its own files'
+    writes. Without it, the same creates do make directories (the test can fail)."""
+    import os
+
+    mkdirs, synced = _twenty_creates(tmp_path / "made", True, monkeypatch)
+    assert mkdirs == []
+    assert os.path.realpath(tmp_path / "made" / "sessions") not in synced
+    mkdirs, synced = _twenty_creates(tmp_path / "lazy", False, monkeypatch)
+    assert len(mkdirs) >= 15  # a few clients may share a shard
+    assert os.path.realpath(tmp_path / "lazy" / "sessions") in synced
 
 
 def test_memory_store_lists_a_clients_sessions_from_its_index() -> None:

@@ -42,8 +42,6 @@ from stuisession.state.model import SCHEMA_VERSION, Session, SessionInfo, Sessio
 MAGIC = b"STSN"
 FORMAT_VERSION = 1
 FLAG_ZSTD = 0x01
-#: states of fewer JSON bytes are sealed uncompressed (readers accept both)
-COMPRESS_FROM = 1024
 FLAG_ENCRYPTED = 0x02
 _KNOWN_FLAGS = FLAG_ZSTD | FLAG_ENCRYPTED
 #: the envelope's sizes, named here too: the store and tests know them as snapshot facts
@@ -209,9 +207,6 @@ class SnapshotCodec:
                 f"state is {len(state_json)} bytes, over the {self.max_state_bytes}-byte limit",
                 part="state",
             )
-        if len(state_json) < COMPRESS_FROM:
-            # a new or tiny state: zstd would save a few bytes for more than it costs
-            return self._seal(info, state_json, schema_version, 0)
         compressed = _envelope.compress(state_json, self._level)
         return self._seal(info, compressed, schema_version, FLAG_ZSTD)
 
