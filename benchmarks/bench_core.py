@@ -40,6 +40,7 @@ from benchlib import Stats, counter, measure, summary
 from stuisession import FileStore, MemoryStore, Policy, ProtocolHandler
 from stuisession.codec.snapshot import TAG_SIZE, parse_header
 from stuisession.stores.base import SessionStore
+from stuisession.stores.file.layout import session_stem
 
 
 # -- floors -------------------------------------------------------------------------------
@@ -152,9 +153,10 @@ class Client:
 
 def session_files(store_dir: Path, sid: str) -> dict[str, int]:
     """Every file the file store keeps for *sid* (snapshot, backups, anything else)."""
+    stem = session_stem(store_dir, sid)  # files are named by a keyed hash of the id
     return {
-        p.name.replace(sid, "<id>"): p.stat().st_size
-        for p in (store_dir / "sessions").rglob(f"{sid}*")
+        p.name.replace(stem, "<id>"): p.stat().st_size
+        for p in (store_dir / "sessions").rglob(f"{stem}*")
         if p.is_file()
     }
 
@@ -266,7 +268,7 @@ def run(n: int, quick: bool = False) -> dict[str, Any]:
             state = reply["result"]
             wire_bytes = len(json.dumps(state, separators=(",", ":")))
             files = session_files(store_dir, sid)
-            snap = (store_dir / "sessions").rglob(f"{sid}.snap")
+            snap = (store_dir / "sessions").rglob(f"{session_stem(store_dir, sid)}.snap")
             blob = next(snap).read_bytes()
             # Django holds the same data: the restored state as the client receives it
             dj = django["file"]()

@@ -28,6 +28,7 @@ from bench_core import Client, verify_decompress_floor
 from benchlib import measure, summary
 
 from stuisession import FileStore, Policy, ProtocolHandler
+from stuisession.stores.file.layout import session_stem
 
 DEFAULT_SIZES = (1, 4, 16, 64, 256, 1024, 4096)
 
@@ -50,7 +51,8 @@ def run(sizes: list[int], budget: float, n: int) -> dict[str, Any]:
             c.call("update_session_state", session_id=sid, changes=changes, append_history=history)
             state = c.call("restore_session", session_id=sid)["result"]
             wire_bytes = len(json.dumps(state, separators=(",", ":")))
-            blob = next((root / "store" / "sessions").rglob(f"{sid}.snap")).read_bytes()
+            stem = session_stem(root / "store", sid)
+            blob = next((root / "store" / "sessions").rglob(f"{stem}.snap")).read_bytes()
             point: dict[str, Any] = {
                 "kib": kib,
                 "wire_bytes": wire_bytes,

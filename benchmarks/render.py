@@ -357,6 +357,56 @@ def targets(r: dict[str, Any]) -> list[Target]:
             )
         )
 
+    # change notices (bench_notify.py)
+    nt = m.get("notify", {})
+    p99 = _get(nt, "latency", "latency_ms", "p99")
+    p99 = float(p99) if isinstance(p99, (int, float)) else None
+    rate = _get(nt, "latency", "rate")
+    subs = _get(nt, "latency", "subscribers")
+    out.append(
+        Target(
+            "notify-latency",
+            f"notice latency, ack to subscriber, at {rate} updates/s, {subs} subscribers, p99",
+            "< 20 ms",
+            ms(p99),
+            "20 ms",
+            ratio(p99 / 20) if p99 is not None else "n/a",
+            _lt(p99, 20.0, strict=True),
+            f"p99 {ms(p99)} against 20 ms; lost {_get(nt, 'latency', 'notices_lost')}",
+        )
+    )
+    added = _get(nt, "bridge_update", "added_p50")
+    added = float(added) if isinstance(added, (int, float)) else None
+    out.append(
+        Target(
+            "notify-update-cost",
+            f"update through the bridge, notices on vs off (file store, {subs} subscribers), p50",
+            "< 10% added",
+            "n/a" if added is None else f"{added:+.1%}",
+            f"off {ms(_p50(nt, 'bridge_update', 'off'))}, on {ms(_p50(nt, 'bridge_update', 'on'))}",
+            "n/a" if added is None else ratio(max(added, 0.0) / 0.10),
+            None if added is None else added < 0.10,
+            "n/a" if added is None else f"{added:+.1%} against 10%",
+        )
+    )
+    one = _get(nt, "bridge_update_one_subscriber", "added_p50")
+    one = float(one) if isinstance(one, (int, float)) else None
+    out.append(
+        Target(
+            "notify-update-cost-1",
+            "update through the bridge, notices on vs off (file store, 1 subscriber), p50",
+            "< 10% added",
+            "n/a" if one is None else f"{one:+.1%}",
+            "off "
+            + ms(_p50(nt, "bridge_update_one_subscriber", "off"))
+            + ", on "
+            + ms(_p50(nt, "bridge_update_one_subscriber", "on")),
+            "n/a" if one is None else ratio(max(one, 0.0) / 0.10),
+            None if one is None else one < 0.10,
+            "n/a" if one is None else f"{one:+.1%} against 10%",
+        )
+    )
+
     wall = _get(r, "meta", "wall_s")
     out.append(
         Target(

@@ -63,6 +63,12 @@ MODULES: list[tuple[str, str, list[str], list[str]]] = [
         ["--clients", "8", "--duration", "2", "--server-workers", "1"],
     ),
     (
+        "notify",
+        "bench_notify.py",
+        ["--duration", "10", "--cost-n", "400"],
+        ["--duration", "3", "--cost-n", "100"],
+    ),
+    (
         "throughput_no_audit",
         "bench_throughput.py",
         ["--clients", "32", "--duration", "4", "--no-audit"],

@@ -23,6 +23,7 @@ from stuisession.bridge.server import BridgeServer, peek_fields
 from stuisession.bridge.workers import KeyedExecutor
 from stuisession.policy import Policy
 from stuisession.protocol.handler import ProtocolHandler
+from stuisession.security.identity import Caller, fingerprint
 from stuisession.state.updates import StateUpdate
 from stuisession.stores.memory import MemoryStore
 from upstream_double import UpstreamDoubleServer
@@ -146,17 +147,17 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 _probes = itertools.count()
 
 
-def stats(ctx: zmq.Context, endpoint: str) -> dict[str, Any]:
-    """get_session_statistics from a throwaway connection (with an identity of its own)."""
-    sock = connect(ctx, zmq.REQ, endpoint, identity=f"probe-{next(_probes)}".encode())
-    try:
-        return ok(call(sock, "stats", "get_session_statistics"))
-    finally:
-        sock.close()
+def stats(r: Running) -> dict[str, Any]:
+    """get_session_statistics as an operator sees it (in-process, trusted)."""
+    reply = r.srv.handler.handle(
+        {"id": "stats", "command": "get_session_statistics"}, caller=Caller.local()
+    )
+    return ok(reply)
 
 
 def connection(statistics: dict[str, Any], identity: bytes) -> dict[str, Any] | None:
-    found = [c for c in statistics["connections"] if c["identity"] == identity.hex()]
+    # routing identities are shown to operators only as a keyed fingerprint
+    found = [c for c in statistics["connections"] if c["identity"] == fingerprint(identity.hex())]
     return found[0] if found else None
 
 
@@ -263,7 +264,7 @@ def test_a_denied_request_does_not_steal_the_session(
     assert "session_id" not in by_id["e2"]["parameters"]
     history = ok(call(owner, "h", "restore_session", session_id=sid))["workspace_context"]
     assert [e["source"] for e in history["workspaces"]["default"]["history"]] == ["1 + 1"]
-    probe = stats(ctx, r.endpoint)
+    probe = stats(r)
     intruder_conn = connection(probe, b"intruder")
     assert intruder_conn is not None
     assert intruder_conn["sessions"] == 0
@@ -598,9 +599,14 @@ def test_statistics_list_connections(start: Callable[..., Running], ctx: zmq.Con
     tui = connect(ctx, zmq.REQ, r.endpoint, identity=b"tui-conn-A")
     sid = ok(call(tui, "c", "create_session", client_id="tui-A"))["session_id"]
     ok(call(tui, "u", "update_session_state", session_id=sid, state_data={"x": 1}))
-    st = ok(call(tui, "s", "get_session_statistics"))
+    public = ok(call(tui, "s", "get_session_statistics"))
+    # a client sees counts only: no client ids, no routing identities
+    assert "connections" not in public
+    assert "tui-A" not in json.dumps(public) and b"tui-conn-A".hex() not in json.dumps(public)
+    st = stats(r)
     assert st["connected_clients"] >= 1
     assert st["attached_sessions"] == 1
+    assert b"tui-conn-A".hex() not in json.dumps(st)
     me = connection(st, b"tui-conn-A")
     assert me is not None
     assert me["client_id"] == "tui-A"
@@ -612,18 +618,24 @@ def test_statistics_list_connections(start: Callable[..., Running], ctx: zmq.Con
     assert st["upstream"] is False
 
 
-def test_a_client_reconnecting_with_its_own_identity_is_answered(
+def test_a_peer_reusing_a_connected_identity_does_not_take_it_over(
     start: Callable[..., Running], ctx: zmq.Context
 ):
-    # e.g. a harness that uses its client id as routing identity, reconnecting at once
+    # issue 16 case 3: no ROUTER_HANDOVER. A newcomer presenting the routing identity
+    # of a live connection is ignored by libzmq: it gets no reply, and the victim's
+    # replies (in flight or later) still reach the victim.
     r = start()
-    for n in range(20):
-        sock = connect(ctx, zmq.REQ, r.endpoint, identity=b"fixed-identity")
-        sock.setsockopt(zmq.RCVTIMEO, 5000)
-        try:
-            ok(call(sock, f"again-{n}", "get_session_statistics"))
-        finally:
-            sock.close()
+    victim = connect(ctx, zmq.REQ, r.endpoint, identity=b"victim-identity")
+    sid = ok(call(victim, "c", "create_session", client_id="victim"))["session_id"]
+    intruder = connect(ctx, zmq.REQ, r.endpoint, identity=b"victim-identity")
+    intruder.setsockopt(zmq.RCVTIMEO, 1500)
+    intruder.send(request("steal", "get_session_statistics"))
+    victim.send(request("mine", "get_session_info", session_id=sid))
+    assert json.loads(victim.recv())["id"] == "mine"
+    with pytest.raises(zmq.Again):
+        intruder.recv()
+    ok(call(victim, "again", "get_session_info", session_id=sid))
+    intruder.close()
 
 
 def test_idle_connection_disappears_and_its_session_is_detached_not_lost(
@@ -633,8 +645,8 @@ def test_idle_connection_disappears_and_its_session_is_detached_not_lost(
     tui = connect(ctx, zmq.REQ, r.endpoint, identity=b"will-go-idle")
     created = ok(call(tui, "c", "create_session", client_id="tui-idle"))
     sid = created["session_id"]
-    assert connection(stats(ctx, r.endpoint), b"will-go-idle") is not None
-    assert wait_for(lambda: connection(stats(ctx, r.endpoint), b"will-go-idle") is None)
+    assert connection(stats(r), b"will-go-idle") is not None
+    assert wait_for(lambda: connection(stats(r), b"will-go-idle") is None)
     assert r.srv.tracker.disconnects >= 1
     r.srv.tracker.idle_timeout = 60.0  # the new connection must stay while it is checked
     # detached, not lost: restorable from another connection, which it attaches to
@@ -642,8 +654,7 @@ def test_idle_connection_disappears_and_its_session_is_detached_not_lost(
     restored = ok(call(back, "r", "restore_session", session_id=sid, client_id="tui-idle"))
     assert restored["session_id"] == sid
     assert restored["revision"] == created["revision"]
-    st = ok(call(back, "s", "get_session_statistics"))
-    me = connection(st, b"came-back")
+    me = connection(stats(r), b"came-back")
     assert me is not None and me["sessions"] == 1
 
 
@@ -654,7 +665,7 @@ def test_idle_connections_go_even_when_the_expiry_sweep_is_rare(
     r = start(idle_timeout=0.2, sweep_interval=3600)
     tui = connect(ctx, zmq.REQ, r.endpoint, identity=b"rare-sweep")
     ok(call(tui, "c", "create_session", client_id="tui-rare"))
-    assert wait_for(lambda: connection(stats(ctx, r.endpoint), b"rare-sweep") is None, 10.0)
+    assert wait_for(lambda: connection(stats(r), b"rare-sweep") is None, 10.0)
 
 
 # -- graceful stop ---------------------------------------------------------------------------------
@@ -667,13 +678,13 @@ class GatedHandler(ProtocolHandler):
         self.entered = 0
         self.cond = threading.Condition()
 
-    def handle_wire(self, message: Any) -> bytes:
+    def handle_wire(self, message: Any, **kwargs: Any) -> bytes:
         if b"update_session_state" in bytes(message):
             with self.cond:
                 self.entered += 1
                 self.cond.notify_all()
             self.gate.wait(20)
-        return super().handle_wire(message)
+        return super().handle_wire(message, **kwargs)
 
 
 def test_stop_answers_the_requests_in_flight(ctx: zmq.Context):

@@ -307,9 +307,17 @@ def test_strict_mode_client_follows_rotated_ids_and_tokens(
     reopened = later.open()
     assert reopened["session_id"] not in ids
     assert reopened["session_state"] == {"step": 2}
-    # without the token the session can not be had: open() starts a new one
+    # without the resume token the session can not be had, and without the client
+    # token a mere claim of the client id can not open another one either
     tokenless = client(b.endpoint, "tui-strict", session_id=later.session_id)
-    fresh = tokenless.open()
+    with pytest.raises(RequestFailed) as info:
+        tokenless.open()
+    assert info.value.error_type == "SessionError"
+    # the client token (handed out with every session) proves the client: open() creates
+    proven = client(
+        b.endpoint, "tui-strict", session_id=later.session_id, client_token=later.client_token
+    )
+    fresh = proven.open()
     assert fresh["session_id"] != later.session_id
     assert fresh["revision"] == 1
 

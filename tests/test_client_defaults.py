@@ -18,6 +18,7 @@ import zmq
 from stuisession import MemoryStore, Policy, ProtocolHandler, replies
 from stuisession.bridge.server import BridgeServer
 from stuisession.client import RequestFailed, ServerUnavailable, SessionClient
+from stuisession.security.identity import Caller
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
@@ -136,7 +137,8 @@ def test_close_on_exit_closes_the_session(running: Any) -> None:
             client.open()
             client.update(state_data={"ran": True})
     listed = bridge.handler.handle(
-        {"id": "l", "command": "list_client_sessions", "parameters": {"client_id": "script"}}
+        {"id": "l", "command": "list_client_sessions", "parameters": {"client_id": "script"}},
+        caller=Caller.local(),  # the test looks as the embedding application
     )
     assert listed["result"]["session_count"] == 0
 
@@ -167,7 +169,7 @@ def test_typed_replies_match_what_the_handler_answers(running: Any) -> None:
     )
     _keys_fit(call("restore_session", session_id=sid), replies.RestoreSessionResult)
     _keys_fit(call("get_session_info", session_id=sid), replies.SessionInfoResult)
-    listed = call("list_client_sessions", client_id="typed")
+    listed = call("list_client_sessions", client_id="typed", client_token=created["client_token"])
     _keys_fit(listed, replies.ListClientSessionsResult)
     _keys_fit(listed["sessions"][0], replies.SessionListEntry)
     _keys_fit(
@@ -185,7 +187,14 @@ def test_typed_replies_match_what_the_handler_answers(running: Any) -> None:
     # through the bridge: the statistics it adds, with ISO-8601 times
     bridge = running(handler)
     with SessionClient(bridge.endpoint, "typed") as client:
-        stats = client.call("get_session_statistics")
+        public = client.call("get_session_statistics")
+        assert "connections" not in public  # per-connection details: operators only
+        # the embedding application is an operator: it sees the connection details
+        reply = handler.handle(
+            {"id": "s", "command": "get_session_statistics"}, caller=Caller.local()
+        )
+        stats = reply["result"]
+    _keys_fit(public, replies.SessionStatisticsResult)
     _keys_fit(stats, replies.SessionStatisticsResult)
     assert stats["connections"], stats
     for conn in stats["connections"]:

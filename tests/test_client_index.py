@@ -11,6 +11,7 @@ from stuisession import FileStore
 from stuisession.ids import is_valid_session_id
 from stuisession.keys import ENV_KEYRING, Keyring
 from stuisession.state import lifecycle
+from stuisession.stores.file.layout import session_stem
 
 NOW = 1_700_000_000.0
 
@@ -65,7 +66,8 @@ def test_sessions_with_foreign_ids_get_a_marker(tmp_path: Path) -> None:
     while s.session_id[8:10] == store.client_shard("alice"):
         s = lifecycle.new_session("alice", now=NOW, timeout=60)
     store.create(s)
-    marker = tmp_path / "sessions" / str(store.client_shard("alice")) / f"{s.session_id}.ref"
+    stem = session_stem(tmp_path, s.session_id, ring)
+    marker = tmp_path / "sessions" / str(store.client_shard("alice")) / f"{stem}.ref"
     assert marker.exists()
     assert [i.session_id for i in store.list_by_client("alice")] == [s.session_id]
     assert [i.session_id for i in FileStore(tmp_path, keyring=ring).list_by_client("alice")] == [

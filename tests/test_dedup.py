@@ -40,8 +40,13 @@ def test_resent_create_returns_the_same_session() -> None:
     msg = b'{"id":"c-7","command":"create_session","parameters":{"client_id":"a"}}'
     a, b = h.handle(msg), h.handle(msg)
     assert a["result"]["session_id"] == b["result"]["session_id"]
+    token = a["result"]["client_token"]
     listed = h.handle(
-        {"id": "l", "command": "list_client_sessions", "parameters": {"client_id": "a"}}
+        {
+            "id": "l",
+            "command": "list_client_sessions",
+            "parameters": {"client_id": "a", "client_token": token},
+        }
     )
     assert listed["result"]["session_count"] == 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import multiprocessing
@@ -16,6 +17,7 @@ from typing import Any
 import filelock
 import pytest
 
+from stuisession._fs import Beneath
 from stuisession.codec.snapshot import HEADER_SIZE, MAGIC
 from stuisession.errors import (
     ConfigurationError,
@@ -66,7 +68,7 @@ def save_next(store: FileStore, session: Session, **entries: Any) -> Session:
 
 
 def snap(store: FileStore, sid: str, k: int = 0) -> Path:
-    p = store.path / "sessions" / sid[8:10] / f"{sid}.snap"
+    p = Path(store._paths(sid).current)
     return p if k == 0 else p.with_name(f"{p.name}.{k}")
 
 
@@ -442,9 +444,9 @@ FAULTS: dict[str, tuple[str, int, Callable[..., bool]]] = {
     "fsync-eio": ("fsync", errno.EIO, _always),
     "write-enospc": ("write", errno.ENOSPC, _always),
     "replace-eio": ("replace", errno.EIO, _always),
-    "final-rename-eio": ("replace", errno.EIO, lambda src, dst: str(dst).endswith(".snap")),
+    "final-rename-eio": ("replace", errno.EIO, lambda src, dst, **_: str(dst).endswith(".snap")),
     "link-eio": ("link", errno.EIO, _always),
-    "create-erofs": ("open", errno.EROFS, lambda path, flags, *a: bool(flags & os.O_CREAT)),
+    "create-erofs": ("open", errno.EROFS, lambda path, flags, *a, **_: bool(flags & os.O_CREAT)),
 }
 
 
@@ -512,10 +514,10 @@ def test_read_fault_is_storage_error(store: FileStore, monkeypatch: pytest.Monke
     monkeypatch.setattr(
         os,
         "open",
-        lambda path, flags, *a: (
+        lambda path, flags, *a, **kw: (
             (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
             if str(path).endswith(".snap")
-            else real(path, flags, *a)
+            else real(path, flags, *a, **kw)
         ),
     )
     with pytest.raises(StorageError, match="EIO"):
@@ -691,11 +693,12 @@ def test_head_read_of_large_metadata(tmp_path: Path) -> None:
     blob = header + b"k1" + b"m" * meta_len + b"t" * 32 + b"p" * 10 + b"T" * 32
     f = tmp_path / "big"
     f.write_bytes(blob)
-    head = read_file(str(f), head_only=True)
+    fs = Beneath(tmp_path)
+    head = read_file(str(f), head_only=True, fs=fs)
     assert head == blob[: HEADER_SIZE + 2 + meta_len + 32]
     f.write_bytes(blob[:5000])  # truncated: returned as far as it goes
-    assert read_file(str(f), head_only=True) == blob[:5000]
-    assert read_file(str(tmp_path / "missing"), head_only=True) is None
+    assert read_file(str(f), head_only=True, fs=fs) == blob[:5000]
+    assert read_file(str(tmp_path / "missing"), head_only=True, fs=fs) is None
 
 
 # -- planted symlinks (issue 17 item 10) ----------------------------------------------------
@@ -711,3 +714,63 @@ def test_planted_symlink_journal_is_never_truncated_through(root: Path, tmp_path
     store._jw.forget_journal(p)
     assert outside.read_bytes() == b"precious"
     assert os.path.islink(p.journal)
+
+
+# -- issue 16 item 5: session ids are never at rest in clear (file names, logs) ----------
+def _secrets_of(result: dict[str, Any]) -> list[str]:
+    return [v for k, v in result.items() if k.endswith(("session_id", "token")) and v]
+
+
+def test_no_session_id_in_clear_anywhere_in_the_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stuisession.policy import Policy
+    from stuisession.protocol.handler import ProtocolHandler
+    from stuisession.service.core import SessionService
+
+    root = tmp_path / "store"
+    store = FileStore(root, keyring=Keyring.generate(), fsync=False, journal_limit=300)
+    h = ProtocolHandler(service=SessionService(store, Policy(rate_limit=None)))
+
+    def call(command: str, **params: Any) -> dict[str, Any]:
+        reply = h.handle({"id": command, "command": command, "parameters": params})
+        assert reply["status"] == "success", reply
+        return reply["result"]  # type: ignore[no-any-return]
+
+    secrets: list[str] = []
+    sids: list[str] = []
+    with caplog.at_level("DEBUG"):
+        for client in ("alice", "alice", "bob"):
+            created = call("create_session", client_id=client)
+            secrets += _secrets_of(created)
+            sids.append(created["session_id"])
+        for i in range(12):  # past journal_limit: compactions and backups
+            for sid in sids:
+                changes = {"workspaces": {"default": {"variables": {"i": i}}}}
+                call("update_session_state", session_id=sid, changes=changes)
+        secrets += _secrets_of(call("restore_session", session_id=sids[0]))
+        call("close_session", session_id=sids[2])
+        # damage one: it is quarantined (a copy of the file and a log line)
+        current = Path(store._paths(sids[1]).current)
+        current.write_bytes(b"garbage")
+        with contextlib.suppress(IntegrityError):
+            store.load(sids[1])
+        store.load(sids[1])
+        assert store.quarantined()
+        assert {i.session_id for i in store.list_by_client("alice")} == set(sids[:2])
+        store.close()
+    assert sids[0] in secrets and len(secrets) >= 4
+    names = [str(p.relative_to(root)) for p in root.rglob("*")]
+    assert any(n.endswith(".snap") for n in names) and any("quarantine/" in n for n in names)
+    for secret in secrets:
+        assert not [n for n in names if secret in n]
+        assert not [r for r in caplog.records if secret in r.getMessage()]
+    # the contents of every file that holds no session record (marks, markers,
+    # format.json, keyring, locks, quarantine notes); see docs/security.md for
+    # the records in snapshots and journals
+    records = (".snap", ".jnl", ".bad", *(f".snap.{k}" for k in range(1, 10)))
+    for path in root.rglob("*"):
+        if path.is_file() and not path.name.endswith(records):
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, path.name

@@ -8,8 +8,11 @@ a damaged key entry after a rotation, and damaged key-id bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,16 @@ import pytest
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
 from stuisession.cli.app import main
 from stuisession.codec import journal
-from stuisession.errors import ConfigurationError, IntegrityError
+from stuisession.errors import (
+    ConfigurationError,
+    IntegrityError,
+    SessionNotFound,
+    StorageError,
+)
 from stuisession.keys import ENV_KEYRING, Keyring
+from stuisession.state import lifecycle
 from stuisession.stores.file import hwm
+from stuisession.stores.file.layout import session_stem
 
 OPTIONS: dict[str, Any] = {"fsync": False, "lock_stripes": 4}
 
@@ -44,12 +54,13 @@ def _update(h: ProtocolHandler, sid: str, name: str, value: int) -> int:
 
 
 def _files(root: Path, sid: str) -> dict[str, Path]:
-    (shard,) = [p.parent for p in (root / "sessions").rglob(f"{sid}.snap")]
+    stem = session_stem(root, sid)
+    shard = root / "sessions" / stem[:2]
     return {
-        "snap": shard / f"{sid}.snap",
-        "backup": shard / f"{sid}.snap.1",
-        "journal": shard / f"{sid}.jnl",
-        "hwm": shard / f"{sid}.hwm",
+        "snap": shard / f"{stem}.snap",
+        "backup": shard / f"{stem}.snap.1",
+        "journal": shard / f"{stem}.jnl",
+        "hwm": shard / f"{stem}.hwm",
     }
 
 
@@ -239,10 +250,20 @@ def test_older_format_file_put_back_is_refused(tmp_path: Path) -> None:
 
 
 # -- migration: a version-2 store gets its marks ------------------------------------------
+def _as_named_by_id(root: Path, sid: str) -> None:
+    """Rename *sid*'s files back to the layout before format 4 (named by the id)."""
+    stem = session_stem(root, sid)
+    legacy = root / "sessions" / sid[8:10]
+    legacy.mkdir(exist_ok=True)
+    for path in (root / "sessions").rglob(f"{stem}.*"):
+        path.rename(legacy / (sid + path.name[len(stem) :]))
+
+
 def test_version_2_store_is_migrated_with_marks(tmp_path: Path) -> None:
     sid, acked = _session(tmp_path)
-    mark = _files(tmp_path, sid)["hwm"]
-    mark.unlink()
+    _files(tmp_path, sid)["hwm"].unlink()
+    _as_named_by_id(tmp_path, sid)
+    mark = tmp_path / "sessions" / sid[8:10] / f"{sid}.hwm"
     fmt = tmp_path / "format.json"
     doc = json.loads(fmt.read_text())
     fmt.write_text(
@@ -251,8 +272,10 @@ def test_version_2_store_is_migrated_with_marks(tmp_path: Path) -> None:
         )
     )
     store = FileStore(tmp_path, **OPTIONS)
-    assert json.loads(fmt.read_text())["version"] == 3
-    assert hwm.read(store.codec.keyring, sid, str(mark)).revision == acked
+    assert json.loads(fmt.read_text())["version"] == 4  # and renamed (format 4)
+    assert not mark.exists()
+    mark = _files(tmp_path, sid)["hwm"]
+    assert hwm.read(store.codec.keyring, sid, str(mark), fs=store._layout.fs).revision == acked
     assert store.load(sid).revision == acked
     assert _verify_problems(tmp_path) == []
 
@@ -276,3 +299,100 @@ def test_symlinked_store_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="is a symlink"):
         FileStore(link, **OPTIONS)
     assert list(real.iterdir()) == []
+
+
+# -- issue 17 item 10: planted symlinks are never followed out of the store ---------------
+def _outside_state(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_planted_symlink_shard_directory_is_not_followed(tmp_path: Path) -> None:
+    root, outside = tmp_path / "store", tmp_path / "outside"
+    outside.mkdir()
+    store = FileStore(root, **OPTIONS)
+    s = lifecycle.new_session("alice", now=1e9, timeout=3600)
+    store.create(s)
+    shard = Path(store._paths(s.session_id).dir)
+    # the shard directory is moved outside and replaced by a symlink to it
+    shutil.move(shard, outside / shard.name)
+    shard.symlink_to(outside / shard.name, target_is_directory=True)
+    before = _outside_state(outside)
+    assert before  # the session's files are there, to be read or written through the link
+    for store_now in (store, FileStore(root, **OPTIONS)):
+        with pytest.raises((StorageError, SessionNotFound)):
+            store_now.load(s.session_id)
+        with pytest.raises((StorageError, SessionNotFound)):
+            store_now.save(s, expected_revision=s.revision)
+        # a new session whose files belong in that shard
+        other = s
+        while store_now._paths(other.session_id).dir != str(shard) or other is s:
+            other = lifecycle.new_session("bob", now=1e9, timeout=3600)
+        with pytest.raises(StorageError):
+            store_now.create(other)
+        with contextlib.suppress(StorageError):  # refused (ENOTDIR), or found absent
+            assert not store_now.delete(s.session_id)
+        assert s.session_id not in set(store_now.ids())
+        assert _outside_state(outside) == before
+    # the store's own files elsewhere are unaffected
+    fine = lifecycle.new_session("carol", now=1e9, timeout=3600)
+    while store._paths(fine.session_id).dir == str(shard):
+        fine = lifecycle.new_session("carol", now=1e9, timeout=3600)
+    store.create(fine)
+    assert store.load(fine.session_id) == fine
+
+
+def test_journal_swapped_for_a_symlink_during_compaction_never_touches_outside_files(
+    tmp_path: Path,
+) -> None:
+    root, outside = tmp_path / "store", tmp_path / "outside"
+    outside.mkdir()
+    sentinel = outside / "sentinel"
+    sentinel.write_bytes(b"precious" * 64)
+    absent = outside / "never-created"
+    before = _outside_state(outside)
+    store = FileStore(root, journal_limit=256, backups=1, **OPTIONS)
+    h = ProtocolHandler(store, Policy(rate_limit=None), clock=ManualClock())
+    sid = _call(h, "create_session", client_id="c")["session_id"]
+    shard = Path(store._paths(sid).dir)
+    stop = threading.Event()
+    swaps = [0]
+
+    def swapper() -> None:
+        # swap every journal and temp name for a symlink out of the store, as fast
+        # as it can, while updates append, compact and rename over them
+        targets = (sentinel, absent)
+        while not stop.is_set():
+            for name in os.listdir(shard):
+                if name.endswith((".jnl", ".tmp")):
+                    path = shard / name
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                        path.symlink_to(targets[swaps[0] % 2])
+                        swaps[0] += 1
+
+    t = threading.Thread(target=swapper, daemon=True)
+    t.start()
+    try:
+        for i in range(300):
+            changes = {"workspaces": {"default": {"variables": {"i": i, "pad": "x" * 40}}}}
+            h.handle(
+                {
+                    "id": str(i),
+                    "command": "update_session_state",
+                    "parameters": {"session_id": sid, "changes": changes},
+                }
+            )
+            if i % 10 == 0:
+                h.handle(
+                    {"id": f"r{i}", "command": "restore_session", "parameters": {"session_id": sid}}
+                )
+    finally:
+        stop.set()
+        t.join()
+    assert swaps[0] > 0  # the race really ran
+    assert _outside_state(outside) == before
+    assert not absent.exists() and not absent.is_symlink()

@@ -27,6 +27,7 @@ from stuisession.service.core import SessionService
 from stuisession.state.lifecycle import new_session, with_state
 from stuisession.state.model import SessionInfo
 from stuisession.state.updates import StateUpdate
+from stuisession.stores.file.layout import session_stem
 
 NOW = 1_700_000_000.0
 
@@ -155,8 +156,13 @@ def test_unknown_key_and_bad_lengths(codec: SnapshotCodec) -> None:
 
 
 # -- store level ----------------------------------------------------------------------
+#: the keyring of each store a test opened (files are named by a keyed hash of the id)
+RINGS: dict[Path, Keyring] = {}
+
+
 def _handler(root: Path, ring: Keyring, **kw: Any) -> ProtocolHandler:
     clock = kw.pop("clock", None)
+    RINGS[root] = ring
     return ProtocolHandler(
         service=SessionService(
             FileStore(root, keyring=ring, **kw), Policy(rate_limit=None), clock=clock
@@ -179,9 +185,10 @@ def _set_var(h: ProtocolHandler, sid: str, name: str, value: Any) -> dict[str, A
     )
 
 
-def _files(root: Path, sid: str) -> tuple[Path, Path]:
-    shard = root / "sessions" / sid[8:10]
-    return shard / f"{sid}.snap", shard / f"{sid}.jnl"
+def _files(root: Path, sid: str, ring: Keyring | None = None) -> tuple[Path, Path]:
+    stem = session_stem(root, sid, ring or RINGS.get(root))
+    shard = root / "sessions" / stem[:2]
+    return shard / f"{stem}.snap", shard / f"{stem}.jnl"
 
 
 def _variables(h: ProtocolHandler, sid: str) -> dict[str, Any]:
@@ -403,7 +410,7 @@ def test_delete_removes_the_journal(tmp_path: Path, ring: Keyring) -> None:
     h = ProtocolHandler(service=SessionService(store, Policy(rate_limit=None)))
     sid = _call(h, "create_session", client_id="c")["session_id"]
     _set_var(h, sid, "x", 1)
-    _, jnl = _files(tmp_path, sid)
+    _, jnl = _files(tmp_path, sid, ring)
     assert jnl.exists()
     assert store.delete(sid)
     assert not jnl.exists()

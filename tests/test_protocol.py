@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stuisession import ManualClock, MemoryStore, Policy, ProtocolHandler
+from stuisession.security.identity import Caller
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
 START = "2026-01-01T00:00:00Z"  # ManualClock's default start
@@ -82,16 +83,38 @@ def check_keys(result: dict[str, Any], upstream: set[str], extensions: set[str])
 
 
 class Client:
-    """Sends requests through one handler, each with a fresh request id."""
+    """Sends requests through one handler, each with a fresh request id.
 
-    def __init__(self, handler: ProtocolHandler, clock: ManualClock) -> None:
+    Like a real client it keeps the client token each client id was given and
+    presents it where it proves the client (create and list).
+    """
+
+    def __init__(
+        self,
+        handler: ProtocolHandler,
+        clock: ManualClock,
+        tokens: dict[str, str] | None = None,
+    ) -> None:
         self.handler = handler
         self.clock = clock
         self._ids = itertools.count(1)
+        self.tokens: dict[str, str] = {} if tokens is None else tokens
 
     def send(self, command: str, **params: Any) -> tuple[str, Reply]:
         rid = f"req-{next(self._ids)}"
+        cid = params.get("client_id")
+        if (
+            command in ("create_session", "list_client_sessions")
+            and isinstance(cid, str)
+            and cid in self.tokens
+            and "client_token" not in params
+        ):
+            params["client_token"] = self.tokens[cid]
         reply = self.handler.handle({"id": rid, "command": command, "parameters": params})
+        if command == "create_session" and reply.get("status") == "success":
+            token = reply["result"].get("client_token")
+            if isinstance(cid, str) and isinstance(token, str):
+                self.tokens.setdefault(cid, token)
         return rid, reply
 
     def ok(self, command: str, **params: Any) -> dict[str, Any]:
@@ -127,9 +150,11 @@ def store() -> MemoryStore:
 def make_client(store: MemoryStore, clock: ManualClock) -> Callable[..., Client]:
     """A client on a new handler over the shared store and clock, with policy overrides."""
 
+    tokens: dict[str, str] = {}
+
     def make(**policy: Any) -> Client:
         policy.setdefault("rate_limit", None)
-        return Client(ProtocolHandler(store, Policy(**policy), clock=clock), clock)
+        return Client(ProtocolHandler(store, Policy(**policy), clock=clock), clock, tokens)
 
     return make
 
@@ -312,11 +337,14 @@ def test_list_client_sessions_result(client: Client) -> None:
 
 
 def test_list_client_sessions_of_a_client_without_sessions(client: Client) -> None:
-    assert client.ok("list_client_sessions", client_id="nobody") == {
-        "client_id": "nobody",
-        "session_count": 0,
-        "sessions": [],
-    }
+    # a client that was never given a token can not prove it is "nobody"
+    client.err("list_client_sessions", "AccessDenied", client_id="nobody")
+    # the embedding application itself may list any client
+    reply = client.handler.handle(
+        {"id": "l", "command": "list_client_sessions", "parameters": {"client_id": "nobody"}},
+        caller=Caller.local(),
+    )
+    assert reply["result"] == {"client_id": "nobody", "session_count": 0, "sessions": []}
 
 
 def test_get_session_statistics_result(client: Client) -> None:
@@ -860,7 +888,7 @@ def test_deny_list(make_client: Callable[..., Client]) -> None:
     client = make_client(deny_clients={"mallory"})
     client.err("create_session", "SessionError", client_id="mallory")
     client.create("alice")
-    assert client.ok("list_client_sessions", client_id="mallory")["session_count"] == 0
+    client.err("list_client_sessions", "AccessDenied", client_id="mallory")
 
 
 def test_allow_list(make_client: Callable[..., Client]) -> None:
@@ -1032,7 +1060,9 @@ def test_state_survives_a_new_handler_on_the_same_store(
 ) -> None:
     client.ok("update_session_state", session_id=sid, state_data=SAMPLE_STATE)
     client.ok("update_session_state", session_id=sid, object_registry={"obj_1": "nil"})
-    fresh = Client(ProtocolHandler(store, Policy(rate_limit=None), clock=clock), clock)
+    fresh = Client(
+        ProtocolHandler(store, Policy(rate_limit=None), clock=clock), clock, client.tokens
+    )
     restored = fresh.ok("restore_session", session_id=sid)
     assert restored["session_state"] == SAMPLE_STATE
     assert restored["object_registry"] == {"obj_1": "nil"}

@@ -23,6 +23,7 @@ from stuisession.errors import ConfigurationError, SessionError, StorageError
 from stuisession.keys import ENV_KEYRING, Keyring
 from stuisession.policy import Policy
 from stuisession.protocol import ProtocolHandler
+from stuisession.security.identity import Caller
 from stuisession.state import lifecycle
 from stuisession.stores import SessionStore
 from stuisession.stores.redis import RedisStore, client_tag, parse_cluster_url
@@ -241,7 +242,8 @@ def test_two_bridges_hold_the_per_client_limit(cluster_store: Callable[..., Redi
     assert [r["error_type"] for r in refused] == ["SessionError"]
     listed = _ok(
         bridges[1].handle(
-            {"id": "l", "command": "list_client_sessions", "parameters": {"client_id": "six"}}
+            {"id": "l", "command": "list_client_sessions", "parameters": {"client_id": "six"}},
+            caller=Caller.local(),  # the test looks as the embedding application
         )
     )
     assert len(listed["sessions"]) == 5

@@ -48,10 +48,10 @@ class CountingHandler(ProtocolHandler):
         with self.swept:
             return self.swept.wait_for(lambda: self.sweeps >= n, timeout)
 
-    def handle_wire(self, message: Any) -> bytes:
+    def handle_wire(self, message: Any, **kwargs: Any) -> bytes:
         if self.wire_error is not None:
             raise self.wire_error
-        return super().handle_wire(message)
+        return super().handle_wire(message, **kwargs)
 
 
 class Running:
@@ -176,7 +176,7 @@ def test_pipelined_dealer_requests_all_answered(start: Callable[..., Running], c
     dealer = connect(ctx, zmq.DEALER, r.endpoint)
     ids = {f"p{i}" for i in range(200)}
     for rid in sorted(ids):
-        dealer.send(request(rid, "list_client_sessions", client_id="nobody"))
+        dealer.send(request(rid, "get_session_statistics", client_id="nobody"))
     seen = set()
     for _ in ids:
         reply = json.loads(dealer.recv())

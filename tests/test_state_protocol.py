@@ -220,7 +220,9 @@ def test_restore_since_revision_returns_only_the_delta(handler: ProtocolHandler,
     assert "session_state" not in d
     paths = [op["path"] for op in d["changes"]]
     assert ["workspace_context", "workspaces", "default", "variables", "n"] in paths
-    assert all(p[0] in ("workspace_context",) for p in paths)
+    # and the metadata counters every change bumps (a copy without them is not the state)
+    assert all(p[0] in ("workspace_context", "metadata") for p in paths)
+    assert ["metadata"] in paths
     assert (
         ok(handler, "restore_session", session_id=sid, since_revision=d["revision"])["changes"]
         == []

@@ -33,7 +33,7 @@ class TestFileStore(StoreConformance):
             yield s
 
     def corrupt(self, store: Any, session_id: str, blob: bytes) -> None:
-        path = store.path / "sessions" / session_id[8:10] / f"{session_id}.snap"
+        path = Path(store._paths(session_id).current)
         assert path.exists()
         path.write_bytes(blob)
 

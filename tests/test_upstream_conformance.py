@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from stuisession import ManualClock, MemoryStore, Policy, ProtocolHandler
+from stuisession.security.identity import Caller
 
 UPSTREAM_TYPES = {"SessionError", "SessionNotFound", "RuntimeError", "Error"}
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
@@ -62,7 +63,10 @@ class World:
             MemoryStore(), policy or Policy(rate_limit=None), clock=self.clock
         )
         self._ids = itertools.count()
-        self.mine = self.ok("create_session", client_id=OWNER)["session_id"]
+        created = self.ok("create_session", client_id=OWNER)
+        self.mine = created["session_id"]
+        #: the owner's proof for list_client_sessions (issue 16: a client id is a claim)
+        self.client_token = created["client_token"]
         self.foreign = self.ok("create_session", client_id="someone-else")["session_id"]
 
     def raw(self, body: bytes) -> dict[str, Any]:
@@ -331,14 +335,21 @@ def test_info_result_fields() -> None:
 
 def test_list_result_fields() -> None:
     w = World()
-    result = w.ok("list_client_sessions", client_id=OWNER)
+    result = w.ok("list_client_sessions", client_id=OWNER, client_token=w.client_token)
     assert result["client_id"] == OWNER and result["session_count"] == 1
     assert set(result["sessions"][0]) >= LIST_ITEM_KEYS
     assert "client_id" not in result["sessions"][0]
 
 
 def test_list_of_a_client_without_sessions() -> None:
-    result = World().ok("list_client_sessions", client_id="nobody-yet")
+    w = World()
+    # a stranger can not prove "nobody-yet" (issue 16); the application itself can list it
+    assert w.send("list_client_sessions", {"client_id": "nobody-yet"})["status"] == "error"
+    reply = w.handler.handle(
+        {"id": "l", "command": "list_client_sessions", "parameters": {"client_id": "nobody-yet"}},
+        caller=Caller.local(),
+    )
+    result = reply["result"]
     assert result["session_count"] == 0 and result["sessions"] == []
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 
 O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
@@ -32,6 +33,7 @@ __all__ = [
     "O_DIRECTORY",
     "O_NOFOLLOW",
     "TMP_SUFFIX",
+    "Beneath",
     "atomic_write",
     "fsync_dir",
     "open_dir",
@@ -138,3 +140,137 @@ def read_file(path: str | os.PathLike[str]) -> bytes | None:
         return None
     with os.fdopen(fd, "rb", buffering=0) as f:
         return f.readall()
+
+
+class Beneath:
+    """File operations on paths inside the directory *root*, never through a symlink.
+
+    Every directory between *root* and the file is opened with
+    ``O_NOFOLLOW | O_DIRECTORY`` relative to its parent's descriptor, and the
+    operation itself runs relative to the last one (``dir_fd=``) with symlinks
+    not followed, so a symlink planted at any level below *root* -- a shard
+    directory, a journal, a temp name -- is refused (ELOOP/ENOTDIR) or
+    replaced, never followed out of the store. *root* itself is opened with
+    ``O_NOFOLLOW`` unless *follow_root* (the operator's explicit choice).
+    Paths outside *root* raise ValueError. Every method raises OSError.
+    """
+
+    __slots__ = ("_follow_root", "root")
+
+    def __init__(self, root: str | os.PathLike[str], *, follow_root: bool = False) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self._follow_root = follow_root
+
+    def _parts(self, path: str) -> list[str]:
+        rel = os.path.relpath(os.path.abspath(path), self.root)
+        if rel == ".":
+            return []
+        parts = rel.split(os.sep)
+        if parts[0] == ".." or os.path.isabs(rel):
+            raise ValueError("path is outside the store directory")
+        return parts
+
+    def open_dir(self, path: str) -> int:
+        """A descriptor of the directory *path* (at or below the root), opened no-follow."""
+        flags = os.O_RDONLY | O_DIRECTORY | O_CLOEXEC
+        fd = os.open(self.root, flags if self._follow_root else flags | O_NOFOLLOW)
+        try:
+            for part in self._parts(path):
+                nxt = os.open(part, flags | O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def _at(self, path: str) -> Iterator[tuple[int, str]]:
+        directory, name = os.path.split(os.path.abspath(path))
+        fd = self.open_dir(directory)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        """``os.open`` of *path*, never through a symlink (the file itself included)."""
+        with self._at(path) as (d, name):
+            return os.open(name, flags | O_NOFOLLOW | O_CLOEXEC, mode, dir_fd=d)
+
+    def read(self, path: str) -> bytes | None:
+        """The whole regular file *path*, None if it does not exist."""
+        try:
+            fd = self.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            return f.readall()
+
+    def replace(self, src: str, dst: str) -> None:
+        """Rename *src* over *dst* (a symlink at *dst* is replaced, not followed)."""
+        with self._at(src) as (sd, sname), self._at(dst) as (dd, dname):
+            os.replace(sname, dname, src_dir_fd=sd, dst_dir_fd=dd)
+
+    def link(self, src: str, dst: str) -> None:
+        """Hard-link *src* as *dst* (FileExistsError if *dst* exists; never follows *src*)."""
+        with self._at(src) as (sd, sname), self._at(dst) as (dd, dname):
+            os.link(sname, dname, src_dir_fd=sd, dst_dir_fd=dd, follow_symlinks=False)
+
+    def unlink(self, path: str) -> None:
+        with self._at(path) as (d, name):
+            os.unlink(name, dir_fd=d)
+
+    def lstat(self, path: str) -> os.stat_result:
+        with self._at(path) as (d, name):
+            return os.stat(name, dir_fd=d, follow_symlinks=False)
+
+    def lexists(self, path: str) -> bool:
+        try:
+            self.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def mkdir(self, path: str, mode: int = 0o700) -> None:
+        with self._at(path) as (d, name):
+            os.mkdir(name, mode, dir_fd=d)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = self.open_dir(path)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_temp(self, directory: str, stem: str, data: bytes, *, fsync: bool = True) -> str:
+        """As :func:`write_temp`, created relative to the no-follow descriptor of *directory*."""
+        tmp = os.path.join(directory, f".{stem}.{secrets.token_hex(6)}{TMP_SUFFIX}")
+        fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            try:
+                write_all(fd, data)
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.unlink(tmp)
+            raise
+        return tmp
+
+    def list_dir(self, path: str) -> list[tuple[str, os.stat_result | None]]:
+        """``(name, lstat or None if gone)`` of each entry of the directory *path*."""
+        fd = self.open_dir(path)
+        try:
+            names = os.listdir(fd)
+            out: list[tuple[str, os.stat_result | None]] = []
+            for name in names:
+                try:
+                    out.append((name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+                except FileNotFoundError:
+                    out.append((name, None))
+            return out
+        finally:
+            os.close(fd)

@@ -89,7 +89,12 @@ def zmq_module() -> Any:
 
 
 def req_socket(
-    context: Any, endpoint: str, timeout: float, *, connect_timeout: float | None = None
+    context: Any,
+    endpoint: str,
+    timeout: float,
+    *,
+    connect_timeout: float | None = None,
+    curve: tuple[bytes, ...] | None = None,
 ) -> Any:
     """A ZeroMQ REQ socket connected to *endpoint*, the one factory of the package.
 
@@ -99,8 +104,9 @@ def req_socket(
     completed connection (``IMMEDIATE``) and ``send`` raises ``zmq.Again`` after
     that many seconds without one (nobody listening); otherwise the send timeout
     is *timeout* too. A REQ socket that timed out can not be used again: close it
-    and make a new one. Raises ``zmq.ZMQError`` for a malformed endpoint and
-    ``ImportError`` without pyzmq.
+    and make a new one. *curve*: ``(server_public, client_secret, client_public)``
+    z85 keys to connect with CurveZMQ. Raises ``zmq.ZMQError`` for a malformed
+    endpoint and ``ImportError`` without pyzmq.
     """
     zmq = zmq_module()
     sock = context.socket(zmq.REQ)
@@ -111,6 +117,11 @@ def req_socket(
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(send * 1000)))
         if connect_timeout is not None:
             sock.setsockopt(zmq.IMMEDIATE, 1)
+        if curve is not None:
+            server, secret, public = curve
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
         sock.connect(endpoint)
     except BaseException:
         sock.close(linger=0)
@@ -137,6 +148,16 @@ class SessionClient:
         ``Busy`` replies before raising :class:`RequestFailed` (default 30; 0: never wait).
     :param close_on_exit: leaving the ``with`` block (or :meth:`close`) also closes the
         session on the server (``close_session``), so scripts do not leak sessions.
+    :param client_token: the client token (strict mode: proves the client id when
+        creating more sessions; kept up to date from create and restore replies).
+    :param curve_server_key: the bridge's z85 CURVE public key (40 characters, or
+        bytes): connect with CurveZMQ. Needs *curve_secret_key* and *curve_public_key*,
+        this client's key pair (see ``stuisession keys curve-client`` and
+        :func:`stuisession.bridge.curve.load_keypair`).
+
+    Every request carries this client object's random ``resend_key`` (an
+    additive parameter, 128 bits): a resend on a new socket proves it is the
+    same caller, so the bridge's reply cache answers it (and nobody else).
     """
 
     def __init__(
@@ -153,8 +174,27 @@ class SessionClient:
         max_throttle_wait: float = 30.0,
         close_on_exit: bool = False,
         context: Any = None,
+        client_token: str | None = None,
+        curve_server_key: str | bytes | None = None,
+        curve_secret_key: str | bytes | None = None,
+        curve_public_key: str | bytes | None = None,
     ) -> None:
         self._zmq = zmq_module()
+        self.client_token = client_token
+        keys = (curve_server_key, curve_secret_key, curve_public_key)
+        if any(k is not None for k in keys) and not all(k is not None for k in keys):
+            raise ValueError(
+                "CURVE needs curve_server_key, curve_secret_key and curve_public_key together"
+            )
+        self._curve: tuple[bytes, ...] | None = (
+            None
+            if curve_server_key is None
+            else tuple(
+                k.encode("ascii") if isinstance(k, str) else bytes(k) for k in keys if k is not None
+            )
+        )
+        #: proves to the bridge's reply cache that a resend comes from this caller
+        self._resend_key = secrets.token_urlsafe(16)
         self.endpoint = endpoint
         self.client_id = client_id
         self.session_id = session_id
@@ -181,7 +221,9 @@ class SessionClient:
             # the connect wait only until the bridge has answered once: later a lost
             # bridge shows as a reply timeout, counted and ridden through as before
             wait = None if self._answered else self.connect_timeout
-            self._socket = req_socket(self._ctx, self.endpoint, self.timeout, connect_timeout=wait)
+            self._socket = req_socket(
+                self._ctx, self.endpoint, self.timeout, connect_timeout=wait, curve=self._curve
+            )
         return self._socket
 
     def _drop(self) -> None:
@@ -220,7 +262,11 @@ class SessionClient:
         :class:`ServerUnavailable` when every try timed out.
         """
         request_id = f"{self._prefix}-{next(self._ids)}"
-        request = {"id": request_id, "command": command, "parameters": parameters}
+        request = {
+            "id": request_id,
+            "command": command,
+            "parameters": {**parameters, "resend_key": self._resend_key},
+        }
         body = json.dumps(request).encode()
         throttle_deadline = time.monotonic() + self.max_throttle_wait
         throttle_delay = 0.05
@@ -337,7 +383,12 @@ class SessionClient:
                 if not {exc.error_type, exc.error_code} & {"SessionNotFound", "AccessDenied"}:
                     raise
                 self.session_id = None
-        result = cast(CreateSessionResult, self.call("create_session", client_id=self.client_id))
+        params: dict[str, Any] = {"client_id": self.client_id}
+        if self.client_token is not None:
+            params["client_token"] = self.client_token
+        result = cast(CreateSessionResult, self.call("create_session", **params))
+        if result.get("client_token"):
+            self.client_token = result["client_token"]
         self.session_id = result["session_id"]
         self.resume_token = result.get("resume_token")
         self.revision = result.get("revision")
@@ -357,6 +408,8 @@ class SessionClient:
         self.session_id = result["session_id"]
         if result.get("resume_token"):
             self.resume_token = result["resume_token"]
+        if result.get("client_token"):
+            self.client_token = result["client_token"]
         self.revision = result.get("revision")
         self._reconnected()  # restored: nothing more to do after a lost connection
         return result
@@ -378,3 +431,188 @@ class SessionClient:
         result = cast(CloseSessionResult, self._session_call("close_session"))
         self.session_id = None
         return result
+
+    def watch(self, notify_endpoint: str, **options: Any) -> SessionWatch:
+        """A :class:`SessionWatch` of this client's session on *notify_endpoint*, started."""
+        watch = SessionWatch(self, notify_endpoint, **options)
+        watch.start()
+        return watch
+
+
+#: members of a ``restore_session`` reply that are not state sections (the record,
+#: the delta fields, and the change log ``changes``, which deltas do not carry)
+_RECORD_MEMBERS = frozenset(
+    {
+        "session_id",
+        "client_id",
+        "created_at",
+        "last_modified",
+        "timeout",
+        "is_active",
+        "revision",
+        "lineage",
+        "time_until_expiry",
+        "delta",
+        "since_revision",
+        "session_id_rotated",
+        "resume_token",
+        "changes",
+    }
+)
+#: notices after which the session can not be followed any further
+_FINAL_EVENTS = frozenset({"closed", "expired", "deleted"})
+
+
+def apply_changes(state: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+    """Apply ``restore_session`` delta operations (``{"path", "value"}`` or
+    ``{"path", "delete": true}``, over the wire form) to *state* in place."""
+    for op in ops:
+        path = op["path"]
+        doc = state
+        for key in path[:-1]:
+            child = doc.get(key)
+            if not isinstance(child, dict):
+                child = doc[key] = {}
+            doc = child
+        if op.get("delete"):
+            doc.pop(path[-1], None)
+        else:
+            doc[path[-1]] = op["value"]
+
+
+class SessionWatch:
+    """A local copy of a session kept in sync by change notices (``docs/notifications.md``).
+
+    Notices are hints, deltas are truth: on each burst of notices the copy is brought
+    up to date with ``restore_session`` + ``since_revision`` (a full restore when the
+    change log no longer reaches back, or the lineage changed). A gap in revisions,
+    a dropped subscription or a reconnect costs nothing more than that one restore.
+
+    :param client: an opened :class:`SessionClient` (its session, credentials, socket).
+    :param notify_endpoint: the bridge's ``--notify`` endpoint (e.g. ``tcp://127.0.0.1:5556``).
+    :param context: a :class:`zmq.Context` (default: the client's).
+
+    Attributes: ``state`` (dict: the state sections as a full restore returns them,
+    without the change log ``changes``), ``revision`` (int), ``lineage`` (str or None),
+    ``ended`` (the final notice: ``"closed"``, ``"expired"`` or ``"deleted"``; None
+    while the session lives), ``syncs``/``full_syncs`` (counts).
+    """
+
+    def __init__(self, client: SessionClient, notify_endpoint: str, *, context: Any = None) -> None:
+        self.client = client
+        self.endpoint = notify_endpoint
+        self._zmq = client._zmq  # noqa: SLF001 - same module
+        self._ctx = context or client._ctx  # noqa: SLF001 - same module
+        self._sub: Any = None
+        self.subscription: str | None = None
+        self.topic: bytes | None = None
+        self.state: dict[str, Any] = {}
+        self.revision: int | None = None
+        self.lineage: str | None = None
+        self.ended: str | None = None
+        self.syncs = 0
+        self.full_syncs = 0
+        self.notices = 0
+
+    def start(self) -> None:
+        """Get a subscription token (``watch_session``), subscribe, and sync fully.
+
+        Raises :class:`RequestFailed` (e.g. ``SessionNotFound``) and
+        :class:`ServerUnavailable` as :meth:`SessionClient.call`.
+        """
+        result = self.client._session_call("watch_session")  # noqa: SLF001 - same module
+        self.subscription = str(result["subscription"])
+        self.topic = str(result["topic"]).encode("ascii")
+        self._subscribe()
+        self.sync(full=True)
+
+    def _subscribe(self) -> None:
+        zmq = self._zmq
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(self.endpoint)
+        assert self.subscription is not None and self.topic is not None
+        # the token is the proof (the bridge subscribes this pipe to the topic); the
+        # topic opens this socket's own filter (a SUB filters what it receives too)
+        sub.setsockopt(zmq.SUBSCRIBE, self.subscription.encode("ascii"))
+        sub.setsockopt(zmq.SUBSCRIBE, self.topic)
+        self._sub = sub
+
+    def resubscribe(self) -> None:
+        """Drop the subscription socket, subscribe again on a new one, and catch up."""
+        self._close_socket()
+        self._subscribe()
+        self.sync()
+
+    def sync(self, *, full: bool = False) -> bool:
+        """Bring the copy up to date now; True if anything changed. Raises as ``restore``."""
+        since = None if full or self.revision is None else self.revision
+        result: dict[str, Any] = dict(self.client.restore(since_revision=since))
+        lineage = result.get("lineage")
+        if since is not None and lineage != self.lineage:
+            # another history (issue 14): the delta is against a revision we never had
+            result = dict(self.client.restore())
+            lineage = result.get("lineage")
+        self.syncs += 1
+        before = self.revision
+        if result.get("delta"):
+            apply_changes(self.state, list(result.get("changes") or []))
+        else:
+            self.full_syncs += 1
+            self.state = {k: v for k, v in result.items() if k not in _RECORD_MEMBERS}
+        self.revision = int(result["revision"])
+        self.lineage = None if lineage is None else str(lineage)
+        return self.revision != before
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Wait up to *timeout* seconds for notices, take all that are queued, and sync
+        once if any says the copy is behind (or another lineage). True if it synced."""
+        zmq = self._zmq
+        if self._sub is None:
+            raise StuiSessionError("the watch is closed")
+        if not self._sub.poll(max(0, int(timeout * 1000)), zmq.POLLIN):
+            return False
+        behind = False
+        while True:
+            try:
+                _topic, body = self._sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except ValueError:  # not two frames: not a notice of ours
+                continue
+            self.notices += 1
+            try:
+                notice = json.loads(body)
+                revision = int(notice["revision"])
+                event = str(notice["event"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if event in _FINAL_EVENTS:
+                self.ended = event
+            if (
+                self.revision is None
+                or revision != self.revision
+                or notice.get("lineage", self.lineage) != self.lineage
+            ):
+                behind = True
+        if behind and self.ended is None:
+            self.sync()
+            return True
+        return False
+
+    def _close_socket(self) -> None:
+        if self._sub is not None:
+            self._sub.close(linger=0)
+            self._sub = None
+
+    def close(self) -> None:
+        """Close the subscription socket (the client stays open)."""
+        self._close_socket()
+
+    def __enter__(self) -> SessionWatch:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

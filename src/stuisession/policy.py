@@ -45,8 +45,11 @@ class Policy:
 
     #: idle timeout: a session not used for this long expires (upstream ``timeout``)
     session_timeout: int = attrs.field(default=3600, validator=_positive)
-    #: hard cap on a session's life since creation, whatever its activity (None: none)
-    absolute_lifetime: int | None = attrs.field(default=None, validator=_optional_positive)
+    #: hard cap on a session's life since creation, whatever its activity (None: none).
+    #: Default 7 days: OWASP's Session Management Cheat Sheet and ASVS 5.0 V7
+    #: ask for an absolute timeout set by risk; a development session resumed
+    #: across a working week is the use case (docs/security.md, "Lifetimes")
+    absolute_lifetime: int | None = attrs.field(default=7 * DAY, validator=_optional_positive)
     #: active sessions one client may hold (upstream default 5)
     max_sessions_per_client: int = attrs.field(default=5, validator=_positive)
     #: how often the server sweeps expired sessions (upstream ``cleanup_interval``)
@@ -81,7 +84,8 @@ class Policy:
     #: give a restored session a new id (fixation protection); None: on in strict mode only
     rotate_on_restore: bool | None = None
     #: resume/client tokens older than this are refused (None: valid while the session is)
-    token_ttl: int | None = attrs.field(default=None, validator=_optional_positive)
+    #: default 24 h; a restore in strict mode hands out fresh tokens
+    token_ttl: int | None = attrs.field(default=DAY, validator=_optional_positive)
     #: sustained requests per second per client (token bucket); None (the embedded
     #: default) disables the limit; ``stuisession serve`` uses 100 (SERVE_DEFAULTS)
     rate_limit: float | None = attrs.field(default=None, validator=_optional_positive)

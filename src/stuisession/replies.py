@@ -84,7 +84,8 @@ class CreateSessionResult(TypedDict):
     is_active: bool
     revision: int
     resume_token: str
-    client_token: str
+    #: None when the client id had sessions and the caller did not prove it (issue 16)
+    client_token: str | None
 
 
 class RestoreSessionResult(TypedDict):
@@ -101,6 +102,8 @@ class RestoreSessionResult(TypedDict):
     delta: bool
     session_id_rotated: NotRequired[bool]
     resume_token: NotRequired[str]
+    #: a fresh client token with a rotating restore (strict mode)
+    client_token: NotRequired[str]
     session_state: NotRequired[dict[str, Any]]
     workspace_context: NotRequired[dict[str, Any]]
     inspector_state: NotRequired[dict[str, Any]]

@@ -33,6 +33,8 @@ from typing import Any
 import pytest
 
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
+from stuisession.security.identity import Caller
+from stuisession.stores.file.layout import session_stem
 
 #: iterations of the randomised tests: quick by default, ``make faults`` sets 500
 ITERATIONS = int(os.environ.get("STUISESSION_FAULT_ITERATIONS", "0")) or None
@@ -218,6 +220,15 @@ class FaultInjector:
             return p
         return None
 
+    def _at(self, dir_fd: Any, path: Any) -> Any:
+        """*path* made absolute through the traced directory descriptor *dir_fd*."""
+        if dir_fd is None or isinstance(path, int):
+            return path
+        found = self._fd_path(dir_fd)
+        if found is None:
+            return path  # a directory outside the root: not traced
+        return os.path.join(found[0], os.fsdecode(path))
+
     def _fd_path(self, fd: Any) -> tuple[str, bool] | None:
         if not isinstance(fd, int):
             return None
@@ -246,7 +257,7 @@ class FaultInjector:
         if name == "open":
 
             def fake_open(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
-                p = None if kw.get("dir_fd") is not None else self._under_root(path)
+                p = self._under_root(self._at(kw.get("dir_fd"), path))
                 if p is not None:
                     is_dir = os.path.isdir(p) and not flags & os.O_CREAT
                     self._check(Call("open", (p,), flags, is_dir))
@@ -279,10 +290,18 @@ class FaultInjector:
             return fake_fd_call
 
         def fake_path_call(*args: Any, **kw: Any) -> Any:
-            if kw.get("src_dir_fd") is None and kw.get("dir_fd") is None and args:
-                paths = [self._under_root(a) for a in args[:2] if isinstance(a, (str, bytes, Path))]
+            if args:
+                # calls relative to a directory descriptor (the store's no-follow I/O)
+                # are resolved through the descriptor's traced path
+                fds = (kw.get("src_dir_fd", kw.get("dir_fd")), kw.get("dst_dir_fd"))
+                full = [
+                    self._at(fd, a)
+                    for fd, a in zip(fds, args[:2], strict=False)
+                    if isinstance(a, (str, bytes, Path))
+                ]
+                paths = [self._under_root(a) for a in full]
                 mine = tuple(p for p in paths if p is not None)
-                if mine and self._would_really_run(name, args):
+                if mine and self._would_really_run(name, tuple(full)):
                     first = paths[0] or mine[0]
                     is_dir = name in ("mkdir", "rmdir") or os.path.isdir(first)
                     self._check(Call(name, tuple(p or "" for p in paths), 0, is_dir))
@@ -367,7 +386,11 @@ class Harness:
         self._n += 1
         rid = f"r{self._n}"
         reply = check_reply(
-            (handler or self.handler).handle({"id": rid, "command": command, "parameters": params})
+            # the harness is the embedding application (a trusted caller): these tests
+            # exercise the store under faults, not access control
+            (handler or self.handler).handle(
+                {"id": rid, "command": command, "parameters": params}, caller=Caller.local()
+            )
         )
         assert reply["id"] == rid
         return reply
@@ -451,7 +474,7 @@ def session_files(root: Path, sid: str) -> list[Path]:
     """Every file kept for session *sid* in its shard (snapshot, backups, journal...)."""
     return sorted(
         p
-        for p in (root / "sessions").rglob(f"{sid}*")
+        for p in (root / "sessions").rglob(f"{session_stem(root, sid)}*")
         # client-index markers are empty: nothing in them to damage
         if p.is_file() and not p.name.endswith((".tmp", ".ref"))
     )

@@ -33,6 +33,7 @@ import pytest
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
 from stuisession.errors import ConfigurationError, IntegrityError, SessionNotFound
 from stuisession.keys import ENV_KEYRING
+from stuisession.stores.file.layout import session_stem
 
 FULL = bool(int(os.environ.get("STUISESSION_FAULT_ITERATIONS", "0") or 0))
 STRIDE = 1 if FULL else 7
@@ -119,10 +120,10 @@ class Pristine:
                 self.stats[rel] = os.stat(path)
 
 
-def _targets(sid: str, files: dict[str, bytes]) -> list[str]:
-    names = [f for f in files if os.path.basename(f).startswith(sid) and not f.endswith(".ref")]
+def _targets(stem: str, files: dict[str, bytes]) -> list[str]:
+    names = [f for f in files if os.path.basename(f).startswith(stem) and not f.endswith(".ref")]
     names += ["keyring.json", "format.json"]
-    kinds = {os.path.basename(n).removeprefix(sid) or n for n in names}
+    kinds = {os.path.basename(n).removeprefix(stem) or n for n in names}
     assert kinds >= {".snap", ".snap.1", ".jnl", ".hwm", "keyring.json", "format.json"}, kinds
     return sorted(names)
 
@@ -157,7 +158,7 @@ def _sweep(pristine: tuple[Path, str, dict[int, dict[str, Any]]], *, flips: bool
     bad: list[str] = []
     logging.disable(logging.CRITICAL)  # thousands of expected ERROR reports
     try:
-        for name in _targets(sid, files):
+        for name in _targets(session_stem(root, sid), files):
             data = files[name]
             cases: list[tuple[str, bytes]] = []
             if flips:

@@ -80,8 +80,8 @@ def test_cross_client_access_is_denied_like_a_missing_session(compat: ProtocolHa
             k: v for k, v in absent.items() if k not in ("timestamp", "id")
         }
     assert state_of(compat, alice) == before
-    # listing names the client: mallory sees only mallory's sessions
-    assert ok(compat, "list_client_sessions", client_id="mallory")["sessions"] == []
+    # listing names the client and needs its credential: mallory can not list
+    assert call(compat, "list_client_sessions", client_id="mallory")["status"] == "error"
 
 
 @pytest.mark.parametrize(
@@ -132,14 +132,14 @@ def test_deny_listed_client(tmp_path: Path) -> None:
 
 def test_burst_over_the_rate_limit(clock: ManualClock) -> None:
     h = ProtocolHandler(MemoryStore(), Policy(rate_limit=1.0, rate_burst=5), clock=clock)
-    replies = [call(h, "list_client_sessions", client_id="spammer") for _ in range(8)]
+    replies = [call(h, "get_session_statistics", client_id="spammer") for _ in range(8)]
     assert [r["status"] for r in replies[:5]] == ["success"] * 5
     limited = replies[5]
     assert limited["error_code"] == "RateLimited"
     assert limited["details"]["retry_after"] > 0
-    assert call(h, "list_client_sessions", client_id="polite")["status"] == "success"
+    assert call(h, "get_session_statistics", client_id="polite")["status"] == "success"
     clock.advance(2.0)
-    assert call(h, "list_client_sessions", client_id="spammer")["status"] == "success"
+    assert call(h, "get_session_statistics", client_id="spammer")["status"] == "success"
 
 
 def test_restore_after_expiry(compat: ProtocolHandler, clock: ManualClock) -> None:

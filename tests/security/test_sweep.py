@@ -72,7 +72,12 @@ def test_sweep_is_bounded_and_live_requests_interleave(tmp_path: Path) -> None:
 def test_retention_deletes_long_idle_sessions_even_with_a_long_timeout(tmp_path: Path) -> None:
     clock = ManualClock()
     store = FileStore(tmp_path / "s", fsync=False)
-    policy = Policy(rate_limit=None, session_timeout=40 * 86400, retention=40 * 86400)
+    policy = Policy(
+        rate_limit=None,
+        session_timeout=40 * 86400,
+        retention=40 * 86400,
+        absolute_lifetime=None,  # this test is about retention alone
+    )
     handler = ProtocolHandler(store, policy, clock=clock)
     sid = handler.handle(
         {"id": "1", "command": "create_session", "parameters": {"client_id": "a"}}

@@ -15,6 +15,7 @@ from stuisession.bridge.intake import admit_forwarded  # [limits hook]
 from stuisession.bridge.replies import _peek_result, error_for, peek_fields
 from stuisession.errors import StuiSessionError, UpstreamError
 from stuisession.ids import is_valid_session_id
+from stuisession.security.identity import Caller
 from stuisession.service.core import Credentials
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ class Job:
     #: the session the request names (read cheaply; None: none or unreadable)
     session_id: str | None
     resume_token: str | None
+    #: who sent it (CURVE key and its bound client ids, or the bare connection)
+    caller: Caller = attrs.field(factory=Caller.anonymous)
 
 
 class RequestRouter:
@@ -73,7 +76,7 @@ class RequestRouter:
         elif job.session_id is not None:
             self.server.tracker.attach(job.ident, job.session_id, job.resume_token)
 
-    def forward(self, body: bytes, command: Any, ident: str) -> bytes:
+    def forward(self, body: bytes, command: Any, ident: str, caller: Caller | None = None) -> bytes:
         """Send a non-session request to the Pharo image (or say there is none)."""
         # [limits hook] size limit, bounded parse and rate limit, as for session commands
         try:
@@ -81,7 +84,7 @@ class RequestRouter:
         except StuiSessionError as exc:
             return error_for(exc.request_id, exc)
         if "command" in doc and not isinstance(command, str):
-            return self.server.handler.handle_wire(body)
+            return self.server.handler.handle_wire(body, caller=caller)
         request_id = doc.get("id")
         if self.server.upstream is None:
             return error_for(
@@ -106,20 +109,21 @@ class RequestRouter:
         except StuiSessionError as exc:
             return error_for(request_id, exc)
         if session_id is not None and isinstance(command, str):
-            self.capture(command, doc, reply, session_id, ident)
+            self.capture(command, doc, reply, session_id, ident, caller)
         try:
             return _json.dumps(reply)
         except UnicodeEncodeError:
             # a lone surrogate from a "\ud800" escape in the image's reply: keep it escaped
             return json.dumps(reply, separators=(",", ":")).encode()
 
-    def capture(
+    def capture(  # noqa: PLR0917 - internal, called from forward only
         self,
         command: str,
         request: dict[str, Any],
         reply: dict[str, Any],
         session_id: str,
         ident: str,
+        caller: Caller | None = None,
     ) -> None:
         if reply.get("status", "success") != "success":
             return
@@ -131,7 +135,8 @@ class RequestRouter:
                 # forwarded requests carry no token: use the one this connection
                 # last proved it holds for the session (compat mode needs none)
                 token = self.server.tracker.token_of(ident, session_id)
-        creds = Credentials(resume_token=token)
+        # the capture acts with the forwarding connection's rights, never more
+        creds = Credentials(resume_token=token, caller=caller or Caller.anonymous())
         for hook in self.server.hooks.for_command(command):
             try:
                 update = hook(request, reply)

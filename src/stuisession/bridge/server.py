@@ -39,12 +39,15 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from stuisession.bridge.budget import QueueBudget, send_tracked  # [budget hook]
 from stuisession.bridge.connections import ConnectionTracker
+from stuisession.bridge.curve import CurveConfig, is_loopback_endpoint
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
+from stuisession.bridge.notify import Notifier
 from stuisession.bridge.replies import (
     error_for,
     error_reply,
@@ -58,6 +61,7 @@ from stuisession.bridge.workers import KeyedExecutor
 from stuisession.clock import Clock, SystemClock
 from stuisession.errors import Busy, InternalError
 from stuisession.ids import is_valid_session_id
+from stuisession.security.identity import Caller, fingerprint
 
 if TYPE_CHECKING:
     from stuisession.protocol.handler import ProtocolHandler
@@ -106,8 +110,15 @@ class BridgeServer:
     :param max_pending: requests queued or running before new ones get ``Busy``.
     :param idle_timeout: seconds without a request after which a connection
         counts as gone and its sessions as detached.
+    :param curve: serve CurveZMQ with this key pair and client allow-list
+        (:mod:`stuisession.bridge.curve`); None: plaintext, which logs a loud
+        warning when bound beyond loopback.
     :param hooks: capture hooks for forwarded commands (default: the built-in
         ``evaluate`` capture).
+    :param notify: an endpoint to publish change notices on (an XPUB socket,
+        :class:`~stuisession.bridge.notify.Notifier`; None: no notices).
+    :param identity_client: maps a CURVE-authenticated ``User-Id`` to its client id,
+        for subscriptions proved by identity (see ``bridge/notify.py``).
     """
 
     def __init__(
@@ -123,9 +134,14 @@ class BridgeServer:
         max_pending: int = 1024,
         idle_timeout: float = 60.0,
         hooks: CaptureHooks | None = None,
+        curve: CurveConfig | None = None,
+        notify: str | None = None,
+        identity_client: Callable[[str], str | frozenset[str] | None] | None = None,
     ) -> None:
         zmq = _zmq()
         self._zmq = zmq
+        self.curve = curve
+        self._authenticator: Any = None
         self.handler = handler
         #: answers each request on a worker thread (bridge/requests.py)
         self.router = RequestRouter(self)
@@ -181,10 +197,12 @@ class BridgeServer:
             # replies to a peer whose queue is full); see docs/security.md "Limits"
             sock.setsockopt(zmq.SNDHWM, handler.policy.socket_hwm)
             sock.setsockopt(zmq.RCVHWM, handler.policy.socket_hwm)
-            # a client that reconnects with the routing identity it set itself takes
-            # over at once; by default the new connection would be ignored until the
-            # old one is noticed gone (which, for a dropped network, may be never)
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            # no ROUTER_HANDOVER: a peer presenting a routing identity that is in use
+            # must not take over the connection (and its in-flight replies); libzmq
+            # ignores such a newcomer until the old connection is gone
+            if curve is not None:
+                self._authenticator = curve.start_authenticator(self._context)
+                curve.apply(sock)
             # [budget hook] reply bodies go zero-copy and tracked, however small, so
             # the budget sees every byte libzmq still holds
             sock.copy_threshold = 0
@@ -192,6 +210,13 @@ class BridgeServer:
                 sock.setsockopt(zmq.IPV6, 1)
             sock.bind(bind)
             self.bound_endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if curve is None and not is_loopback_endpoint(self.bound_endpoint):
+                self.log.warning(
+                    "SECURITY WARNING: serving PLAINTEXT on %s, beyond loopback: anyone "
+                    "who can reach it can send requests, and session ids and tokens "
+                    "cross the network in clear. Use --curve-secret/--curve-clients.",
+                    self.bound_endpoint,
+                )
             self._wake = self._context.socket(zmq.PULL)
             self._wake.setsockopt(zmq.LINGER, 0)
             self._wake.bind(self._wake_endpoint)
@@ -199,8 +224,22 @@ class BridgeServer:
             self._notify = self._context.socket(zmq.PUSH)
             self._notify.setsockopt(zmq.LINGER, 0)
             self._notify.connect(self._wake_endpoint)
+            #: the change-notice publisher (``--notify``), or None
+            self.notifier: Notifier | None = None
+            if notify is not None:
+                if curve is not None and identity_client is None:
+                    identity_client = _bound_client_ids(curve)
+                self.notifier = Notifier(
+                    handler.service,
+                    notify,
+                    self._context,
+                    identity_client=identity_client,
+                    # subscribers authenticate like requesters: same key pair, same ZAP
+                    setup=None if curve is None else curve.apply,
+                )
         except BaseException:
             self._close_sockets()
+            self._stop_authenticator()
             if self._own_context:
                 self._context.term()
             raise
@@ -240,10 +279,10 @@ class BridgeServer:
                         if self._stopping.is_set():
                             break
                         try:
-                            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                            frames, caller = self._receive()
                         except zmq.Again:
                             break
-                        self._serve_one(frames)
+                        self._serve_one(frames, caller)
                 if time.monotonic() >= next_conn_sweep:
                     self._sweep_connections()
                     next_conn_sweep = time.monotonic() + conn_interval
@@ -292,6 +331,7 @@ class BridgeServer:
             return
         self._closed = True
         self._close_sockets()
+        self._stop_authenticator()
         if self._own_context:
             self._context.term()
 
@@ -313,6 +353,9 @@ class BridgeServer:
 
     # -- internals ----------------------------------------------------------------------
     def _close_sockets(self) -> None:
+        notifier = getattr(self, "notifier", None)
+        if notifier is not None:
+            notifier.close()
         for sock in (self._socket, self._wake, self._notify):
             if sock is not None:
                 sock.close()
@@ -325,7 +368,29 @@ class BridgeServer:
             except zmq.Again:
                 return
 
-    def _serve_one(self, frames: list[bytes]) -> None:
+    def _receive(self) -> tuple[list[bytes], Caller]:
+        """One message and who sent it (raises ``zmq.Again`` when there is none)."""
+        zmq = self._zmq
+        if self.curve is None:
+            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            return frames, Caller.connection(frames[0])
+        parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        frames = [p.bytes for p in parts]
+        try:
+            # set by the ZAP handler at the handshake: the client's z85 public key
+            user_id = parts[-1].get("User-Id")
+        except zmq.ZMQError:
+            user_id = None
+        if not user_id:  # cannot happen on a CURVE socket; never fall back to trust
+            return frames, Caller.curve("", frozenset())
+        return frames, self.curve.caller(user_id)
+
+    def _stop_authenticator(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+
+    def _serve_one(self, frames: list[bytes], caller: Caller | None = None) -> None:
         """Route one message (serving thread): answer framing errors, queue the rest."""
         started = time.perf_counter()
         identity = frames[0]
@@ -351,12 +416,14 @@ class BridgeServer:
         client_id = params.get("client_id") if isinstance(params.get("client_id"), str) else None
         token = params.get("resume_token") if isinstance(params.get("resume_token"), str) else None
         ident = identity.hex()
+        if caller is None:
+            caller = Caller.connection(identity)
         # the session is attached only once a session command on it succeeds (_track)
         self.tracker.seen(ident, self.clock.now(), client_id=client_id)
         # one session's requests run in order; a connection's requests without a
         # (readable) session id run in order too
         key: tuple[str, str] = ("s", session_id) if session_id else ("c", ident)
-        job = Job(envelope, body, command, ident, started, identity, session_id, token)
+        job = Job(envelope, body, command, ident, started, identity, session_id, token, caller)
         assert self._executor is not None
         try:
             self._executor.submit(key, lambda: self._work(job), heavy=len(body) > HEAVY_BYTES)
@@ -374,10 +441,10 @@ class BridgeServer:
             return
         try:
             if isinstance(command, str) and command in self.handler.commands:
-                reply = self.handler.handle_wire(job.body)
+                reply = self.handler.handle_wire(job.body, caller=job.caller)
                 self.router.track(job, command, reply)
             else:
-                reply = self.router.forward(job.body, command, job.ident)
+                reply = self.router.forward(job.body, command, job.ident, job.caller)
         except Exception:
             # handle_wire promises not to raise; a wrapped or buggy handler must
             # still not take the server down
@@ -426,7 +493,7 @@ class BridgeServer:
                 self._socket.send_multipart([*envelope, reply], self._zmq.NOBLOCK)
         except self._zmq.ZMQError as exc:
             # ROUTER drops replies to vanished peers by itself; anything else is logged
-            self.log.warning("could not send a reply to %s: %s", identity.hex(), exc)
+            self.log.warning("could not send a reply to %s: %s", fingerprint(identity), exc)
         if charge and refusal is None:
             self.budget.sent(ident, len(reply), tracker)
         if self.log.isEnabledFor(logging.INFO):
@@ -440,7 +507,7 @@ class BridgeServer:
                 printable(meta.get("error_type")),
                 printable(meta.get("error_code")),
                 (time.perf_counter() - started) * 1000.0,
-                identity.hex(),
+                fingerprint(identity),  # routing identities are never shown or logged
             )
 
     def _sweep_connections(self) -> None:
@@ -449,7 +516,7 @@ class BridgeServer:
         for conn in self.tracker.sweep(now):
             self.log.info(
                 "connection %s idle for %.0f s: disconnected, %d session(s) detached",
-                conn.identity,
+                fingerprint(conn.identity),
                 now - conn.last_seen,
                 len(conn.sessions),
             )
@@ -479,15 +546,34 @@ class BridgeServer:
         )
 
     def bridge_statistics(self) -> dict[str, Any]:
-        """What the bridge adds to ``get_session_statistics``."""
+        """What the bridge adds to ``get_session_statistics``.
+
+        ``connections`` (per-connection details, client ids included) is shown
+        to operators only; routing identities appear only as a fingerprint.
+        """
         now = self.clock.now()
+        connections = [
+            {**c, "identity": fingerprint(str(c.get("identity", "")))}
+            for c in self.tracker.snapshot(now)
+        ]
         return {
             "connected_clients": len(self.tracker),
             "attached_sessions": self.tracker.attached_sessions(),
-            "connections": self.tracker.snapshot(now),
+            "connections": connections,
             "pending_requests": 0 if self._executor is None else self._executor.pending,
             "requests_served": self.requests_served,
             "uptime": int(now - self.started_at),
             "upstream": self.upstream is not None,
             "queues": self.budget.statistics(),  # [budget hook]
+            **({} if self.notifier is None else {"notifications": self.notifier.statistics()}),
         }
+
+
+def _bound_client_ids(curve: CurveConfig) -> Callable[[str], frozenset[str] | None]:
+    """Map a CURVE ``User-Id`` to the client ids its key is bound to (for subscriptions)."""
+
+    def bound(user_id: str) -> frozenset[str] | None:
+        binding = curve.allow_list.lookup(user_id)
+        return None if binding is None else binding.client_ids
+
+    return bound

@@ -10,11 +10,13 @@ from typing import Any
 from stuisession.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
+    Fail,
     UsageError,
     admin_audit,
     admin_parents,
     admin_store,
     audit_option,
+    common_parent,
     json_parent,
     print_json,
     progress,
@@ -49,6 +51,35 @@ def register_keys(sub: Any) -> None:
         description="List the key ids of the keyring and mark the current one.",
     )
     ls.set_defaults(handler=cmd_keys_list, parser=ls)
+    for role in ("server", "client"):
+        c = actions.add_parser(
+            f"curve-{role}",
+            parents=[common_parent()],
+            help=f"make a CurveZMQ key pair for the {role}",
+            description=f"Write NAME.key (public) and NAME.key_secret (mode 0600) for the "
+            f"{role} with zmq.auth.create_certificates. Refuses to overwrite.",
+        )
+        c.add_argument("--out", required=True, metavar="DIR", help="directory to write to")
+        c.add_argument(
+            "--name",
+            default="server" if role == "server" else None,
+            required=role == "client",
+            help="file name stem"
+            + (" (default server)" if role == "server" else " (e.g. the client id)"),
+        )
+        c.set_defaults(handler=cmd_keys_curve, parser=c)
+
+
+def cmd_keys_curve(args: argparse.Namespace) -> int:
+    """Write a CurveZMQ key pair (``keys curve-server`` / ``keys curve-client``)."""
+    from stuisession.bridge.curve import generate_keypair
+
+    try:
+        public, secret = generate_keypair(args.out, args.name)
+    except FileExistsError as exc:
+        raise Fail(str(exc)) from None
+    print(f"public key: {public}\nsecret key: {secret} (mode 0600: keep it private)")
+    return EXIT_OK
 
 
 # -- keys -------------------------------------------------------------------------------

@@ -51,11 +51,31 @@ def register_serve(sub: Any) -> None:
         "e.g. tcp://127.0.0.1:5556 (default: none, such requests get a 'no backend' error)",
     )
     p.add_argument(
+        "--notify",
+        metavar="ENDPOINT",
+        help="publish session change notices on this ZeroMQ XPUB endpoint, e.g. "
+        "tcp://127.0.0.1:5556 (default: off; subscribers must prove they hold the session, "
+        "see docs/notifications.md)",
+    )
+    p.add_argument(
         "--upstream-timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="seconds to wait for the Pharo image before an UpstreamError (default 30)",
+    )
+    p.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="serve CurveZMQ with this server key pair (a .key_secret file, mode 0600; "
+        "make one with 'keys curve-server'); needs --curve-clients",
+    )
+    p.add_argument(
+        "--curve-clients",
+        metavar="FILE_OR_DIR",
+        help="the allowed client keys and the client ids each may act as: a TOML file "
+        "([[client]] public_key, client_ids, operator) or a directory of *.toml files "
+        "and <client_id>.key certificates; re-read when it changes or on SIGHUP",
     )
     p.add_argument(
         "--workers",
@@ -138,7 +158,7 @@ def serve_policy(args: argparse.Namespace) -> Any:
         raise UsageError(exc.message) from None
 
 
-def _check_bind(zmq: Any, endpoint: str) -> None:
+def _check_bind(zmq: Any, endpoint: str, option: str = "--bind") -> None:
     """Bind a throw-away socket to *endpoint* so that a bad or busy one fails first."""
     ctx = zmq.Context()
     try:
@@ -148,7 +168,7 @@ def _check_bind(zmq: Any, endpoint: str) -> None:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             if exc.errno in (errno.EINVAL, errno.EPROTONOSUPPORT):
-                raise UsageError(f"invalid --bind endpoint {endpoint!r}: {exc}") from None
+                raise UsageError(f"invalid {option} endpoint {endpoint!r}: {exc}") from None
             raise Fail(f"cannot bind {endpoint}: {exc}") from None
         sock.close(linger=0)
     finally:
@@ -271,8 +291,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.audit not in (None, "off") and Path(args.audit).is_dir():
         raise UsageError(f"--audit {args.audit} is a directory")
     _check_bind(zmq, args.bind)
+    curve = _serve_curve(args)
+    if args.notify is not None:
+        _check_bind(zmq, args.notify, "--notify")
 
     workers = default_workers() if args.workers is None else args.workers
+    if workers > 1 and (curve is not None or args.notify is not None):
+        # CURVE's ZAP handler and the notice socket live in one bridge process so far
+        if args.workers is not None:
+            raise UsageError("--workers above 1 does not combine with --curve-secret or --notify")
+        workers = 1
     if workers > 1:
         return _serve_workers(args, workers, run_policy, directory is None)
 
@@ -293,9 +321,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 workers=args.threads,
                 max_pending=args.max_pending,
                 idle_timeout=args.idle_timeout,
+                curve=curve,
+                notify=args.notify,
             )
         except zmq.ZMQError as exc:  # taken between the check and now
-            raise Fail(f"cannot bind {args.bind}: {exc}") from None
+            where = args.bind if args.notify is None else f"{args.bind} or {args.notify}"
+            raise Fail(f"cannot bind {where}: {exc}") from None
         with server:
             text = banner(
                 args,
@@ -304,8 +335,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 directory is None,
                 getattr(store, "durability", None),
             )
+            if server.notifier is not None:
+                text += f"\n  change notices on {server.notifier.bound_endpoint}"
             print(text, file=sys.stderr, flush=True)
-            with SignalStop(server.stop):
+            _announce_transport(server.bound_endpoint, curve)
+            with SignalStop(server.stop), _ReloadOnHangup(curve):
                 server.serve_forever()
         log.info("bridge stopped")
     finally:
@@ -349,6 +383,7 @@ def _serve_workers(
     with supervisor:
         text = banner(args, supervisor.bound_endpoint, run_policy, redis_store, durability)
         print(f"{text}\n  workers: {workers} processes", file=sys.stderr, flush=True)
+        _announce_transport(supervisor.bound_endpoint, None)
         with SignalStop(supervisor.stop):
             supervisor.serve_forever()
     log.info("bridge stopped")
@@ -401,6 +436,56 @@ def _shards(spec: str) -> dict[str, Any]:
     from stuisession.admin.core import store_directory
 
     return {"make_shards": True} if store_directory(spec) is not None else {}
+
+
+def _serve_curve(args: argparse.Namespace) -> Any:
+    """The CURVE configuration of ``serve`` (None: plaintext)."""
+    if (args.curve_secret is None) != (args.curve_clients is None):
+        raise UsageError("--curve-secret and --curve-clients go together")
+    if args.curve_secret is None:
+        return None
+    from stuisession.bridge.curve import CurveConfig
+
+    return CurveConfig.from_files(args.curve_secret, args.curve_clients)
+
+
+def _announce_transport(endpoint: str, curve: Any) -> None:
+    from stuisession.bridge.curve import is_loopback_endpoint
+
+    if curve is not None:
+        print(
+            f"  CurveZMQ: on; {len(curve.allow_list)} client key(s) allowed",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif not is_loopback_endpoint(endpoint):
+        print(
+            "\n*** SECURITY WARNING: PLAINTEXT on a non-loopback address "
+            f"({endpoint}). Anyone who can reach it can send requests, and session ids "
+            "and tokens cross the network in clear. Use --curve-secret and "
+            "--curve-clients, or bind 127.0.0.1. ***\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+class _ReloadOnHangup:
+    """SIGHUP re-reads the CURVE allow-list while serving (no-op without CURVE)."""
+
+    def __init__(self, curve: Any) -> None:
+        self._curve = curve
+        self._previous: Any = None
+
+    def __enter__(self) -> None:
+        if self._curve is not None and hasattr(signal, "SIGHUP"):
+            self._previous = signal.signal(signal.SIGHUP, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._curve.allow_list.reload()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
 
 
 def _serve_audit(args: argparse.Namespace, store: Any) -> Any:

@@ -44,6 +44,16 @@ def register_status(sub: Any) -> None:
         metavar="SECONDS",
         help="seconds to wait for the reply (default 2)",
     )
+    p.add_argument(
+        "--curve-server-key",
+        metavar="FILE",
+        help="connect with CurveZMQ: the bridge's public key file (server.key)",
+    )
+    p.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="this client's key pair (.key_secret file, mode 0600), with --curve-server-key",
+    )
     p.set_defaults(handler=cmd_status, parser=p)
 
 
@@ -56,10 +66,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise Fail(str(exc)) from None
     request = {"id": "stuisession-status", "command": "get_session_statistics", "parameters": {}}
+    curve = _status_curve(args)
     ctx = zmq.Context()
     try:
         try:
-            sock = req_socket(ctx, args.endpoint, args.timeout)
+            sock = req_socket(ctx, args.endpoint, args.timeout, curve=curve)
         except zmq.ZMQError as exc:
             raise UsageError(f"invalid --endpoint {args.endpoint!r}: {exc}") from None
         try:
@@ -114,6 +125,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             headers = ["IDENTITY", "CLIENT", "CONNECTED SINCE", "IDLE (S)", "REQUESTS", "SESSIONS"]
             print(table(headers, rows, right=[3, 4, 5]))
     return EXIT_OK
+
+
+def _status_curve(args: argparse.Namespace) -> tuple[bytes, ...] | None:
+    """``(server public, client secret, client public)`` for ``req_socket``, or None."""
+    if (args.curve_server_key is None) != (args.curve_secret is None):
+        raise UsageError("--curve-server-key and --curve-secret go together")
+    if args.curve_server_key is None:
+        return None
+    from stuisession.bridge.curve import load_keypair, load_public_key
+
+    public, secret = load_keypair(args.curve_secret)
+    return (load_public_key(args.curve_server_key), bytes(secret), bytes(public))
 
 
 def register(sub: Any) -> None:

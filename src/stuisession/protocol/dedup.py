@@ -9,7 +9,9 @@ while; a repeat gets the remembered reply. A repeat that arrives while the
 first copy is still being handled waits for it.
 
 A different request that reuses an ``id`` has a different digest and is
-handled normally.
+handled normally. Replies are remembered per caller (the authenticated key,
+else the connection): a request with another caller's id and content is
+handled as new, never answered with the other caller's reply.
 """
 
 from __future__ import annotations
@@ -25,9 +27,17 @@ from typing import Any
 from stuisession import _json
 
 
-def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
-    """A digest identifying one request (its id, command and parameters)."""
+def request_key(
+    request_id: str | int, command: str, parameters: Any, caller: str = "local"
+) -> bytes:
+    """A digest identifying one request of one caller (its id, command and parameters).
+
+    *caller* is :attr:`stuisession.security.identity.Caller.key`: the same
+    request sent by two callers has two keys, so one caller's reply is never
+    replayed to another (it may hold a new session's id and tokens).
+    """
     h = hashlib.sha256()
+    h.update(_field(caller.encode("utf-8", "surrogatepass")))
     h.update(repr(request_id).encode("utf-8", "surrogatepass"))
     h.update(b"\x00" + command.encode() + b"\x00")
     raw: Mapping[str, bytes] = getattr(parameters, "raw", None) or {}
@@ -44,6 +54,11 @@ def request_key(request_id: str | int, command: str, parameters: Any) -> bytes:
         # request is refused by validation anyway; give it a key of its own
         h.update(secrets.token_bytes(16))
     return h.digest()
+
+
+def _field(data: bytes) -> bytes:
+    # length-prefixed, so the caller can never run into the request id
+    return len(data).to_bytes(4, "big") + data
 
 
 def reply_cost(reply: dict[str, Any]) -> int:

@@ -13,6 +13,7 @@ follow ``shared/stui-protocol.md``; extensions are additive and listed in
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,6 +35,7 @@ from stuisession.protocol.results import (
     session_record,
 )
 from stuisession.security.audit import AuditLog
+from stuisession.security.identity import CURRENT_CALLER, Caller, fingerprint
 from stuisession.service.core import SessionService
 from stuisession.state.schema import Metadata
 from stuisession.state.updates import StateUpdate
@@ -102,6 +104,7 @@ class ProtocolHandler:
             "get_context_summary": self._get_context_summary,
             "clear_context": self._clear_context,
             "rotate_credentials": self._rotate_credentials,
+            "watch_session": self._watch_session,
         }
 
     @property
@@ -121,10 +124,17 @@ class ProtocolHandler:
 
     # -- entry points -------------------------------------------------------------------
     def handle(
-        self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]
+        self,
+        message: bytes | bytearray | memoryview | str | Mapping[str, Any],
+        *,
+        caller: Caller | None = None,
     ) -> dict[str, Any]:
-        """Handle one request; return the response as a plain dict. Never raises."""
-        reply = self.respond(message)
+        """Handle one request; return the response as a plain dict. Never raises.
+
+        *caller* is who the transport says sent it (default: an unauthenticated
+        caller; see :class:`~stuisession.security.identity.Caller`).
+        """
+        reply = self.respond(message, caller=caller)
         try:
             return dict(_json.resolve_raw(reply))
         except Exception:  # pragma: no cover - stored bytes were verified JSON
@@ -133,12 +143,15 @@ class ProtocolHandler:
                 reply.get("id"), InternalError("Internal error while handling the request")
             )
 
-    def handle_wire(self, message: bytes | bytearray | memoryview | str) -> bytes:
+    def handle_wire(
+        self, message: bytes | bytearray | memoryview | str, *, caller: Caller | None = None
+    ) -> bytes:
         """Handle one request; return the UTF-8 JSON reply for the wire. Never raises.
 
         Restores splice the stored state bytes into the reply without decoding them.
+        *caller*: as for :meth:`handle`.
         """
-        reply = self.respond(message)
+        reply = self.respond(message, caller=caller)
         try:
             # [limits hook] a reply over max_reply_bytes is refused, never queued
             return bound_reply(
@@ -151,9 +164,21 @@ class ProtocolHandler:
             )
 
     def respond(
-        self, message: bytes | bytearray | memoryview | str | Mapping[str, Any]
+        self,
+        message: bytes | bytearray | memoryview | str | Mapping[str, Any],
+        *,
+        caller: Caller | None = None,
     ) -> dict[str, Any]:
         """Handle one request; the reply may hold :class:`~stuisession.jsonutil.RawJSON` values."""
+        token = CURRENT_CALLER.set(caller if caller is not None else Caller.anonymous())
+        try:
+            return self._respond(message, CURRENT_CALLER.get())
+        finally:
+            CURRENT_CALLER.reset(token)
+
+    def _respond(
+        self, message: bytes | bytearray | memoryview | str | Mapping[str, Any], caller: Caller
+    ) -> dict[str, Any]:
         request_id: str | int | None = None
         try:
             request = self.parse(message)
@@ -166,7 +191,10 @@ class ProtocolHandler:
                 request.command in MUTATING
                 or (request.command == "restore_session" and self.policy.rotates_on_restore)
             ):
-                key = request_key(request.id, request.command, request.parameters)
+                # keyed by the caller too: a reply is only ever replayed to its own caller
+                key = request_key(
+                    request.id, request.command, request.parameters, _dedup_scope(request, caller)
+                )
                 cost = (
                     len(message)
                     if isinstance(message, (bytes, bytearray, memoryview, str))
@@ -181,7 +209,7 @@ class ProtocolHandler:
 
     def _dispatch(self, request: Request, command: Callable[[Params], Result]) -> dict[str, Any]:
         try:
-            self.service.check_rate(_rate_key(request.parameters))
+            self.service.check_rate(_rate_key(request.parameters, CURRENT_CALLER.get()))
             result = command(request.parameters)
         except StuiSessionError as exc:
             return self._error_reply(request.id, exc)
@@ -221,7 +249,7 @@ class ProtocolHandler:
             last_client_version=val.optional_str(params, "client_version"),
             extra={"config": config} if config is not None else {},
         )
-        created = self.service.create(client_id, metadata=metadata)
+        created = self.service.create(client_id, metadata=metadata, creds=val.creds(params))
         result = session_record(created.session.info, created.session.created_at)
         del result["last_modified"]
         result["resume_token"] = created.resume_token
@@ -239,6 +267,8 @@ class ProtocolHandler:
         if restored.rotated:
             record["session_id_rotated"] = True
             record["resume_token"] = restored.resume_token
+            if restored.client_token is not None:
+                record["client_token"] = restored.client_token
         if since is not None:
             session = restored.snapshot.session()
             from stuisession.state.deltas import changes_since
@@ -280,6 +310,21 @@ class ProtocolHandler:
         info = self.service.close(session_id, val.creds(params))
         return {"session_id": info.session_id, "closed": True, "revision": info.revision}
 
+    def _watch_session(self, params: Params) -> Result:
+        # (ext) a subscription token for the session's change notices (docs/notifications.md)
+        session_id = val.session_id(params)
+        info, token = self.service.watch(session_id, val.creds(params))
+        result: dict[str, Any] = {
+            "session_id": info.session_id,
+            "subscription": token,
+            "topic": self.service.subscriptions.topic(info.session_id).decode("ascii"),
+            "revision": info.revision,
+        }
+        lineage = getattr(info, "lineage", None)  # the record field of issue 14, once merged
+        if lineage is not None:
+            result["lineage"] = lineage
+        return result
+
     def _get_session_info(self, params: Params) -> Result:
         session_id = val.session_id(params)
         info = self.service.info(session_id, val.creds(params))
@@ -315,10 +360,19 @@ class ProtocolHandler:
             "default_timeout": policy.session_timeout,
             "cleanup_interval": policy.cleanup_interval,
             "active_sessions": stats.active_sessions,
-            **(self.extra_statistics() if self.extra_statistics is not None else {}),
+            **self._extra_statistics(),
         }
 
     # -- tool-scoped contexts ------------------------------------------------------------
+    def _extra_statistics(self) -> dict[str, Any]:
+        """The transport's statistics; per-connection details for operators only."""
+        if self.extra_statistics is None:
+            return {}
+        extra = self.extra_statistics()
+        if CURRENT_CALLER.get().operator:
+            return extra
+        return {k: v for k, v in extra.items() if k not in PRIVATE_STATISTICS}
+
     def _save_context(self, params: Params) -> Result:
         session_id = val.session_id(params)
         tool_id = val.tool_id(params)
@@ -403,8 +457,51 @@ class ProtocolHandler:
         }
 
 
-def _rate_key(params: Params) -> str:
-    # the client named in the request, else the session; never the raw id in logs
+#: members of the bridge's statistics only an operator may see
+PRIVATE_STATISTICS = frozenset({"connections"})
+#: commands whose reply gives nothing its credential does not already give
+_CREDENTIAL_SCOPED = frozenset(
+    {"update_session_state", "close_session", "save_context", "clear_context"}
+)
+
+
+def _dedup_scope(request: Request, caller: Caller) -> str:
+    """Whose remembered replies *request* may be answered from.
+
+    The caller's own: its authenticated key, else a ``resend_key`` parameter
+    (a secret of 16-128 characters the client sends with every request, so a
+    resend on a new socket is still the same caller), else its connection.
+    One exception keeps upstream clients' resends safe when they come on a
+    new, unauthenticated socket without a ``resend_key``: a change to a
+    session whose reply issues no credential is scoped to the session
+    credential presented (session id and resume token), since whoever
+    presents it may read and change the session anyway. Creates, rotating
+    restores and token rotations issue credentials and stay scoped to the
+    caller.
+    """
+    if caller.authenticated:
+        return caller.key
+    resend_key = request.parameters.get("resend_key")
+    if isinstance(resend_key, str) and 16 <= len(resend_key) <= 128:
+        digest = hashlib.sha256(resend_key.encode("utf-8", "surrogatepass")).hexdigest()
+        return "resend:" + digest
+    if request.command not in _CREDENTIAL_SCOPED:
+        return caller.key
+    sid = request.parameters.get("session_id")
+    token = request.parameters.get("resume_token")
+    if not isinstance(sid, str) or not (token is None or isinstance(token, str)):
+        return caller.key
+    digest = hashlib.sha256(
+        b"\x00".join(x.encode("utf-8", "surrogatepass") for x in (sid, token or ""))
+    ).hexdigest()
+    return "credential:" + digest
+
+
+def _rate_key(params: Params, caller: Caller) -> str:
+    # an authenticated peer is charged as itself (it can not take fresh ids);
+    # else the client named in the request, else the session
+    if caller.authenticated:
+        return "k:" + fingerprint(caller.key, length=32)
     for name in ("client_id", "session_id"):
         value = params.get(name)
         if isinstance(value, str) and value:

@@ -14,6 +14,7 @@ from typing import Any
 from stuisession import _json
 from stuisession.errors import ValidationError
 from stuisession.ids import check_client_id
+from stuisession.security.identity import CURRENT_CALLER
 from stuisession.service.core import Credentials, check_session_ref
 from stuisession.state.updates import PATCHABLE, StateUpdate, structure_evaluations
 
@@ -57,6 +58,7 @@ def creds(params: Params) -> Credentials:
         client_id=optional_client_id(params),
         resume_token=optional_str(params, "resume_token"),
         client_token=optional_str(params, "client_token"),
+        caller=CURRENT_CALLER.get(),
     )
 
 

@@ -19,11 +19,13 @@ resume token.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import attrs
@@ -42,12 +44,14 @@ from stuisession.errors import (
     ValidationError,
     session_not_found,
 )
-from stuisession.ids import check_client_id, is_valid_session_id
+from stuisession.ids import check_client_id, is_valid_session_id, new_session_id
 from stuisession.policy import Policy
 from stuisession.security.aggregate import RefusalAggregator  # [limits hook]
 from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
+from stuisession.security.identity import Caller
 from stuisession.security.ratelimit import TokenBucketLimiter
+from stuisession.security.subscriptions import SubscriptionAuthority
 from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
 from stuisession.service.sweep import Sweeper, SweepResult
 from stuisession.state import lifecycle
@@ -55,7 +59,7 @@ from stuisession.state.deltas import changes_since, check_rebase
 from stuisession.state.model import Session, SessionInfo, SessionStatus
 from stuisession.state.schema import Metadata, SessionState
 from stuisession.state.updates import StateUpdate
-from stuisession.stores.base import SessionStore
+from stuisession.stores.base import ChangeEvent, SessionStore
 
 log = logging.getLogger("stuisession.service")
 
@@ -91,11 +95,17 @@ class Credentials:
     client_id: str | None = None
     resume_token: str | None = None
     client_token: str | None = None
+    #: who the transport says is calling (default: an unauthenticated caller)
+    caller: Caller = attrs.field(factory=Caller.anonymous)
 
     @property
     def identified(self) -> bool:
         """True when the caller claims an identity (then errors must not reveal existence)."""
-        return self.client_id is not None or self.resume_token is not None
+        return (
+            self.client_id is not None
+            or self.resume_token is not None
+            or self.caller.client_ids is not None
+        )
 
 
 ANONYMOUS = Credentials()
@@ -111,6 +121,8 @@ class Restored:
     resume_token: str | None = None
     #: True when the session got a new id
     rotated: bool = False
+    #: a refreshed client token (strict mode, with a rotation)
+    client_token: str | None = None
 
 
 @attrs.frozen
@@ -119,7 +131,9 @@ class Created:
 
     session: Session
     resume_token: str
-    client_token: str
+    #: None when the caller did not prove it is this client (the client id had
+    #: sessions already and neither a client token nor a bound key was presented)
+    client_token: str | None
 
 
 @attrs.frozen
@@ -170,6 +184,12 @@ class SessionService:
         )
         # serialises the limit check and the create of one client (in this process)
         self._create_locks = [threading.Lock() for _ in range(64)]
+        #: (key id, session id, sealed snapshot) of the dummy used for uniform timing
+        self._dummy_head: tuple[str, str, bytes] | None = None
+        #: a session id known to exist, read in place of an unknown one (uniform timing)
+        self._decoy: str | None = None
+        #: a session id that never exists (256 random bits), for :meth:`_miss_probe`
+        self._absent_id = new_session_id()
         # [limits hook] global caps, decoded state size, refusals audited as summaries
         self.caps = GlobalCaps(store, self.policy)
         self.state_guard = StateSizeGuard(self.policy.max_state_bytes)
@@ -178,10 +198,18 @@ class SessionService:
         )
         #: the expiry sweep, bounded per step
         self.sweeper = Sweeper(self)
+        #: notification topics and watch tokens (docs/notifications.md)
+        self.subscriptions = SubscriptionAuthority(store.codec.keyring)
 
     # -- helpers --------------------------------------------------------------------
     def _now(self) -> float:
         return self.clock.now()
+
+    def _announcing(self, info: SessionInfo, event: str) -> AbstractContextManager[None]:
+        # a hint for watchers once the write in the block committed (docs/notifications.md)
+        if not self.store.has_change_listeners:
+            return contextlib.nullcontext()
+        return self.store.announcing(ChangeEvent.of(info, event))
 
     def audit_event(
         self,
@@ -228,7 +256,14 @@ class SessionService:
         try:
             self.limiter.check(key)
         except RateLimited:
-            self.audit_event("rate_limit", client_id=key[:256], outcome="denied")
+            # a session id is a bearer secret: the audit log keeps only its keyed hash
+            kind, _, value = key.partition(":")
+            if kind == "s" and is_valid_session_id(value):
+                self.audit_event("rate_limit", session_id=value, outcome="denied")
+            elif kind == "c" and _valid_client_id(value):
+                self.audit_event("rate_limit", client_id=value, outcome="denied")
+            else:
+                self.audit_event("rate_limit", outcome="denied", reason=kind[:16] or None)
             raise
 
     def _load(self, session_id: str, creds: Credentials) -> Session:
@@ -240,12 +275,21 @@ class SessionService:
     def _fetch(
         self, session_id: str, creds: Credentials, loader: Callable[[str], _Loaded]
     ) -> _Loaded:
-        """Load with *loader*, then authorize; unknown and foreign ids answer alike."""
+        """Load with *loader*, then authorize; unknown ids are denied to identified callers.
+
+        For an identified caller (or in strict mode) ownership is decided from the
+        verified head first, and an unknown id does the same work on a dummy
+        head: "not yours" and "does not exist" take the same time, whatever the
+        size of the session.
+        """
         check_session_ref(session_id)
+        guarded = creds.identified or self.policy.strict
+        if guarded:
+            self._guarded_head(session_id, creds)
         try:
             loaded = loader(session_id)
         except SessionNotFound:
-            if creds.identified or self.policy.strict:
+            if guarded:  # deleted between the two reads
                 raise self._deny(session_id, creds, "unknown session") from None
             raise session_not_found() from None
         except IntegrityError as exc:
@@ -256,24 +300,95 @@ class SessionService:
         self._authorize(loaded if isinstance(loaded, SessionInfo) else loaded.info, creds)
         return loaded
 
-    def _authorize(self, info: SessionInfo, creds: Credentials) -> None:
+    def _head(self, session_id: str, creds: Credentials) -> SessionInfo:
+        """The verified record of *session_id*; the same work and denial when there is none."""
+        try:
+            info = self.store.load_info(session_id)
+        except SessionNotFound:
+            self._owner_problem(self._decoy_info(), creds)  # same checks, result unused
+            raise self._deny(session_id, creds, "unknown session") from None
+        except IntegrityError as exc:
+            self.audit_event(
+                "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
+            )
+            raise
+        self._decoy = session_id
+        return info
+
+    def _guarded_head(self, session_id: str, creds: Credentials) -> SessionInfo:
+        """The verified, authorized record of *session_id*, or the uniform denial."""
+        head = self._head(session_id, creds)
+        problem = self._owner_problem(head, creds)
+        if problem is not None:
+            # the unknown-id path reads one missing and one existing head: so does
+            # this one, then both deny alike
+            self._miss_probe()
+            raise self._deny(session_id, creds, problem)
+        return head
+
+    def _miss_probe(self) -> None:
+        """Look up a session id that does not exist, as an unknown id costs."""
+        with contextlib.suppress(SessionNotFound, StorageError, IntegrityError):
+            self.store.load_info(self._absent_id)
+
+    def _decoy_info(self) -> SessionInfo:
+        """A real head read through the store, as for an existing session.
+
+        The read goes down the store's own path (its caches, its I/O) for a
+        session known to exist, so an unknown id costs what a foreign one does;
+        with none known, a sealed dummy head is verified instead.
+        """
+        decoy = self._decoy
+        if decoy is not None:
+            try:
+                return self.store.load_info(decoy)
+            except (SessionNotFound, IntegrityError, StorageError):
+                self._decoy = None
+        head = self._dummy_head
+        if head is None or head[0] != self.store.codec.keyring.current_id:
+            dummy = lifecycle.new_session(
+                "stuisession-timing-dummy", now=self._now(), timeout=self.policy.session_timeout
+            )
+            kid = self.store.codec.keyring.current_id
+            head = self._dummy_head = (kid, dummy.session_id, self.store.codec.encode(dummy))
+        return self.store.codec.read_info(head[2], expected_session_id=head[1])
+
+    def _owner_problem(self, info: SessionInfo, creds: Credentials) -> str | None:
+        """Why *creds* may not use *info*'s session (None: they may).
+
+        Every check runs whatever the earlier ones said, so the time taken does
+        not tell which failed.
+        """
+        problems: list[str] = []
         if creds.client_id is not None and not hmac.compare_digest(
             creds.client_id.encode("utf-8", "surrogatepass"),
             info.client_id.encode("utf-8", "surrogatepass"),
         ):
-            raise self._deny(info.session_id, creds, "not the owner")
+            problems.append("not the owner")
+        if not creds.caller.may_act_as(info.client_id):
+            problems.append("not bound to the caller's key")
         if not self.policy.client_allowed(info.client_id):
-            raise self._deny(info.session_id, creds, "client not allowed")
-        if self.policy.strict or creds.resume_token is not None:
-            try:
-                self.authority.verify(
-                    creds.resume_token,
-                    info.client_id,
-                    info.session_id,
-                    min_generation=info.token_generation,
-                )
-            except AccessDenied:
-                raise self._deny(info.session_id, creds, "invalid resume token") from None
+            problems.append("client not allowed")
+        if (self.policy.strict or creds.resume_token is not None) and not self.authority.is_valid(
+            creds.resume_token,
+            info.client_id,
+            info.session_id,
+            min_generation=info.token_generation,
+        ):
+            problems.append("invalid resume token")
+        return problems[0] if problems else None
+
+    def _authorize(self, info: SessionInfo, creds: Credentials) -> None:
+        problem = self._owner_problem(info, creds)
+        if problem is not None:
+            raise self._deny(info.session_id, creds, problem)
+
+    def _proves_client(self, client_id: str, creds: Credentials) -> bool:
+        """True when the caller proved it is *client_id*: a bound key or its client token."""
+        if not creds.caller.may_act_as(client_id):
+            return False
+        token_ok = self.authority.is_valid(creds.client_token, client_id, CLIENT_SCOPE)
+        return creds.caller.proves(client_id) or token_ok
 
     def expired_by_retention(self, info: SessionInfo, now: float) -> bool:
         """True when *info* was last accessed longer than ``Policy.retention`` ago."""
@@ -285,18 +400,43 @@ class SessionService:
         lifecycle.require_active(info, now)
 
     # -- commands -------------------------------------------------------------------
-    def create(self, client_id: str, *, metadata: Metadata | None = None) -> Created:
-        """Create a session for *client_id* (limit and allow/deny lists apply)."""
+    def create(
+        self,
+        client_id: str,
+        *,
+        metadata: Metadata | None = None,
+        creds: Credentials | None = None,
+    ) -> Created:
+        """Create a session for *client_id* (limit and allow/deny lists apply).
+
+        Claiming a client id is not proof of being that client. When the client
+        already has active sessions, the caller must prove it (a key bound to
+        the client id, or the client token given with the client's earlier
+        sessions, as ``creds.client_token``): in strict mode the create is
+        refused without proof (``SessionError``); in compat mode the session is
+        created but no client token is handed out (``Created.client_token`` None).
+
+        Raises :class:`SessionError` (not allowed, limit, proof missing).
+        """
         check_client_id(client_id)
-        if not self.policy.client_allowed(client_id):
+        creds = creds or ANONYMOUS
+        if not self.policy.client_allowed(client_id) or not creds.caller.may_act_as(client_id):
             self.audit_event(
                 "create", client_id=client_id, outcome="denied", reason="client not allowed"
             )
             raise SessionError("Client is not allowed to use sessions")
+        proven = self._proves_client(client_id, creds)
         stripe = int.from_bytes(hashlib.blake2b(client_id.encode(), digest_size=2).digest())
         with self._create_locks[stripe % len(self._create_locks)]:
             now = self._now()
             active = [i for i in self.store.list_by_client(client_id) if i.is_active(now)]
+            if active and not proven and self.policy.strict:
+                # a mere claim must not get this client's token nor use up its limit
+                self.audit_event("create", client_id=client_id, outcome="denied", reason="unproven")
+                raise SessionError(
+                    "Client already has sessions: present its client_token "
+                    "(or connect with a key bound to it) to create more"
+                )
             if len(active) >= self.policy.max_sessions_per_client:
                 self.audit_event("create", client_id=client_id, outcome="denied", reason="limit")
                 raise SessionError(
@@ -317,16 +457,20 @@ class SessionService:
                 state=SessionState(metadata=metadata or Metadata()),
                 session_id=self.store.new_session_id(client_id),
             )
-            self.store.create_within_limit(
-                session,
-                limit=self.policy.max_sessions_per_client,
-                max_size=self.policy.max_snapshot_size,
-            )
+            with self._announcing(session.info, "created"):
+                self.store.create_within_limit(
+                    session,
+                    limit=self.policy.max_sessions_per_client,
+                    max_size=self.policy.max_snapshot_size,
+                )
         self.audit_event("create", client_id=client_id, session_id=session.session_id)
+        self._decoy = session.session_id
         return Created(
             session=session,
             resume_token=self.authority.issue(client_id, session.session_id),
-            client_token=self.authority.issue(client_id, CLIENT_SCOPE),
+            client_token=(
+                self.authority.issue(client_id, CLIENT_SCOPE) if proven or not active else None
+            ),
         )
 
     def restore(self, session_id: str, creds: Credentials = ANONYMOUS) -> Restored:
@@ -379,7 +523,9 @@ class SessionService:
         # the new record exists before the old one goes: a crash never loses the session
         self.store.create(new)
         try:
-            self.store.save(lifecycle.close(old, now), expected_revision=old.revision)
+            closed = lifecycle.close(old, now)
+            with self._announcing(closed.info, "rotated"):
+                self.store.save(closed, expected_revision=old.revision)
         except ConflictError:
             self.store.delete(new.session_id)
             raise
@@ -395,6 +541,8 @@ class SessionService:
             snapshot=self.store.load_snapshot(new.session_id),
             resume_token=self.authority.issue(new.client_id, new.session_id),
             rotated=True,
+            # the holder of the session's token is its client: refresh its client token
+            client_token=self.authority.issue(new.client_id, CLIENT_SCOPE),
         )
 
     def rotate_token(
@@ -407,7 +555,8 @@ class SessionService:
             self._require_active(snap.info, now)
             info = attrs.evolve(snap.info, token_generation=snap.info.token_generation + 1)
             try:
-                self.store.save_info(snap, info, expected_revision=snap.info.revision)
+                with self._announcing(info, "rotated"):
+                    self.store.save_info(snap, info, expected_revision=snap.info.revision)
             except ConflictError:
                 continue
             self.audit_event("token_rotation", client_id=info.client_id, session_id=session_id)
@@ -420,13 +569,35 @@ class SessionService:
     def info(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """The session's record (also for expired or closed sessions not yet swept)."""
         check_session_ref(session_id)
+        if creds.identified or self.policy.strict:
+            return self._guarded_head(session_id, creds)
+        info = self.store.load_info(session_id)
+        self._authorize(info, creds)
+        return info
+
+    def watch(self, session_id: str, creds: Credentials = ANONYMOUS) -> tuple[SessionInfo, str]:
+        """The active session's record and a subscription token for its change notices.
+
+        Same checks as a restore (owner, token, active); the token is bound to the
+        session's current token generation (``rotate_credentials`` revokes it).
+        """
+        info = self.info(session_id, creds)
+        self._require_active(info, self._now())
+        return info, self.subscriptions.issue(info.session_id, info.token_generation)
+
+    def check_watch(self, token: bytes | str) -> SessionInfo:
+        """The record of the session *token* proves its holder may watch.
+
+        Raises :class:`AccessDenied` for a token not ours, revoked by a credential
+        rotation, or naming a session that is gone or not active.
+        """
+        session_id, generation = self.subscriptions.open(token)
         try:
             info = self.store.load_info(session_id)
-        except SessionNotFound:
-            if creds.identified or self.policy.strict:
-                raise self._deny(session_id, creds, "unknown session") from None
-            raise session_not_found() from None
-        self._authorize(info, creds)
+        except (SessionNotFound, IntegrityError):
+            raise AccessDenied("invalid subscription token") from None
+        if generation < info.token_generation or not info.is_active(self._now()):
+            raise AccessDenied("invalid subscription token")
         return info
 
     def load(self, session_id: str, creds: Credentials = ANONYMOUS) -> Session:
@@ -471,12 +642,14 @@ class SessionService:
                 session_id, current.revision, new.state, len(update.to_json()), new.revision
             )
             try:
-                self.store.save(
-                    new,
-                    expected_revision=current.revision,
-                    max_size=self.policy.max_snapshot_size,
-                    update=update,
-                )
+                event = "updated" if update.counts_as_update else "context_saved"
+                with self._announcing(new.info, event):
+                    self.store.save(
+                        new,
+                        expected_revision=current.revision,
+                        max_size=self.policy.max_snapshot_size,
+                        update=update,
+                    )
             except ConflictError:
                 continue
             if self.policy.audit_updates:
@@ -492,7 +665,8 @@ class SessionService:
                 return current.info
             closed = lifecycle.close(current, self._now())
             try:
-                self.store.save(closed, expected_revision=current.revision)
+                with self._announcing(closed.info, "closed"):
+                    self.store.save(closed, expected_revision=current.revision)
             except ConflictError:
                 continue
             self.audit_event("close", client_id=current.client_id, session_id=session_id)
@@ -502,17 +676,17 @@ class SessionService:
     def list_client(self, client_id: str, creds: Credentials = ANONYMOUS) -> list[SessionInfo]:
         """The client's sessions that are not closed (expired ones until swept).
 
-        In strict mode the caller must present the client token issued at create.
+        The caller must prove it is the client: a transport identity bound to
+        it (or an in-process caller), or the client token issued at create —
+        in compat mode too, since a client id is only a claim. Otherwise
+        :class:`AccessDenied` ("Invalid credentials").
         """
         check_client_id(client_id)
-        if self.policy.strict:
-            try:
-                self.authority.verify(creds.client_token, client_id, CLIENT_SCOPE)
-            except AccessDenied:
-                self.audit_event(
-                    "deny", client_id=client_id, outcome="denied", reason="invalid client token"
-                )
-                raise
+        if not self._proves_client(client_id, creds):
+            self.audit_event(
+                "deny", client_id=client_id, outcome="denied", reason="client not proven"
+            )
+            raise AccessDenied("Invalid credentials")
         return [
             i for i in self.store.list_by_client(client_id) if i.status is not SessionStatus.CLOSED
         ]
@@ -538,6 +712,14 @@ class SessionService:
     def cleanup_expired(self) -> int:
         """A full sweep: delete expired, closed and past-retention sessions; return how many."""
         return self.sweeper.full_pass()
+
+
+def _valid_client_id(value: str) -> bool:
+    try:
+        check_client_id(value)
+    except ValidationError:
+        return False
+    return True
 
 
 __all__ = [

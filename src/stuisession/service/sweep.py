@@ -15,6 +15,7 @@ import attrs
 
 from stuisession.errors import IntegrityError, SessionNotFound, StuiSessionError
 from stuisession.state.model import SessionInfo, SessionStatus
+from stuisession.stores.base import ChangeEvent
 
 if TYPE_CHECKING:
     from stuisession.service.core import SessionService
@@ -100,6 +101,9 @@ class Sweeper:
             self.service.audit_event(
                 "expire", client_id=info.client_id, session_id=info.session_id, reason=reason
             )
+            if self.service.store.has_change_listeners:
+                event = "deleted" if reason == "closed" else "expired"
+                self.service.store.announce(ChangeEvent.of(info, event))
         return removed
 
     def full_pass(self) -> int:

@@ -74,7 +74,14 @@ def _wire_paths(path: Path) -> list[Path]:
         return [("workspace_context", *rest)] if rest else [("workspace_context",)]
     if section == "inspector_extra":
         return [("inspector_state", *rest)] if rest else [("inspector_state",)]
+    if section in _WHOLE_SECTIONS:
+        return [(section,)]
     return [path]
+
+
+#: sections whose wire form is ``{}`` while every field has its default and lists every
+#: field otherwise: a change to one field must send the section whole (they are small)
+_WHOLE_SECTIONS = frozenset({"preferences", "metadata"})
 
 
 _MISSING = object()
@@ -102,7 +109,8 @@ def changes_since(
     records = [c for c in state.changes if c.revision > since]
     if not records or records[0].revision != since + 1:
         return None
-    wanted: set[Path] = set()
+    # every committed change bumps the metadata counters (commands_run, updates, ...)
+    wanted: set[Path] = {("metadata",)}
     for record in records:
         for logged in [*record.paths, *record.appends]:
             wanted.update(_wire_paths(tuple(logged)))
@@ -117,7 +125,12 @@ def changes_since(
     for path in sorted(kept):
         value = _get(wire, path)
         if value is _MISSING:
-            ops.append({"path": list(path), "delete": True})
+            # a record field back at its default is omitted, with its parent when that
+            # is left empty: delete the outermost vanished ancestor too
+            gone = path
+            while len(gone) > 1 and _get(wire, gone[:-1]) is _MISSING:
+                gone = gone[:-1]
+            ops.append({"path": list(gone), "delete": True})
         else:
             ops.append({"path": list(path), "value": value})
     return ops

@@ -33,6 +33,9 @@ Stores know nothing of JSON commands; they move sealed snapshots.
 from __future__ import annotations
 
 import abc
+import contextlib
+import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -46,6 +49,60 @@ from stuisession.keys import Keyring
 from stuisession.state.forms import to_wire_dict
 from stuisession.state.model import Session, SessionInfo, SessionState
 from stuisession.state.updates import StateUpdate
+
+_log = logging.getLogger("stuisession.stores")
+
+#: what a change notice may say happened to a session (``docs/notifications.md``)
+CHANGE_EVENTS = frozenset(
+    {"created", "updated", "context_saved", "closed", "rotated", "expired", "deleted"}
+)
+
+
+@attrs.frozen
+class ChangeEvent:
+    """A hint that a session changed: which one, what happened, its new revision.
+
+    Carries nothing of the state. ``lineage`` is the session record's lineage
+    when the record has one (None otherwise). Delivered to change listeners
+    after the write committed (:meth:`SessionStore.announce`).
+    """
+
+    session_id: str
+    event: str
+    revision: int
+    lineage: str | None = None
+
+    @classmethod
+    def of(cls, info: SessionInfo, event: str) -> ChangeEvent:
+        """The notice for *info* as just committed."""
+        lineage = getattr(info, "lineage", None)  # the record field of issue 14, once merged
+        return cls(info.session_id, event, info.revision, None if lineage is None else str(lineage))
+
+    def to_json(self) -> bytes:
+        """The compact JSON form used between processes (Redis PUBLISH)."""
+        doc: dict[str, object] = {"s": self.session_id, "e": self.event, "r": self.revision}
+        if self.lineage is not None:
+            doc["l"] = self.lineage
+        return _json.dumps(doc)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ChangeEvent | None:
+        """Parse :meth:`to_json` output; None for anything malformed (never raises)."""
+        try:
+            doc = _json.loads(data)
+            sid, event, rev = doc["s"], doc["e"], doc["r"]
+            lineage = doc.get("l")
+        except Exception:
+            return None
+        if not (isinstance(sid, str) and event in CHANGE_EVENTS) or type(rev) is not int:
+            return None
+        if lineage is not None and not isinstance(lineage, str):
+            return None
+        return cls(sid, event, rev, lineage)
+
+
+#: a change listener: called once per committed change, on the writer's (or a feed) thread
+ChangeListener = Callable[[ChangeEvent], None]
 
 
 @attrs.frozen
@@ -119,6 +176,9 @@ class SessionStore(abc.ABC):
 
     def __init__(self, codec: SnapshotCodec | None = None) -> None:
         self.codec = codec if codec is not None else SnapshotCodec(Keyring.generate())
+        self._listeners: tuple[ChangeListener, ...] = ()
+        self._listeners_lock = threading.Lock()
+        self._pending_notice = threading.local()
 
     # -- backend primitives ---------------------------------------------------------
     @abc.abstractmethod
@@ -380,6 +440,69 @@ class SessionStore(abc.ABC):
                     yield VerifyProblem(item.session_id, reason, item.path)
             if progress is not None:
                 progress(i)
+
+    # -- change notices (``docs/notifications.md``) ------------------------------------
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Call *listener* with every :class:`ChangeEvent` this store learns of.
+
+        This base delivers the changes announced through this store object (in
+        this process). A store shared by several processes may deliver theirs too
+        (the Redis store does, through Redis PUBLISH; see :meth:`announce`).
+        A listener must be quick and must not raise (an exception is logged).
+        """
+        with self._listeners_lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_change_listener(self, listener: ChangeListener) -> None:
+        """Stop calling *listener* (no error if it was not added)."""
+        with self._listeners_lock:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    @property
+    def has_change_listeners(self) -> bool:
+        """True when someone listens (the service skips building notices otherwise)."""
+        return bool(self._listeners)
+
+    @contextlib.contextmanager
+    def announcing(self, event: ChangeEvent) -> Iterator[None]:
+        """Announce *event* if the write(s) in the ``with`` block succeed (none if they raise).
+
+        A backend that can publish in the same server-side step as the write takes
+        the notice with :meth:`_take_notice` inside its primitive (the Redis store
+        does); otherwise it is announced right after the block (:meth:`announce`).
+        """
+        self._pending_notice.event = event
+        try:
+            yield
+        except BaseException:
+            self._pending_notice.event = None
+            raise
+        pending, self._pending_notice.event = self._pending_notice.event, None
+        if pending is not None:
+            self.announce(pending)
+
+    def _take_notice(self, session_id: str) -> ChangeEvent | None:
+        """The notice pending for a write of *session_id* on this thread, taken (or None)."""
+        event: ChangeEvent | None = getattr(self._pending_notice, "event", None)
+        if event is None or event.session_id != session_id:
+            return None
+        self._pending_notice.event = None
+        return event
+
+    def announce(self, event: ChangeEvent) -> None:
+        """Tell the listeners that a write committed (called right after it, by the service).
+
+        A hint, at most once: a process that dies between the write and this
+        call loses the notice (never the write). Never raises.
+        """
+        self._deliver(event)
+
+    def _deliver(self, event: ChangeEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                _log.exception("a change listener failed")
 
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release resources (connections, file handles)."""

@@ -77,7 +77,12 @@ from stuisession.errors import (
 from stuisession.ids import check_client_id, check_session_id, is_valid_session_id
 from stuisession.keys import Keyring
 from stuisession.state.model import Session, SessionInfo, SessionStatus
-from stuisession.stores.base import SessionStore, StoreStatistics
+from stuisession.stores.base import (
+    ChangeEvent,
+    ChangeListener,
+    SessionStore,
+    StoreStatistics,
+)
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
@@ -124,7 +129,7 @@ _LAYOUT_2 = b"2"
 # or a standalone server)
 # ARGV: expected revision ('' = create), new revision, blob, head, client hash,
 #       ttl (0 = none), session id, index score, active until (0 = not active),
-#       limit (0 = none), now
+#       limit (0 = none), now, change channel, change notice ('' = none)
 # -> {1, previous client hash} written | {0, current revision} conflict
 #    | {-1, ''} not found | {-2, active count} the client's limit is reached
 _PUT_LUA = """
@@ -179,6 +184,10 @@ end
 if #KEYS >= 4 and want == '' then
   redis.call('ZADD', KEYS[4], ARGV[8], sid)
 end
+-- the change notice in the same step as the write (docs/notifications.md)
+if ARGV[13] ~= nil and ARGV[13] ~= '' then
+  redis.call('PUBLISH', ARGV[12], ARGV[13])
+end
 return {1, old}
 """
 
@@ -227,6 +236,8 @@ class _Write:
     limit: int = 0
     #: whether the indexes are written inside the script (same slot, or standalone)
     atomic: bool = True
+    #: the change notice published with the write (b"": none)
+    notice: bytes = b""
 
 
 @attrs.frozen
@@ -512,6 +523,7 @@ class RedisStore(SessionStore):
         #: see INDEX_GRACE (tests lower it)
         self.index_grace = INDEX_GRACE
         self._owns_client = client is None
+        self._feed: Any = None  # the Pub/Sub thread of the change feed, once listened to
         self._topology_lock = threading.Lock()
         self._topology_at = 0.0
         self._client: Any = (
@@ -781,8 +793,68 @@ class RedisStore(SessionStore):
         """Whether the session and its client's indexes may be written by one script."""
         return not self._cluster or session_id[_TAG] == _tag_of_hash(chash)
 
+    # -- change notices (docs/notifications.md) ------------------------------------------
+    @property
+    def changes_channel(self) -> str:
+        """The Redis Pub/Sub channel every store on this prefix publishes its changes on."""
+        return f"{self._prefix}:changes"
+
+    @property
+    def has_change_listeners(self) -> bool:
+        # always publish: a listener may be another process (another bridge)
+        return True
+
+    def announce(self, event: ChangeEvent) -> None:
+        """PUBLISH *event* on :attr:`changes_channel` (a change not written by a script).
+
+        Writes inside :meth:`announcing` publish their notice in the same server-side
+        step as the write (the CAS script, or the MULTI/EXEC transaction); this is
+        the fallback for the rest (deletions by the expiry sweep), sent right after
+        the write: a process that dies in between, or a failed PUBLISH (logged),
+        loses that hint, never the write. Every store on this prefix with listeners
+        (this one included) delivers a notice from its subscription, so a change
+        through any process reaches the listeners of all.
+        """
+        try:
+            self._client.publish(self.changes_channel, event.to_json())
+        except Exception as exc:
+            log.warning("could not publish a change notice: %s", self._scrub(str(exc)))
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Deliver every change published on :attr:`changes_channel` to *listener*.
+
+        The first listener starts a subscriber thread (redis-py ``run_in_thread``);
+        after a lost connection it resubscribes by itself (notices published
+        meanwhile are lost: hints).
+        """
+        super().add_change_listener(listener)
+        with self._listeners_lock:
+            if self._feed is not None:
+                return
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+
+            def on_message(message: dict[str, Any]) -> None:
+                data = message.get("data")
+                event = ChangeEvent.from_json(data) if isinstance(data, bytes) else None
+                if event is not None:
+                    self._deliver(event)
+
+            def on_error(exc: BaseException, ps: Any, thread: Any) -> None:
+                log.warning("change feed: %s; resubscribing", self._scrub(str(exc)))
+                time.sleep(0.5)
+
+            pubsub.subscribe(**{self.changes_channel: on_message})
+            self._feed = pubsub.run_in_thread(
+                sleep_time=0.5, daemon=True, exception_handler=on_error
+            )
+
     def close(self) -> None:
         """Disconnect the connection pool (a client passed in is left open)."""
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            with contextlib.suppress(Exception):
+                feed.stop()
+                feed.join(2.0)
         self._close_owned()
 
     def _close_owned(self) -> None:
@@ -964,6 +1036,9 @@ class RedisStore(SessionStore):
             limit=limit,
             atomic=self._same_slot(sid, chash),
         )
+        notice = self._take_notice(sid)
+        if notice is not None:
+            w.notice = notice.to_json()
         with self._errors("write a session"):
             status, extra = self._put_lua(w) if self._cas == "lua" else self._put_watch(w)
             if status == 1 and extra and extra != chash:
@@ -1013,6 +1088,7 @@ class RedisStore(SessionStore):
                 keys.append(self._all_key)
         args = [w.want, w.rev, w.blob, w.head, w.chash, self._ttl or 0, w.sid]
         args += [repr(w.score), repr(w.until), w.limit, repr(w.now)]
+        args += [self.changes_channel, w.notice]
         if w.want == b"" and (self._cluster or not w.atomic):
             # index first: a session is never missing from its indexes
             pipe = self._client.pipeline(transaction=False)
@@ -1076,6 +1152,8 @@ class RedisStore(SessionStore):
                     if w.want == b"":
                         pipe.zadd(self._all_key, {w.sid: w.score})
                     self._index_cmds(pipe, w)
+                    if w.notice:  # in the transaction: published if and only if written
+                        pipe.publish(self.changes_channel, w.notice)
                     for cmd in self._wait_cmds:
                         pipe.execute_command(*cmd)
                     results = pipe.execute()

@@ -25,15 +25,16 @@ STALE_TMP_AGE = 60.0
 HEAD_READ = 4096
 
 
-def read_file(path: str, head_only: bool = False) -> bytes | None:
+def read_file(path: str, head_only: bool = False, *, fs: _fs.Beneath) -> bytes | None:
     """The file's bytes (or just its snapshot head), None if it does not exist.
 
-    Never follows a symlink (OSError ELOOP instead).
+    Opened beneath the store directory through *fs*: never through a symlink,
+    at any level (OSError ELOOP/ENOTDIR instead).
     """
     if not head_only:
-        return _fs.read_file(path)
+        return fs.read(path)
     try:
-        fd = os.open(path, os.O_RDONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+        fd = fs.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -60,15 +61,19 @@ def pread_head(fd: int) -> bytes:
 class FileWriter:
     """Temp writes, directory fsyncs and temp sweeps of one store."""
 
-    def __init__(self, sessions_dir: str, *, fsync: bool, sweep_age: float) -> None:
+    def __init__(
+        self, sessions_dir: str, *, fsync: bool, sweep_age: float, fs: _fs.Beneath
+    ) -> None:
         self.sessions_dir = sessions_dir
+        #: every file operation goes through it (never through a planted symlink)
+        self.fs = fs
         self.fsync = fsync
         self._sweep_age = sweep_age
         self._swept: set[str] = set()
 
     def fsync_dir(self, path: str) -> None:
         if self.fsync:
-            _fs.fsync_dir(path)
+            self.fs.fsync_dir(path)
 
     def fsync_dir_committed(self, path: str) -> None:
         """The directory fsync after a change became visible (a rename, link or first append).
@@ -90,25 +95,25 @@ class FileWriter:
 
     def write_temp(self, directory: str, stem: str, data: bytes) -> str:
         """Write *data* to a new, fsync'd temp file in *directory*; return its path (OSError)."""
-        return _fs.write_temp(directory, stem, data, fsync=self.fsync)
+        return self.fs.write_temp(directory, stem, data, fsync=self.fsync)
 
     def write_session_temp(self, p: SessionPaths, blob: bytes) -> str:
         try:
-            return self.write_temp(p.dir, p.sid, blob)
+            return self.write_temp(p.dir, p.name, blob)
         except FileNotFoundError:
             pass
         self.make_shard(p.dir)
-        return self.write_temp(p.dir, p.sid, blob)
+        return self.write_temp(p.dir, p.name, blob)
 
     def make_shard(self, directory: str) -> None:
         """Create a shard directory durably (first session in it)."""
         with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
+            self.fs.mkdir(directory, 0o700)
         self.fsync_dir(self.sessions_dir)
 
     def discard(self, path: str) -> None:
         try:
-            os.unlink(path)
+            self.fs.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -118,12 +123,12 @@ class FileWriter:
     def write_marker(self, path: str) -> None:
         """Create the empty client index marker *path* durably."""
         directory = os.path.dirname(path)
-        flags = os.O_WRONLY | os.O_CREAT | _fs.O_CLOEXEC | _fs.O_NOFOLLOW
+        flags = os.O_WRONLY | os.O_CREAT
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = self.fs.open(path, flags)
         except FileNotFoundError:
             self.make_shard(directory)
-            fd = os.open(path, flags, 0o600)
+            fd = self.fs.open(path, flags)
         os.close(fd)
         self.fsync_dir(directory)
 
@@ -132,18 +137,18 @@ class FileWriter:
         removed = 0
         cutoff = time.time() - max_age
         try:
-            entries = list(os.scandir(directory))
+            entries = self.fs.list_dir(directory)
         except FileNotFoundError:
             return 0
         except OSError as exc:
             log.warning("file store: could not scan for temp files: %s", errno_name(exc))
             return 0
-        for e in entries:
-            if not (e.name.startswith(".") and e.name.endswith(TMP_SUFFIX)):
+        for name, st in entries:
+            if st is None or not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
                 continue
             try:
-                if e.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(e.path)
+                if st.st_mtime < cutoff:
+                    self.fs.unlink(os.path.join(directory, name))
                     removed += 1
             except FileNotFoundError:
                 continue

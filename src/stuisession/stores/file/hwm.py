@@ -113,13 +113,20 @@ def parse(ring: Keyring, session_id: str, data: bytes | None) -> Mark:
     return Mark(best, tuple(damaged))
 
 
-def read(ring: Keyring, session_id: str, path: str) -> Mark:
+def read(ring: Keyring, session_id: str, path: str, *, fs: _fs.Beneath) -> Mark:
     """The mark of *path* (never follows a symlink; OSError other than ENOENT raised)."""
-    return parse(ring, session_id, _fs.read_file(path))
+    return parse(ring, session_id, fs.read(path))
 
 
 def write(
-    ring: Keyring, session_id: str, path: str, revision: int, *, fsync: bool, lower: bool = False
+    ring: Keyring,
+    session_id: str,
+    path: str,
+    revision: int,
+    *,
+    fsync: bool,
+    fs: _fs.Beneath,
+    lower: bool = False,
 ) -> bool:
     """Record *revision* durably; return True if the file was created.
 
@@ -128,8 +135,7 @@ def write(
     overwritten too, afterwards, so the mark really goes down.
     """
     slot = encode_slot(ring, session_id, revision)
-    flags = os.O_RDWR | os.O_CREAT | _fs.O_CLOEXEC | _fs.O_NOFOLLOW
-    fd = os.open(path, flags, 0o600)
+    fd = fs.open(path, os.O_RDWR | os.O_CREAT)
     try:
         size = os.fstat(fd).st_size
         created = size == 0

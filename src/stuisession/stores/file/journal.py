@@ -55,6 +55,7 @@ class HeadReader:
         self._codec = codec
         self._cache = cache
         self._recovery = recovery
+        self._fs = recovery.fs
         self.marks = marks
 
     def head(self, p: SessionPaths, *, decode: bool, locked: bool = False) -> Head:
@@ -90,7 +91,7 @@ class HeadReader:
         """Read snapshot and journal from disk (None: they changed meanwhile, retry)."""
         mark = self._read_mark(p)
         snap_key = file_key(p.current)
-        blob = read_file(p.current)
+        blob = read_file(p.current, fs=self._fs)
         if blob is None or snap_key is None:
             raise SessionNotFound("Session not found")
         try:
@@ -102,7 +103,7 @@ class HeadReader:
                 self._recovery.recover(p.sid, exc)
             return None  # the current file was replaced by a backup: read again
         jnl_key = file_key(p.journal)
-        data = read_file(p.journal)
+        data = read_file(p.journal, fs=self._fs)
         if file_key(p.current) != snap_key or file_key(p.journal) != jnl_key:
             return None
         base_tag = journal.snapshot_tag(blob)
@@ -146,7 +147,7 @@ class HeadReader:
     def _read_mark(self, p: SessionPaths) -> hwm.Mark | None:
         if not self.marks:
             return None
-        return hwm.read(self._codec.keyring, p.sid, p.hwm)
+        return hwm.read(self._codec.keyring, p.sid, p.hwm, fs=self._fs)
 
     def _mark_holds(
         self,
@@ -209,7 +210,7 @@ class HeadReader:
             or (decode and cached.session is None)
         ):
             return None
-        fd = os.open(p.journal, os.O_RDONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+        fd = self._fs.open(p.journal, os.O_RDONLY)
         try:
             st = os.fstat(fd)
             if journal.base_of(os.pread(fd, journal.HEADER_SIZE, 0)) != cached.base_tag:
@@ -264,7 +265,7 @@ class HeadReader:
         """
         for _ in range(_READ_ATTEMPTS):
             try:
-                fd = os.open(p.current, os.O_RDONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+                fd = self._fs.open(p.current, os.O_RDONLY)
             except FileNotFoundError:
                 raise SessionNotFound("Session not found") from None
             try:
@@ -282,7 +283,7 @@ class HeadReader:
                 base_tag = os.pread(fd, TAG_SIZE, max(0, size - TAG_SIZE))
             finally:
                 os.close(fd)
-            data = read_file(p.journal) or b""
+            data = read_file(p.journal, fs=self._fs) or b""
             if file_key(p.journal) != jnl_key:
                 continue  # appended or compacted meanwhile
             # listing only: the valid prefix (loads check it against the mark)
@@ -321,7 +322,14 @@ class JournalWriter:
         """Record *revision* as acknowledged (after it is durable, before the write returns)."""
         if not self.marks:
             return
-        if hwm.write(self._codec.keyring, p.sid, p.hwm, revision, fsync=self._writer.fsync):
+        if hwm.write(
+            self._codec.keyring,
+            p.sid,
+            p.hwm,
+            revision,
+            fsync=self._writer.fsync,
+            fs=self._writer.fs,
+        ):
             self._writer.fsync_dir_committed(p.dir)
 
     def mark_committed(self, p: SessionPaths, revision: int) -> None:
@@ -432,11 +440,7 @@ class JournalWriter:
         """
         existed = head.jnl_key is not None
         restart = head.end == 0 or head.jnl_version != journal.VERSION
-        fd = os.open(
-            p.journal,
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT | _fs.O_CLOEXEC | _fs.O_NOFOLLOW,
-            0o600,
-        )
+        fd = self._writer.fs.open(p.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             size = os.fstat(fd).st_size
             data = record
@@ -463,7 +467,7 @@ class JournalWriter:
             self.mark(p, revision)
         except OSError:
             with contextlib.suppress(OSError):
-                fd = os.open(p.journal, os.O_WRONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+                fd = self._writer.fs.open(p.journal, os.O_WRONLY)
                 try:
                     os.ftruncate(fd, 0 if restart else head.end)
                 finally:
@@ -491,7 +495,7 @@ class JournalWriter:
         tmp = self._writer.write_session_temp(p, blob)
         try:
             self.rotate_backups(p)
-            os.replace(tmp, p.current)
+            self._writer.fs.replace(tmp, p.current)
             self._writer.fsync_dir_committed(p.dir)
         finally:
             self._writer.discard(tmp)  # gone after the rename; removed if it failed
@@ -529,7 +533,7 @@ class JournalWriter:
         try:
             # ftruncate on an O_NOFOLLOW descriptor: a journal swapped for a
             # symlink is refused (ELOOP), never followed out of the store
-            fd = os.open(p.journal, os.O_WRONLY | _fs.O_CLOEXEC | _fs.O_NOFOLLOW)
+            fd = self._writer.fs.open(p.journal, os.O_WRONLY)
             try:
                 os.ftruncate(fd, 0)
             finally:
@@ -551,10 +555,10 @@ class JournalWriter:
             return
         for k in range(self._backups - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
-                os.replace(p.backup(k), p.backup(k + 1))
+                self._writer.fs.replace(p.backup(k), p.backup(k + 1))
         first = p.backup(1)
         try:
-            os.link(p.current, first)
+            self._writer.fs.link(p.current, first)
         except FileExistsError:  # backups=1, or an earlier write failed after linking
-            os.unlink(first)
-            os.link(p.current, first)
+            self._writer.fs.unlink(first)
+            self._writer.fs.link(p.current, first)

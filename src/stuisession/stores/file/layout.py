@@ -5,13 +5,17 @@ Layout under the store directory (see ``docs/file-store.md``)::
     format.json                 store format and lock striping (fixed at creation)
     keyring.json                master keys (0600), unless a keyring is given
     locks/NN.lock               a fixed set of striped lock files
-    sessions/<ab>/<id>.snap     the current snapshot (<ab>: 2 chars of the id token)
-    sessions/<ab>/<id>.snap.1   backups, newest first, up to ``backups``
-    sessions/<ab>/<id>.jnl      the journal extending the current snapshot
-    sessions/<ab>/<id>.hwm      high-water mark: the acknowledged revision (format 3)
-    sessions/<ab>/<id>.ref      client index marker (an id outside its client's shard)
-    sessions/<ab>/.<id>.<rand>.tmp   a write in progress (or left by a crash)
-    quarantine/<id>.<time>.<rand>.bad   snapshots that failed their check
+    sessions/<ab>/<n>.snap      the current snapshot (<ab>: the first 2 chars of <n>)
+    sessions/<ab>/<n>.snap.1    backups, newest first, up to ``backups``
+    sessions/<ab>/<n>.jnl       the journal extending the current snapshot
+    sessions/<ab>/<n>.hwm       high-water mark: the acknowledged revision (format 3)
+    sessions/<cd>/<n>.ref       client index marker in its client's shard <cd>
+    sessions/<ab>/.<n>.<rand>.tmp   a write in progress (or left by a crash)
+    quarantine/<n>.<time>.<rand>.bad   snapshots that failed their check
+
+``<n>`` is the session's *file name*: since format 4 a keyed hash of the
+session id (:func:`session_name`), so a copy of the directory does not list
+live session ids; before, the id itself.
 
 Admin tools read a store's files through these helpers too, never by
 rebuilding names themselves.
@@ -25,14 +29,15 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from stuisession import _fs
-from stuisession.errors import ConfigurationError, StorageError
+from stuisession.codec.snapshot import parse_header
+from stuisession.errors import ConfigurationError, StorageError, StuiSessionError
 from stuisession.ids import SESSION_ID_PREFIX, check_session_id, is_valid_session_id
 from stuisession.keys import Keyring
 
@@ -40,10 +45,16 @@ FORMAT_NAME = "stuisession-file-store"
 #: version 2 adds client-sharded session ids (the client index); version 3
 #: authenticates format.json and keeps a high-water mark per session. Stores
 #: of versions 1 and 2 are migrated to 3 when opened (a v1 store keeps listing
-#: a client's sessions by a scan)
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: a client's sessions by a scan); version 4 names files by a keyed hash of the
+#: session id (older stores are renamed when opened)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 _FORMAT_PURPOSE = "file-store-format"
+#: HKDF purpose of the key that turns session ids into file names
+NAME_PURPOSE = "file-store-names"
+#: hex characters of a file name (128 bits of HMAC-SHA256)
+NAME_CHARS = 32
+_HEX = frozenset("0123456789abcdef")
 FORMAT_FILE = "format.json"
 KEYRING_FILE = "keyring.json"
 SNAP_SUFFIX = ".snap"
@@ -73,17 +84,39 @@ def storage_error(action: str, exc: OSError) -> StorageError:
     return StorageError(f"file store could not {action}: {name} ({exc.strerror})", errno=name)
 
 
+def session_name(name_key: bytes, session_id: str) -> str:
+    """The file name stem of *session_id* (format 4): HMAC-SHA256 under *name_key*, 32 hex chars.
+
+    Keyed, so that the names in a copy of the store neither are nor reveal
+    session ids (which are bearer secrets in compat mode).
+    """
+    d = hmac.new(name_key, b"stuisession-name\n" + session_id.encode("ascii"), "sha256")
+    return d.hexdigest()[:NAME_CHARS]
+
+
+def is_session_name(name: str) -> bool:
+    """True if *name* looks like a format-4 file name stem."""
+    return len(name) == NAME_CHARS and _HEX.issuperset(name)
+
+
 class SessionPaths:
-    """The file names of one session (the id has been validated)."""
+    """The file names of one session (the id has been validated).
 
-    __slots__ = ("current", "dir", "hwm", "journal", "sid")
+    *name* is the stem of every file of the session (the keyed hash of the id
+    since format 4, the id itself in older stores); its first two characters
+    name the shard directory.
+    """
 
-    def __init__(self, sessions_dir: str, session_id: str) -> None:
+    __slots__ = ("current", "dir", "hwm", "journal", "name", "sid")
+
+    def __init__(self, sessions_dir: str, session_id: str, name: str | None = None) -> None:
         self.sid = session_id
-        self.dir = os.path.join(sessions_dir, session_id[SHARD])
-        self.current = os.path.join(self.dir, session_id + SNAP_SUFFIX)
-        self.journal = os.path.join(self.dir, session_id + JOURNAL_SUFFIX)
-        self.hwm = os.path.join(self.dir, session_id + HWM_SUFFIX)
+        self.name = stem = session_id if name is None else name
+        shard = session_id[SHARD] if name is None else name[:2]
+        self.dir = os.path.join(sessions_dir, shard)
+        self.current = os.path.join(self.dir, stem + SNAP_SUFFIX)
+        self.journal = os.path.join(self.dir, stem + JOURNAL_SUFFIX)
+        self.hwm = os.path.join(self.dir, stem + HWM_SUFFIX)
 
     def backup(self, k: int) -> str:
         """The backup of generation *k* (1 is the newest)."""
@@ -98,8 +131,10 @@ class StoreFormat:
     lock_stripes: int
     #: keys the client -> shard map (None: a version-1 store)
     shard_key: bytes | None
-    #: the file must be rewritten as version 3 (with high-water marks written first)
+    #: the file must be rewritten as the current version (marks and names first)
     migrate: bool = False
+    #: the key id whose derived key names files (None: files are named by ids, before v4)
+    name_kid: str | None = None
 
 
 class Layout:
@@ -112,6 +147,21 @@ class Layout:
         self.quarantine_dir = str(self.root / "quarantine")
         self.format_file = self.root / FORMAT_FILE
         self.keyring_file = self.root / KEYRING_FILE
+        #: every file operation under the store directory goes through it (no symlinks)
+        self.fs = _fs.Beneath(self.root)
+        #: keys file names (format 4); None: files are named by session ids
+        self.name_key: bytes | None = None
+        #: the session id in a snapshot head whose record checks out (set by the store;
+        #: raises a StuiSessionError for a bad head)
+        self.read_info: Callable[[bytes], str] | None = None
+
+    def set_names(self, fmt: StoreFormat, keyring: Keyring) -> None:
+        """Name files as *fmt* says (a keyed hash from format 4 on, else the id)."""
+        self.name_key = None if fmt.name_kid is None else keyring.derive(NAME_PURPOSE, fmt.name_kid)
+
+    def name_of(self, session_id: str) -> str:
+        """The file name stem of *session_id* (the id itself before format 4)."""
+        return session_id if self.name_key is None else session_name(self.name_key, session_id)
 
     def make_dirs(self) -> None:
         """Create the store's directories (0700) if missing; raises StorageError."""
@@ -142,6 +192,13 @@ class Layout:
         # the base class validates ids already; never build a path from one that isn't
         if not is_valid_session_id(session_id):
             check_session_id(session_id)
+        if self.name_key is None:
+            return SessionPaths(self.sessions_dir, session_id)
+        return SessionPaths(self.sessions_dir, session_id, session_name(self.name_key, session_id))
+
+    def legacy_paths(self, session_id: str) -> SessionPaths:
+        """The files of *session_id* in a store before format 4 (named by the id)."""
+        check_session_id(session_id)
         return SessionPaths(self.sessions_dir, session_id)
 
     def lock_paths(self, stripes: int) -> list[str]:
@@ -154,7 +211,7 @@ class Layout:
 
     def marker(self, shard: str, session_id: str) -> str:
         """The client index marker of *session_id* in *shard*."""
-        return os.path.join(self.sessions_dir, shard, session_id + REF_SUFFIX)
+        return os.path.join(self.sessions_dir, shard, self.name_of(session_id) + REF_SUFFIX)
 
     # -- format.json --------------------------------------------------------------------
     def is_existing(self) -> bool:
@@ -193,6 +250,7 @@ class Layout:
                         "lock_stripes": lock_stripes,
                         # keys the client -> shard map (the client index)
                         "client_shard_key": secrets.token_hex(16),
+                        "name_kid": keyring.current_id,
                     },
                 )
                 # create-if-absent: the first opener wins
@@ -202,6 +260,8 @@ class Layout:
         except OSError as exc:
             raise storage_error("read or create format.json", exc) from exc
         fmt = parse_format(meta, text, keyring)
+        if not fmt.migrate:
+            self.set_names(fmt, keyring)
         if fmt.lock_stripes != lock_stripes:
             raise ConfigurationError(
                 f"the store at {self.root} uses lock_stripes={fmt.lock_stripes}; open it with the "
@@ -210,7 +270,10 @@ class Layout:
         return fmt
 
     def write_format(self, fmt: StoreFormat, keyring: Keyring, *, fsync: bool) -> None:
-        """Rewrite ``format.json`` as the current version (a migration's last step)."""
+        """Rewrite ``format.json`` as the current version (a migration's last step).
+
+        Files are named under ``fmt.name_kid`` (the keyring's current key if None).
+        """
         doc = seal_format(
             keyring,
             {
@@ -218,6 +281,7 @@ class Layout:
                 "version": FORMAT_VERSION,
                 "lock_stripes": fmt.lock_stripes,
                 "client_shard_key": None if fmt.shard_key is None else fmt.shard_key.hex(),
+                "name_kid": fmt.name_kid or keyring.current_id,
             },
         )
         try:
@@ -226,11 +290,45 @@ class Layout:
             raise storage_error("write format.json", exc) from exc
 
     def has_marks(self) -> bool:
-        """True if any session has a high-water-mark file (only stores of version 3 do)."""
+        """True if any session has a high-water-mark file (only stores of version 3+ do)."""
         for shard in self.shards():
             if any(e.name.endswith(HWM_SUFFIX) for e in self._names(shard)):
                 return True
         return False
+
+    # -- names -> ids ------------------------------------------------------------------
+    def _sid_of(self, stem: str, shard: str | None = None) -> str | None:
+        """The session id of the file name stem *stem* (found in *shard*), None if not a session.
+
+        Before format 4 the stem is the id. From format 4 on the id is read from
+        the authenticated record of the session's snapshot (or a backup), and
+        must hash back to *stem*: a file renamed by hand is not a session.
+        """
+        if self.name_key is None:
+            ok = is_valid_session_id(stem) and (shard is None or stem[SHARD] == shard)
+            return stem if ok else None
+        if not is_session_name(stem) or (shard is not None and stem[:2] != shard):
+            return None
+        read_info = self.read_info
+        if read_info is None:
+            return None
+        directory = self.shard_dir(stem[:2])
+        for suffix in (SNAP_SUFFIX, *(f"{SNAP_SUFFIX}.{k}" for k in range(1, 100))):
+            try:
+                head = _read_head(self.fs, os.path.join(directory, stem + suffix))
+            except OSError:
+                head = None
+            if head is None:
+                if suffix == SNAP_SUFFIX:
+                    continue
+                return None  # no more backups
+            try:
+                sid = read_info(head)
+            except StuiSessionError:
+                continue  # damaged: try the next generation
+            if is_valid_session_id(sid) and hmac.compare_digest(self.name_of(sid), stem):
+                return sid
+        return None
 
     # -- listing ------------------------------------------------------------------------
     def shards(self) -> list[str]:
@@ -250,30 +348,47 @@ class Layout:
         except OSError as exc:
             raise storage_error("list a sessions directory", exc) from exc
 
-    def iter_ids(self) -> Iterator[str]:
-        """Every session id with a current snapshot file."""
+    def iter_stems(self) -> Iterator[tuple[str, str]]:
+        """``(shard, stem)`` of every current snapshot file (names only are read)."""
         for shard in self.shards():
             for e in self._names(shard):
-                if not e.name.endswith(SNAP_SUFFIX):
-                    continue  # temp files, backups, strays
-                sid = e.name[: -len(SNAP_SUFFIX)]
-                if is_valid_session_id(sid) and sid[SHARD] == shard:
-                    yield sid
+                if e.name.endswith(SNAP_SUFFIX):
+                    yield shard, e.name[: -len(SNAP_SUFFIX)]
+
+    def iter_ids(self) -> Iterator[str]:
+        """Every session id with a current snapshot file (from format 4: read from its record)."""
+        for shard, stem in self.iter_stems():
+            sid = self._sid_of(stem, shard)
+            if sid is not None:
+                yield sid
+
+    def iter_legacy_ids(self) -> Iterator[str]:
+        """Every session with a snapshot named by its id (a store before format 4)."""
+        for shard, stem in self.iter_stems():
+            if is_valid_session_id(stem) and stem[SHARD] == shard:
+                yield stem
 
     def ids_in_shard(self, shard: str) -> list[str]:
-        """Ids with a snapshot or a marker in *shard* (sorted, unique)."""
+        """Ids with a marker (or, before format 4, a snapshot) in *shard* (sorted, unique)."""
         ids = set()
+        kinds = (
+            (REF_SUFFIX[1:],) if self.name_key is not None else (SNAP_SUFFIX[1:], REF_SUFFIX[1:])
+        )
         for e in self._names(shard):
-            sid, dot, suffix = e.name.partition(".")
-            if dot and suffix in (SNAP_SUFFIX[1:], REF_SUFFIX[1:]) and is_valid_session_id(sid):
-                ids.add(sid)
+            stem, dot, suffix = e.name.partition(".")
+            if dot and suffix in kinds:
+                sid = self._sid_of(stem)
+                if sid is not None:
+                    ids.add(sid)
         return sorted(ids)
 
     def snapshot_files(self) -> list[tuple[str, str, int, tuple[int, int]]]:
-        """``(session_id, path, generation, (dir inode, inode))`` of every snapshot and backup.
+        """``(session, path, generation, (dir inode, inode))`` of every snapshot and backup.
 
-        Generation 0 is the current snapshot, N the backup ``<id>.snap.N``.
-        Names only are read; sorted by session, then generation.
+        Generation 0 is the current snapshot, N the backup ``<n>.snap.N``.
+        *session* is the session id (from format 4 read from the snapshot's
+        record, or the file name stem when no generation of it can be read).
+        Sorted by session file name, then generation.
         """
         found: list[tuple[str, str, int, tuple[int, int]]] = []
         try:
@@ -283,28 +398,37 @@ class Layout:
             )
         except FileNotFoundError:
             return found
+        resolved: dict[str, str | None] = {}
         for shard in shards:
             try:
                 entries = list(os.scandir(shard.path))
             except FileNotFoundError:
                 continue
             for e in entries:
-                sid, sep, rest = e.name.partition(SNAP_SUFFIX)
-                if not sep or not is_valid_session_id(sid) or sid[SHARD] != shard.name:
-                    continue  # temp files and strays
+                stem, sep, rest = e.name.partition(SNAP_SUFFIX)
+                if not sep:
+                    continue
+                if self.name_key is None:
+                    if not is_valid_session_id(stem) or stem[SHARD] != shard.name:
+                        continue  # temp files and strays
+                elif not is_session_name(stem) or stem[:2] != shard.name:
+                    continue
                 if rest == "":
                     generation = 0
                 elif rest[:1] == "." and rest[1:].isdigit():
                     generation = int(rest[1:])
                 else:
                     continue
+                if stem not in resolved:
+                    resolved[stem] = self._sid_of(stem, shard.name)
+                sid = resolved[stem] or stem
                 found.append((sid, e.path, generation, (shard.inode(), e.inode())))
         found.sort(key=lambda f: (f[1].rpartition(SNAP_SUFFIX)[0], f[2]))
         return found
 
     def backup_files(self, p: SessionPaths) -> list[str]:
         """Every backup file of a session (scanned: ``backups`` may have been lowered)."""
-        prefix = p.sid + SNAP_SUFFIX + "."
+        prefix = p.name + SNAP_SUFFIX + "."
         try:
             entries = list(os.scandir(p.dir))
         except FileNotFoundError:
@@ -324,24 +448,44 @@ class Layout:
             size += os.stat(p.journal, follow_symlinks=False).st_size  # not yet compacted
         return size
 
-    def quarantine_files(self, session_id: str) -> list[str]:
-        prefix = session_id + "."
+    def quarantine_files(self, session_id: str, stem: str | None = None) -> list[str]:
+        """Files in ``quarantine/`` of *session_id* (named by *stem*, default its file name)."""
+        prefix = (stem or self.name_of(session_id)) + "."
         return [e.path for e in os.scandir(self.quarantine_dir) if e.name.startswith(prefix)]
 
     def rollback_notes(self) -> dict[str, list[str]]:
-        """Session id -> paths of the rollback notes in ``quarantine/`` (sorted)."""
+        """Session file name stem -> paths of its rollback notes in ``quarantine/`` (sorted)."""
         found: dict[str, list[str]] = {}
         try:
             entries = list(os.scandir(self.quarantine_dir))
         except FileNotFoundError:
             return found
         for e in entries:
-            sid = e.name.partition(".")[0]
-            if e.name.endswith(ROLLBACK_SUFFIX) and is_valid_session_id(sid):
-                found.setdefault(sid, []).append(e.path)
+            stem = e.name.partition(".")[0]
+            if e.name.endswith(ROLLBACK_SUFFIX) and (
+                is_valid_session_id(stem) or is_session_name(stem)
+            ):
+                found.setdefault(stem, []).append(e.path)
         for paths in found.values():
             paths.sort()
         return found
+
+
+def _read_head(fs: _fs.Beneath, path: str) -> bytes | None:
+    """The head of the snapshot file *path* (header to head tag), None if absent; OSError."""
+    try:
+        fd = fs.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.pread(fd, 4096, 0)
+        try:
+            need = parse_header(data).payload_offset
+        except StuiSessionError:
+            return data
+        return os.pread(fd, need, 0) if need > len(data) else data
+    finally:
+        os.close(fd)
 
 
 class ClientIndex:
@@ -379,8 +523,8 @@ class ClientIndex:
     def marker(self, session_id: str, client_id: str) -> str | None:
         """Path of the index marker a session needs, or None (its id is in the right shard)."""
         shard = self.shard(client_id)
-        if shard is None or session_id[SHARD] == shard:
-            return None
+        if shard is None or (self._layout.name_key is None and session_id[SHARD] == shard):
+            return None  # from format 4 every session has one: names are not placed
         return self._layout.marker(shard, session_id)
 
 
@@ -440,8 +584,20 @@ def parse_format(meta: Path, text: str, keyring: Keyring) -> StoreFormat:
             shard_key = bytes.fromhex(raw_key)
         except (KeyError, TypeError, ValueError):
             raise ConfigurationError(f"{meta} has no valid client_shard_key{restore}") from None
+    name_kid: str | None = None
+    if version >= 4:
+        name_kid = found.get("name_kid")
+        if not isinstance(name_kid, str) or name_kid not in keyring:
+            raise ConfigurationError(
+                f"{meta} names files with a key that is not in this keyring (its key "
+                f"{name_kid!r} was removed?): keep every key a store was created with"
+            )
     return StoreFormat(
-        version=version, lock_stripes=stripes, shard_key=shard_key, migrate=version < FORMAT_VERSION
+        version=version,
+        lock_stripes=stripes,
+        shard_key=shard_key,
+        migrate=version < FORMAT_VERSION,
+        name_kid=name_kid,
     )
 
 
@@ -453,3 +609,26 @@ def recorded_lock_stripes(directory: str | os.PathLike[str]) -> int | None:
         return None
     stripes = doc.get("lock_stripes") if isinstance(doc, dict) else None
     return stripes if isinstance(stripes, int) and not isinstance(stripes, bool) else None
+
+
+def session_stem(
+    directory: str | os.PathLike[str], session_id: str, keyring: Keyring | None = None
+) -> str:
+    """The file name stem of *session_id* in the store at *directory* (admin tools, tests).
+
+    From format 4 the keyed hash of the id, with the key from *keyring*, else
+    ``$STUISESSION_KEYRING``, else the store's ``keyring.json``; before, the id.
+    The shard directory is ``sessions/<stem[:2]>`` (``sessions/<id[8:10]>``
+    before format 4). Raises ConfigurationError (no usable format.json or key).
+    """
+    root = Path(directory)
+    check_session_id(session_id)
+    try:
+        doc = json.loads((_fs.read_file(root / FORMAT_FILE) or b"").decode())
+        name_kid = doc.get("name_kid") if doc.get("version", 0) >= 4 else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        raise ConfigurationError(f"{root / FORMAT_FILE} is missing or unreadable") from None
+    if name_kid is None:
+        return session_id
+    ring = keyring or Keyring.from_env() or Keyring.load(root / KEYRING_FILE)
+    return session_name(ring.derive(NAME_PURPOSE, name_kid), session_id)

@@ -94,6 +94,8 @@ class Recovery:
         self._locks = locks
         self._cache = cache
         self._writer = writer
+        #: file operations beneath the store directory (never through a symlink)
+        self.fs = writer.fs
         self._backups = backups
         self._quarantined: list[Path] = []
         self._rollbacks: list[Rollback] = []
@@ -123,12 +125,12 @@ class Recovery:
         self._cache.drop(p.sid)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         rand = secrets.token_hex(4)
-        evidence = read_file(p.journal)
+        evidence = read_file(p.journal, fs=self.fs)
         if evidence:
             # a copy, not a link: the journal is cut and appended in place later
-            tmp = self._writer.write_temp(self._layout.quarantine_dir, p.sid, evidence)
-            os.replace(
-                tmp, os.path.join(self._layout.quarantine_dir, f"{p.sid}.{stamp}.{rand}.jnl.bad")
+            tmp = self._writer.write_temp(self._layout.quarantine_dir, p.name, evidence)
+            self.fs.replace(
+                tmp, os.path.join(self._layout.quarantine_dir, f"{p.name}.{stamp}.{rand}.jnl.bad")
             )
         note = {
             "session_ref": session_ref(p.sid),
@@ -138,12 +140,20 @@ class Recovery:
             "reason": reason,
             "time": stamp,
         }
-        path = Path(self._layout.quarantine_dir) / f"{p.sid}.{stamp}.{rand}{ROLLBACK_SUFFIX}"
-        tmp = self._writer.write_temp(self._layout.quarantine_dir, p.sid, json.dumps(note).encode())
-        os.replace(tmp, path)
+        path = Path(self._layout.quarantine_dir) / f"{p.name}.{stamp}.{rand}{ROLLBACK_SUFFIX}"
+        tmp = self._writer.write_temp(
+            self._layout.quarantine_dir, p.name, json.dumps(note).encode()
+        )
+        self.fs.replace(tmp, str(path))
         self._writer.fsync_dir(self._layout.quarantine_dir)
         created = hwm.write(
-            self._codec.keyring, p.sid, p.hwm, found, fsync=self._writer.fsync, lower=True
+            self._codec.keyring,
+            p.sid,
+            p.hwm,
+            found,
+            fsync=self._writer.fsync,
+            lower=True,
+            fs=self.fs,
         )
         if created:
             self._writer.fsync_dir(p.dir)
@@ -172,7 +182,7 @@ class Recovery:
             with self._locks.locked(session_id):
                 # re-read under the lock: another writer may have replaced or
                 # already recovered the file since our unlocked read
-                blob = read_file(p.current)
+                blob = read_file(p.current, fs=self.fs)
                 if blob is None:
                     raise SessionNotFound("Session not found")
                 try:
@@ -211,7 +221,7 @@ class Recovery:
         self._cache.drop(p.sid)
         found: tuple[int, Snapshot] | None = None
         for k in range(1, self._backups + 1):
-            blob = read_file(p.backup(k))
+            blob = read_file(p.backup(k), fs=self.fs)
             if blob is None:
                 continue
             try:
@@ -224,14 +234,14 @@ class Recovery:
         good, snap = found
         moved = [self._quarantine(p, p.current, "snap", move=False)]
         for k in range(1, good):  # newer backups that failed their check too
-            if os.path.lexists(p.backup(k)):
+            if self.fs.lexists(p.backup(k)):
                 moved.append(self._quarantine(p, p.backup(k), f"snap.{k}", move=True))
         # one atomic rename swaps the bad current file for the good backup:
         # readers see one or the other, never nothing
-        os.replace(p.backup(good), p.current)
-        older = [k for k in range(good + 1, self._backups + 1) if os.path.lexists(p.backup(k))]
+        self.fs.replace(p.backup(good), p.current)
+        older = [k for k in range(good + 1, self._backups + 1) if self.fs.lexists(p.backup(k))]
         for new_k, old_k in enumerate(older, start=1):
-            os.replace(p.backup(old_k), p.backup(new_k))
+            self.fs.replace(p.backup(old_k), p.backup(new_k))
         self._writer.fsync_dir(self._layout.quarantine_dir)
         self._writer.fsync_dir(p.dir)
         with self._meta_lock:
@@ -255,12 +265,12 @@ class Recovery:
         """
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         while True:
-            name = f"{p.sid}.{stamp}.{secrets.token_hex(4)}.{kind}.bad"
+            name = f"{p.name}.{stamp}.{secrets.token_hex(4)}.{kind}.bad"
             dst = os.path.join(self._layout.quarantine_dir, name)
             try:
-                os.link(path, dst)
+                self.fs.link(path, dst)
             except FileExistsError:
                 continue
             if move:
-                os.unlink(path)
+                self.fs.unlink(path)
             return Path(dst)

@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from stuisession import _json
+import attrs
+
+from stuisession import _fs, _json
 from stuisession.codec.snapshot import Snapshot, SnapshotCodec
 from stuisession.errors import (
     ConfigurationError,
@@ -51,10 +53,13 @@ from stuisession.stores.file.cache import DEFAULT_CACHE_BYTES, HeadCache, file_k
 from stuisession.stores.file.journal import HeadReader, JournalWriter
 from stuisession.stores.file.layout import (
     MAX_STRIPES,
+    NAME_PURPOSE,
+    REF_SUFFIX,
     ClientIndex,
     Layout,
     SessionPaths,
     StoreFormat,
+    session_name,
     storage_error,
 )
 from stuisession.stores.file.locking import StripeLocks
@@ -177,6 +182,8 @@ class FileStore(SessionStore):
         self._backups = backups
         if not allow_insecure_directory:
             _check_directory(layout.root)
+        else:  # the operator accepted a symlinked root; nothing below it is followed
+            layout.fs = _fs.Beneath(layout.root, follow_root=True)
         layout.make_dirs()
         if codec is None:
             ring = keyring if keyring is not None else Keyring.from_env()
@@ -184,13 +191,18 @@ class FileStore(SessionStore):
                 ring = _load_key_file(layout, Path(key_file or layout.keyring_file))
             codec = SnapshotCodec(ring, encrypt=encrypt)
         super().__init__(codec)
+        read_info = codec.read_info
+        layout.read_info = lambda head: read_info(head).session_id
         fmt = layout.open_format(lock_stripes, fsync=fsync, keyring=codec.keyring)
         if make_shards and fmt.shard_key is not None:
             layout.make_shards(fsync=fsync)  # once per store: creates never mkdir
         self._index = ClientIndex(layout, fmt.shard_key)
         self._locks = StripeLocks(layout.lock_paths(fmt.lock_stripes), lock_timeout)
         self._writer = FileWriter(
-            layout.sessions_dir, fsync=fsync, sweep_age=max(STALE_TMP_AGE, 2 * float(lock_timeout))
+            layout.sessions_dir,
+            fsync=fsync,
+            sweep_age=max(STALE_TMP_AGE, 2 * float(lock_timeout)),
+            fs=layout.fs,
         )
         self._journal = journal
         self._cache = HeadCache(cache_bytes)
@@ -217,7 +229,29 @@ class FileStore(SessionStore):
             self._migrate(fmt, fsync=fsync)
 
     def _migrate(self, fmt: StoreFormat, *, fsync: bool) -> None:
-        """Bring a version-1/2 store to version 3: a mark per session, then format.json."""
+        """Bring a store of version 1-3 to version 4.
+
+        Versions 1/2 first get a high-water mark per session (version 3); then
+        every session's files are renamed from its id to its keyed file name
+        (version 4), one session at a time under its lock, the snapshot last,
+        so a crash part-way is finished by the next open. format.json is
+        rewritten last.
+        """
+        if fmt.version < 3:
+            self._mark_all(fmt)
+        name_kid = self.codec.keyring.current_id
+        layout = self._layout
+        for sid in list(layout.iter_legacy_ids()):
+            try:
+                self._rename_session(sid, name_kid)
+            except OSError as exc:
+                raise storage_error("rename a session's files", exc) from exc
+        layout.write_format(attrs.evolve(fmt, name_kid=name_kid), self.codec.keyring, fsync=fsync)
+        layout.set_names(attrs.evolve(fmt, name_kid=name_kid), self.codec.keyring)
+        log.info("file store: migrated %s from format version %d", self._root, fmt.version)
+
+    def _mark_all(self, fmt: StoreFormat) -> None:
+        """Version 1/2 -> 3: a high-water mark per session (files still named by ids)."""
         if self._layout.has_marks():
             raise ConfigurationError(
                 f"{self._layout.format_file} says store format version {fmt.version}, but the "
@@ -226,8 +260,8 @@ class FileStore(SessionStore):
             )
         self._reader.marks = False
         try:
-            for sid in list(self._layout.iter_ids()):
-                p = self._paths(sid)
+            for sid in list(self._layout.iter_legacy_ids()):
+                p = self._layout.legacy_paths(sid)
                 try:
                     with self._locks.locked(sid):
                         revision = self._reader.head(p, decode=False, locked=True).info.revision
@@ -238,8 +272,51 @@ class FileStore(SessionStore):
                     raise storage_error("write a high-water mark", exc) from exc
         finally:
             self._reader.marks = True
-        self._layout.write_format(fmt, self.codec.keyring, fsync=fsync)
-        log.info("file store: migrated %s from format version %d", self._root, fmt.version)
+
+    def _rename_session(self, sid: str, name_kid: str) -> None:
+        """Rename *sid*'s files (and quarantine copies) to its format-4 names; OSError."""
+        layout = self._layout
+        fs = layout.fs
+        old = layout.legacy_paths(sid)
+        stem = session_name(self.codec.keyring.derive(NAME_PURPOSE, name_kid), sid)
+        new = SessionPaths(layout.sessions_dir, sid, stem)
+        with self._locks.locked(sid):
+            client_id: str | None = None
+            with contextlib.suppress(SessionNotFound, IntegrityError):
+                client_id = self._reader.read_info(old, locked=True).client_id
+            self._cache.drop(sid)
+            moves = [(old.journal, new.journal), (old.hwm, new.hwm)]
+            moves += [
+                (path, new.dir + path[len(old.dir) + len(sid) :])
+                for path in layout.backup_files(old)
+            ]
+            for path in layout.quarantine_files(sid, sid):
+                moves.append(
+                    (
+                        path,
+                        os.path.join(
+                            layout.quarantine_dir, stem + os.path.basename(path)[len(sid) :]
+                        ),
+                    )
+                )
+            shard = self._index.shard(client_id) if client_id is not None else None
+            old_marker = (
+                None if shard is None else os.path.join(layout.shard_dir(shard), sid + REF_SUFFIX)
+            )
+            if shard is not None:
+                # every session has a marker from format 4 on (names are not placed)
+                self._writer.write_marker(os.path.join(layout.shard_dir(shard), stem + REF_SUFFIX))
+            moves.append((old.current, new.current))  # last: the session is migrated once it moves
+            for src, dst in moves:
+                if not fs.lexists(os.path.dirname(dst)):
+                    self._writer.make_shard(os.path.dirname(dst))
+                with contextlib.suppress(FileNotFoundError):
+                    fs.replace(src, dst)
+            if old_marker is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.unlink(old_marker)
+            for d in {old.dir, new.dir, layout.quarantine_dir}:
+                self._writer.fsync_dir(d)
 
     # -- public extras --------------------------------------------------------------
     @property
@@ -461,14 +538,14 @@ class FileStore(SessionStore):
     def _get(self, session_id: str) -> bytes | None:
         p = self._paths(session_id)
         try:
-            return read_file(p.current)
+            return read_file(p.current, fs=self._layout.fs)
         except OSError as exc:
             raise storage_error("read a session snapshot", exc) from exc
 
     def _get_head(self, session_id: str) -> bytes | None:
         p = self._paths(session_id)
         try:
-            return read_file(p.current, head_only=True)
+            return read_file(p.current, head_only=True, fs=self._layout.fs)
         except OSError as exc:
             raise storage_error("read a session snapshot", exc) from exc
 
@@ -516,13 +593,13 @@ class FileStore(SessionStore):
                 self._writer.discard(tmp)
 
     def _create_locked(self, p: SessionPaths, tmp: str, revision: int) -> None:
-        if os.path.lexists(p.current):
+        if self._layout.fs.lexists(p.current):
             # before the mark is written: never lower an existing session's mark
             raise ConflictError("session already exists", current_revision=self._head_revision(p))
         # the mark goes first: a reader never sees the session without it
         self._jw.mark(p, revision)
         try:
-            os.link(tmp, p.current)  # atomic create-if-absent
+            self._layout.fs.link(tmp, p.current)  # atomic create-if-absent
         except FileExistsError:
             raise ConflictError(
                 "session already exists", current_revision=self._head_revision(p)
@@ -545,7 +622,7 @@ class FileStore(SessionStore):
         if revision != expected_revision:
             raise ConflictError("session was changed by another writer", current_revision=revision)
         self._jw.rotate_backups(p)
-        os.replace(tmp, p.current)
+        self._layout.fs.replace(tmp, p.current)
         self._writer.fsync_dir_committed(p.dir)
         self._jw.mark_committed(p, new_revision)
         self._jw.forget_journal(p)
@@ -553,9 +630,10 @@ class FileStore(SessionStore):
 
     def _delete(self, session_id: str) -> bool:
         p = self._paths(session_id)
+        fs = self._layout.fs
         try:
             with self._locks.locked(session_id):
-                existed = os.path.lexists(p.current)
+                existed = fs.lexists(p.current)
                 marker = None
                 if existed:
                     with contextlib.suppress(SessionNotFound, IntegrityError):
@@ -565,24 +643,24 @@ class FileStore(SessionStore):
                 # backups and journal first: a crash part-way leaves the session
                 # in place, never backups without their session
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p.journal)
+                    fs.unlink(p.journal)
                 for path in self._layout.backup_files(p):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                        fs.unlink(path)
                 if existed:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(p.current)
+                        fs.unlink(p.current)
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p.hwm)  # after the session: never a session without its mark
+                    fs.unlink(p.hwm)  # after the session: never a session without its mark
                 if existed:
                     self._writer.fsync_dir(p.dir)
                 if marker is not None:  # after the session: never a session without it
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(marker)
+                        fs.unlink(marker)
                 # "everything kept for it": set-aside copies go too
                 for path in self._layout.quarantine_files(p.sid):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                        fs.unlink(path)
                 return existed
         except OSError as exc:
             raise storage_error("delete a session", exc) from exc

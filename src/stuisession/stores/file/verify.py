@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 
+from stuisession import _fs
 from stuisession.codec import journal
 from stuisession.codec.snapshot import SnapshotCodec, parse_header
 from stuisession.errors import IntegrityError
@@ -53,21 +55,23 @@ def verify_files(
         if item.identity in done:
             reason = done[item.identity]
         else:
-            reason = _check_file(codec, item, marks=marks)
+            reason = _check_file(codec, item, marks=marks, fs=layout.fs)
             if item.identity != (0, 0):
                 done[item.identity] = reason
         if reason is not None:
             yield VerifyProblem(item.session_id, reason, item.path)
-        if item.generation == 0:
-            for note in notes.get(item.session_id, []):
-                yield VerifyProblem(item.session_id, _describe_note(note), note)
+        if item.generation == 0 and item.path is not None:
+            # notes are named by the session's file name stem, like its snapshot
+            stem = os.path.basename(item.path).partition(".")[0]
+            for note in notes.get(stem, []):
+                yield VerifyProblem(item.session_id, _describe_note(note, layout.fs), note)
         if progress is not None:
             progress(i)
 
 
-def _describe_note(path: str) -> str:
+def _describe_note(path: str, fs: _fs.Beneath) -> str:
     try:
-        note = json.loads(read_file(path) or b"{}")
+        note = json.loads(read_file(path, fs=fs) or b"{}")
         return (
             f"rolled back: acknowledged revision {note.get('acknowledged_revision')}, now "
             f"serving revision {note.get('found_revision')} ({note.get('reason')}); remove "
@@ -77,17 +81,19 @@ def _describe_note(path: str) -> str:
         return "rolled back (the note in quarantine/ is unreadable)"
 
 
-def _check_file(codec: SnapshotCodec, item: VerifyItem, *, marks: bool) -> str | None:
+def _check_file(
+    codec: SnapshotCodec, item: VerifyItem, *, marks: bool, fs: _fs.Beneath
+) -> str | None:
     assert item.path is not None
     mark = None
     if item.generation == 0 and marks:
         mark_path = journal_path(item.path)[: -len(JOURNAL_SUFFIX)] + HWM_SUFFIX
         try:
-            mark = hwm.read(codec.keyring, item.session_id, mark_path)
+            mark = hwm.read(codec.keyring, item.session_id, mark_path, fs=fs)
         except OSError as exc:
             return f"high-water mark could not be read ({exc.strerror})"
     try:
-        blob = read_file(item.path)
+        blob = read_file(item.path, fs=fs)
     except OSError as exc:
         return f"could not be read ({exc.strerror})"
     if blob is None:
@@ -99,7 +105,7 @@ def _check_file(codec: SnapshotCodec, item: VerifyItem, *, marks: bool) -> str |
             if key_id_damaged(codec, blob, key_id):
                 reason = "snapshot is damaged (its key id bytes); the keyring is not the cause"
     if reason is None and item.generation == 0:
-        reason = _check_journal(codec, blob, item.session_id, journal_path(item.path), mark)
+        reason = _check_journal(codec, blob, item.session_id, journal_path(item.path), mark, fs=fs)
     elif reason is not None and mark is not None and mark.revision is not None:
         reason += f"; acknowledged revision {mark.revision} (a backup may hold an older one)"
     if reason is None and mark is not None:
@@ -116,11 +122,17 @@ def _check_mark(mark: hwm.Mark) -> str | None:
 
 
 def _check_journal(
-    codec: SnapshotCodec, blob: bytes, session_id: str, path: str, mark: hwm.Mark | None
+    codec: SnapshotCodec,
+    blob: bytes,
+    session_id: str,
+    path: str,
+    mark: hwm.Mark | None,
+    *,
+    fs: _fs.Beneath,
 ) -> str | None:
     """Why the journal extending the snapshot *blob* is bad, or None (also: no journal)."""
     try:
-        data = read_file(path)
+        data = read_file(path, fs=fs)
     except OSError as exc:
         return f"journal could not be read ({exc.strerror})"
     base = journal.snapshot_tag(blob)

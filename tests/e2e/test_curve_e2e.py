@@ -1,0 +1,257 @@
+"""End to end: ``stuisession serve`` with CurveZMQ, as a separate process (issue 16).
+
+Keys are made by ``stuisession keys curve-server`` / ``curve-client``; the
+allow-list binds alice's key to the client id "alice" and mallory's key to
+"mallory". Then:
+
+* alice (allowed) creates, updates, restores and lists her session;
+* a stranger with a key that is not on the list gets nothing: the handshake is
+  refused (no reply within the timeout) and nothing reaches the handler;
+* mallory (allowed, bound to "mallory") is denied for every command on
+  alice's session, exactly as for a session that does not exist, and can not
+  create sessions or list as "alice";
+* the allow-list is re-read when it changes: a key removed from it is refused
+  from then on, a key added is accepted, without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from stuisession.bridge.curve import load_keypair, load_public_key
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stuisession", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+class Peer:
+    """A REQ client with a CURVE key pair (a fresh socket per call: a timed-out REQ is stuck)."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, server_key: bytes, secret: Path) -> None:
+        self.ctx, self.endpoint, self.server_key = ctx, endpoint, server_key
+        self.public, self.secret = load_keypair(secret)
+        self._n = 0
+
+    def call(self, command: str, timeout_ms: int = 5000, **params: Any) -> dict[str, Any] | None:
+        sock = self.ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+        sock.connect(self.endpoint)
+        self._n += 1
+        try:
+            sock.send(
+                json.dumps({"id": f"r{self._n}", "command": command, "parameters": params}).encode()
+            )
+            reply: dict[str, Any] = json.loads(sock.recv())
+            return reply
+        except zmq.Again:
+            return None
+        finally:
+            sock.close()
+
+
+def write_allow_list(path: Path, entries: list[tuple[bytes, list[str], bool]]) -> None:
+    text = ""
+    for key, ids, operator in entries:
+        text += (
+            f'[[client]]\npublic_key = "{key.decode()}"\n'
+            f"client_ids = {json.dumps(ids)}\noperator = {'true' if operator else 'false'}\n\n"
+        )
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    out = tmp_path / "keys"
+    made = cli("keys", "curve-server", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    for name in ("alice", "mallory", "stranger", "late"):
+        made = cli("keys", "curve-client", "--out", str(out), "--name", name)
+        assert made.returncode == 0, made.stderr
+    # refuses to overwrite an existing key
+    again = cli("keys", "curve-client", "--out", str(out), "--name", "alice")
+    assert again.returncode != 0
+    return {p.name: p for p in out.iterdir()}
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, keys: dict[str, Path]
+) -> Iterator[tuple[str, bytes, Path, subprocess.Popen[bytes], Path]]:
+    allow = tmp_path / "clients.toml"
+    write_allow_list(
+        allow,
+        [
+            (load_public_key(keys["alice.key"]), ["alice"], True),
+            (load_public_key(keys["mallory.key"]), ["mallory"], False),
+        ],
+    )
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    log = tmp_path / "bridge.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("STUISESSION_KEYRING", None)
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "stuisession",
+                "serve",
+                "--bind",
+                endpoint,
+                "--store",
+                str(tmp_path / "store"),
+                "--curve-secret",
+                str(keys["server.key_secret"]),
+                "--curve-clients",
+                str(allow),
+                "--log-level",
+                "WARNING",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=ROOT,
+            env=env,
+        )
+    try:
+        yield endpoint, load_public_key(keys["server.key"]), allow, proc, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def wait_ready(peer: Peer, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"bridge exited with {proc.returncode}:\n{log.read_text()}")
+        reply = peer.call("get_session_statistics", timeout_ms=300)
+        if reply is not None and reply["status"] == "success":
+            return
+    pytest.fail(f"bridge did not answer within {START_TIMEOUT} s:\n{log.read_text()}")
+
+
+def test_curve_bridge_admits_bound_keys_only(
+    keys: dict[str, Path], served: tuple[str, bytes, Path, subprocess.Popen[bytes], Path]
+) -> None:
+    endpoint, server_key, allow, proc, log = served
+    secret_mode = stat.S_IMODE(keys["server.key_secret"].stat().st_mode)
+    assert secret_mode == 0o600
+    ctx = zmq.Context()
+    try:
+        alice = Peer(ctx, endpoint, server_key, keys["alice.key_secret"])
+        mallory = Peer(ctx, endpoint, server_key, keys["mallory.key_secret"])
+        stranger = Peer(ctx, endpoint, server_key, keys["stranger.key_secret"])
+        wait_ready(alice, proc, log)
+
+        # the allowed client works normally
+        created = alice.call("create_session", client_id="alice")
+        assert created is not None and created["status"] == "success", created
+        sid = created["result"]["session_id"]
+        updated = alice.call("update_session_state", session_id=sid, state_data={"secret": 42})
+        assert updated is not None and updated["status"] == "success", updated
+        restored = alice.call("restore_session", session_id=sid)
+        assert restored is not None and restored["result"]["session_state"] == {"secret": 42}
+        listed = alice.call("list_client_sessions", client_id="alice")
+        assert listed is not None and listed["result"]["session_count"] == 1
+        # alice's key is an operator: she sees per-connection details
+        stats = alice.call("get_session_statistics")
+        assert stats is not None and "connections" in stats["result"]
+
+        # an unknown key is refused at the handshake: no reply at all
+        assert stranger.call("get_session_statistics", timeout_ms=1500) is None
+
+        # mallory's key is bound to "mallory": every command on alice's session is
+        # denied exactly like one on a session that does not exist
+        missing = "session_" + "A" * 43
+        for command, extra in [
+            ("restore_session", {}),
+            ("get_session_info", {}),
+            ("update_session_state", {"state_data": {"x": 1}}),
+            ("save_context", {"tool_id": "t"}),
+            ("load_context", {"tool_id": "t"}),
+            ("get_context_summary", {}),
+            ("clear_context", {}),
+            ("rotate_credentials", {}),
+            ("close_session", {}),
+        ]:
+            foreign = mallory.call(command, session_id=sid, **extra)
+            absent = mallory.call(command, session_id=missing, **extra)
+            assert foreign is not None and absent is not None
+            assert foreign["status"] == "error", (command, foreign)
+            strip = ("id", "timestamp")
+            assert {k: v for k, v in foreign.items() if k not in strip} == {
+                k: v for k, v in absent.items() if k not in strip
+            }, command
+            # even when claiming alice's client id
+            claimed = mallory.call(command, session_id=sid, client_id="alice", **extra)
+            assert claimed is not None and claimed["status"] == "error", (command, claimed)
+        for command in ("create_session", "list_client_sessions"):
+            reply = mallory.call(command, client_id="alice")
+            assert reply is not None and reply["status"] == "error", (command, reply)
+        stats = mallory.call("get_session_statistics")
+        assert stats is not None and stats["status"] == "success"
+        assert "connections" not in stats["result"]  # not an operator: counts only
+        assert "alice" not in json.dumps(stats)
+        # alice's session is untouched
+        restored = alice.call("restore_session", session_id=sid)
+        assert restored is not None and restored["result"]["session_state"] == {"secret": 42}
+
+        # the allow-list is re-read without a restart: mallory removed, "late" added
+        late = Peer(ctx, endpoint, server_key, keys["late.key_secret"])
+        assert late.call("get_session_statistics", timeout_ms=1000) is None
+        write_allow_list(
+            allow,
+            [
+                (load_public_key(keys["alice.key"]), ["alice"], True),
+                (load_public_key(keys["late.key"]), ["late"], False),
+            ],
+        )
+        deadline = time.monotonic() + 30
+        admitted = None
+        while time.monotonic() < deadline and admitted is None:
+            admitted = late.call("create_session", timeout_ms=500, client_id="late")
+        assert admitted is not None and admitted["status"] == "success", admitted
+        assert mallory.call("get_session_statistics", timeout_ms=1500) is None
+    finally:
+        ctx.destroy(linger=0)
+    assert proc.poll() is None, log.read_text()
