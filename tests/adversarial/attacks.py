@@ -196,7 +196,7 @@ def forwarded_oversized(serve: Serve, requests: int = 20) -> int:
             sock.send(near if i % 2 else over)
             reply = json.loads(sock.recv())
             assert reply["status"] == "error", reply
-            assert reply["error_type"] in {"MessageTooLarge", "UpstreamError", "RateLimited"}
+            assert reply["error_code"] in {"MessageTooLarge", "UpstreamError", "RateLimited"}
     finally:
         sock.close()
     return requests

@@ -248,6 +248,16 @@ impl Client {
         &self.options
     }
 
+    /// The ZeroMQ context (a [`crate::Watch`] opens its SUB socket in it).
+    pub(crate) fn context(&self) -> &zmq::Context {
+        &self.context
+    }
+
+    /// Decoded CURVE keys (server public, public, secret), when CURVE is on.
+    pub(crate) fn curve_keys(&self) -> Option<&[Vec<u8>; 3]> {
+        self.curve.as_ref()
+    }
+
     /// A fresh request id (`rs-<random>-<counter>`), unique per client.
     pub fn next_request_id(&mut self) -> String {
         self.counter += 1;
@@ -408,12 +418,25 @@ impl Client {
         self.call(&GetSessionInfoRequest::new(session_id))
     }
 
-    /// `list_client_sessions`.
+    /// `list_client_sessions` without a proof of the client: the bridge
+    /// answers only over CURVE with a key bound to `client_id` (else
+    /// `SessionError`, `error_code` `AccessDenied`); see
+    /// [`Client::list_client_sessions_with_token`].
     pub fn list_client_sessions(
         &mut self,
         client_id: &str,
     ) -> Result<ListClientSessionsResponse, ClientError> {
         self.call(&ListClientSessionsRequest::new(client_id))
+    }
+
+    /// `list_client_sessions` with the `client_token` that `create_session`
+    /// returned ([`CreateSessionResponse::client_token`]).
+    pub fn list_client_sessions_with_token(
+        &mut self,
+        client_id: &str,
+        client_token: &str,
+    ) -> Result<ListClientSessionsResponse, ClientError> {
+        self.call(&ListClientSessionsRequest::new(client_id).client_token(client_token))
     }
 
     /// `get_session_statistics`.

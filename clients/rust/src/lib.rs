@@ -83,7 +83,18 @@
 //!
 //! [`ClientOptions::curve`] sets `CURVE_SERVERKEY`, `CURVE_PUBLICKEY` and
 //! `CURVE_SECRETKEY` (40-character Z85 keys) on every socket. The bridge must
-//! be started with CURVE enabled for this to connect.
+//! be started with CURVE (`stuisession serve --curve-secret FILE
+//! --curve-clients FILE`, keys from `stuisession keys curve-server` /
+//! `curve-client`). A key on no allow-list is refused at the handshake, so
+//! calls end in [`ClientError::Timeout`]; a key acts only as the client ids
+//! it is bound to, and another client's session answers `SessionNotFound`.
+//!
+//! # Watching a session
+//!
+//! [`Watch`] keeps a local copy of a session in sync with the bridge's change
+//! notices (`stuisession serve --notify ENDPOINT`): a SUB socket subscribed
+//! with the token of `watch_session`, and one `restore_session` with
+//! `since_revision` per burst of notices (see the [`watch`] module).
 //!
 //! # Building offline
 //!
@@ -100,6 +111,7 @@ pub struct ReadmeDoctests;
 mod client;
 mod error;
 pub mod protocol;
+pub mod watch;
 
 pub use client::{
     Client, ClientOptions, CurveKeys, Reconnected, DEFAULT_ENDPOINT, DEFAULT_LINGER,
@@ -113,3 +125,4 @@ pub use protocol::{
     ListClientSessionsResponse, Response, RestoreSessionRequest, RestoreSessionResponse,
     SessionSummary, UpdateSessionStateRequest, UpdateSessionStateResponse,
 };
+pub use watch::Watch;

@@ -121,6 +121,14 @@ pub struct CreateSessionResponse {
     pub extra: Map<String, Value>,
 }
 
+impl CreateSessionResponse {
+    /// The additive `client_token`: the proof of the client that
+    /// `list_client_sessions` asks for (when the bridge issued one).
+    pub fn client_token(&self) -> Option<&str> {
+        self.extra.get("client_token").and_then(Value::as_str)
+    }
+}
+
 impl Command for CreateSessionRequest {
     const NAME: &'static str = "create_session";
     type Response = CreateSessionResponse;
@@ -316,16 +324,32 @@ impl Command for GetSessionInfoRequest {
 // list_client_sessions
 
 /// `list_client_sessions`: the client's open sessions.
+///
+/// The bridge lists a client only for a caller that proves it is that
+/// client: the additive `client_token` that `create_session` returned
+/// (`CreateSessionResponse::client_token`), or a CURVE key bound to the
+/// client id. Without either it answers `SessionError` (`error_code`
+/// `AccessDenied`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ListClientSessionsRequest {
     pub client_id: String,
+    /// Additive: the proof of the client (from `create_session`).
+    #[serde(skip_serializing_if = "is_none")]
+    pub client_token: Option<String>,
 }
 
 impl ListClientSessionsRequest {
     pub fn new(client_id: impl Into<String>) -> Self {
         ListClientSessionsRequest {
             client_id: client_id.into(),
+            client_token: None,
         }
+    }
+
+    /// Send this `client_token` as the proof of the client.
+    pub fn client_token(mut self, token: impl Into<String>) -> Self {
+        self.client_token = Some(token.into());
+        self
     }
 }
 
@@ -435,6 +459,10 @@ mod tests {
         assert_eq!(
             wire(&ListClientSessionsRequest::new("c"))["parameters"],
             json!({"client_id": "c"})
+        );
+        assert_eq!(
+            wire(&ListClientSessionsRequest::new("c").client_token("t"))["parameters"],
+            json!({"client_id": "c", "client_token": "t"})
         );
         // statistics sends an empty object, as upstream's example
         assert_eq!(

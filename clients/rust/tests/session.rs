@@ -102,9 +102,16 @@ fn create_update_restore_info_list_statistics_close() {
     assert!(!info.is_expired);
     assert!(info.time_until_expiry > 0 && info.time_until_expiry <= 3600);
 
-    // list
+    // list: needs the proof of the client that create_session handed out
+    let token = created
+        .client_token()
+        .expect("create_session returns a client_token")
+        .to_string();
+    let e = server_error(c.list_client_sessions(&client_id));
+    assert_eq!(e.error_type, ErrorType::SessionError, "{}", e);
+    assert_eq!(e.error_code.as_deref(), Some("AccessDenied"), "{}", e);
     let listed = c
-        .list_client_sessions(&client_id)
+        .list_client_sessions_with_token(&client_id, &token)
         .expect("list_client_sessions");
     assert_eq!(listed.client_id, client_id);
     assert_eq!(listed.session_count, 1);
@@ -125,7 +132,7 @@ fn create_update_restore_info_list_statistics_close() {
     assert!(closed.closed);
     assert_eq!(closed.session_id, id);
     let listed = c
-        .list_client_sessions(&client_id)
+        .list_client_sessions_with_token(&client_id, &token)
         .expect("list after close");
     assert_eq!(listed.session_count, 0);
     assert!(listed.sessions.is_empty());

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use stuisession_client::{Client, ClientOptions};
+use stuisession_client::{Client, ClientOptions, CurveKeys};
 
 /// How long a bridge may take to answer after being started (a loaded 2-core CI machine).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -69,7 +69,7 @@ pub fn stuisession_bin() -> PathBuf {
 }
 
 /// A unique temporary directory, removed by [`Bridge`]'s drop.
-fn temp_dir() -> PathBuf {
+pub fn temp_dir() -> PathBuf {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -84,10 +84,38 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
+/// A temporary directory removed (with its contents) on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        TempDir(temp_dir())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What to start a bridge with beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// More `serve` arguments (e.g. `--curve-secret FILE --curve-clients FILE`).
+    pub args: Vec<String>,
+    /// Also publish change notices: `--notify tcp://127.0.0.1:<free port>`.
+    pub notify: bool,
+    /// CURVE keys of the readiness probe (a bridge with CURVE refuses a plaintext one).
+    pub probe_curve: Option<CurveKeys>,
+}
+
 /// A running bridge. Dropping it SIGKILLs the process and removes its files.
 pub struct Bridge {
     child: Option<Child>,
     port: u16,
+    notify_port: Option<u16>,
+    setup: Setup,
     dir: PathBuf,
     starts: u32,
 }
@@ -95,6 +123,11 @@ pub struct Bridge {
 impl Bridge {
     /// Start a bridge on a free port with a fresh store; wait until it answers.
     pub fn start() -> Bridge {
+        Bridge::start_with(Setup::default())
+    }
+
+    /// [`Bridge::start`] with more arguments (CURVE, notices).
+    pub fn start_with(setup: Setup) -> Bridge {
         let dir = temp_dir();
         let mut last_failure = String::new();
         // a port can be taken between choosing and binding: try another one
@@ -102,6 +135,12 @@ impl Bridge {
             let mut bridge = Bridge {
                 child: None,
                 port: free_port(),
+                notify_port: if setup.notify {
+                    Some(free_port())
+                } else {
+                    None
+                },
+                setup: setup.clone(),
                 dir: dir.clone(),
                 starts: 0,
             };
@@ -122,6 +161,14 @@ impl Bridge {
     /// `tcp://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// `tcp://127.0.0.1:<notify port>` (panics unless started with `notify`).
+    pub fn notify_endpoint(&self) -> String {
+        let port = self
+            .notify_port
+            .expect("the bridge was started without --notify");
+        format!("tcp://127.0.0.1:{}", port)
     }
 
     /// The store directory.
@@ -145,7 +192,8 @@ impl Bridge {
         let log = File::create(self.log_path()).expect("could not create the bridge log");
         let log_err = log.try_clone().expect("could not clone the log handle");
         let bin = stuisession_bin();
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        command
             .arg("serve")
             .arg("--bind")
             .arg(self.endpoint())
@@ -155,6 +203,11 @@ impl Bridge {
             .arg("off")
             .arg("--log-level")
             .arg("WARNING")
+            .args(&self.setup.args);
+        if self.notify_port.is_some() {
+            command.arg("--notify").arg(self.notify_endpoint());
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -169,10 +222,13 @@ impl Bridge {
 
     fn try_wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let options = ClientOptions::new(self.endpoint())
+        let mut options = ClientOptions::new(self.endpoint())
             .timeout(Duration::from_millis(500))
             .linger(Duration::from_millis(0))
             .max_tries(1);
+        if let Some(keys) = &self.setup.probe_curve {
+            options = options.curve(keys.clone());
+        }
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -263,4 +319,27 @@ pub fn unique_client_id(tag: &str) -> String {
         DIRS.fetch_add(1, Ordering::SeqCst),
         nanos % 1_000_000_000
     )
+}
+
+/// Run `stuisession` with these arguments; panic with its output unless it succeeds.
+pub fn run_cli(args: &[&str]) -> String {
+    let bin = stuisession_bin();
+    let output = Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {}: {}", bin.display(), e));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "stuisession {:?} failed ({}): {}",
+        args,
+        output.status,
+        text
+    );
+    text
 }
