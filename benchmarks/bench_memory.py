@@ -42,7 +42,7 @@ import benchlib
 
 from stuisession import FileStore, Policy, ProtocolHandler
 from stuisession.security.identity import Caller
-from stuisession.state.schema import lifecycle
+from stuisession.state import lifecycle
 
 SAMPLE = 500  # sessions restored and described
 SAMPLE_UPDATES = 100  # of them also updated

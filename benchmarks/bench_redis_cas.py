@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from redis_server import start_redis_server  # noqa: E402
 from stuisession.errors import ConflictError  # noqa: E402
 from stuisession.keys import Keyring  # noqa: E402
+from stuisession.state import lifecycle  # noqa: E402
 from stuisession.state.model import Session, SessionState  # noqa: E402
-from stuisession.state.schema import lifecycle  # noqa: E402
 from stuisession.stores.redis import RedisStore  # noqa: E402
 
 NOW = 1_700_000_000.0

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
-from stuisession.state.schema import lifecycle
+from stuisession.state import lifecycle
 
 
 def main() -> None:

@@ -121,10 +121,18 @@ def worker(endpoint: str, index: int, start_at: float, duration: float, timeout_
 
 # -- the driver ---------------------------------------------------------------------------
 def _proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (and its reaped children) in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """utime + stime of a process and of its live descendants (serve --workers), seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    total = (int(fields[11]) + int(fields[12])) / ticks
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(_proc_cpu_s(int(c)) for c in children)
 
 
 def _wait_ready(endpoint: str, deadline: float) -> None:
@@ -230,7 +238,7 @@ def run(
     return {
         "clients": clients,
         "duration_s": duration,
-        "server_workers": server_workers or "default (8)",
+        "server_workers": server_workers or f"default ({os.cpu_count()} cores)",
         "audit": audit,
         "acked_ops": len(lat),
         "ops_per_s": len(lat) / duration,

@@ -57,6 +57,12 @@ MODULES: list[tuple[str, str, list[str], list[str]]] = [
         ["--clients", "8", "--duration", "3"],
     ),
     (
+        "throughput_1worker",
+        "bench_throughput.py",
+        ["--clients", "32", "--duration", "6", "--server-workers", "1"],
+        ["--clients", "8", "--duration", "2", "--server-workers", "1"],
+    ),
+    (
         "notify",
         "bench_notify.py",
         ["--duration", "10", "--cost-n", "400"],

@@ -188,6 +188,196 @@ def loads_limited(data: bytes | str, limits: Limits, *, refuse_surrogates: bool 
     return value
 
 
+#: decimal digits of the longest integer :func:`check_json_value` accepts (MAX_INT_BITS)
+_MAX_CHECKED_DIGITS = 3900
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+
+
+def nesting_depth(data: bytes, at_most: int) -> int | None:
+    """Container nesting depth of the valid JSON *data*, or None when over *at_most*.
+
+    Linear C work: escaped backslashes and quotes are dropped, the text outside
+    strings (every other piece between quotes) is reduced to its brackets, and
+    innermost pairs are removed once per level.
+    """
+    text = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(text.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    depth = 0
+    while brackets:
+        if depth >= at_most:
+            return None
+        # one pass: removing "[]" then "{}" would take "{[]}" down two levels at once
+        brackets = _INNERMOST.sub(b"", brackets)
+        depth += 1
+    return depth
+
+
+@attrs.frozen
+class Parsed:
+    """One request parsed by :func:`loads_request`."""
+
+    value: Any
+    #: raw UTF-8 JSON of the named members of the top-level ``parameters`` object
+    raw: dict[str, bytes]
+    #: every value inside ``parameters`` is plain JSON as :func:`check_json_value`
+    #: (default depth) requires: a second walk of them is not needed
+    checked: bool
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+#: digits and the decimal dot as "0": a number literal a hook must look at shows as a
+#: long run of "0" (an integer near a limit, or a decimal that overflows a float: 300
+#: digits at most) or as "0e"/"0E" (an exponent: 1e999 is infinite)
+_NUMERIC = bytes.maketrans(b"123456789.", b"0" * 10)
+
+
+def loads_request(data: str, limits: Limits, raw_names: frozenset[str] = frozenset()) -> Parsed:
+    """:func:`loads_limited` of one request envelope, also validating its parameters.
+
+    In the same parse it records whether every parameter value is plain JSON
+    (finite numbers, integers :func:`check_json_value` accepts, no lone
+    surrogate, nested at most :data:`MAX_DEPTH` levels) and keeps the raw text
+    of the ``parameters`` members named in *raw_names*, so that a caller can
+    store or echo them without encoding them again. Raises what
+    :func:`loads_limited` raises.
+    """
+    nodes = node_estimate(data)
+    if nodes > limits.max_nodes:
+        raise LimitExceeded(
+            f"message holds more than {limits.max_nodes} JSON values",
+            "max_json_nodes",
+            limits.max_nodes,
+        )
+    max_digits = limits.max_int_digits
+    max_keys = limits.max_object_keys
+    plain = [True]
+
+    def parse_int(text: str) -> int:
+        digits = len(text) - (text[0] == "-")
+        if digits > max_digits:
+            raise LimitExceeded(
+                f"message holds an integer of more than {max_digits} digits",
+                "max_int_digits",
+                max_digits,
+            )
+        if digits > _MAX_CHECKED_DIGITS:
+            plain[0] = False
+        return int(text)
+
+    def parse_float(text: str) -> float:
+        if len(text) > max_digits + 32:
+            raise LimitExceeded(
+                f"message holds a number of more than {max_digits} digits",
+                "max_int_digits",
+                max_digits,
+            )
+        value = float(text)
+        if not math.isfinite(value):  # 1e999: the field checks say which field
+            plain[0] = False
+        return value
+
+    def object_hook(obj: dict[str, Any]) -> dict[str, Any]:
+        if len(obj) > max_keys:
+            raise LimitExceeded(
+                f"message holds an object of more than {max_keys} members",
+                "max_object_keys",
+                max_keys,
+            )
+        return obj
+
+    # the hooks are Python calls per number/object: skipped when a C scan shows that
+    # no literal can break a bound (no digit run that long, no exponent) and no object
+    # can have that many members (fewer colons in the whole message)
+    # a literal over a bound holds a run of digits and dots at least this long (a
+    # float's length bound counts its digits, its dot and a few signs); found with
+    # C-level translate/find (a regex over a 1 MB message costs ~50 ms)
+    run = max(1, min(300, (max_digits + 31) // 2))
+    encoded = data.encode("utf-8", "surrogatepass")
+    numeric = encoded.translate(_NUMERIC)
+    numbers = numeric.find(b"0" * run) >= 0 or numeric.find(b"0e") >= 0 or numeric.find(b"0E") >= 0
+    decoder = json.JSONDecoder(
+        parse_int=parse_int if numbers else None,
+        parse_float=parse_float if numbers else None,
+        parse_constant=_refuse_constant,
+        object_hook=object_hook if data.count(":") > max_keys else None,
+    )
+    raw: dict[str, bytes] = {}
+    value = _scan_envelope(data, decoder, raw_names, raw) if raw_names else None
+    if value is None:
+        raw.clear()
+        value = decoder.decode(data)
+    if _SURROGATE_ESCAPE.search(data) is not None:
+        plain[0] = False  # rare: the field checks name the field holding it
+    checked = plain[0]
+    if checked:
+        # the envelope and ``parameters`` are two of the levels
+        checked = nesting_depth(encoded, MAX_DEPTH + 1) is not None
+    return Parsed(value, raw, checked)
+
+
+def _same(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj
+
+
+def _scan_envelope(
+    s: str, decoder: json.JSONDecoder, raw_names: frozenset[str], raw: dict[str, bytes]
+) -> dict[str, Any] | None:
+    """Decode the envelope object member by member (values by the C scanner), keeping
+    the raw text of ``parameters`` members in *raw_names*; None when *s* is not a
+    plain object of this shape (then the caller decodes it the usual way)."""
+    scan = decoder.scan_once  # type: ignore[attr-defined]
+    found: Any = decoder.object_hook  # None when the caller skipped the hook
+    hook: Any = _same if found is None else found
+
+    def members(idx: int, capture: bool) -> tuple[dict[str, Any], int] | None:
+        # s[idx] == "{"
+        out: dict[str, Any] = {}
+        if capture:
+            raw.clear()  # a duplicate "parameters": only the last one counts
+        idx = _WS.match(s, idx + 1).end()  # type: ignore[union-attr]
+        if s[idx : idx + 1] == "}":
+            return hook(out), idx + 1
+        while True:
+            if s[idx : idx + 1] != '"':
+                return None
+            key, idx = json.decoder.scanstring(s, idx + 1)  # type: ignore[attr-defined]
+            idx = _WS.match(s, idx).end()  # type: ignore[union-attr]
+            if s[idx : idx + 1] != ":":
+                return None
+            start = idx = _WS.match(s, idx + 1).end()  # type: ignore[union-attr]
+            if not capture and key == "parameters" and s[idx : idx + 1] == "{":
+                inner = members(idx, True)
+                if inner is None:
+                    return None
+                out[key], idx = inner
+            else:
+                out[key], idx = scan(s, idx)
+                if capture and key in raw_names:
+                    raw[key] = s[start:idx].encode("utf-8")  # a duplicate: the last counts
+            idx = _WS.match(s, idx).end()  # type: ignore[union-attr]
+            c = s[idx : idx + 1]
+            if c == "}":
+                return hook(out), idx + 1
+            if c != ",":
+                return None
+            idx = _WS.match(s, idx + 1).end()  # type: ignore[union-attr]
+
+    try:
+        idx = _WS.match(s, 0).end()  # type: ignore[union-attr]
+        if s[idx : idx + 1] != "{":
+            return None
+        result = members(idx, False)
+    except (StopIteration, ValueError, IndexError):
+        return None  # the usual decode reports it (or a limit: raised again there)
+    if result is None:
+        return None
+    value, idx = result
+    if _WS.match(s, idx).end() != len(s):  # type: ignore[union-attr]
+        return None
+    return value
+
+
 def has_lone_surrogate(value: Any) -> bool:
     """True if any string (or key) in the decoded JSON *value* holds a lone surrogate."""
     stack = [value]

@@ -184,11 +184,29 @@ def restore_raw(endpoint: str, session_id: str, client_id: str) -> dict[str, Any
 
 
 # -- (a) SIGKILL and restart under 20 writers ----------------------------------------------
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes of the bridge *pid* (its children running a spawned worker)."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            found.append(int(child))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("workers", "victim"),
+    [(1, "bridge"), (2, "bridge"), (2, "worker")],
+    ids=["workers1-kill-bridge", "workers2-kill-bridge", "workers2-kill-worker"],
+)
 def test_twenty_clients_lose_no_acknowledged_update_across_two_sigkills(
-    tmp_path: Path, bridges: Callable[..., Bridge]
+    tmp_path: Path, bridges: Callable[..., Bridge], workers: int, victim: str
 ):
     store = str(tmp_path / "store")
-    server = bridges(store)
+    server = bridges(store, "--workers", str(workers))
     outs = [tmp_path / f"client-{n}.jsonl" for n in range(N_CLIENTS)]
     errs = [tmp_path / f"client-{n}.err" for n in range(N_CLIENTS)]
     procs: list[subprocess.Popen[bytes]] = []
@@ -224,8 +242,18 @@ def test_twenty_clients_lose_no_acknowledged_update_across_two_sigkills(
                 time.sleep(0.02)
             acked = count_acks(outs)
             kills_at.append(acked)
-            server.sigkill()
-            server.start()
+            if victim == "bridge":
+                server.sigkill()
+                server.start()
+            else:  # one worker dies; the supervisor starts another in its place
+                assert server.proc is not None
+                before = worker_pids(server.proc.pid)
+                assert len(before) == workers, before
+                os.kill(before[len(kills_at) % workers], signal.SIGKILL)
+                deadline = time.monotonic() + 30
+                while len(set(worker_pids(server.proc.pid)) - set(before)) < 1:
+                    assert time.monotonic() < deadline, "the dead worker was not restarted"
+                    time.sleep(0.05)
         for n, p in enumerate(procs):
             remaining = max(1.0, RUN_DEADLINE - (time.monotonic() - started))
             assert p.wait(remaining) == 0, f"client {n} failed:\n{errs[n].read_text()}"

@@ -39,10 +39,11 @@ def free_port() -> int:
 class Bridge:
     """One ``stuisession serve`` process; stderr goes to a file (a pipe could fill up)."""
 
-    def __init__(self, endpoint: str, store: Path, log: Path) -> None:
+    def __init__(self, endpoint: str, store: Path, log: Path, workers: int = 1) -> None:
         self.endpoint = endpoint
         self.store = store
         self.log = log
+        self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -59,6 +60,8 @@ class Bridge:
                     self.endpoint,
                     "--store",
                     str(self.store),
+                    "--workers",
+                    str(self.workers),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -111,13 +114,19 @@ class Bridge:
         return self.log.read_text("utf-8", "replace") if self.log.exists() else ""
 
 
-@pytest.fixture
-def bridge(tmp_path: Path) -> Iterator[Callable[[], Bridge]]:
-    """bridge() -> a started server; all are SIGKILLed at the end of the test."""
+@pytest.fixture(params=[1, 2], ids=["workers1", "workers2"])
+def bridge(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], Bridge]]:
+    """bridge() -> a started server (one process, or two workers behind a supervisor);
+    all are SIGKILLed at the end of the test."""
     made: list[Bridge] = []
 
     def factory() -> Bridge:
-        b = Bridge(f"tcp://127.0.0.1:{free_port()}", tmp_path / "store", tmp_path / "server.log")
+        b = Bridge(
+            f"tcp://127.0.0.1:{free_port()}",
+            tmp_path / "store",
+            tmp_path / "server.log",
+            workers=request.param,
+        )
         made.append(b)
         b.start()
         return b

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from stuisession.bridge.supervisor import default_workers
 from stuisession.cli._common import (
     DEFAULT_BIND,
     EXIT_OK,
@@ -76,7 +77,21 @@ def register_serve(sub: Any) -> None:
         "([[client]] public_key, client_ids, operator) or a directory of *.toml files "
         "and <client_id>.key certificates; re-read when it changes or on SIGHUP",
     )
-    p.add_argument("--workers", type=positive_int, default=8, help="worker threads (default 8)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes behind the socket (default: the number of cores; "
+        "1 serves from this process)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="request threads in each worker process (default 8)",
+    )
     p.add_argument(
         "--max-pending",
         type=positive_int,
@@ -280,7 +295,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.notify is not None:
         _check_bind(zmq, args.notify, "--notify")
 
-    store = open_store(args.store, key_file=args.key_file, create=True)
+    workers = default_workers() if args.workers is None else args.workers
+    if workers > 1 and (curve is not None or args.notify is not None):
+        # CURVE's ZAP handler and the notice socket live in one bridge process so far
+        if args.workers is not None:
+            raise UsageError("--workers above 1 does not combine with --curve-secret or --notify")
+        workers = 1
+    if workers > 1:
+        return _serve_workers(args, workers, run_policy, directory is None)
+
+    store = open_store(args.store, key_file=args.key_file, create=True, **_shards(args.store))
     upstream = None
     try:
         audit = _serve_audit(args, store)
@@ -294,7 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 handler,
                 args.bind,
                 upstream=upstream,
-                workers=args.workers,
+                workers=args.threads,
                 max_pending=args.max_pending,
                 idle_timeout=args.idle_timeout,
                 curve=curve,
@@ -323,6 +347,95 @@ def cmd_serve(args: argparse.Namespace) -> int:
             upstream.close()
         store.close()
     return EXIT_OK
+
+
+def _serve_workers(
+    args: argparse.Namespace, workers: int, run_policy: Any, redis_store: bool
+) -> int:
+    """``serve --workers N`` (N > 1): the public socket here, N worker processes behind it."""
+    import functools
+
+    from stuisession.admin.core import open_store
+    from stuisession.bridge.supervisor import Supervisor
+
+    # create the store (directory, keyring) once, before workers race to do it
+    store = open_store(args.store, key_file=args.key_file, create=True, **_shards(args.store))
+    durability = getattr(store, "durability", None)
+    store.close()
+    settings = {
+        "store": args.store,
+        "key_file": args.key_file,
+        "audit": args.audit,
+        "policy": run_policy,
+        "upstream": args.upstream,
+        "upstream_timeout": args.upstream_timeout,
+        "threads": args.threads,
+        "max_pending": args.max_pending,
+        "idle_timeout": args.idle_timeout,
+    }
+    factory = functools.partial(_worker_server, settings)
+    try:
+        supervisor = Supervisor(
+            args.bind, workers, factory, policy=run_policy, idle_timeout=args.idle_timeout
+        )
+    except Exception as exc:  # zmq.ZMQError: taken between the check and now
+        raise Fail(f"cannot bind {args.bind}: {exc}") from None
+    with supervisor:
+        text = banner(args, supervisor.bound_endpoint, run_policy, redis_store, durability)
+        print(f"{text}\n  workers: {workers} processes", file=sys.stderr, flush=True)
+        _announce_transport(supervisor.bound_endpoint, None)
+        with SignalStop(supervisor.stop):
+            supervisor.serve_forever()
+    log.info("bridge stopped")
+    return EXIT_OK
+
+
+def _worker_server(settings: dict[str, Any], config: Any, context: Any) -> tuple[Any, Any]:
+    """Build one worker's BridgeServer (runs in the worker process)."""
+    from stuisession.admin.core import open_store
+    from stuisession.bridge.server import BridgeServer
+    from stuisession.protocol.handler import ProtocolHandler
+
+    args = argparse.Namespace(store=settings["store"], audit=settings["audit"])
+    store = open_store(settings["store"], key_file=settings["key_file"], create=True)  # made once
+    upstream = None
+    try:
+        audit = _serve_audit(args, store)
+        handler = ProtocolHandler(store, settings["policy"], audit=audit)
+        if settings["upstream"]:
+            from stuisession.bridge.forwarding import ZmqUpstream
+
+            upstream = ZmqUpstream(settings["upstream"], timeout=settings["upstream_timeout"])
+        server = BridgeServer(
+            handler,
+            config.endpoint,
+            context=context,
+            upstream=upstream,
+            workers=settings["threads"],
+            max_pending=settings["max_pending"],
+            idle_timeout=settings["idle_timeout"],
+            # one worker sweeps expired sessions; the others would repeat its work
+            sweep_interval=None if config.sweeper else 365 * 86400.0,
+        )
+    except BaseException:
+        if upstream is not None:
+            upstream.close()
+        store.close()
+        raise
+
+    def cleanup() -> None:
+        if upstream is not None:
+            upstream.close()
+        store.close()
+
+    return server, cleanup
+
+
+def _shards(spec: str) -> dict[str, Any]:
+    """A file store served gets all its shard directories once: no create pays a mkdir."""
+    from stuisession.admin.core import store_directory
+
+    return {"make_shards": True} if store_directory(spec) is not None else {}
 
 
 def _serve_curve(args: argparse.Namespace) -> Any:

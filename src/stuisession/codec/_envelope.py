@@ -11,9 +11,11 @@ Private to :mod:`stuisession.codec`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
+import threading
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -26,17 +28,33 @@ NONCE_SIZE = 12
 _GCM_TAG_SIZE = 16
 
 
+_local = threading.local()
+
+
 def compress(data: bytes, level: int = 3) -> bytes:
     """*data* as one zstd frame that declares its content size."""
-    # ZstdCompressor objects are not thread-safe; a fresh one per call is cheap
-    out: bytes = zstandard.ZstdCompressor(level=level).compress(data)
+    # ZstdCompressor objects are not thread-safe: one per thread and level (making
+    # one costs more than compressing a small state)
+    compressors: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "zstd", None)
+    if compressors is None:
+        compressors = _local.zstd = {}
+    c = compressors.get(level)
+    if c is None:
+        c = compressors[level] = zstandard.ZstdCompressor(level=level)
+    out: bytes = c.compress(data)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _aead(enc_key: bytes) -> AESGCM:
+    # AESGCM keeps only the key; each call makes its own cipher context (thread-safe)
+    return AESGCM(enc_key)
 
 
 def encrypt(enc_key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """``nonce || AES-256-GCM(plaintext, aad)`` with a fresh random 12-byte nonce."""
     nonce = os.urandom(NONCE_SIZE)
-    return nonce + AESGCM(enc_key).encrypt(nonce, plaintext, aad)
+    return nonce + _aead(enc_key).encrypt(nonce, plaintext, aad)
 
 
 def decrypt(enc_key: bytes, sealed: bytes, aad: bytes, *, what: str) -> bytes:
@@ -44,7 +62,7 @@ def decrypt(enc_key: bytes, sealed: bytes, aad: bytes, *, what: str) -> bytes:
     if len(sealed) < NONCE_SIZE + _GCM_TAG_SIZE:
         raise IntegrityError(f"{what} is too short to be encrypted")
     try:
-        return AESGCM(enc_key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+        return _aead(enc_key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
     except (InvalidTag, ValueError):
         raise IntegrityError(f"{what} failed to decrypt") from None
 

@@ -104,7 +104,7 @@ def replay(session: Session, records: list[JournalRecord]) -> Session:
         state = session.state
         if r.kind == KIND_UPDATE:
             try:
-                state = StateUpdate.from_json(r.payload).apply(state, r.info.revision)
+                state = StateUpdate.from_json(r.payload, checked=True).apply(state, r.info.revision)
             except Exception as exc:
                 raise IntegrityError(
                     f"journal record for revision {r.info.revision} could not be replayed "

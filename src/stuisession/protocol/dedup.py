@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -41,6 +41,13 @@ def request_key(
     h.update(_field(caller.encode("utf-8", "surrogatepass")))
     h.update(repr(request_id).encode("utf-8", "surrogatepass"))
     h.update(b"\x00" + command.encode() + b"\x00")
+    raw: Mapping[str, bytes] = getattr(parameters, "raw", None) or {}
+    if raw:
+        # raw request text kept by the parse: hash those bytes, not a re-encoding
+        parameters = {
+            k: ("\x00raw:" + hashlib.sha256(raw[k]).hexdigest()) if k in raw else v
+            for k, v in parameters.items()
+        }
     try:
         h.update(_json.dumps_sorted(parameters))
     except (TypeError, ValueError):
@@ -93,11 +100,17 @@ class _Entry:
 TRANSIENT_ERRORS = frozenset({"RateLimited", "Busy", "StorageError", "InternalError"})
 
 
+#: default bound of the reply cache (bytes of encoded replies): small for the memory
+#: budget; a reply larger than the bound is not remembered (a resend is handled again
+#: and the id-keyed revision checks still apply)
+DEFAULT_REPLY_BYTES = 4 * 1024 * 1024
+
+
 class ReplyCache:
     """Bounded (entries and estimated bytes), time-limited memory of replies. Thread-safe."""
 
     def __init__(
-        self, ttl: float = 300.0, max_entries: int = 4096, max_bytes: int = 64 * 1024 * 1024
+        self, ttl: float = 300.0, max_entries: int = 4096, max_bytes: int = DEFAULT_REPLY_BYTES
     ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries

@@ -15,8 +15,11 @@ import attrs
 from stuisession import _json
 from stuisession.errors import InvalidRequest, MessageTooLarge
 from stuisession.policy import Policy
-from stuisession.protocol.limits import parse_message
-from stuisession.protocol.params import encodable
+from stuisession.protocol.limits import parse_request_text
+from stuisession.protocol.params import CheckedParams, encodable
+
+#: parameters whose raw request text is kept (stored and echoed without re-encoding)
+RAW_PARAMETERS = frozenset({"state_data"})
 
 
 @attrs.frozen
@@ -42,14 +45,17 @@ def parse_request(
             text = bytes(message).decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRequest("Message is not valid UTF-8") from None
-        doc = parse_message(text, policy)
+        parsed = parse_request_text(text, policy, RAW_PARAMETERS)
+        doc = parsed.value
     elif isinstance(message, str):
         if len(message) > limit:  # characters >= bytes/4; cheap first check
             raise MessageTooLarge(f"Message exceeds the limit of {limit} bytes", limit=limit)
         if len(message.encode("utf-8", "surrogatepass")) > limit:
             raise MessageTooLarge(f"Message exceeds the limit of {limit} bytes", limit=limit)
-        doc = parse_message(message, policy)
+        parsed = parse_request_text(message, policy, RAW_PARAMETERS)
+        doc = parsed.value
     elif isinstance(message, Mapping):
+        parsed = None
         doc = message
     else:
         raise InvalidRequest(
@@ -80,6 +86,9 @@ def parse_request(
         raise _with_id(
             InvalidRequest("parameters must be a JSON object", field="parameters"), request_id
         )
+    if parsed is not None and parsed.checked and type(params) is dict:
+        # validated in the parse: the field checks need not walk the values again
+        params = CheckedParams(params, raw=parsed.raw)
     return Request(id=request_id, command=command, parameters=params)
 
 

@@ -316,10 +316,14 @@ class ProtocolHandler:
             base_revision=base_revision,
             request_key=CURRENT_REQUEST.get(),
         )
+        echo: Any = session.state.session_state
+        if "session_state" in update.replace and "session_state" in update.raw:
+            # replaced wholesale by exactly what the client sent: echo its bytes
+            echo = RawJSON(update.raw["session_state"])
         return {
             "session_id": session.session_id,
             "last_modified": isoformat(session.last_modified),
-            "session_state": session.state.session_state,
+            "session_state": echo,
             "update_successful": True,
             "revision": session.revision,
             "lineage": session.lineage,

@@ -14,7 +14,7 @@ from stuisession import _json
 from stuisession.errors import InvalidRequest, StuiSessionError
 from stuisession.policy import Policy
 
-__all__ = ["ReplyTooLarge", "bound_reply", "json_limits", "parse_message"]
+__all__ = ["ReplyTooLarge", "bound_reply", "json_limits", "parse_message", "parse_request_text"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -37,6 +37,22 @@ def parse_message(text: bytes | str, policy: Policy, *, refuse_surrogates: bool 
     """
     try:
         return _json.loads_limited(text, json_limits(policy), refuse_surrogates=refuse_surrogates)
+    except RecursionError:
+        raise InvalidRequest("Message is nested too deeply") from None
+    except _json.LimitExceeded as exc:
+        raise InvalidRequest(
+            f"Message refused: {exc}", limit=exc.limit, limit_value=exc.value
+        ) from None
+    except ValueError as exc:
+        raise InvalidRequest(f"Message is not valid JSON: {exc}") from None
+
+
+def parse_request_text(text: str, policy: Policy, raw_names: frozenset[str]) -> _json.Parsed:
+    """:func:`parse_message` of a request envelope, validating its parameters in the same
+    parse and keeping the raw text of the *raw_names* parameters (see
+    :func:`stuisession._json.loads_request`). Raises what :func:`parse_message` raises."""
+    try:
+        return _json.loads_request(text, json_limits(policy), raw_names)
     except RecursionError:
         raise InvalidRequest("Message is nested too deeply") from None
     except _json.LimitExceeded as exc:

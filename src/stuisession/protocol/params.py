@@ -21,6 +21,18 @@ from stuisession.state.updates import PATCHABLE, StateUpdate, structure_evaluati
 Params = Mapping[str, Any]
 
 
+class CheckedParams(dict[str, Any]):
+    """Parameters whose values were validated as plain JSON while the request was parsed
+    (:func:`stuisession._json.loads_request`), with the raw request text of some of them."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, values: Mapping[str, Any], *, raw: Mapping[str, bytes]) -> None:
+        super().__init__(values)
+        #: parameter name -> its UTF-8 JSON text exactly as the request held it
+        self.raw = dict(raw)
+
+
 def required_value(params: Params, name: str) -> Any:
     if name not in params or params[name] is None:
         raise ValidationError(f"{name} is required", field=name)
@@ -58,7 +70,8 @@ def json_object(params: Params, name: str, *, required: bool = False) -> dict[st
     value = params[name]
     if not isinstance(value, Mapping):
         raise ValidationError(f"{name} must be a JSON object", field=name)
-    _json.check_json_value(value, name)
+    if type(params) is not CheckedParams:  # else checked in the parse already
+        _json.check_json_value(value, name)
     return dict(value)
 
 
@@ -161,10 +174,14 @@ def state_update(params: Params) -> StateUpdate:
     mode = params.get("mode", "replace")
     if mode not in ("replace", "merge"):
         raise ValidationError('mode must be "replace" or "merge"', field="mode")
+    raw: dict[str, bytes] = {}
     if state_data is not None:
         patches["session_state"] = state_data
         if mode == "replace":
             replace.add("session_state")
+        if type(params) is CheckedParams and "state_data" in params.raw:
+            # stored and echoed as the client sent it: no second encoding
+            raw["session_state"] = params.raw["state_data"]
     for section, patch in upstream_sections(params).items():
         patches[section] = patch
     changes = json_object(params, "changes")
@@ -189,4 +206,5 @@ def state_update(params: Params) -> StateUpdate:
         append_history=appends,
         client_version=optional_str(params, "client_version"),
         values_checked=True,  # _object checked every patch above
+        raw=raw,
     )

@@ -132,10 +132,24 @@ class StateUpdate:
     #: the caller has run :func:`~stuisession.jsonutil.check_json_value` over every
     #: patch already, so the open sections it patches need no second pass
     values_checked: bool = attrs.field(default=False, eq=False)
+    #: section -> the UTF-8 JSON text of its patch as the client sent it (already
+    #: validated): spliced into :meth:`to_json` instead of encoding the patch again
+    raw: Mapping[str, bytes] = attrs.field(factory=dict, eq=False, repr=False)
+    _json_cache: list[bytes] = attrs.field(factory=list, eq=False, repr=False, init=False)
 
     def to_json(self) -> bytes:
-        """This update as JSON (what a journal record stores)."""
-        doc: dict[str, Any] = {"patches": self.patches}
+        """This update as JSON (what a journal record stores); encoded once."""
+        if not self._json_cache:
+            self._json_cache.append(self._encode())
+        return self._json_cache[0]
+
+    def _encode(self) -> bytes:
+        patches: dict[str, Any] = self.patches
+        if self.raw:
+            patches = {
+                k: _json.RawJSON(self.raw[k]) if k in self.raw else v for k, v in patches.items()
+            }
+        doc: dict[str, Any] = {"patches": patches}
         if self.replace:
             doc["replace"] = sorted(self.replace)
         if self.sets:
@@ -149,11 +163,12 @@ class StateUpdate:
             doc["client_version"] = self.client_version
         if not self.counts_as_update:
             doc["counts_as_update"] = False
-        return _json.dumps(doc)
+        return _json.dumps_with_raw(doc) if self.raw else _json.dumps(doc)
 
     @classmethod
-    def from_json(cls, data: bytes) -> StateUpdate:
-        """The inverse of :meth:`to_json`."""
+    def from_json(cls, data: bytes, *, checked: bool = False) -> StateUpdate:
+        """The inverse of :meth:`to_json`; *checked*: *data* is a verified record our
+        writer produced from checked values (its patches need no second check)."""
         doc = _json.loads(data)
         return cls(
             patches=doc["patches"],
@@ -165,6 +180,7 @@ class StateUpdate:
             },
             client_version=doc.get("client_version"),
             counts_as_update=doc.get("counts_as_update", True),
+            values_checked=checked,
         )
 
     def paths(self, model: Mapping[str, Any]) -> list[Path]:

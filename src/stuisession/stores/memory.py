@@ -23,6 +23,9 @@ class MemoryStore(SessionStore):
         super().__init__(codec)
         # id -> (cas token, client, blob, revision)
         self._blobs: dict[str, tuple[tuple[int, str], str, bytes, int]] = {}
+        #: client id -> its session ids: a create counts the client's sessions without
+        #: scanning every stored one
+        self._by_client: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def _get(self, session_id: str) -> bytes | None:
@@ -42,6 +45,8 @@ class MemoryStore(SessionStore):
                     "session was changed by another writer", current_revision=current[3]
                 )
             self._blobs[info.session_id] = (info.cas_token, info.client_id, blob, info.revision)
+            if current is None:
+                self._by_client.setdefault(info.client_id, set()).add(info.session_id)
 
     def _delete(self, session_id: str, expected: SessionInfo | None = None) -> bool:
         with self._lock:
@@ -49,6 +54,11 @@ class MemoryStore(SessionStore):
             if current is None or (expected is not None and current[0] != expected.cas_token):
                 return False
             del self._blobs[session_id]
+            ids = self._by_client.get(current[1])
+            if ids is not None:
+                ids.discard(session_id)
+                if not ids:
+                    del self._by_client[current[1]]
             return True
 
     def _ids(self) -> Iterator[str]:
@@ -58,7 +68,7 @@ class MemoryStore(SessionStore):
 
     def _client_ids(self, client_id: str) -> Iterator[str]:
         with self._lock:
-            ids = [sid for sid, entry in self._blobs.items() if entry[1] == client_id]
+            ids = sorted(self._by_client.get(client_id, ()))
         return iter(ids)
 
     def corrupt(self, session_id: str, blob: bytes) -> None:

@@ -18,8 +18,10 @@ from stuisession.codec import journal
 from stuisession.codec.snapshot import Snapshot
 from stuisession.state.model import Session, SessionInfo
 
-#: default bound of the decoded-session cache (estimated bytes)
-DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+#: default bound of the decoded-session cache (estimated bytes): small, so that a
+#: bridge with 10,000 stored sessions stays inside its 10 MB memory budget; a
+#: bigger cache is opt-in (``FileStore(cache_bytes=)``, ``serve --cache-mb``)
+DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
 
 FileKey = tuple[int, int, int]
 
@@ -71,12 +73,19 @@ class Head:
 
 
 class HeadCache:
-    """A bounded LRU of :class:`Head` by session id (thread-safe)."""
+    """A bounded LRU of :class:`Head` by session id (thread-safe).
+
+    Besides the *limit*, one slot holds the most recently stored head that is
+    larger than the whole limit (a session of a few MB decoded): repeated updates
+    of one big session do not decode it every time, and memory stays bounded by
+    *limit* plus one such session. A limit of 0 turns the cache off entirely.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._items: OrderedDict[str, Head] = OrderedDict()
         self._used = 0
+        self._big: tuple[str, Head] | None = None
         self._lock = threading.Lock()
 
     def get(self, sid: str) -> Head | None:
@@ -84,14 +93,21 @@ class HeadCache:
             head = self._items.get(sid)
             if head is not None:
                 self._items.move_to_end(sid)
-            return head
+                return head
+            if self._big is not None and self._big[0] == sid:
+                return self._big[1]
+            return None
 
     def put(self, sid: str, head: Head) -> None:
         with self._lock:
             old = self._items.pop(sid, None)
             if old is not None:
                 self._used -= old.cost
+            if self._big is not None and self._big[0] == sid:
+                self._big = None
             if head.cost > self.limit:
+                if self.limit > 0:
+                    self._big = (sid, head)
                 return
             self._items[sid] = head
             self._used += head.cost
@@ -104,12 +120,14 @@ class HeadCache:
             old = self._items.pop(sid, None)
             if old is not None:
                 self._used -= old.cost
+            if self._big is not None and self._big[0] == sid:
+                self._big = None
 
     @property
     def used(self) -> int:
         with self._lock:
-            return self._used
+            return self._used + (0 if self._big is None else self._big[1].cost)
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._items)
+            return len(self._items) + (self._big is not None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -306,7 +306,7 @@ class JournalWriter:
         backups: int,
         journal_limit: int | None,
         marks: bool = True,
-        encode: Callable[[Session, int | None], tuple[bytes, int]],
+        encode: Callable[..., tuple[bytes, int]],
     ) -> None:
         self._codec = codec
         self._cache = cache
@@ -364,11 +364,13 @@ class JournalWriter:
         payload: bytes | None,
         *,
         info: SessionInfo | None = None,
+        raw: Mapping[str, bytes] | None = None,
     ) -> None:
         """Append one record (an update, or with *info* a new record only) as a CAS.
 
         The CAS compares the record version and lineage (every write bumps the
         version), so a write-back of a stale read never lands.
+        *raw*: wire sections of *session* given as validated JSON bytes (for a compaction).
         """
         with self._locks.locked(p.sid):
             head = self._reader.head(p, decode=False, locked=True)
@@ -399,7 +401,7 @@ class JournalWriter:
             too_big = max_size is not None and len(head.snapshot.blob) + grows > max_size
             if session is not None and (too_big or grows > self._limit(head)):
                 # fold everything into a new snapshot; its size is checked exactly
-                blob, state_size = self._encode(session, max_size)
+                blob, state_size = self._encode(session, max_size, raw)
                 self.write_snapshot_locked(p, session, blob, state_size)
                 return
             restart = head.end == 0 or head.jnl_version != journal.VERSION

@@ -171,6 +171,22 @@ class Layout:
         except OSError as exc:
             raise storage_error("create the store directory", exc) from exc
 
+    def make_shards(self, *, fsync: bool) -> None:
+        """Create every shard directory once (4,096), so a create never pays for a mkdir
+        and a directory fsync of its own; raises StorageError."""
+        try:
+            present = set(os.listdir(self.sessions_dir))
+            missing = [a + b for a in _B64 for b in _B64 if a + b not in present]
+            if not missing:
+                return
+            for shard in missing:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(os.path.join(self.sessions_dir, shard), 0o700)
+            if fsync:
+                _fs.fsync_dir(self.sessions_dir)
+        except OSError as exc:
+            raise storage_error("create the shard directories", exc) from exc
+
     def paths(self, session_id: str) -> SessionPaths:
         """The files of *session_id*; raises ValidationError for a malformed id."""
         # the base class validates ids already; never build a path from one that isn't

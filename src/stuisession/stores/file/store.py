@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -142,7 +142,13 @@ class FileStore(SessionStore):
     :param cache_bytes: bound on the cache of decoded sessions (estimated
         memory, bytes). Cached sessions are revalidated with a ``stat`` of
         their files, so several processes may share the directory. 0 turns
-        the cache off.
+        the cache off. Default 4 MiB (the memory budget); besides the bound
+        it keeps the latest session larger than the bound.
+    :param make_shards: create the 4,096 shard directories now (about 0.3-1 s
+        for a new store, a ``listdir`` afterwards), so that no create pays a
+        ``mkdir`` and an extra directory fsync for its client's first session.
+        ``serve`` turns it on; test harnesses that make many small stores
+        leave it off.
     """
 
     def __init__(
@@ -161,6 +167,7 @@ class FileStore(SessionStore):
         journal_limit: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         allow_insecure_directory: bool = False,
+        make_shards: bool = False,
     ) -> None:
         if cache_bytes < 0:
             raise ConfigurationError("cache_bytes must be 0 or more")
@@ -191,6 +198,8 @@ class FileStore(SessionStore):
         read_info = codec.read_info
         layout.read_info = lambda head: read_info(head).session_id
         fmt = layout.open_format(lock_stripes, fsync=fsync, keyring=codec.keyring)
+        if make_shards and fmt.shard_key is not None:
+            layout.make_shards(fsync=fsync)  # once per store: creates never mkdir
         self._index = ClientIndex(layout, fmt.shard_key)
         self._locks = StripeLocks(layout.lock_paths(fmt.lock_stripes), lock_timeout)
         # separate files from the session stripes: a create holds its client's
@@ -470,9 +479,11 @@ class FileStore(SessionStore):
             return
         p = self._paths(session.session_id)
         payload = update.to_json()
+        # a section replaced wholesale by validated client bytes is stored as those bytes
+        raw = {k: v for k, v in update.raw.items() if k in update.replace}
         self._io(
             "write a session journal",
-            lambda: self._jw.commit(p, session, expected, max_size, payload),
+            lambda: self._jw.commit(p, session, expected, max_size, payload, raw=raw),
         )
 
     def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected: SessionInfo) -> None:
@@ -558,12 +569,21 @@ class FileStore(SessionStore):
         except OSError as exc:
             raise storage_error("read a session snapshot", exc) from exc
 
-    def _encode_sized(self, session: Session, max_size: int | None) -> tuple[bytes, int]:
+    def _encode_sized(
+        self, session: Session, max_size: int | None, raw: Mapping[str, bytes] | None = None
+    ) -> tuple[bytes, int]:
         """``(blob, state JSON bytes)``: the sealed snapshot and what the cache charges.
 
+        *raw*: wire sections whose value is exactly these validated JSON bytes (a
+        section the last update replaced wholesale): spliced, not encoded again.
         Raises :class:`~stuisession.errors.StateTooLarge` as ``_encode`` does.
         """
-        state_json = _json.dumps(to_wire_dict(session.state))
+        wire = to_wire_dict(session.state)
+        if raw:
+            spliced = {k: _json.RawJSON(raw[k]) if k in raw else v for k, v in wire.items()}
+            state_json = _json.dumps_with_raw(spliced)
+        else:
+            state_json = _json.dumps(wire)
         blob = self.codec.encode_state_json(session.info, state_json)
         if max_size is not None and len(blob) > max_size:
             raise StateTooLarge(
