@@ -21,24 +21,20 @@ from typing import Any
 from stuisession import _json
 from stuisession._json import RawJSON
 from stuisession.clock import Clock, isoformat
-from stuisession.errors import InternalError, StuiSessionError, UnknownCommand, ValidationError
+from stuisession.errors import InternalError, StuiSessionError, UnknownCommand
 from stuisession.policy import Policy
+from stuisession.protocol import commands_context as ctx
 from stuisession.protocol import params as val
+from stuisession.protocol.commands_context import Result
 from stuisession.protocol.dedup import CURRENT_REQUEST, ReplyCache, durable_key, request_key
 from stuisession.protocol.envelope import Request, parse_request
 from stuisession.protocol.limits import bound_reply  # [limits hook]
 from stuisession.protocol.params import Params
-from stuisession.protocol.results import (
-    context_json,
-    context_summary,
-    error_response,
-    session_record,
-)
+from stuisession.protocol.results import error_response, session_record
 from stuisession.security.audit import AuditLog
 from stuisession.security.identity import CURRENT_CALLER, Caller, fingerprint
 from stuisession.service.core import SessionService
 from stuisession.state.schema import Metadata
-from stuisession.state.updates import StateUpdate
 from stuisession.stores.base import SessionStore
 
 log = logging.getLogger("stuisession.protocol")
@@ -54,8 +50,6 @@ MUTATING = frozenset(
         "rotate_credentials",
     }
 )
-
-Result = dict[str, Any] | RawJSON
 
 __all__ = ["MUTATING", "ProtocolHandler", "Request", "error_response", "session_record"]
 
@@ -99,10 +93,11 @@ class ProtocolHandler:
             "get_session_info": self._get_session_info,
             "list_client_sessions": self._list_client_sessions,
             "get_session_statistics": self._get_session_statistics,
-            "save_context": self._save_context,
-            "load_context": self._load_context,
-            "get_context_summary": self._get_context_summary,
-            "clear_context": self._clear_context,
+            # the tool-scoped contexts (protocol/commands_context.py)
+            "save_context": lambda p: ctx.save_context(self.service, p),
+            "load_context": lambda p: ctx.load_context(self.service, p),
+            "get_context_summary": lambda p: ctx.get_context_summary(self.service, p),
+            "clear_context": lambda p: ctx.clear_context(self.service, p),
             "rotate_credentials": self._rotate_credentials,
             "watch_session": self._watch_session,
         }
@@ -391,7 +386,6 @@ class ProtocolHandler:
             **self._extra_statistics(),
         }
 
-    # -- tool-scoped contexts ------------------------------------------------------------
     def _extra_statistics(self) -> dict[str, Any]:
         """The transport's statistics; per-connection details for operators only."""
         if self.extra_statistics is None:
@@ -400,88 +394,6 @@ class ProtocolHandler:
         if CURRENT_CALLER.get().operator:
             return extra
         return {k: v for k, v in extra.items() if k not in PRIVATE_STATISTICS}
-
-    def _save_context(self, params: Params) -> Result:
-        session_id = val.session_id(params)
-        tool_id = val.tool_id(params)
-        assert tool_id is not None
-        variables = val.json_object(params, "variables")
-        data = val.json_object(params, "context")
-        if data is None:
-            data = val.json_object(params, "data")
-        mode = params.get("mode", "replace")
-        if mode not in ("replace", "merge"):
-            raise ValidationError('mode must be "replace" or "merge"', field="mode")
-        context: dict[str, Any] = {
-            "tool_type": val.optional_str(params, "tool_type", 64) or "workspace",
-            "saved_at": isoformat(self.service.clock.now()),
-        }
-        if variables is not None:
-            context["variables"] = variables
-        if data is not None:
-            context["data"] = data
-        if mode == "replace":
-            context["variables"] = variables or {}
-            context["data"] = data or {}
-            update = StateUpdate(sets=((("contexts", tool_id), context),), counts_as_update=False)
-        else:
-            update = StateUpdate(patches={"contexts": {tool_id: context}}, counts_as_update=False)
-        session = self.service.update(
-            session_id,
-            update,
-            val.creds(params),
-            base_revision=val.optional_int(params, "base_revision", minimum=1),
-            request_key=CURRENT_REQUEST.get(),
-        )
-        return {
-            "session_id": session_id,
-            "tool_id": tool_id,
-            "saved": True,
-            "revision": session.revision,
-            "lineage": session.lineage,
-        }
-
-    def _load_context(self, params: Params) -> Result:
-        session_id = val.session_id(params)
-        tool_id = val.tool_id(params)
-        assert tool_id is not None
-        session = self.service.load(session_id, val.creds(params))
-        ctx = session.state.contexts.get(tool_id)
-        return {
-            "session_id": session_id,
-            "tool_id": tool_id,
-            "loaded": ctx is not None,
-            "context": None if ctx is None else {"tool_id": tool_id, **context_json(ctx)},
-            "revision": session.revision,
-            "lineage": session.lineage,
-        }
-
-    def _get_context_summary(self, params: Params) -> Result:
-        session_id = val.session_id(params)
-        tool_id = val.tool_id(params, required=False)
-        session = self.service.load(session_id, val.creds(params))
-        return context_summary(session, tool_id)
-
-    def _clear_context(self, params: Params) -> Result:
-        session_id = val.session_id(params)
-        tool_id = val.tool_id(params, required=False)
-        creds = val.creds(params)
-        current = self.service.load(session_id, creds)
-        if tool_id is None:
-            cleared = sorted(current.state.contexts)
-            update = StateUpdate(
-                patches={"contexts": {}}, replace=frozenset({"contexts"}), counts_as_update=False
-            )
-        else:
-            cleared = [tool_id] if tool_id in current.state.contexts else []
-            update = StateUpdate(patches={"contexts": {tool_id: None}}, counts_as_update=False)
-        session = self.service.update(session_id, update, creds, request_key=CURRENT_REQUEST.get())
-        return {
-            "session_id": session_id,
-            "cleared": cleared,
-            "revision": session.revision,
-            "lineage": session.lineage,
-        }
 
     def _rotate_credentials(self, params: Params) -> Result:
         session_id = val.session_id(params)

@@ -19,130 +19,48 @@ resume token.
 
 from __future__ import annotations
 
-import contextlib
-import hmac
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
-from typing import Any, TypeVar
-
-import attrs
+from collections.abc import Iterator
+from typing import Any
 
 from stuisession.clock import Clock, SystemClock
-from stuisession.codec.snapshot import Snapshot
 from stuisession.errors import (
     AccessDenied,
-    ConflictError,
-    IntegrityError,
     RateLimited,
     SessionError,
-    SessionExpired,
-    SessionNotFound,
-    StorageError,
     ValidationError,
-    session_not_found,
 )
-from stuisession.ids import check_client_id, is_valid_session_id, new_session_id
+from stuisession.ids import check_client_id, is_valid_session_id
 from stuisession.policy import Policy
 from stuisession.security.aggregate import RefusalAggregator  # [limits hook]
 from stuisession.security.audit import AuditLog
 from stuisession.security.auth import TokenAuthority
-from stuisession.security.identity import Caller
 from stuisession.security.ratelimit import TokenBucketLimiter
 from stuisession.security.subscriptions import SubscriptionAuthority
+from stuisession.service import restore as _restore
+from stuisession.service import tokens as _tokens
+from stuisession.service import updates as _updates
+from stuisession.service.access import AccessGuard, require_active
+from stuisession.service.access import expired_by_retention as _expired_by_retention
 from stuisession.service.caps import CapacityExceeded, GlobalCaps, StateSizeGuard
 from stuisession.service.clockguard import TrustedClock
-from stuisession.service.retry import AGAIN, cas_retry
+from stuisession.service.credentials import (
+    ANONYMOUS,
+    CLIENT_SCOPE,
+    Credentials,
+    check_session_ref,
+)
+from stuisession.service.results import Created, Restored, Statistics
 from stuisession.service.sweep import Sweeper, SweepResult
+from stuisession.service.updates import APPLIED_KEYS
 from stuisession.state import lifecycle
-from stuisession.state.deltas import changes_since, check_rebase
+from stuisession.state.deltas import changes_since
 from stuisession.state.model import Session, SessionInfo, SessionStatus
 from stuisession.state.schema import Metadata, SessionState
 from stuisession.state.updates import StateUpdate
-from stuisession.stores.base import ChangeEvent, SessionStore
+from stuisession.stores.base import SessionStore
 
 log = logging.getLogger("stuisession.service")
-
-_Loaded = TypeVar("_Loaded", Session, Snapshot)
-
-#: the scope string client tokens are bound to (in place of a session id)
-CLIENT_SCOPE = "client-scope"
-
-
-class _Denied(SessionNotFound):
-    """A refusal already audited as ``deny``; on the wire identical to an unknown session."""
-
-
-def check_session_ref(session_id: object) -> str:
-    """*session_id* if it may name one of our sessions.
-
-    :class:`ValidationError` (upstream ``SessionError``) when it is not a string; the
-    one :func:`session_not_found` reply when it is a string in any other format (an
-    upstream client may hold an id another backend issued: it must fall back to
-    ``create_session``).
-    """
-    if not isinstance(session_id, str):
-        raise ValidationError("session_id must be a string", field="session_id")
-    if not is_valid_session_id(session_id):
-        raise session_not_found()
-    return session_id
-
-
-@attrs.frozen
-class Credentials:
-    """What a caller presents besides the session id."""
-
-    client_id: str | None = None
-    resume_token: str | None = None
-    client_token: str | None = None
-    #: who the transport says is calling (default: an unauthenticated caller)
-    caller: Caller = attrs.field(factory=Caller.anonymous)
-
-    @property
-    def identified(self) -> bool:
-        """True when the caller claims an identity (then errors must not reveal existence)."""
-        return (
-            self.client_id is not None
-            or self.resume_token is not None
-            or self.caller.client_ids is not None
-        )
-
-
-ANONYMOUS = Credentials()
-
-
-@attrs.frozen
-class Restored:
-    """What a restore hands back: the session record and its verified snapshot."""
-
-    info: SessionInfo
-    snapshot: Snapshot
-    #: a new resume token when the session id was rotated (strict mode)
-    resume_token: str | None = None
-    #: True when the session got a new id
-    rotated: bool = False
-    #: a refreshed client token (strict mode, with a rotation)
-    client_token: str | None = None
-
-
-@attrs.frozen
-class Created:
-    """A new session and the credentials issued with it."""
-
-    session: Session
-    resume_token: str
-    #: None when the caller did not prove it is this client (the client id had
-    #: sessions already and neither a client token nor a bound key was presented)
-    client_token: str | None
-
-
-@attrs.frozen
-class Statistics:
-    """System-wide counts for ``get_session_statistics``."""
-
-    total_sessions: int
-    active_sessions: int
-    active_clients: int
 
 
 class SessionService:
@@ -182,12 +100,9 @@ class SessionService:
                 clock=None if isinstance(self.clock, SystemClock) else self.clock,
             )
         )
-        #: (key id, session id, sealed snapshot) of the dummy used for uniform timing
-        self._dummy_head: tuple[str, str, bytes] | None = None
-        #: a session id known to exist, read in place of an unknown one (uniform timing)
-        self._decoy: str | None = None
-        #: a session id that never exists (256 random bits), for :meth:`_miss_probe`
-        self._absent_id = new_session_id()
+        self._trusted = TrustedClock(self.clock)
+        #: ownership and credential checks, with uniform timing (service/access.py)
+        self.access = AccessGuard(store, self.policy, self.authority, self.audit_event, self.now)
         # [limits hook] global caps, decoded state size, refusals audited as summaries
         self.caps = GlobalCaps(store, self.policy)
         self.state_guard = StateSizeGuard(self.policy.max_state_bytes)
@@ -195,26 +110,16 @@ class SessionService:
             None if audit is None else RefusalAggregator(audit, self.policy.audit_interval)
         )
         #: the expiry sweep, bounded per step
-        self._trusted = TrustedClock(self.clock)
         self.sweeper = Sweeper(self)
         #: notification topics and watch tokens (docs/notifications.md)
         self.subscriptions = SubscriptionAuthority(store.codec.keyring)
 
     # -- helpers --------------------------------------------------------------------
-    def _now(self) -> float:
-        return self._trusted.now()
-
     def now(self) -> float:
         """The time records are stamped and judged with, Unix seconds: the wall clock,
         continued by elapsed real time through a backward step (see
         :class:`~stuisession.service.clockguard.TrustedClock`)."""
         return self._trusted.now()
-
-    def _announcing(self, info: SessionInfo, event: str) -> AbstractContextManager[None]:
-        # a hint for watchers once the write in the block committed (docs/notifications.md)
-        if not self.store.has_change_listeners:
-            return contextlib.nullcontext()
-        return self.store.announcing(ChangeEvent.of(info, event))
 
     def audit_event(
         self,
@@ -244,16 +149,6 @@ class SessionService:
             # to `stuisession audit verify` (the head file no longer matches)
             log.exception("could not append to the audit log")
 
-    def _deny(self, session_id: str | None, creds: Credentials, reason: str) -> SessionNotFound:
-        self.audit_event(
-            "deny",
-            client_id=creds.client_id,
-            session_id=session_id,
-            outcome="denied",
-            reason=reason,
-        )
-        return _Denied(session_not_found().message)
-
     def check_rate(self, key: str) -> None:
         """Charge one request to *key*'s token bucket; :class:`RateLimited` when empty."""
         if self.limiter is None:
@@ -271,138 +166,9 @@ class SessionService:
                 self.audit_event("rate_limit", outcome="denied", reason=kind[:16] or None)
             raise
 
-    def _load(self, session_id: str, creds: Credentials) -> Session:
-        return self._fetch(session_id, creds, self.store.load)
-
-    def _load_snapshot(self, session_id: str, creds: Credentials) -> Snapshot:
-        return self._fetch(session_id, creds, self.store.load_snapshot)
-
-    def _fetch(
-        self, session_id: str, creds: Credentials, loader: Callable[[str], _Loaded]
-    ) -> _Loaded:
-        """Load with *loader*, then authorize; unknown ids are denied to identified callers.
-
-        For an identified caller (or in strict mode) ownership is decided from the
-        verified head first, and an unknown id does the same work on a dummy
-        head: "not yours" and "does not exist" take the same time, whatever the
-        size of the session.
-        """
-        check_session_ref(session_id)
-        guarded = creds.identified or self.policy.strict
-        if guarded:
-            self._guarded_head(session_id, creds)
-        try:
-            loaded = loader(session_id)
-        except SessionNotFound:
-            if guarded:  # deleted between the two reads
-                raise self._deny(session_id, creds, "unknown session") from None
-            raise session_not_found() from None
-        except IntegrityError as exc:
-            self.audit_event(
-                "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
-            )
-            raise
-        self._authorize(loaded if isinstance(loaded, SessionInfo) else loaded.info, creds)
-        return loaded
-
-    def _head(self, session_id: str, creds: Credentials) -> SessionInfo:
-        """The verified record of *session_id*; the same work and denial when there is none."""
-        try:
-            info = self.store.load_info(session_id)
-        except SessionNotFound:
-            self._owner_problem(self._decoy_info(), creds)  # same checks, result unused
-            raise self._deny(session_id, creds, "unknown session") from None
-        except IntegrityError as exc:
-            self.audit_event(
-                "integrity_failure", session_id=session_id, outcome="error", reason=exc.message
-            )
-            raise
-        self._decoy = session_id
-        return info
-
-    def _guarded_head(self, session_id: str, creds: Credentials) -> SessionInfo:
-        """The verified, authorized record of *session_id*, or the uniform denial."""
-        head = self._head(session_id, creds)
-        problem = self._owner_problem(head, creds)
-        if problem is not None:
-            # the unknown-id path reads one missing and one existing head: so does
-            # this one, then both deny alike
-            self._miss_probe()
-            raise self._deny(session_id, creds, problem)
-        return head
-
-    def _miss_probe(self) -> None:
-        """Look up a session id that does not exist, as an unknown id costs."""
-        with contextlib.suppress(SessionNotFound, StorageError, IntegrityError):
-            self.store.load_info(self._absent_id)
-
-    def _decoy_info(self) -> SessionInfo:
-        """A real head read through the store, as for an existing session.
-
-        The read goes down the store's own path (its caches, its I/O) for a
-        session known to exist, so an unknown id costs what a foreign one does;
-        with none known, a sealed dummy head is verified instead.
-        """
-        decoy = self._decoy
-        if decoy is not None:
-            try:
-                return self.store.load_info(decoy)
-            except (SessionNotFound, IntegrityError, StorageError):
-                self._decoy = None
-        head = self._dummy_head
-        if head is None or head[0] != self.store.codec.keyring.current_id:
-            dummy = lifecycle.new_session(
-                "stuisession-timing-dummy", now=self._now(), timeout=self.policy.session_timeout
-            )
-            kid = self.store.codec.keyring.current_id
-            head = self._dummy_head = (kid, dummy.session_id, self.store.codec.encode(dummy))
-        return self.store.codec.read_info(head[2], expected_session_id=head[1])
-
-    def _owner_problem(self, info: SessionInfo, creds: Credentials) -> str | None:
-        """Why *creds* may not use *info*'s session (None: they may).
-
-        Every check runs whatever the earlier ones said, so the time taken does
-        not tell which failed.
-        """
-        problems: list[str] = []
-        if creds.client_id is not None and not hmac.compare_digest(
-            creds.client_id.encode("utf-8", "surrogatepass"),
-            info.client_id.encode("utf-8", "surrogatepass"),
-        ):
-            problems.append("not the owner")
-        if not creds.caller.may_act_as(info.client_id):
-            problems.append("not bound to the caller's key")
-        if not self.policy.client_allowed(info.client_id):
-            problems.append("client not allowed")
-        if (self.policy.strict or creds.resume_token is not None) and not self.authority.is_valid(
-            creds.resume_token,
-            info.client_id,
-            info.session_id,
-            min_generation=info.token_generation,
-        ):
-            problems.append("invalid resume token")
-        return problems[0] if problems else None
-
-    def _authorize(self, info: SessionInfo, creds: Credentials) -> None:
-        problem = self._owner_problem(info, creds)
-        if problem is not None:
-            raise self._deny(info.session_id, creds, problem)
-
-    def _proves_client(self, client_id: str, creds: Credentials) -> bool:
-        """True when the caller proved it is *client_id*: a bound key or its client token."""
-        if not creds.caller.may_act_as(client_id):
-            return False
-        token_ok = self.authority.is_valid(creds.client_token, client_id, CLIENT_SCOPE)
-        return creds.caller.proves(client_id) or token_ok
-
     def expired_by_retention(self, info: SessionInfo, now: float) -> bool:
         """True when *info* was last accessed longer than ``Policy.retention`` ago."""
-        return now - info.last_accessed > self.policy.retention
-
-    def _require_active(self, info: SessionInfo, now: float) -> None:
-        if self.expired_by_retention(info, now):
-            raise SessionExpired()
-        lifecycle.require_active(info, now)
+        return _expired_by_retention(self.policy, info, now)
 
     # -- commands -------------------------------------------------------------------
     def create(
@@ -430,8 +196,8 @@ class SessionService:
                 "create", client_id=client_id, outcome="denied", reason="client not allowed"
             )
             raise SessionError("Client is not allowed to use sessions")
-        proven = self._proves_client(client_id, creds)
-        now = self._now()
+        proven = self.access.proves_client(client_id, creds)
+        now = self.now()
         # (not a limit check: the store counts and creates atomically below)
         active = not proven and any(i.is_active(now) for i in self.store.list_by_client(client_id))
         if active and self.policy.strict:
@@ -457,7 +223,7 @@ class SessionService:
         try:
             # the store counts and creates in one atomic step (across processes
             # and bridges sharing it), so the limit holds under concurrency
-            with self._announcing(session.info, "created"):
+            with _updates.announcing(self.store, session.info, "created"):
                 self.store.create(
                     session,
                     max_size=self.policy.max_snapshot_size,
@@ -469,7 +235,7 @@ class SessionService:
                 self.audit_event("create", client_id=client_id, outcome="denied", reason="limit")
             raise
         self.audit_event("create", client_id=client_id, session_id=session.session_id)
-        self._decoy = session.session_id
+        self.access.note_existing(session.session_id)
         return Created(
             session=session,
             resume_token=self.authority.issue(client_id, session.session_id),
@@ -484,96 +250,7 @@ class SessionService:
         In strict mode (or with ``Policy.rotate_on_restore``) the session gets a
         new id and a new resume token; the old id stops working.
         """
-        try:
-            snap = self._load_snapshot(session_id, creds)
-            info = snap.info
-            now = self._now()
-            self._require_active(info, now)
-        except (SessionNotFound, IntegrityError) as exc:
-            if not isinstance(exc, _Denied):
-                self.audit_event(
-                    "restore",
-                    client_id=creds.client_id,
-                    session_id=session_id,
-                    outcome="error",
-                    reason=str(exc.details.get("reason", exc.message)),
-                )
-            raise
-        if self.policy.rotates_on_restore:
-            return self._rotate_id(snap, now)
-        if lifecycle.needs_touch(info, now, self.policy.touch_granularity):
-            try:
-                info = self._record_access(snap, now)
-            except ConflictError:
-                pass  # changed too often meanwhile: every one of those writes is newer
-            except StorageError as exc:
-                # recording the access is best effort: the session itself was read
-                # intact (a full disk or read-only store must not block restores);
-                # the idle expiry then counts from the last recorded access
-                log.warning("could not record a session access: %s", exc.message)
-        self.audit_event("restore", client_id=info.client_id, session_id=session_id)
-        return Restored(info=info, snapshot=snap)
-
-    def _record_access(self, snap: Snapshot, now: float) -> SessionInfo:
-        """Persist an access time as a compare-and-swap on the record version.
-
-        A write-back of the record read before another write (a rotation, a
-        close) fails its compare-and-swap and is redone on the fresh record,
-        so it never undoes that write. Returns the record served.
-        """
-        state = {"snap": snap}
-
-        def step() -> SessionInfo | object:
-            current = state["snap"]
-            info = current.info
-            if not info.is_active(now) or not lifecycle.needs_touch(
-                info, now, self.policy.touch_granularity
-            ):
-                return info  # closed meanwhile, or someone else recorded the access
-            touched = lifecycle.touch(info, now)
-            try:
-                self.store.save_info(current, touched, expected=info)
-            except ConflictError:
-                state["snap"] = self.store.load_snapshot(info.session_id)
-                return AGAIN
-            return touched
-
-        result = cas_retry(self.policy.max_update_retries, step, "recording the access")
-        assert isinstance(result, SessionInfo)
-        return result
-
-    def _rotate_id(self, snap: Snapshot, now: float) -> Restored:
-        old = snap.session()
-        new = attrs.evolve(
-            lifecycle.touch(old, now),
-            session_id=self.store.new_session_id(old.client_id),
-            token_generation=0,
-            applied=(),
-        )
-        # the new record exists before the old one goes: a crash never loses the session
-        self.store.create(new)
-        try:
-            closed = lifecycle.close(old, now)
-            with self._announcing(closed.info, "rotated"):
-                self.store.save(closed, expected=old)
-        except ConflictError:
-            self.store.delete(new.session_id)
-            raise
-        self.store.delete(old.session_id)
-        self.audit_event(
-            "restore",
-            client_id=old.client_id,
-            session_id=new.session_id,
-            reason="session id rotated",
-        )
-        return Restored(
-            info=new.info,
-            snapshot=self.store.load_snapshot(new.session_id),
-            resume_token=self.authority.issue(new.client_id, new.session_id),
-            rotated=True,
-            # the holder of the session's token is its client: refresh its client token
-            client_token=self.authority.issue(new.client_id, CLIENT_SCOPE),
-        )
+        return _restore.restore(self, session_id, creds)
 
     def rotate_token(
         self, session_id: str, creds: Credentials = ANONYMOUS
@@ -584,34 +261,15 @@ class SessionService:
         one wins and the other is redone on top of it (a higher generation), so
         two tokens of one generation are never issued.
         """
-
-        def step() -> tuple[SessionInfo, str] | object:
-            snap = self._load_snapshot(session_id, creds)
-            now = self._now()
-            self._require_active(snap.info, now)
-            info = lifecycle.revise(snap.info, token_generation=snap.info.token_generation + 1)
-            try:
-                with self._announcing(info, "rotated"):
-                    self.store.save_info(snap, info, expected=snap.info)
-            except ConflictError:
-                return AGAIN
-            self.audit_event("token_rotation", client_id=info.client_id, session_id=session_id)
-            token = self.authority.issue(
-                info.client_id, session_id, generation=info.token_generation
-            )
-            return info, token
-
-        result = cas_retry(self.policy.max_update_retries, step, "the rotation")
-        assert isinstance(result, tuple)
-        return result
+        return _tokens.rotate_token(self, session_id, creds)
 
     def info(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """The session's record (also for expired or closed sessions not yet swept)."""
         check_session_ref(session_id)
         if creds.identified or self.policy.strict:
-            return self._guarded_head(session_id, creds)
+            return self.access.guarded_head(session_id, creds)
         info = self.store.load_info(session_id)
-        self._authorize(info, creds)
+        self.access.authorize(info, creds)
         return info
 
     def watch(self, session_id: str, creds: Credentials = ANONYMOUS) -> tuple[SessionInfo, str]:
@@ -621,7 +279,7 @@ class SessionService:
         session's current token generation (``rotate_credentials`` revokes it).
         """
         info = self.info(session_id, creds)
-        self._require_active(info, self._now())
+        require_active(self.policy, info, self.now())
         return info, self.subscriptions.issue(info.session_id, info.token_generation)
 
     def check_watch(self, token: bytes | str) -> SessionInfo:
@@ -630,19 +288,12 @@ class SessionService:
         Raises :class:`AccessDenied` for a token not ours, revoked by a credential
         rotation, or naming a session that is gone or not active.
         """
-        session_id, generation = self.subscriptions.open(token)
-        try:
-            info = self.store.load_info(session_id)
-        except (SessionNotFound, IntegrityError):
-            raise AccessDenied("invalid subscription token") from None
-        if generation < info.token_generation or not info.is_active(self._now()):
-            raise AccessDenied("invalid subscription token")
-        return info
+        return _tokens.check_watch(self, token)
 
     def load(self, session_id: str, creds: Credentials = ANONYMOUS) -> Session:
         """The full, active session (for read-only commands that need the state)."""
-        session = self._load(session_id, creds)
-        self._require_active(session, self._now())
+        session = self.access.load(session_id, creds)
+        require_active(self.policy, session, self.now())
         return session
 
     def changes_since(
@@ -675,64 +326,13 @@ class SessionService:
         written in the same compare-and-swap. A resend returns the current
         session with ``revision`` set to the one the first application produced.
         """
-
-        def step() -> Session | object:
-            current = self._load(session_id, creds)
-            if request_key is not None:
-                for key, revision in current.applied:
-                    if key == request_key:
-                        return attrs.evolve(current, revision=revision)
-            now = self._now()
-            self._require_active(current, now)
-            if base_revision is not None:
-                check_rebase(current.state, current.revision, update, base_revision)
-            new = lifecycle.with_state(
-                current, update.apply(current.state, current.revision + 1), now
-            )
-            self.state_guard.check(  # [limits hook] decoded state size
-                session_id, current.revision, new.state, len(update.to_json()), new.revision
-            )
-            if request_key is not None:
-                applied = (*current.applied, (request_key, new.revision))[-APPLIED_KEYS:]
-                new = attrs.evolve(new, applied=applied)
-            try:
-                event = "updated" if update.counts_as_update else "context_saved"
-                with self._announcing(new.info, event):
-                    self.store.save(
-                        new,
-                        expected=current,
-                        max_size=self.policy.max_snapshot_size,
-                        update=update,
-                    )
-            except ConflictError:
-                return AGAIN
-            if self.policy.audit_updates:
-                self.audit_event("update", client_id=current.client_id, session_id=session_id)
-            return new
-
-        result = cas_retry(self.policy.max_update_retries, step, "the update")
-        assert isinstance(result, Session)
-        return result
+        return _updates.update(
+            self, session_id, update, creds, base_revision=base_revision, request_key=request_key
+        )
 
     def close(self, session_id: str, creds: Credentials = ANONYMOUS) -> SessionInfo:
         """Close a session (idempotent: closing a closed session succeeds)."""
-
-        def step() -> SessionInfo | object:
-            current = self._load(session_id, creds)
-            if current.status is SessionStatus.CLOSED:
-                return current.info
-            closed = lifecycle.close(current, self._now())
-            try:
-                with self._announcing(closed.info, "closed"):
-                    self.store.save(closed, expected=current)
-            except ConflictError:
-                return AGAIN
-            self.audit_event("close", client_id=current.client_id, session_id=session_id)
-            return closed.info
-
-        result = cas_retry(self.policy.max_update_retries, step, "closing it")
-        assert isinstance(result, SessionInfo)
-        return result
+        return _updates.close(self, session_id, creds)
 
     def list_client(self, client_id: str, creds: Credentials = ANONYMOUS) -> list[SessionInfo]:
         """The client's sessions that are not closed (expired ones until swept).
@@ -743,7 +343,7 @@ class SessionService:
         :class:`AccessDenied` ("Invalid credentials").
         """
         check_client_id(client_id)
-        if not self._proves_client(client_id, creds):
+        if not self.access.proves_client(client_id, creds):
             self.audit_event(
                 "deny", client_id=client_id, outcome="denied", reason="client not proven"
             )
@@ -754,7 +354,7 @@ class SessionService:
 
     def statistics(self) -> Statistics:
         """System-wide counts."""
-        stats = self.store.statistics(self._now())
+        stats = self.store.statistics(self.now())
         return Statistics(
             total_sessions=stats.total_sessions,
             active_sessions=stats.active_sessions,
@@ -783,11 +383,9 @@ def _valid_client_id(value: str) -> bool:
     return True
 
 
-#: applied request keys a session record keeps for durable deduplication
-APPLIED_KEYS = 16
-
 __all__ = [
     "ANONYMOUS",
+    "APPLIED_KEYS",
     "CLIENT_SCOPE",
     "Created",
     "Credentials",
