@@ -43,25 +43,27 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from stuisession.bridge.budget import QueueBudget, send_tracked  # [budget hook]
+from stuisession.bridge import housekeeping
+from stuisession.bridge.budget import QueueBudget  # [budget hook]
 from stuisession.bridge.connections import ConnectionTracker
-from stuisession.bridge.curve import CurveConfig, is_loopback_endpoint
+from stuisession.bridge.curve import CurveConfig
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
 from stuisession.bridge.notify import Notifier
-from stuisession.bridge.replies import (
-    error_for,
-    error_reply,
-    peek_fields,
-    printable,
-    reply_complete,
-    split_frames,
-)
+from stuisession.bridge.replies import error_for, error_reply, peek_fields, split_frames
 from stuisession.bridge.requests import Job, RequestRouter
+from stuisession.bridge.sending import ReplySender
+from stuisession.bridge.sockets import (
+    open_notifier,
+    open_router,
+    open_wake_pair,
+    receive,
+    zmq_module,
+)
 from stuisession.bridge.workers import KeyedExecutor
 from stuisession.clock import Clock, SystemClock
 from stuisession.errors import Busy, InternalError
 from stuisession.ids import is_valid_session_id
-from stuisession.security.identity import Caller, fingerprint
+from stuisession.security.identity import Caller
 
 if TYPE_CHECKING:
     from stuisession.protocol.handler import ProtocolHandler
@@ -82,12 +84,8 @@ HEAVY_BYTES = 1024 * 1024
 MIN_CONNECTION_SWEEP = 0.05
 
 
-def _zmq() -> Any:
-    try:
-        import zmq
-    except ImportError as exc:
-        raise ImportError("the ZeroMQ bridge needs pyzmq: pip install 'stuisession[zmq]'") from exc
-    return zmq
+#: kept under its old name: ``stuisession.cli.serve`` imports it from here
+_zmq = zmq_module
 
 
 class BridgeServer:
@@ -182,61 +180,24 @@ class BridgeServer:
             queue.SimpleQueue()
         )
         self._notify_lock = threading.Lock()
-        self._sweeping = threading.Event()
+        # the handler is read at each sweep: it may be replaced while serving
+        cleanup = lambda: self.handler.cleanup_expired()  # noqa: E731, PLW0108
+        self._expiry = housekeeping.ExpirySweeper(cleanup, self.log)
         self.started_at = self.clock.now()
         self.requests_served = 0
         handler.extra_statistics = self.bridge_statistics
+        #: the change-notice publisher (``--notify``), or None
+        self.notifier: Notifier | None = None
         try:
-            sock = self._socket = self._context.socket(zmq.ROUTER)
-            # replies still queued at shutdown get a moment to leave, not forever
-            sock.setsockopt(zmq.LINGER, 500)
-            # a peer sending far more than the handler accepts is cut off instead of
-            # buffered; up to this size it gets a structured MessageTooLarge reply
-            sock.setsockopt(zmq.MAXMSGSIZE, 2 * handler.policy.max_message_size + 65536)
-            # [limits hook] complete messages queued per peer, each way (ROUTER drops
-            # replies to a peer whose queue is full); see docs/security.md "Limits"
-            sock.setsockopt(zmq.SNDHWM, handler.policy.socket_hwm)
-            sock.setsockopt(zmq.RCVHWM, handler.policy.socket_hwm)
-            # no ROUTER_HANDOVER: a peer presenting a routing identity that is in use
-            # must not take over the connection (and its in-flight replies); libzmq
-            # ignores such a newcomer until the old connection is gone
-            if curve is not None:
-                self._authenticator = curve.start_authenticator(self._context)
-                curve.apply(sock)
-            # [budget hook] reply bodies go zero-copy and tracked, however small, so
-            # the budget sees every byte libzmq still holds
-            sock.copy_threshold = 0
-            if "[" in bind:
-                sock.setsockopt(zmq.IPV6, 1)
-            sock.bind(bind)
-            self.bound_endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            if curve is None and not is_loopback_endpoint(self.bound_endpoint):
-                self.log.warning(
-                    "SECURITY WARNING: serving PLAINTEXT on %s, beyond loopback: anyone "
-                    "who can reach it can send requests, and session ids and tokens "
-                    "cross the network in clear. Use --curve-secret/--curve-clients.",
-                    self.bound_endpoint,
-                )
-            self._wake = self._context.socket(zmq.PULL)
-            self._wake.setsockopt(zmq.LINGER, 0)
-            self._wake.bind(self._wake_endpoint)
-            # workers nudge the serving thread through this (used under a lock)
-            self._notify = self._context.socket(zmq.PUSH)
-            self._notify.setsockopt(zmq.LINGER, 0)
-            self._notify.connect(self._wake_endpoint)
-            #: the change-notice publisher (``--notify``), or None
-            self.notifier: Notifier | None = None
-            if notify is not None:
-                if curve is not None and identity_client is None:
-                    identity_client = _bound_client_ids(curve)
-                self.notifier = Notifier(
-                    handler.service,
-                    notify,
-                    self._context,
-                    identity_client=identity_client,
-                    # subscribers authenticate like requesters: same key pair, same ZAP
-                    setup=None if curve is None else curve.apply,
-                )
+            self._socket, self.bound_endpoint, self._authenticator = open_router(
+                self._context, zmq, bind, handler.policy, curve=curve, log=self.log
+            )
+            self._sender = ReplySender(self._socket, zmq, self.budget, self.log)
+            # workers nudge the serving thread through _notify (used under a lock)
+            self._wake, self._notify = open_wake_pair(self._context, zmq, self._wake_endpoint)
+            self.notifier = open_notifier(
+                handler.service, notify, self._context, curve, identity_client
+            )
         except BaseException:
             self._close_sockets()
             self._stop_authenticator()
@@ -279,15 +240,17 @@ class BridgeServer:
                         if self._stopping.is_set():
                             break
                         try:
-                            frames, caller = self._receive()
+                            frames, caller = receive(self._socket, zmq, self.curve)
                         except zmq.Again:
                             break
                         self._serve_one(frames, caller)
                 if time.monotonic() >= next_conn_sweep:
-                    self._sweep_connections()
+                    housekeeping.sweep_connections(
+                        self.budget, self.tracker, self.clock.now(), self.log
+                    )
                     next_conn_sweep = time.monotonic() + conn_interval
                 if time.monotonic() >= next_sweep and not self._stopping.is_set():
-                    self._start_sweep()
+                    self._expiry.start(self._executor)
                     next_sweep = time.monotonic() + self.sweep_interval
             # graceful stop: finish what was accepted, send its replies, then return
             self._executor.shutdown()
@@ -353,9 +316,8 @@ class BridgeServer:
 
     # -- internals ----------------------------------------------------------------------
     def _close_sockets(self) -> None:
-        notifier = getattr(self, "notifier", None)
-        if notifier is not None:
-            notifier.close()
+        if self.notifier is not None:
+            self.notifier.close()
         for sock in (self._socket, self._wake, self._notify):
             if sock is not None:
                 sock.close()
@@ -367,23 +329,6 @@ class BridgeServer:
                 sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-
-    def _receive(self) -> tuple[list[bytes], Caller]:
-        """One message and who sent it (raises ``zmq.Again`` when there is none)."""
-        zmq = self._zmq
-        if self.curve is None:
-            frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            return frames, Caller.connection(frames[0])
-        parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
-        frames = [p.bytes for p in parts]
-        try:
-            # set by the ZAP handler at the handshake: the client's z85 public key
-            user_id = parts[-1].get("User-Id")
-        except zmq.ZMQError:
-            user_id = None
-        if not user_id:  # cannot happen on a CURVE socket; never fall back to trust
-            return frames, Caller.curve("", frozenset())
-        return frames, self.curve.caller(user_id)
 
     def _stop_authenticator(self) -> None:
         if self._authenticator is not None:
@@ -477,73 +422,7 @@ class BridgeServer:
     ) -> None:
         """Send a reply; with *charge* (a handled request's) through the queued-bytes budget."""
         self.requests_served += 1
-        ident = identity.hex()
-        # [budget hook] a reply over the connection's or the total bound is replaced
-        # by a small Busy error; an accepted one stays charged until libzmq wrote it.
-        # Refusals sent without charge are small and at most socket_hwm per peer.
-        refusal = self.budget.reply(ident, len(reply)) if charge else None
-        if refusal is not None:
-            request_id = peek_fields(reply, ("id",)).get("id")
-            reply = error_for(request_id, refusal)
-        tracker = None
-        try:
-            if charge and refusal is None:
-                tracker = send_tracked(self._socket, self._zmq, [*envelope, reply])
-            else:
-                self._socket.send_multipart([*envelope, reply], self._zmq.NOBLOCK)
-        except self._zmq.ZMQError as exc:
-            # ROUTER drops replies to vanished peers by itself; anything else is logged
-            self.log.warning("could not send a reply to %s: %s", fingerprint(identity), exc)
-        if charge and refusal is None:
-            self.budget.sent(ident, len(reply), tracker)
-        if self.log.isEnabledFor(logging.INFO):
-            meta = peek_fields(reply, ("id", "status", "error_type", "error_code"), reply_complete)
-            self.log.info(
-                "request command=%s id=%s status=%s error_type=%s error_code=%s duration_ms=%.1f "
-                "client=%s",
-                printable(command),
-                printable(meta.get("id")),
-                printable(meta.get("status")),
-                printable(meta.get("error_type")),
-                printable(meta.get("error_code")),
-                (time.perf_counter() - started) * 1000.0,
-                fingerprint(identity),  # routing identities are never shown or logged
-            )
-
-    def _sweep_connections(self) -> None:
-        self.budget.sweep()  # [budget hook]
-        now = self.clock.now()
-        for conn in self.tracker.sweep(now):
-            self.log.info(
-                "connection %s idle for %.0f s: disconnected, %d session(s) detached",
-                fingerprint(conn.identity),
-                now - conn.last_seen,
-                len(conn.sessions),
-            )
-
-    def _start_sweep(self) -> None:
-        if self._sweeping.is_set() or self._executor is None:
-            return  # the previous sweep is still running
-        self._sweeping.set()
-        try:
-            self._executor.submit(("sweep", ""), self._sweep)
-        except Busy:
-            self._sweeping.clear()
-
-    def _sweep(self) -> None:
-        started = time.perf_counter()
-        try:
-            removed = self.handler.cleanup_expired()
-        except Exception:
-            self.log.exception("expiry sweep failed; retrying at the next interval")
-            return
-        finally:
-            self._sweeping.clear()
-        self.log.debug(
-            "expiry sweep removed %s sessions in %.1f ms",
-            removed,
-            (time.perf_counter() - started) * 1000.0,
-        )
+        self._sender.send(envelope, reply, command, started, identity, charge=charge)
 
     def bridge_statistics(self) -> dict[str, Any]:
         """What the bridge adds to ``get_session_statistics``.
@@ -551,29 +430,13 @@ class BridgeServer:
         ``connections`` (per-connection details, client ids included) is shown
         to operators only; routing identities appear only as a fingerprint.
         """
-        now = self.clock.now()
-        connections = [
-            {**c, "identity": fingerprint(str(c.get("identity", "")))}
-            for c in self.tracker.snapshot(now)
-        ]
-        return {
-            "connected_clients": len(self.tracker),
-            "attached_sessions": self.tracker.attached_sessions(),
-            "connections": connections,
-            "pending_requests": 0 if self._executor is None else self._executor.pending,
-            "requests_served": self.requests_served,
-            "uptime": int(now - self.started_at),
-            "upstream": self.upstream is not None,
-            "queues": self.budget.statistics(),  # [budget hook]
-            **({} if self.notifier is None else {"notifications": self.notifier.statistics()}),
-        }
-
-
-def _bound_client_ids(curve: CurveConfig) -> Callable[[str], frozenset[str] | None]:
-    """Map a CURVE ``User-Id`` to the client ids its key is bound to (for subscriptions)."""
-
-    def bound(user_id: str) -> frozenset[str] | None:
-        binding = curve.allow_list.lookup(user_id)
-        return None if binding is None else binding.client_ids
-
-    return bound
+        return housekeeping.bridge_statistics(
+            now=self.clock.now(),
+            tracker=self.tracker,
+            pending=0 if self._executor is None else self._executor.pending,
+            requests_served=self.requests_served,
+            started_at=self.started_at,
+            upstream=self.upstream is not None,
+            budget=self.budget,
+            notifier=self.notifier,
+        )
