@@ -35,7 +35,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
-import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -56,8 +55,7 @@ from stuisession.keys import Keyring
 from stuisession.state.forms import to_wire_dict
 from stuisession.state.model import Session, SessionInfo, SessionState
 from stuisession.state.updates import StateUpdate
-
-_log = logging.getLogger("stuisession.stores")
+from stuisession.stores._notices import ChangeNotices
 
 #: what a change notice may say happened to a session (``docs/notifications.md``)
 CHANGE_EVENTS = frozenset(
@@ -180,7 +178,7 @@ def check_successor(new: SessionInfo, expected: SessionInfo) -> None:
         )
 
 
-class SessionStore(abc.ABC):
+class SessionStore(ChangeNotices, abc.ABC):
     """Base class of all session stores.
 
     Public methods validate ids and raise :mod:`stuisession.errors` exceptions:
@@ -197,9 +195,7 @@ class SessionStore(abc.ABC):
         # per-client critical sections of this process (stores shared by several
         # processes override _client_lock with one that spans them)
         self._client_thread_locks = [threading.Lock() for _ in range(64)]
-        self._listeners: tuple[ChangeListener, ...] = ()
-        self._listeners_lock = threading.Lock()
-        self._pending_notice = threading.local()
+        self._init_notices()
 
     # -- backend primitives ---------------------------------------------------------
     @abc.abstractmethod
@@ -236,7 +232,7 @@ class SessionStore(abc.ABC):
         with self._client_thread_locks[stripe % len(self._client_thread_locks)]:
             yield
 
-    def _prepare_create(self, session: Session) -> None:  # noqa: B027 - optional hook
+    def _prepare_create(self, session: Session) -> None:
         """Called (under the client lock, when there is a limit) right before a create."""
 
     @abc.abstractmethod
@@ -513,70 +509,7 @@ class SessionStore(abc.ABC):
             if progress is not None:
                 progress(i)
 
-    # -- change notices (``docs/notifications.md``) ------------------------------------
-    def add_change_listener(self, listener: ChangeListener) -> None:
-        """Call *listener* with every :class:`ChangeEvent` this store learns of.
-
-        This base delivers the changes announced through this store object (in
-        this process). A store shared by several processes may deliver theirs too
-        (the Redis store does, through Redis PUBLISH; see :meth:`announce`).
-        A listener must be quick and must not raise (an exception is logged).
-        """
-        with self._listeners_lock:
-            self._listeners = (*self._listeners, listener)
-
-    def remove_change_listener(self, listener: ChangeListener) -> None:
-        """Stop calling *listener* (no error if it was not added)."""
-        with self._listeners_lock:
-            self._listeners = tuple(x for x in self._listeners if x is not listener)
-
-    @property
-    def has_change_listeners(self) -> bool:
-        """True when someone listens (the service skips building notices otherwise)."""
-        return bool(self._listeners)
-
-    @contextlib.contextmanager
-    def announcing(self, event: ChangeEvent) -> Iterator[None]:
-        """Announce *event* if the write(s) in the ``with`` block succeed (none if they raise).
-
-        A backend that can publish in the same server-side step as the write takes
-        the notice with :meth:`_take_notice` inside its primitive (the Redis store
-        does); otherwise it is announced right after the block (:meth:`announce`).
-        """
-        self._pending_notice.event = event
-        try:
-            yield
-        except BaseException:
-            self._pending_notice.event = None
-            raise
-        pending, self._pending_notice.event = self._pending_notice.event, None
-        if pending is not None:
-            self.announce(pending)
-
-    def _take_notice(self, session_id: str) -> ChangeEvent | None:
-        """The notice pending for a write of *session_id* on this thread, taken (or None)."""
-        event: ChangeEvent | None = getattr(self._pending_notice, "event", None)
-        if event is None or event.session_id != session_id:
-            return None
-        self._pending_notice.event = None
-        return event
-
-    def announce(self, event: ChangeEvent) -> None:
-        """Tell the listeners that a write committed (called right after it, by the service).
-
-        A hint, at most once: a process that dies between the write and this
-        call loses the notice (never the write). Never raises.
-        """
-        self._deliver(event)
-
-    def _deliver(self, event: ChangeEvent) -> None:
-        for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception:
-                _log.exception("a change listener failed")
-
-    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+    def close(self) -> None:
         """Release resources (connections, file handles)."""
 
     def __enter__(self) -> SessionStore:

@@ -3,8 +3,9 @@
 :class:`FileStore` composes the parts of this package: :mod:`.layout` (the
 on-disk layout and ``format.json``), :mod:`.locking` (stripe locks),
 :mod:`.atomic` (durable temp-and-rename writes), :mod:`.cache` (decoded
-sessions), :mod:`.journal` (deltas and compaction), :mod:`.recovery`
-(backups and quarantine) and :mod:`.verify`.
+sessions), :mod:`.journal` (deltas and compaction), :mod:`.commit` (whole-snapshot
+writes and deletes), :mod:`.recovery` (backups and quarantine), :mod:`.migrate`
+(older store formats) and :mod:`.verify`.
 
 Writes go to a temp file that is fsync'd and renamed over the current file, so
 at every instant a complete snapshot is in place; readers take no lock.
@@ -16,29 +17,23 @@ processes sharing one directory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import logging
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import attrs
-
-from stuisession import _fs, _json
+from stuisession import _fs
 from stuisession.codec.snapshot import Snapshot, SnapshotCodec
 from stuisession.errors import (
     ConfigurationError,
-    ConflictError,
     IntegrityError,
-    SessionNotFound,
-    StateTooLarge,
     StorageError,
 )
 from stuisession.ids import check_session_id
 from stuisession.keys import Keyring
-from stuisession.state.forms import to_wire_dict
 from stuisession.state.model import Session, SessionInfo
 from stuisession.state.updates import StateUpdate
 from stuisession.stores.base import (
@@ -47,27 +42,23 @@ from stuisession.stores.base import (
     VerifyItem,
     VerifyProblem,
     check_successor,
-    state_part_sizes,
 )
 from stuisession.stores.file import verify as _verify
 from stuisession.stores.file.atomic import STALE_TMP_AGE, FileWriter, read_file
 from stuisession.stores.file.cache import DEFAULT_CACHE_BYTES, HeadCache, file_key
+from stuisession.stores.file.commit import SnapshotCommits, encode_sized
 from stuisession.stores.file.journal import HeadReader, JournalWriter
 from stuisession.stores.file.layout import (
     MAX_STRIPES,
-    NAME_PURPOSE,
-    REF_SUFFIX,
     ClientIndex,
     Layout,
     SessionPaths,
-    StoreFormat,
-    session_name,
     storage_error,
 )
 from stuisession.stores.file.locking import StripeLocks
+from stuisession.stores.file.migrate import Migration
 from stuisession.stores.file.recovery import Recovery, Rollback, session_ref
 
-log = logging.getLogger("stuisession.stores.file")
 #: lock files serialising per-client count-and-create across processes
 _CLIENT_STRIPES = 16
 _T = TypeVar("_T")
@@ -236,100 +227,22 @@ class FileStore(SessionStore):
             self._writer,
             backups=backups,
             journal_limit=journal_limit,
-            encode=self._encode_sized,
+            encode=functools.partial(encode_sized, codec),
+        )
+        self._commits = SnapshotCommits(
+            layout, self._locks, self._cache, self._writer, self._reader, self._jw, self._index
         )
         if fmt.migrate:
-            self._migrate(fmt, fsync=fsync)
-
-    def _migrate(self, fmt: StoreFormat, *, fsync: bool) -> None:
-        """Bring a store of version 1-3 to version 4.
-
-        Versions 1/2 first get a high-water mark per session (version 3); then
-        every session's files are renamed from its id to its keyed file name
-        (version 4), one session at a time under its lock, the snapshot last,
-        so a crash part-way is finished by the next open. format.json is
-        rewritten last.
-        """
-        if fmt.version < 3:
-            self._mark_all(fmt)
-        name_kid = self.codec.keyring.current_id
-        layout = self._layout
-        for sid in list(layout.iter_legacy_ids()):
-            try:
-                self._rename_session(sid, name_kid)
-            except OSError as exc:
-                raise storage_error("rename a session's files", exc) from exc
-        layout.write_format(attrs.evolve(fmt, name_kid=name_kid), self.codec.keyring, fsync=fsync)
-        layout.set_names(attrs.evolve(fmt, name_kid=name_kid), self.codec.keyring)
-        log.info("file store: migrated %s from format version %d", self._root, fmt.version)
-
-    def _mark_all(self, fmt: StoreFormat) -> None:
-        """Version 1/2 -> 3: a high-water mark per session (files still named by ids)."""
-        if self._layout.has_marks():
-            raise ConfigurationError(
-                f"{self._layout.format_file} says store format version {fmt.version}, but the "
-                "sessions have high-water marks (version 3): an older copy of format.json was "
-                "put back; restore the current one from a backup of the store"
-            )
-        self._reader.marks = False
-        try:
-            for sid in list(self._layout.iter_legacy_ids()):
-                p = self._layout.legacy_paths(sid)
-                try:
-                    with self._locks.locked(sid):
-                        revision = self._reader.head(p, decode=False, locked=True).info.revision
-                        self._jw.mark(p, revision)
-                except (SessionNotFound, IntegrityError):
-                    continue  # verify reports it; its first read settles the missing mark
-                except OSError as exc:
-                    raise storage_error("write a high-water mark", exc) from exc
-        finally:
-            self._reader.marks = True
-
-    def _rename_session(self, sid: str, name_kid: str) -> None:
-        """Rename *sid*'s files (and quarantine copies) to its format-4 names; OSError."""
-        layout = self._layout
-        fs = layout.fs
-        old = layout.legacy_paths(sid)
-        stem = session_name(self.codec.keyring.derive(NAME_PURPOSE, name_kid), sid)
-        new = SessionPaths(layout.sessions_dir, sid, stem)
-        with self._locks.locked(sid):
-            client_id: str | None = None
-            with contextlib.suppress(SessionNotFound, IntegrityError):
-                client_id = self._reader.read_info(old, locked=True).client_id
-            self._cache.drop(sid)
-            moves = [(old.journal, new.journal), (old.hwm, new.hwm)]
-            moves += [
-                (path, new.dir + path[len(old.dir) + len(sid) :])
-                for path in layout.backup_files(old)
-            ]
-            for path in layout.quarantine_files(sid, sid):
-                moves.append(
-                    (
-                        path,
-                        os.path.join(
-                            layout.quarantine_dir, stem + os.path.basename(path)[len(sid) :]
-                        ),
-                    )
-                )
-            shard = self._index.shard(client_id) if client_id is not None else None
-            old_marker = (
-                None if shard is None else os.path.join(layout.shard_dir(shard), sid + REF_SUFFIX)
-            )
-            if shard is not None:
-                # every session has a marker from format 4 on (names are not placed)
-                self._writer.write_marker(os.path.join(layout.shard_dir(shard), stem + REF_SUFFIX))
-            moves.append((old.current, new.current))  # last: the session is migrated once it moves
-            for src, dst in moves:
-                if not fs.lexists(os.path.dirname(dst)):
-                    self._writer.make_shard(os.path.dirname(dst))
-                with contextlib.suppress(FileNotFoundError):
-                    fs.replace(src, dst)
-            if old_marker is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    fs.unlink(old_marker)
-            for d in {old.dir, new.dir, layout.quarantine_dir}:
-                self._writer.fsync_dir(d)
+            Migration(
+                codec,
+                layout,
+                self._locks,
+                self._cache,
+                self._writer,
+                self._reader,
+                self._jw,
+                self._index,
+            ).run(fmt, fsync=fsync)
 
     # -- public extras --------------------------------------------------------------
     @property
@@ -569,130 +482,11 @@ class FileStore(SessionStore):
         except OSError as exc:
             raise storage_error("read a session snapshot", exc) from exc
 
-    def _encode_sized(
-        self, session: Session, max_size: int | None, raw: Mapping[str, bytes] | None = None
-    ) -> tuple[bytes, int]:
-        """``(blob, state JSON bytes)``: the sealed snapshot and what the cache charges.
-
-        *raw*: wire sections whose value is exactly these validated JSON bytes (a
-        section the last update replaced wholesale): spliced, not encoded again.
-        Raises :class:`~stuisession.errors.StateTooLarge` as ``_encode`` does.
-        """
-        wire = to_wire_dict(session.state)
-        if raw:
-            spliced = {k: _json.RawJSON(raw[k]) if k in raw else v for k, v in wire.items()}
-            state_json = _json.dumps_with_raw(spliced)
-        else:
-            state_json = _json.dumps(wire)
-        blob = self.codec.encode_state_json(session.info, state_json)
-        if max_size is not None and len(blob) > max_size:
-            raise StateTooLarge(
-                f"session snapshot would be {len(blob)} bytes, over the limit of {max_size}",
-                size=len(blob),
-                limit=max_size,
-                parts=state_part_sizes(session.state),
-            )
-        return blob, len(state_json)
-
     def _put(self, info: SessionInfo, blob: bytes, expected: SessionInfo | None) -> None:
-        p = self._paths(info.session_id)
-        tmp: str | None = None
-        try:
-            # the slow part (write + fsync) happens before taking the lock
-            tmp = self._writer.write_session_temp(p, blob)
-            self._writer.sweep_once(p.dir)
-            with self._locks.locked(p.sid):
-                if expected is None:
-                    self._create_locked(p, tmp, info.revision)
-                else:
-                    self._replace_locked(p, tmp, expected, info.revision)
-        except OSError as exc:
-            raise storage_error("write a session snapshot", exc) from exc
-        finally:
-            if tmp is not None:
-                self._writer.discard(tmp)
-
-    def _create_locked(self, p: SessionPaths, tmp: str, revision: int) -> None:
-        if self._layout.fs.lexists(p.current):
-            # before the mark is written: never lower an existing session's mark
-            raise ConflictError("session already exists", current_revision=self._head_revision(p))
-        # the mark goes first: a reader never sees the session without it
-        self._jw.mark(p, revision)
-        try:
-            self._layout.fs.link(tmp, p.current)  # atomic create-if-absent
-        except FileExistsError:
-            raise ConflictError(
-                "session already exists", current_revision=self._head_revision(p)
-            ) from None
-        self._writer.fsync_dir_committed(p.dir)
-
-    def _head_revision(self, p: SessionPaths) -> int | None:
-        try:
-            return self._reader.read_info(p, locked=True).revision
-        except (SessionNotFound, IntegrityError):
-            return None
-
-    def _replace_locked(
-        self, p: SessionPaths, tmp: str, expected: SessionInfo, new_revision: int
-    ) -> None:
-        # the whole snapshot is verified (when not cached), not just its head: a
-        # corrupt current file must not be rotated into the backups, pushing out
-        # a good generation
-        stored = self._reader.head(p, decode=False, locked=True).info
-        if stored.cas_token != expected.cas_token:
-            raise ConflictError(
-                "session was changed by another writer", current_revision=stored.revision
-            )
-        self._jw.rotate_backups(p)
-        self._layout.fs.replace(tmp, p.current)
-        self._writer.fsync_dir_committed(p.dir)
-        self._jw.mark_committed(p, new_revision)
-        self._jw.forget_journal(p)
-        self._cache.drop(p.sid)
+        self._commits.put(info, blob, expected)
 
     def _delete(self, session_id: str, expected: SessionInfo | None = None) -> bool:
-        p = self._paths(session_id)
-        fs = self._layout.fs
-        try:
-            with self._locks.locked(session_id):
-                existed = fs.lexists(p.current)
-                marker = None
-                if existed:
-                    info: SessionInfo | None = None
-                    with contextlib.suppress(SessionNotFound, IntegrityError):
-                        info = self._reader.read_info(p, locked=True)
-                        marker = self._index.marker(session_id, info.client_id)
-                    if expected is not None and (
-                        info is None or info.cas_token != expected.cas_token
-                    ):
-                        return False  # written (or damaged) since the caller read it
-                elif expected is not None:
-                    return False
-                self._cache.drop(session_id)
-                # backups and journal first: a crash part-way leaves the session
-                # in place, never backups without their session
-                with contextlib.suppress(FileNotFoundError):
-                    fs.unlink(p.journal)
-                for path in self._layout.backup_files(p):
-                    with contextlib.suppress(FileNotFoundError):
-                        fs.unlink(path)
-                if existed:
-                    with contextlib.suppress(FileNotFoundError):
-                        fs.unlink(p.current)
-                with contextlib.suppress(FileNotFoundError):
-                    fs.unlink(p.hwm)  # after the session: never a session without its mark
-                if existed:
-                    self._writer.fsync_dir(p.dir)
-                if marker is not None:  # after the session: never a session without it
-                    with contextlib.suppress(FileNotFoundError):
-                        fs.unlink(marker)
-                # "everything kept for it": set-aside copies go too
-                for path in self._layout.quarantine_files(p.sid):
-                    with contextlib.suppress(FileNotFoundError):
-                        fs.unlink(path)
-                return existed
-        except OSError as exc:
-            raise storage_error("delete a session", exc) from exc
+        return self._commits.delete(session_id, expected)
 
     def _ids(self) -> Iterator[str]:
         return self._layout.iter_ids()
