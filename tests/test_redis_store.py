@@ -33,10 +33,10 @@ from stuisession.state.model import Session, SessionState
 from stuisession.stores.redis import (
     DEFAULT_TTL,
     RedisStore,
-    _describe_client,
     client_hash,
     redact_url,
 )
+from stuisession.stores.redis.urls import describe_client as _describe_client
 
 NOW = 1_700_000_000.0
 CAS = ["lua", "watch"]
