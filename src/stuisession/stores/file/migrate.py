@@ -16,6 +16,7 @@ from stuisession.codec.snapshot import SnapshotCodec
 from stuisession.errors import ConfigurationError, IntegrityError, SessionNotFound
 from stuisession.stores.file.atomic import FileWriter
 from stuisession.stores.file.cache import HeadCache
+from stuisession.stores.file.format_file import StoreFormat
 from stuisession.stores.file.journal import HeadReader, JournalWriter
 from stuisession.stores.file.layout import (
     NAME_PURPOSE,
@@ -23,7 +24,6 @@ from stuisession.stores.file.layout import (
     ClientIndex,
     Layout,
     SessionPaths,
-    StoreFormat,
     session_name,
     storage_error,
 )

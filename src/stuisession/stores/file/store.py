@@ -47,9 +47,9 @@ from stuisession.stores.file import verify as _verify
 from stuisession.stores.file.atomic import STALE_TMP_AGE, FileWriter, read_file
 from stuisession.stores.file.cache import DEFAULT_CACHE_BYTES, HeadCache, file_key
 from stuisession.stores.file.commit import SnapshotCommits, encode_sized
+from stuisession.stores.file.format_file import MAX_STRIPES
 from stuisession.stores.file.journal import HeadReader, JournalWriter
 from stuisession.stores.file.layout import (
-    MAX_STRIPES,
     ClientIndex,
     Layout,
     SessionPaths,
