@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
@@ -83,6 +83,16 @@ def write_temp(
     """
     tmp = os.path.join(os.fspath(directory), f".{stem}.{secrets.token_hex(6)}{TMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
+    fill_temp(fd, data, fsync=fsync, discard=lambda: os.unlink(tmp))
+    return tmp
+
+
+def fill_temp(fd: int, data: bytes, *, fsync: bool, discard: Callable[[], None]) -> None:
+    """Write *data* to the new temp file *fd* (all of it), fsync it, close it.
+
+    On any failure *discard* removes the temp file (its OSError is ignored) and the
+    error is raised again.
+    """
     try:
         try:
             write_all(fd, data)
@@ -92,9 +102,8 @@ def write_temp(
             os.close(fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            discard()
         raise
-    return tmp
 
 
 def atomic_write(
@@ -247,17 +256,7 @@ class Beneath:
         """As :func:`write_temp`, created relative to the no-follow descriptor of *directory*."""
         tmp = os.path.join(directory, f".{stem}.{secrets.token_hex(6)}{TMP_SUFFIX}")
         fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            try:
-                write_all(fd, data)
-                if fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.unlink(tmp)
-            raise
+        fill_temp(fd, data, fsync=fsync, discard=lambda: self.unlink(tmp))
         return tmp
 
     def list_dir(self, path: str) -> list[tuple[str, os.stat_result | None]]:

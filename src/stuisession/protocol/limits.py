@@ -6,8 +6,9 @@ forwarded requests, so both meet the same bounds (``docs/security.md``, "Limits"
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from stuisession import _json
@@ -35,24 +36,23 @@ def parse_message(text: bytes | str, policy: Policy, *, refuse_surrogates: bool 
     nesting, or a broken limit (then ``details.limit`` names the policy field
     and ``details.limit_value`` its value).
     """
-    try:
+    with _invalid_request():
         return _json.loads_limited(text, json_limits(policy), refuse_surrogates=refuse_surrogates)
-    except RecursionError:
-        raise InvalidRequest("Message is nested too deeply") from None
-    except _json.LimitExceeded as exc:
-        raise InvalidRequest(
-            f"Message refused: {exc}", limit=exc.limit, limit_value=exc.value
-        ) from None
-    except ValueError as exc:
-        raise InvalidRequest(f"Message is not valid JSON: {exc}") from None
 
 
 def parse_request_text(text: str, policy: Policy, raw_names: frozenset[str]) -> _json.Parsed:
     """:func:`parse_message` of a request envelope, validating its parameters in the same
     parse and keeping the raw text of the *raw_names* parameters (see
     :func:`stuisession._json.loads_request`). Raises what :func:`parse_message` raises."""
-    try:
+    with _invalid_request():
         return _json.loads_request(text, json_limits(policy), raw_names)
+
+
+@contextlib.contextmanager
+def _invalid_request() -> Iterator[None]:
+    """Parse errors and broken limits as :class:`InvalidRequest` (``details.limit``)."""
+    try:
+        yield
     except RecursionError:
         raise InvalidRequest("Message is nested too deeply") from None
     except _json.LimitExceeded as exc:
