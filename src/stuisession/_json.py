@@ -11,7 +11,7 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -120,6 +120,19 @@ def _check_nodes(data: bytes | str, limits: Limits) -> None:
         )
 
 
+def _object_hook(max_keys: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def object_hook(obj: dict[str, Any]) -> dict[str, Any]:
+        if len(obj) > max_keys:
+            raise LimitExceeded(
+                f"message holds an object of more than {max_keys} members",
+                "max_object_keys",
+                max_keys,
+            )
+        return obj
+
+    return object_hook
+
+
 def node_estimate(data: bytes | str) -> int:
     """An upper bound on the number of JSON values in *data* (separators counted in C)."""
     if isinstance(data, str):
@@ -163,14 +176,7 @@ def loads_limited(data: bytes | str, limits: Limits, *, refuse_surrogates: bool 
             )
         return float(text)
 
-    def object_hook(obj: dict[str, Any]) -> dict[str, Any]:
-        if len(obj) > max_keys:
-            raise LimitExceeded(
-                f"message holds an object of more than {max_keys} members",
-                "max_object_keys",
-                max_keys,
-            )
-        return obj
+    object_hook = _object_hook(max_keys)
 
     text = data
     value = json.loads(
@@ -275,14 +281,7 @@ def loads_request(data: str, limits: Limits, raw_names: frozenset[str] = frozens
             plain[0] = False
         return value
 
-    def object_hook(obj: dict[str, Any]) -> dict[str, Any]:
-        if len(obj) > max_keys:
-            raise LimitExceeded(
-                f"message holds an object of more than {max_keys} members",
-                "max_object_keys",
-                max_keys,
-            )
-        return obj
+    object_hook = _object_hook(max_keys)
 
     # the hooks are Python calls per number/object: skipped when a C scan shows that
     # no literal can break a bound (no digit run that long, no exponent) and no object
