@@ -180,17 +180,30 @@ fn reconnect_flow_restores_a_live_session() {
         other => panic!("expected the session back, got {:?}", other),
     }
 
-    // the optional restore parameters are accepted (since_revision: a delta reply)
-    let delta = again
+    // the optional restore parameters are accepted: a lineage of another history
+    // gets the full state (delta false), the session's own lineage a delta
+    let full = again
         .restore_session(&RestoreSessionRequest {
             session_id: id.clone(),
             client_id: Some(client_id.clone()),
             since_revision: Some(0),
-            lineage: Some(json!({"parent": null})),
+            lineage: Some(json!("another-history")),
         })
-        .expect("restore with since_revision and lineage");
-    assert_eq!(delta.session_id, id);
-    assert!(delta.extra["delta"].is_boolean(), "{:?}", delta.extra);
+        .expect("restore with since_revision and a foreign lineage");
+    assert_eq!(full.session_id, id);
+    assert_eq!(full.extra["delta"], json!(false), "{:?}", full.extra);
+    let lineage = full.extra["lineage"].clone();
+    assert!(lineage.is_string(), "{:?}", full.extra);
+    let revision = full.extra["revision"].as_u64().expect("revision");
+    let delta = again
+        .restore_session(&RestoreSessionRequest {
+            session_id: id.clone(),
+            client_id: Some(client_id.clone()),
+            since_revision: Some(revision),
+            lineage: Some(lineage),
+        })
+        .expect("restore with since_revision and the session's lineage");
+    assert_eq!(delta.extra["delta"], json!(true), "{:?}", delta.extra);
 }
 
 /// Send `command` for `session_id` (with `client_id` when given); the error reply.
