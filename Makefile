@@ -8,6 +8,8 @@ DOCS_PORT ?= 8000
 BIND ?= tcp://127.0.0.1:5555
 STORE ?= ./.stuisession
 SRC := src tests examples benchmarks scripts
+# pytest-xdist workers for make test and make check (this is a 2-core machine)
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test check lint typecheck pytest docs docs-serve dist bench faults rust-test cluster-demo clean
 
@@ -35,12 +37,12 @@ run: $(RUN_STAMP)
 ## test: lint, type-check, the test suite with the 90% branch-coverage gate, the docs build
 test: lint typecheck pytest docs rust-test
 
-## check: the quick everyday gate: ruff, mypy, pytest without coverage and without `slow`
+## check: the quick everyday gate: ruff, mypy, pytest without coverage, `slow` or `heavy`
 check: $(STAMP)
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -x
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) -m "not slow and not heavy" -x
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)
@@ -50,12 +52,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# progress: one dot per test, a line per file (-o console_output_style=count);
+# two pytest-xdist workers (tests/ports.py keeps their ports apart; each has its own
+# redis-server); `heavy` tests (slower extra instances of a guarantee) run in make faults;
+# progress: one dot per test (-o console_output_style=count);
 # coverage: only the files below 100%, missing lines wrapped at 100 columns
 pytest: $(STAMP)
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest -p no:cacheprovider -o console_output_style=count \
-		--cov=stuisession --cov-branch --cov-report= --durations=10
+		-n $(PYTEST_WORKERS) -m "not heavy" \
+		--cov=stuisession --cov-branch --cov-report= --durations=15
 	$(BIN)/python -m coverage combine -q 2>/dev/null || true
 	$(BIN)/python scripts/coverage_report.py 90
 
@@ -74,11 +79,14 @@ dist: $(STAMP)
 	$(BIN)/twine check --strict dist/*
 
 ## faults: the fault-injection suite in full (500 SIGKILLs of a writer), the property
-## and fuzz tests at full volume (make test runs them with fewer examples), and the
-## adversarial suite (issue 17: attacks on a real serve; writes benchmarks/results/adversarial.json)
+## and fuzz tests at full volume (make test runs them with fewer examples), the `heavy`
+## tests make test leaves out (the other e2e SIGKILL variants, the cluster failover, the
+## cluster recipe), and the adversarial suite (issue 17: attacks on a real serve; writes
+## benchmarks/results/adversarial.json); one process, no xdist
 faults: $(STAMP)
 	STUISESSION_FAULT_ITERATIONS=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults tests/adversarial
-	STUISESSION_FULL_VOLUME=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m volume tests
+	STUISESSION_FULL_VOLUME=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "volume or heavy" tests \
+		--ignore=tests/faults --ignore=tests/adversarial
 
 ## rust-test: the Rust client crate's tests (clients/rust) against a real bridge from the venv;
 ## needs cargo and the Debian crate packages (clients/rust/install-deps.sh); never skips

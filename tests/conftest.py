@@ -6,8 +6,19 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from redis_server import RedisServer, RedisServerMissing, start_redis_server
+
+# -- Hypothesis: no wall-clock checks -------------------------------------------------
+# make test runs on two xdist workers on a 2-core machine that may be busy: a per-example
+# deadline or the "too slow to generate" health check would fail a correct test when the
+# machine is slow, so neither applies (a test that sets its own settings keeps these
+# unless it overrides them; one that lists health checks to suppress lists too_slow too)
+settings.register_profile(
+    "stuisession", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("stuisession")
 
 
 # -- Redis: a hermetic redis-server per test session ---------------------------------

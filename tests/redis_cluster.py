@@ -19,7 +19,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from ports import free_port
 from redis_server import HOST, RedisServerMissing, find_redis_server, ping
 
 
@@ -49,24 +49,7 @@ def find_redis_cli() -> str:
 
 def free_ports(n: int) -> list[int]:
     """*n* distinct free ports on 127.0.0.1 whose cluster bus port (+10000) is free too."""
-    ports: list[int] = []
-    for _ in range(200):
-        if len(ports) == n:
-            break
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = int(s.getsockname()[1])
-        if port + 10000 > 65535 or port in ports:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
-            try:
-                bus.bind((HOST, port + 10000))
-            except OSError:
-                continue
-        ports.append(port)
-    if len(ports) < n:
-        raise RuntimeError("could not find free ports for a Redis cluster")
-    return ports
+    return [free_port(bus_offset=10000) for _ in range(n)]
 
 
 def _command(port: int, *args: str, timeout: float = 2.0) -> Any:

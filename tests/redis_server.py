@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ports import free_port
+
 ENV_REDIS_SERVER = "STUISESSION_REDIS_SERVER"
 HOST = "127.0.0.1"
 
@@ -43,14 +45,6 @@ def find_redis_server() -> str:
     )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def ping(port: int, timeout: float = 0.5, password: str | None = None) -> bool:
     """True if a Redis server on *port* answers PING (raw RESP, no client library)."""
     try:
@@ -63,6 +57,29 @@ def ping(port: int, timeout: float = 0.5, password: str | None = None) -> bool:
             return s.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def server_pid(port: int, timeout: float = 2.0, password: str | None = None) -> int | None:
+    """The ``process_id`` the Redis server on *port* reports (``INFO server``), or None."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            if password is not None:
+                s.sendall(f"AUTH {password}\r\n".encode())
+                if not s.recv(64).startswith(b"+OK"):
+                    return None
+            s.sendall(b"INFO server\r\n")
+            data = b""
+            while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
 
 
 class RedisServer:
@@ -132,7 +149,9 @@ class RedisServer:
             if self.proc.poll() is not None:
                 break
             if ping(self.port, password=self.password):
-                return self
+                if server_pid(self.port, password=self.password) == self.proc.pid:
+                    return self
+                break  # another process's server answers on this port: ours did not bind
             time.sleep(0.02)
         err = self._log_tail()
         self.stop()

@@ -31,7 +31,6 @@ from upstream_double import UpstreamDoubleServer
 #: failure timeout of every receive (ms): it only bounds a broken test
 RECV_MS = 15_000
 #: "answers quickly" while another request is stuck on the image (seconds)
-FAST = 0.5
 
 
 class Running:
@@ -285,14 +284,17 @@ def test_no_upstream_gives_upstream_error(start: Callable[..., Running], ctx: zm
     assert ok(call(req, "s", "get_session_statistics"))["upstream"] is False
 
 
-def test_stalled_upstream_times_out_while_session_commands_stay_fast(
+def test_session_commands_are_answered_while_the_upstream_is_stalled(
     start: Callable[..., Running],
     ctx: zmq.Context,
     double: Callable[..., UpstreamDoubleServer],
     upstream: Callable[..., ZmqUpstream],
 ):
-    image = double(stall=30.0)
-    r = start(upstream=upstream(image.endpoint, timeout=1.0))
+    # the image stays silent until released (the forward's timeout, 60 s, is a hang guard):
+    # the session commands must all be answered while the forward is still pending (an
+    # order of events, not a measured latency: robust on a loaded box)
+    image = double(stall=120.0)
+    r = start(upstream=upstream(image.endpoint, timeout=60.0))
     outcome: dict[str, Any] = {}
     done = threading.Event()
 
@@ -312,33 +314,45 @@ def test_stalled_upstream_times_out_while_session_commands_stay_fast(
         assert image.wait_requests(1), "the request never reached the image"
         other = connect(ctx, zmq.REQ, r.endpoint)
         sid = ok(call(other, "c", "create_session", client_id="busy-elsewhere"))["session_id"]
-        latencies: list[float] = []
-        n = 0
+        answered_while_stalled = 0
         commands: list[tuple[str, dict[str, Any]]] = [
             ("update_session_state", {"state_data": {"n": 1}, "mode": "merge"}),
             ("restore_session", {}),
             ("get_session_info", {}),
+            ("get_session_statistics", {}),
         ]
-        while not done.is_set() and n < 30:
-            command, params = commands[n % 3]
-            n += 1
-            began = time.monotonic()
-            ok(call(other, f"q{n}", command, session_id=sid, **params))
-            latencies.append(time.monotonic() - began)
-        began = time.monotonic()
-        st = ok(call(other, "st", "get_session_statistics"))
-        latencies.append(time.monotonic() - began)
-        assert st["pending_requests"] >= 1 or done.is_set()
+        for n, (command, params) in enumerate(commands):
+            params = {"session_id": sid, **params} if command != "get_session_statistics" else {}
+            result = ok(call(other, f"q{n}", command, **params))
+            if not done.is_set():
+                answered_while_stalled += 1
+            if command == "get_session_statistics":
+                assert result["pending_requests"] >= 1 or done.is_set()
+        stalled = not done.is_set()
     finally:
+        image.release()
         t.join(30)
     assert not t.is_alive()
-    assert len(latencies) >= 3, "too few session commands ran while the image stalled"
-    assert max(latencies) < FAST, latencies
-    reply = outcome["reply"]
+    # queued behind the stalled forward they could only have come after the release
+    assert stalled and answered_while_stalled == len(commands), "session commands waited"
+    assert outcome["reply"]["status"] == "success", outcome["reply"]
+
+
+def test_silent_upstream_gives_upstream_error_after_its_timeout(
+    start: Callable[..., Running],
+    ctx: zmq.Context,
+    double: Callable[..., UpstreamDoubleServer],
+    upstream: Callable[..., ZmqUpstream],
+):
+    image = double(stall=30.0)
+    r = start(upstream=upstream(image.endpoint, timeout=1.0))
+    sock = connect(ctx, zmq.REQ, r.endpoint)
+    reply, elapsed = timed(lambda: call(sock, "slow", "evaluate", code="1 + 1"))
     assert reply["status"] == "error"
     assert reply["error_code"] == "UpstreamError"
     assert reply["details"]["timeout"] == 1.0
-    assert 0.9 <= outcome["elapsed"] < 8.0, outcome["elapsed"]
+    assert elapsed >= 0.9, elapsed  # the timeout never fires early
+    assert elapsed < 60, elapsed  # hang guard only
 
 
 def test_capture_hook_records_the_evaluation_in_the_session(
@@ -502,22 +516,26 @@ def test_busy_when_the_pool_is_saturated(
     double: Callable[..., UpstreamDoubleServer],
     upstream: Callable[..., ZmqUpstream],
 ):
-    image = double(stall=30.0)
-    r = start(upstream=upstream(image.endpoint, timeout=2.0), workers=1, max_pending=1)
+    # the image stays silent until released (the forward's 60 s timeout is a hang guard)
+    image = double(stall=120.0)
+    r = start(upstream=upstream(image.endpoint, timeout=60.0), workers=1, max_pending=1)
     stuck = connect(ctx, zmq.REQ, r.endpoint)
     stuck.send(request("stuck", "evaluate", code="1 + 1"))
     assert image.wait_requests(1)
     other = connect(ctx, zmq.REQ, r.endpoint)
-    reply, elapsed = timed(lambda: call(other, "b1", "get_session_statistics"))
+    reply = call(other, "b1", "get_session_statistics")
     assert reply["status"] == "error"
     assert reply["error_code"] == "Busy"
-    assert elapsed < FAST * 4
+    # refused at once, not queued: the stalled request has not been answered yet
+    assert stuck.poll(0) == 0, "Busy came only after the stalled request"
     dealer = connect(ctx, zmq.DEALER, r.endpoint)
     dealer.send(request("b2", "create_session", client_id="late"))
     assert json.loads(dealer.recv())["error_code"] == "Busy"
-    # the stalled one still gets its (timeout) answer, and then the server has room again
+    assert stuck.poll(0) == 0
+    # the stalled one still gets its answer, and then the server has room again
+    image.release()
     late = json.loads(stuck.recv())
-    assert (late["id"], late["error_code"]) == ("stuck", "UpstreamError")
+    assert (late["id"], late["status"]) == ("stuck", "success")
     # (the worker counts its job as done just after queueing the reply: allow a moment)
     replies: list[dict[str, Any]] = []
     assert wait_for(
@@ -531,15 +549,17 @@ def test_busy_when_the_pool_is_saturated(
 
 def test_executor_shutdown_waits_at_most_its_timeout_in_all():
     # workers stuck on a silent image must not hold a stop for timeout x workers
+    # 20 stuck workers and 0.5 s: a shutdown that waited per worker would take 10 s;
+    # the bound is far above 0.5 s and far below 10 s (robust on a loaded box)
     release = threading.Event()
-    pool = KeyedExecutor(workers=6, max_pending=10)
+    pool = KeyedExecutor(workers=20, max_pending=30)
     try:
-        for n in range(6):
-            pool.submit(("c", str(n)), lambda: release.wait(30) and None)
-        assert wait_for(lambda: pool.pending == 6)
+        for n in range(20):
+            pool.submit(("c", str(n)), lambda: release.wait(60) and None)
+        assert wait_for(lambda: pool.pending == 20)
         started = time.monotonic()
         pool.shutdown(timeout=0.5)
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 6.0
     finally:
         release.set()
     assert pool.drain(10)
@@ -612,7 +632,7 @@ def test_statistics_list_connections(start: Callable[..., Running], ctx: zmq.Con
     assert me["client_id"] == "tui-A"
     assert me["requests"] == 3
     assert me["sessions"] == 1
-    assert me["idle_seconds"] < 5
+    assert me["idle_seconds"] < 60  # just used (a sanity bound, not a latency)
     assert sid not in json.dumps(st)  # session ids are bearer secrets: never listed
     assert st["requests_served"] >= 2
     assert st["upstream"] is False

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from ports import free_port
 from stuisession.cli import app as cli
 
 
@@ -25,12 +25,6 @@ def _restore_logger_level() -> Iterator[None]:
     level = logger.level
     yield
     logger.setLevel(level)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]):

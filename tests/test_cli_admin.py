@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ports import free_port
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
 from stuisession.admin import core as admin
 from stuisession.cli import _common
@@ -124,12 +124,6 @@ def flip_byte(path: Path, offset: int = -40) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x5A
     path.write_bytes(bytes(data))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- parsing ------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from ports import free_port
 from stuisession import FileStore, Policy, ProtocolHandler
 from stuisession.cli import app as cli
 
@@ -26,12 +26,6 @@ def _restore_logger_level() -> Iterator[None]:
     level = logger.level
     yield
     logger.setLevel(level)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def populated_store(root: Path, sessions: int = 3) -> None:

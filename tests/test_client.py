@@ -200,7 +200,7 @@ def test_stopped_server_gives_server_unavailable_after_the_retries(
     with pytest.raises(ServerUnavailable) as info:
         c.update(state_data={"lost": True})
     elapsed = time.monotonic() - started
-    assert 0.3 <= elapsed < 5.0  # three tries of 0.1 s each, plus short pauses
+    assert 0.3 <= elapsed < 15.0  # three tries of 0.1 s (the default 5 s timeouts: 20 s)
     assert info.value.error_code == "ServerUnavailable"
     assert "3 tries" in info.value.message
     assert info.value.details["command"] == "update_session_state"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import zmq
 
+from ports import free_port
 from stuisession import MemoryStore, Policy, ProtocolHandler, replies
 from stuisession.bridge.server import BridgeServer
 from stuisession.client import RequestFailed, ServerUnavailable, SessionClient
@@ -51,12 +51,6 @@ def running() -> Iterator[Any]:
     yield factory
     for r in made:
         r.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_embedded_default_does_not_throttle_a_harness() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from types import ModuleType
 
 import zmq
 
+from ports import free_port
 from stuisession import FileStore, ProtocolHandler
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -95,12 +95,6 @@ def test_stdio_bridge_runs_twice_and_cleans_up(tmp_path: Path) -> None:
         assert active_sessions(tmp_path) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_minimal_bridge_runs_twice_and_cleans_up(tmp_path: Path) -> None:
     for _ in range(2):
         _minimal_bridge_once(tmp_path)
@@ -108,7 +102,7 @@ def test_minimal_bridge_runs_twice_and_cleans_up(tmp_path: Path) -> None:
 
 
 def _minimal_bridge_once(tmp_path: Path) -> None:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     module = load("minimal_bridge")
     thread = threading.Thread(target=module.serve, args=(endpoint, str(tmp_path), 3), daemon=True)
     thread.start()

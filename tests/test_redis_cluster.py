@@ -289,7 +289,10 @@ def test_two_bridges_lose_no_update_and_revocation_holds(
 
 
 # -- a primary dies mid-load ----------------------------------------------------------------
+# make faults only (marker `heavy`); make test proves the cluster write path with the
+# two-bridge tests above
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_failover_mid_load_replicas_1_loses_nothing(
     private_cluster: RedisClusterServers, keyring: Keyring
 ) -> None:

@@ -347,7 +347,7 @@ def _stores(tmp: Path) -> list[Any]:
 @settings(
     max_examples=examples(full=40, quick=12),
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(session_states())
 def test_arbitrary_graphs_roundtrip_through_every_store(

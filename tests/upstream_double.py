@@ -12,7 +12,9 @@ answers in a background thread, one request at a time like the image's
 - anything else -> an error reply (``error_type`` ``"Error"``).
 
 Stall mode (``stall=N`` or ``double.stall = N``) sleeps *N* seconds before
-each answer; :meth:`UpstreamDoubleServer.close` interrupts a stall at once.
+each answer; :meth:`UpstreamDoubleServer.close` interrupts a stall at once (and
+never answers), :meth:`UpstreamDoubleServer.release` ends it and answers (a gate
+for tests that check what happened while the image was silent).
 ``double.raw_reply = b"..."`` sends those bytes as every reply instead (a
 misbehaving image).
 Every received request is recorded in :attr:`UpstreamDoubleServer.requests`.
@@ -49,6 +51,7 @@ class UpstreamDoubleServer:
         self.answered = 0
         self._changed = threading.Condition()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # ends a stall: set by close() and release()
         self._objects = itertools.count(1)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.REP)
@@ -65,9 +68,15 @@ class UpstreamDoubleServer:
             return self._changed.wait_for(lambda: len(self.requests) >= n, timeout)
 
     # -- lifecycle --------------------------------------------------------------------
+    def release(self) -> None:
+        """End the stall now and from now on: the stalled request is answered."""
+        self.stall = 0.0
+        self._wake.set()
+
     def close(self) -> None:
         """Stop answering (interrupting a stall), close the socket and the context."""
         self._stop.set()
+        self._wake.set()
         self._thread.join(10)
         if self._thread.is_alive():  # pragma: no cover - only a broken double
             raise RuntimeError("the upstream double did not stop")
@@ -95,7 +104,9 @@ class UpstreamDoubleServer:
             with self._changed:
                 self.requests.append(doc)
                 self._changed.notify_all()
-            if self.stall > 0 and self._stop.wait(self.stall):
+            if self.stall > 0:
+                self._wake.wait(self.stall)
+            if self._stop.is_set():
                 return  # closed while stalled: never answer
             raw_reply = self.raw_reply
             if raw_reply is not None:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
@@ -44,12 +45,6 @@ POLICY: dict[str, Any] = {
 }
 #: file-store decoded-session cache and strict-mode reply cache bounds (defaults)
 CACHE_BOUNDS = 64 * MB + 64 * MB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(rid: str, command: str, **parameters: Any) -> bytes:

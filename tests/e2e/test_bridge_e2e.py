@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 import zmq
 
+from ports import free_port
 from stuisession.client import SessionClient
 
 pytestmark = pytest.mark.e2e
@@ -75,12 +75,6 @@ with open(out_path, "a", encoding="utf-8") as out:
         record(event="error", error=repr(exc))
         raise
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Bridge:
@@ -205,10 +199,14 @@ def worker_pids(pid: int) -> list[int]:
     return found
 
 
+# make test runs the one-worker bridge kill; make faults (marker `heavy`) runs all three
 @pytest.mark.parametrize(
     ("workers", "victim"),
-    [(1, "bridge"), (2, "bridge"), (2, "worker")],
-    ids=["workers1-kill-bridge", "workers2-kill-bridge", "workers2-kill-worker"],
+    [
+        pytest.param(1, "bridge", id="workers1-kill-bridge"),
+        pytest.param(2, "bridge", id="workers2-kill-bridge", marks=pytest.mark.heavy),
+        pytest.param(2, "worker", id="workers2-kill-worker", marks=pytest.mark.heavy),
+    ],
 )
 def test_twenty_clients_lose_no_acknowledged_update_across_two_sigkills(
     tmp_path: Path, bridges: Callable[..., Bridge], workers: int, victim: str

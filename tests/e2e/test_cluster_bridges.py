@@ -11,8 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# make faults only (marker `heavy`): make test runs two bridges on one cluster in-process
+# (tests/test_redis_cluster.py) and two real bridges on one Redis (tests/e2e/test_bridge_e2e.py)
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_cluster_recipe_two_bridges_one_service() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "cluster_recipe.py")],

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -30,16 +29,11 @@ from typing import Any
 import pytest
 import zmq
 
+from ports import free_port
 from stuisession.bridge.curve import load_keypair, load_public_key
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -369,7 +369,7 @@ def test_bad_field_values_are_reported(log: AuditLog, ring: Keyring) -> None:
 @settings(
     max_examples=150,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
 def test_any_single_byte_change_is_detected(

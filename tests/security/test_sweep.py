@@ -14,6 +14,10 @@ from stuisession.errors import StorageError
 from stuisession.security.audit import AuditLog
 from stuisession.service.core import SessionService
 from stuisession.state import lifecycle
+from volume import examples
+
+# sessions in the bounded-sweep test: 2,000 in make faults, 600 in make test
+SWEEP_SESSIONS = examples(full=2000, quick=600)
 
 
 def populate(store: FileStore, clock: ManualClock, total: int, expired_share: float) -> list[str]:
@@ -30,14 +34,17 @@ def populate(store: FileStore, clock: ManualClock, total: int, expired_share: fl
     return live
 
 
+@pytest.mark.volume
 def test_sweep_is_bounded_and_live_requests_interleave(tmp_path: Path) -> None:
     clock = ManualClock()
     store = FileStore(tmp_path / "s", fsync=False)
     audit = AuditLog(tmp_path / "audit.log", keyring=store.codec.keyring, clock=clock, fsync=False)
+    batch = SWEEP_SESSIONS // 20  # at least 20 steps whatever the volume
     handler = ProtocolHandler(
-        store, Policy(rate_limit=None, sweep_batch=100), clock=clock, audit=audit
+        store, Policy(rate_limit=None, sweep_batch=batch), clock=clock, audit=audit
     )
-    live = populate(store, clock, 2000, 0.9)
+    live = populate(store, clock, SWEEP_SESSIONS, 0.9)
+    expired = SWEEP_SESSIONS - len(live)
     service = handler.service
     steps = removed = 0
     tracemalloc.start()
@@ -48,7 +55,7 @@ def test_sweep_is_bounded_and_live_requests_interleave(tmp_path: Path) -> None:
         peaks.append(tracemalloc.get_traced_memory()[1])
         steps += 1
         removed += step.removed
-        assert step.scanned <= 100  # each step is bounded
+        assert step.scanned <= batch  # each step is bounded
         # a live request between two steps is served normally
         sid = live[steps % len(live)]
         reply = handler.handle(
@@ -58,7 +65,7 @@ def test_sweep_is_bounded_and_live_requests_interleave(tmp_path: Path) -> None:
         if step.done:
             break
     tracemalloc.stop()
-    assert removed == 1800
+    assert removed == expired
     assert steps >= 20
     # flat memory: a late step needs no more than an early one (plus slack for
     # other threads of the test process), i.e. nothing accumulates with the
@@ -66,7 +73,7 @@ def test_sweep_is_bounded_and_live_requests_interleave(tmp_path: Path) -> None:
     assert max(peaks[-5:]) < 4 * max(peaks[:5]) + 3_000_000
     assert sorted(store._ids()) == sorted(live)
     lines = (tmp_path / "audit.log").read_text().splitlines()
-    assert sum('"event":"expire"' in x for x in lines) == 1800
+    assert sum('"event":"expire"' in x for x in lines) == expired
 
 
 def test_retention_deletes_long_idle_sessions_even_with_a_long_timeout(tmp_path: Path) -> None:
