@@ -42,7 +42,7 @@ check: $(STAMP)
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) -m "not slow and not heavy" -x
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow and not heavy" -x
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)
@@ -59,7 +59,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest -p no:cacheprovider -o console_output_style=count \
-		-n $(PYTEST_WORKERS) -m "not heavy" \
+		-n $(PYTEST_WORKERS) --dist loadgroup -m "not heavy" \
 		--cov=stuisession --cov-branch --cov-report= --durations=15
 	$(BIN)/python -m coverage combine -q 2>/dev/null || true
 	$(BIN)/python scripts/coverage_report.py 90

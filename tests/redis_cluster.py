@@ -320,6 +320,9 @@ def update_load(
     seconds: float,
     during: Any = None,
     threads_per_session: int = 1,
+    acks_before: int = 0,
+    acks: int = 0,
+    hang_guard: float = 120.0,
 ) -> dict[str, Any]:
     """Writers merging ``{"w<t>": i}`` (i = 0, 1, 2 ...) into sessions through *handlers*.
 
@@ -327,15 +330,19 @@ def update_load(
     bridges as one service), resends a request that failed with a retryable
     error (same id) a few times, then moves on. *during*, if given, is called
     once from the main thread after a third of *seconds* (e.g. to kill a node).
-    Returns the acknowledged values per (session, writer key), and the error
+    The phases end on counts, not only on time, so a slow machine changes how long
+    the load runs, not what it proves: *during* waits for *acks_before*
+    acknowledged updates, and the load stops only once *acks* were acknowledged in
+    all (each wait fails after *hang_guard* seconds). Returns the acknowledged values per (session, writer key), and the error
     types seen (with counts).
     """
     import threading
 
     acked: dict[tuple[str, str], list[int]] = {}
     errors: dict[str, int] = {}
-    lock = threading.Lock()
+    lock = threading.Condition()
     stop = threading.Event()
+    count = [0]
 
     def writer(t: int, sid: str) -> None:
         key = f"w{t}"
@@ -351,6 +358,8 @@ def update_load(
                 if reply["status"] == "success":
                     with lock:
                         acked.setdefault((sid, key), []).append(i)
+                        count[0] += 1
+                        lock.notify_all()
                     break
                 kind = reply.get("error_code") or reply.get("error_type", "?")
                 reason = (reply.get("details") or {}).get("reason", "")
@@ -367,12 +376,21 @@ def update_load(
         for n, sid in enumerate(session_ids)
         for k in range(threads_per_session)
     ]
+
+    def wait_acks(n: int, phase: str) -> None:
+        with lock:
+            if not lock.wait_for(lambda: count[0] >= n, hang_guard):
+                stop.set()
+                raise AssertionError(f"only {count[0]} of {n} updates acknowledged {phase}")
+
     for w in workers:
         w.start()
     time.sleep(seconds / 3)
+    wait_acks(acks_before, "before the fault")
     if during is not None:
         during()
     time.sleep(seconds * 2 / 3)
+    wait_acks(acks, "in all")
     stop.set()
     for w in workers:
         w.join(timeout=30)

@@ -104,10 +104,11 @@ def test_serve_until_sigint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
         ctx = zmq.Context()
         try:
             deadline = time.monotonic() + 30
+            probe_ms = 500  # doubled after each silent probe, up to 5 s (a busy machine)
             while time.monotonic() < deadline:
                 sock = ctx.socket(zmq.REQ)
                 sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.RCVTIMEO, 500)
+                sock.setsockopt(zmq.RCVTIMEO, probe_ms)
                 sock.connect(endpoint)
                 try:
                     sock.send_json(
@@ -116,6 +117,7 @@ def test_serve_until_sigint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
                     outcome["reply"] = sock.recv_json()
                     break
                 except zmq.Again:
+                    probe_ms = min(2 * probe_ms, 5000)
                     continue
                 finally:
                     sock.close()

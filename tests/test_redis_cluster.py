@@ -261,7 +261,7 @@ def test_two_bridges_lose_no_update_and_revocation_holds(
         )["session_id"]
         for i in range(3)
     ]
-    load = update_load(bridges, sids, seconds=1.5, threads_per_session=3)
+    load = update_load(bridges, sids, seconds=1.5, threads_per_session=3, acks=60)
     assert load["errors"] == {}
     lost, total = count_lost(bridges[0].store, load["acked"])
     assert (lost, total > 50) == (0, True)
@@ -326,7 +326,7 @@ def test_failover_mid_load_replicas_1_loses_nothing(
         private_cluster.kill(victim)
         killed_at.append(time.monotonic())
 
-    load = update_load(bridges, sids, seconds=9.0, during=kill)
+    load = update_load(bridges, sids, seconds=9.0, during=kill, acks_before=30, acks=60)
     # errors were clean StorageErrors (no internal errors, nothing unmapped)
     assert set(load["errors"]) <= {"StorageError", "StorageError:durability_unknown"}, load
     assert load["errors"], "the kill went unnoticed"
@@ -402,7 +402,8 @@ def test_aof_restart_keeps_every_acknowledged_update(keyring: Keyring) -> None:
             )["session_id"]
             for i in range(4)
         ]
-        load = update_load(bridges, sids, seconds=1.5, during=server.stop)  # SIGKILL
+        # SIGKILL once 25 updates were acknowledged (none can be after it)
+        load = update_load(bridges, sids, seconds=1.5, during=server.stop, acks_before=25)
         assert set(load["errors"]) <= {"StorageError"}
         server.start()  # same port, same directory: the AOF is replayed
         lost, total = count_lost(store, load["acked"])

@@ -41,7 +41,7 @@ def _json_roundtrip(value: Any) -> Any:
 
 
 @pytest.mark.volume
-@settings(max_examples=examples(full=150, quick=40), deadline=None)
+@settings(max_examples=examples(full=150, quick=15), deadline=None)
 @given(session_states())
 def test_model_form_roundtrips(state: SessionState) -> None:
     validate_state(state)
@@ -49,7 +49,7 @@ def test_model_form_roundtrips(state: SessionState) -> None:
 
 
 @pytest.mark.volume
-@settings(max_examples=examples(full=150, quick=40), deadline=None)
+@settings(max_examples=examples(full=150, quick=15), deadline=None)
 @given(session_states())
 def test_wire_form_roundtrips_with_identity(state: SessionState) -> None:
     wire = _json_roundtrip(to_wire(state))
@@ -62,7 +62,7 @@ def test_wire_form_roundtrips_with_identity(state: SessionState) -> None:
 
 
 @pytest.mark.volume
-@settings(max_examples=examples(full=100, quick=30), deadline=None)
+@settings(max_examples=examples(full=100, quick=12), deadline=None)
 @given(session_states())
 def test_upstream_views_are_derived(state: SessionState) -> None:
     wire = to_wire(state)
@@ -316,7 +316,7 @@ def test_appends_commute_but_conflict_with_replacement() -> None:
 
 
 @pytest.mark.volume
-@settings(max_examples=examples(full=60, quick=20), deadline=None)
+@settings(max_examples=examples(full=60, quick=8), deadline=None)
 @given(session_states(max_objects=4), st.data())
 def test_changes_since_reproduces_the_current_wire_form(
     state: SessionState, data: st.DataObject

@@ -100,7 +100,7 @@ def outcome(fn: Any) -> tuple[str, Any]:
 
 @pytest.mark.volume
 @settings(
-    max_examples=examples(full=150, quick=30),
+    max_examples=examples(full=150, quick=12),
     deadline=None,
     derandomize=True,
     database=None,

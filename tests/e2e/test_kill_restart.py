@@ -70,6 +70,9 @@ class Bridge:
         """Poll with fresh REQ sockets until the server answers (or fail with its log)."""
         ctx = zmq.Context()
         deadline = time.monotonic() + START_TIMEOUT
+        # each probe waits twice as long as the one before (250 ms up to 5 s): a bridge
+        # slowed by a busy machine still answers one of them
+        probe_ms = 250
         try:
             while time.monotonic() < deadline:
                 assert self.proc is not None
@@ -78,14 +81,14 @@ class Bridge:
                 # a REQ socket that timed out is stuck: a fresh one per attempt
                 sock = ctx.socket(zmq.REQ)
                 sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.RCVTIMEO, 250)
+                sock.setsockopt(zmq.RCVTIMEO, probe_ms)
                 sock.connect(self.endpoint)
                 try:
                     sock.send(b'{"id": "ready", "command": "get_session_statistics"}')
                     if json.loads(sock.recv())["status"] == "success":
                         return
                 except zmq.Again:
-                    pass
+                    probe_ms = min(2 * probe_ms, 5000)
                 finally:
                     sock.close()
         finally:

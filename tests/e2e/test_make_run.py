@@ -51,16 +51,17 @@ def test_make_run_stops_cleanly_on_sigterm_to_make(tmp_path: Path) -> None:
         try:
             reply = None
             deadline = time.monotonic() + 60
+            probe_ms = 500  # doubled after each silent probe, up to 5 s (a busy machine)
             while reply is None and time.monotonic() < deadline:
                 sock = ctx.socket(zmq.REQ)
                 sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.RCVTIMEO, 500)
+                sock.setsockopt(zmq.RCVTIMEO, probe_ms)
                 sock.connect(endpoint)
                 try:
                     sock.send_json({"id": "s", "command": "get_session_statistics"})
                     reply = json.loads(sock.recv())
                 except zmq.Again:
-                    pass
+                    probe_ms = min(2 * probe_ms, 5000)
                 finally:
                     sock.close()
         finally:

@@ -20,6 +20,7 @@ from stuisession.security.auth import (
     new_client_secret,
     verify_client_secret,
 )
+from volume import examples
 
 CLIENT = "alice"
 
@@ -253,7 +254,8 @@ def test_config_and_repr(ring: Keyring) -> None:
     auth.verify(auth.issue(CLIENT, "s"), CLIENT, "s")
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.volume
+@settings(max_examples=examples(full=300, quick=100), deadline=None)
 @given(token=st.text(max_size=300))
 def test_random_strings_are_always_refused_cleanly(token: str) -> None:
     auth = TokenAuthority(Keyring({"k1": b"\1" * 32}, "k1"), clock=ManualClock())
