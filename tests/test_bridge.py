@@ -661,11 +661,14 @@ def test_a_peer_reusing_a_connected_identity_does_not_take_it_over(
 def test_idle_connection_disappears_and_its_session_is_detached_not_lost(
     start: Callable[..., Running], ctx: zmq.Context
 ):
-    r = start(idle_timeout=0.2, sweep_interval=0.05)
+    # idle after 60 s while the connection is checked, then after 0.2 s (a busy machine
+    # could otherwise let 0.2 s pass before the first check)
+    r = start(idle_timeout=60.0, sweep_interval=0.05)
     tui = connect(ctx, zmq.REQ, r.endpoint, identity=b"will-go-idle")
     created = ok(call(tui, "c", "create_session", client_id="tui-idle"))
     sid = created["session_id"]
     assert connection(stats(r), b"will-go-idle") is not None
+    r.srv.tracker.idle_timeout = 0.2
     assert wait_for(lambda: connection(stats(r), b"will-go-idle") is None)
     assert r.srv.tracker.disconnects >= 1
     r.srv.tracker.idle_timeout = 60.0  # the new connection must stay while it is checked

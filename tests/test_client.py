@@ -189,12 +189,26 @@ def test_session_calls_need_open_first(client: Callable[..., SessionClient]):
 
 
 # -- timeouts, retries and restarts ------------------------------------------------------
+def set_timeout(c: SessionClient, seconds: float) -> None:
+    """Per-try timeout for the next requests (a socket takes its timeout when made).
+
+    The restart tests use short tries only while the server is down: a busy machine
+    may take longer than 0.2 s to answer a live server, and a timed-out try counts
+    as a reconnect.
+    """
+    c.timeout = seconds
+    c._drop()
+
+
 def test_stopped_server_gives_server_unavailable_after_the_retries(
     bridge: Callable[..., Bridge], client: Callable[..., SessionClient]
 ):
     b = bridge()
-    c = client(b.endpoint, "tui-gone", timeout=0.1, retries=2, backoff=0.01)
+    # short tries only while the server is down: a busy machine may take longer than
+    # 0.1 s to answer a live one (and a timed-out try counts as a reconnect)
+    c = client(b.endpoint, "tui-gone", timeout=5.0, retries=2, backoff=0.01)
     c.open()
+    set_timeout(c, 0.1)
     b.stop()
     started = time.monotonic()
     with pytest.raises(ServerUnavailable) as info:
@@ -211,9 +225,10 @@ def test_server_restart_mid_call_is_ridden_through(
 ):
     store = FileStore(tmp_path / "store")
     b = bridge(ProtocolHandler(store))
-    c = client(b.endpoint, "tui-restart", timeout=0.3, retries=30, backoff=0.05)
+    c = client(b.endpoint, "tui-restart", timeout=5.0, retries=30, backoff=0.05)
     sid = c.open()["session_id"]
     c.update(state_data={"before": 1}, mode="merge")
+    set_timeout(c, 0.3)  # short tries while the server is down (only then)
     b.stop()
     # the same store behind a new server on the same endpoint, up again after a while
     restarter = threading.Timer(1.0, b.start)
@@ -224,6 +239,7 @@ def test_server_restart_mid_call_is_ridden_through(
         restarter.join(30)
     assert updated["revision"] == 3
     assert c.reconnects == 1
+    set_timeout(c, 5.0)  # the server is up again
     restored = c.restore()
     assert restored["session_id"] == sid
     assert restored["session_state"] == {"before": 1, "after": 2}
@@ -236,9 +252,10 @@ def test_after_server_unavailable_the_next_call_restores_first(
 ):
     store = FileStore(tmp_path / "store")
     b = bridge(ProtocolHandler(store))
-    c = client(b.endpoint, "tui-down", timeout=0.2, retries=1, backoff=0.01)
+    c = client(b.endpoint, "tui-down", timeout=5.0, retries=1, backoff=0.01)
     sid = c.open()["session_id"]
     c.update(state_data={"n": 1})
+    set_timeout(c, 0.2)  # short tries while the server is down (only then)
     b.stop()
     with pytest.raises(ServerUnavailable):
         c.update(state_data={"n": 2})
@@ -327,9 +344,10 @@ def test_strict_mode_reconnect_restores_with_the_rotated_id(
 ):
     store = FileStore(tmp_path / "store")
     b = bridge(ProtocolHandler(store, Policy(auth_mode="strict")))
-    c = client(b.endpoint, "tui-strict-down", timeout=0.2, retries=1, backoff=0.01)
+    c = client(b.endpoint, "tui-strict-down", timeout=5.0, retries=1, backoff=0.01)
     first = c.open()["session_id"]
     c.update(state_data={"n": 1})
+    set_timeout(c, 0.2)  # short tries while the server is down (only then)
     b.stop()
     with pytest.raises(ServerUnavailable):
         c.update(state_data={"n": 2})
@@ -380,6 +398,7 @@ def test_open_while_the_server_restarts_restores_once(
         restarter.join(30)
     assert opened["session_id"] == c.session_id != sid
     assert c.reconnects == 1
+    set_timeout(c, 5.0)  # the server is up again
     rotated = c.session_id
     c.update(state_data={"after": "restart"})
     assert c.session_id == rotated, "the update restored (and rotated) a second time"

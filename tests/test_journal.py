@@ -28,6 +28,7 @@ from stuisession.state.lifecycle import new_session, with_state
 from stuisession.state.model import SessionInfo
 from stuisession.state.updates import StateUpdate
 from stuisession.stores.file.layout import session_stem
+from volume import examples
 
 NOW = 1_700_000_000.0
 
@@ -449,8 +450,9 @@ _ops = st.lists(
 )
 
 
+@pytest.mark.volume
 @settings(
-    max_examples=40,
+    max_examples=examples(full=40, quick=15),
     deadline=None,
     derandomize=True,
     database=None,

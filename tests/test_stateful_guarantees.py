@@ -24,6 +24,7 @@ import threading
 from typing import Any
 
 import attrs
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -34,6 +35,7 @@ from stuisession.keys import Keyring
 from stuisession.service.core import Credentials, SessionService
 from stuisession.state.updates import StateUpdate
 from stuisession.stores.base import SessionStore
+from volume import examples
 
 TIMEOUT = 600
 LIMIT = 3
@@ -45,7 +47,13 @@ POLICY = Policy(
 )
 GRANULARITY = POLICY.touch_granularity
 CLIENTS = ["alice", "bob"]
+#: random programs per machine; the file-store one draws fewer in make test (each of its
+#: steps does real file I/O): full volume in make faults (marker `volume`)
 EXAMPLES = int(os.environ.get("STUISESSION_FAULT_ITERATIONS", "0")) or 25
+FILE_EXAMPLES = int(os.environ.get("STUISESSION_FAULT_ITERATIONS", "0")) or examples(
+    full=25, quick=10
+)
+pytestmark = pytest.mark.volume
 
 
 @attrs.define
@@ -297,4 +305,4 @@ _SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=25, deadline=Non
 TestTwoBridgesOnMemory = TwoBridges.TestCase
 TestTwoBridgesOnMemory.settings = _SETTINGS
 TestTwoBridgesOnFiles = TwoBridgesOnFiles.TestCase
-TestTwoBridgesOnFiles.settings = _SETTINGS
+TestTwoBridgesOnFiles.settings = settings(_SETTINGS, max_examples=FILE_EXAMPLES)
