@@ -335,10 +335,10 @@ class BridgeServer:
             self._authenticator.stop()
             self._authenticator = None
 
-    def _serve_one(self, frames: list[bytes], caller: Caller | None = None) -> None:
+    def _serve_one(self, frames: list[bytes | memoryview], caller: Caller | None = None) -> None:
         """Route one message (serving thread): answer framing errors, queue the rest."""
         started = time.perf_counter()
-        identity = frames[0]
+        identity = bytes(frames[0])
         envelope, body, problem = split_frames(frames)
         if problem is not None:
             self._send(envelope, error_reply(problem), None, started, identity, charge=False)
