@@ -71,39 +71,41 @@ def scan(
     does only what can refuse (so a refusal costs little); the second, the hints.
     """
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    # pass 1: the node bound only (one C call per chunk)
     nodes = 1
-    numbers = False
-    refuse_run = b"0" * (max_digits + 33)
-    want_run = b"0" * max(1, run)
-    tail = b""  # the end of the previous translated chunk, for runs across chunks
     for start in range(0, len(view), CHUNK):
         chunk = bytes(view[start : start + CHUNK])
         nodes += len(chunk) - len(chunk.translate(None, _SEPARATORS))
         if nodes > max_nodes:
             raise ScanRefusal(f"message holds more than {max_nodes} JSON values", "max_json_nodes")
-        if numbers:
-            continue
-        numeric = tail + chunk.translate(_NUMERIC)
-        if numeric.find(want_run) >= 0:
-            numbers = True  # only the first long run is looked at: the parser checks the rest
-            at = numeric.find(refuse_run)
-            if at >= 0 and _outside_strings(view, start - len(tail) + at):
-                raise ScanRefusal(
-                    f"message holds a number of more than {max_digits} digits", "max_int_digits"
-                )
-        tail = numeric[-len(refuse_run) :]
+    # pass 2: long number literals (refused when outside strings), then the hints
+    numbers = False
+    long_seen = False
     colons = 0
     surrogate = False
-    tail = b""
+    refuse_run = b"0" * (max_digits + 33)
+    want_run = b"0" * max(1, run)
+    tail = b""  # the end of the previous chunk, for what spans two chunks
     for start in range(0, len(view), CHUNK):
         chunk = bytes(view[start : start + CHUNK])
         colons += chunk.count(b":")
+        if not long_seen:
+            numeric = (tail + chunk).translate(_NUMERIC)
+            numbers = numbers or numeric.find(want_run) >= 0
+            at = numeric.find(refuse_run) if numbers else -1
+            if at >= 0:
+                # only the first run that long is looked at: the parser checks the others
+                long_seen = True
+                if _outside_strings(view, start - len(tail) + at):
+                    raise ScanRefusal(
+                        f"message holds a number of more than {max_digits} digits",
+                        "max_int_digits",
+                    )
+            if not numbers:
+                numbers = numeric.find(b"0e") >= 0 or numeric.find(b"0E") >= 0
         if not surrogate and (tail + chunk).find(b"\\u") >= 0:
             surrogate = _SURROGATE_ESCAPE.search(tail + chunk) is not None
-        if not numbers:
-            numeric = (tail + chunk).translate(_NUMERIC)
-            numbers = numeric.find(b"0e") >= 0 or numeric.find(b"0E") >= 0
-        tail = chunk[-5:]
+        tail = chunk[-len(refuse_run) :]
     return Scan(nodes=nodes, colons=colons, numbers=numbers, surrogate_escape=surrogate)
 
 

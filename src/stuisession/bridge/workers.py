@@ -17,6 +17,7 @@ key's order is kept.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -24,6 +25,22 @@ from collections.abc import Callable, Hashable
 from stuisession.errors import Busy
 
 Job = Callable[[], None]
+
+#: the interpreter's switch interval in a ``stuisession serve`` process (seconds;
+#: CPython's default is 0.005)
+SWITCH_INTERVAL = 0.0005
+
+
+def favour_short_requests() -> None:
+    """Let a thread waiting for the GIL have it within about :data:`SWITCH_INTERVAL` s.
+
+    A thread checking a large message (in chunks: ``stuisession._jsonscan``) would
+    otherwise keep the GIL for CPython's default 5 ms at every turn, and a small
+    request, which needs the GIL a dozen times on its way through the bridge, would
+    wait that long each time (issue 17, ``tests/adversarial``). Process-wide: called
+    by ``stuisession serve`` (and its worker processes), never by the library.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 class KeyedExecutor:
