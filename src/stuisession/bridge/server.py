@@ -152,7 +152,11 @@ class BridgeServer:
             raise ValueError(f"sweep_interval must be positive, got {interval!r}")
         self.sweep_interval = float(interval)
         self._own_context = context is None
-        self._context = zmq.Context() if context is None else context
+        # with notices, a second I/O thread: the fan-out of each notice to every
+        # subscriber's connection then never delays the writer's reply (issue 22)
+        if context is None:
+            context = zmq.Context(io_threads=2 if notify is not None else 1)
+        self._context = context
         self._stopping = threading.Event()
         self._idle = threading.Event()  # set while serve_forever is not running
         self._idle.set()
