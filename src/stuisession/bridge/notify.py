@@ -31,7 +31,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from stuisession import _json
@@ -118,6 +118,9 @@ class Notifier:
         self._queue: queue.SimpleQueue[ChangeEvent | None] = queue.SimpleQueue()
         #: a wake-up byte is in the pipe and not yet drained (set by producers)
         self._wake_pending = False
+        #: threads whose notices wait for kick(); whether one is waiting
+        self._deferring = threading.local()
+        self._kick_due = False
         self._stopping = threading.Event()
         sock = self._socket = context.socket(zmq.XPUB)
         try:
@@ -154,6 +157,29 @@ class Notifier:
         if self._queue.qsize() >= MAX_QUEUED:
             return  # hints: a stalled socket thread must not grow memory without bound
         self._queue.put(event)
+        if getattr(self._deferring, "on", False):
+            self._kick_due = True  # sent once the request's reply is out (kick)
+            return
+        self._wake()
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Notices posted on this thread meanwhile wait for :meth:`kick` (the bridge's
+        worker threads, while handling a request: the writer's reply goes out first,
+        without the socket thread competing for the GIL and the cores)."""
+        self._deferring.on = True
+        try:
+            yield
+        finally:
+            self._deferring.on = False
+
+    def kick(self) -> None:
+        """Wake the socket thread for notices held back by :meth:`deferring` (cheap if none)."""
+        if self._kick_due:
+            self._kick_due = False
+            self._wake()
+
+    def _wake(self) -> None:
         if not self._wake_pending:
             self._wake_pending = True
             with contextlib.suppress(OSError):  # a full pipe already means "wake up"

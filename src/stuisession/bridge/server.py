@@ -238,6 +238,8 @@ class BridgeServer:
                 if self._wake in events:
                     self._drain(self._wake)
                 self._flush_results()
+                if self.notifier is not None:
+                    self.notifier.kick()  # notices of the requests just answered
                 self.budget.refresh()  # [budget hook]
                 if self._socket in events:
                     for _ in range(BATCH):
@@ -259,6 +261,8 @@ class BridgeServer:
             # graceful stop: finish what was accepted, send its replies, then return
             self._executor.shutdown()
             self._flush_results()
+            if self.notifier is not None:
+                self.notifier.kick()
         finally:
             self._idle.set()
 
@@ -388,12 +392,15 @@ class BridgeServer:
         if self.budget.dropped(job.ident):
             self.budget.request_done(job.ident, len(job.body))
             return
+        # notices of this request's changes leave after its reply (serve_forever kicks)
+        defer = self.notifier.deferring() if self.notifier is not None else contextlib.nullcontext()
         try:
-            if isinstance(command, str) and command in self.handler.commands:
-                reply = self.handler.handle_wire(job.body, caller=job.caller)
-                self.router.track(job, command, reply)
-            else:
-                reply = self.router.forward(job.body, command, job.ident, job.caller)
+            with defer:
+                if isinstance(command, str) and command in self.handler.commands:
+                    reply = self.handler.handle_wire(job.body, caller=job.caller)
+                    self.router.track(job, command, reply)
+                else:
+                    reply = self.router.forward(job.body, command, job.ident, job.caller)
         except Exception:
             # handle_wire promises not to raise; a wrapped or buggy handler must
             # still not take the server down

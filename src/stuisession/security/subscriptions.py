@@ -56,9 +56,7 @@ class SubscriptionAuthority:
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
         #: (key id, session id) -> topic: a notice per update must not pay an HMAC
-        self._topics: collections.OrderedDict[tuple[str, str], bytes] = (
-            collections.OrderedDict()
-        )
+        self._topics: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def topic(self, session_id: str) -> bytes:
