@@ -214,8 +214,8 @@ def update_cost(n: int, subscribers: int, rounds: int = 5) -> dict[str, Any]:
     Both bridges run at once on the same file system (both ``--workers 1``) and take
     turns update by update, so drift (caches, fsync latency, other load) hits both
     sides alike. The subscribers run in a process of their own (they still share the
-    machine's cores, as subscribers on the same host would). *rounds* rounds of *n*
-    updates per side: the added cost is the median of the rounds' p50 ratios.
+    machine's cores, as subscribers on the same host would). *n* updates per side in
+    *rounds* rounds: the added cost is the median of the rounds' p50 ratios.
     """
     import multiprocessing
 
@@ -245,7 +245,7 @@ def update_cost(n: int, subscribers: int, rounds: int = 5) -> dict[str, Any]:
             i = 0
             for r in range(rounds + 1):  # round 0 is a warm-up
                 this: dict[str, list[float]] = {"off": [], "on": []}
-                for _ in range(n if r else 20):
+                for _ in range(max(20, n // rounds) if r else 20):
                     i += 1
                     for label, req, sid in sides if i % 2 else sides[::-1]:
                         t0 = time.perf_counter()
