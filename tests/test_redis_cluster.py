@@ -168,7 +168,10 @@ def test_a_clients_keys_share_one_slot(cluster_store: Callable[..., RedisStore])
         slot = key_slot(store.session_key(sid).encode())
         assert key_slot(store.client_key(client).encode()) == slot
         assert key_slot(store.active_key(client).encode()) == slot
-    assert store.client.get(f"{store.prefix}:layout") == b"3:" + store.codec.keyring.current_id.encode()
+    assert (
+        store.client.get(f"{store.prefix}:layout")
+        == b"3:" + store.codec.keyring.current_id.encode()
+    )
 
 
 def test_the_client_limit_is_one_atomic_step(cluster_store: Callable[..., RedisStore]) -> None:

@@ -284,9 +284,7 @@ def test_young_index_entries_survive_pruning(store: RedisStore) -> None:
 
 
 def test_foreign_index_entries_are_skipped(store: RedisStore) -> None:
-    store.client.zadd(
-        store.all_key, {"not-a-session-id": 1, "session_}{": 1, "abc" + "g" * 32: 1}
-    )
+    store.client.zadd(store.all_key, {"not-a-session-id": 1, "session_}{": 1, "abc" + "g" * 32: 1})
     assert list(store.iter_infos()) == []
     assert sorted(store._ids()) == []
 

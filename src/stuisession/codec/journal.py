@@ -194,13 +194,15 @@ def seal(
         flags |= _FLAG_ZSTD
     if payload and codec.encrypt:
         flags |= _FLAG_ENCRYPTED
-        aad = _aad(info.session_id, base_tag, prev_tag, kind, flags, key_id)
+        aad = _aad(info.session_id, base_tag, prev_tag, kind, flags, key_id, VERSION)
         payload = _envelope.encrypt(codec.keyring.enc_key(key_id), payload, aad)
-    meta = _envelope.encrypt(
-        codec.keyring.derive(META_PURPOSE, key_id),
-        _json.dumps(unstructure_info(info)),
-        _meta_aad(base_tag, prev_tag, kind, flags, key_id, VERSION),
-    )
+    meta = _json.dumps(unstructure_info(info))
+    if VERSION >= _SEALED_META_FROM:  # (tests write version-2 journals by lowering VERSION)
+        meta = _envelope.encrypt(
+            codec.keyring.derive(META_PURPOSE, key_id),
+            meta,
+            _meta_aad(base_tag, prev_tag, kind, flags, key_id, VERSION),
+        )
     body = b"".join(
         (
             _BODY_HEAD.pack(RECORD_MAGIC, VERSION, kind, flags, len(kid)),

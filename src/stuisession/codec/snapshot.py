@@ -286,7 +286,9 @@ class SnapshotCodec:
     @staticmethod
     def _meta_aad(version: int, flags: int, schema: int, key_id: str) -> bytes:
         # another domain, key and nonce than the state's: the two never pass for each other
-        return b"|".join((_META_DOMAIN, bytes((version, flags)), str(schema).encode(), key_id.encode()))
+        return b"|".join(
+            (_META_DOMAIN, bytes((version, flags)), str(schema).encode(), key_id.encode())
+        )
 
     # -- reading ------------------------------------------------------------------
     def _mac_key_for(self, header: SnapshotHeader) -> bytes:
@@ -341,7 +343,7 @@ class SnapshotCodec:
         self, header: SnapshotHeader, meta: bytes, expected_session_id: str | None
     ) -> SessionInfo:
         """The record in *meta* (its tag already checked): decrypted from version 2 on."""
-        if header.format_version >= 2:  # noqa: PLR2004 - the first version that seals it
+        if header.format_version >= 2:
             meta = _envelope.decrypt(
                 self.keyring.derive(META_PURPOSE, header.key_id),
                 meta,

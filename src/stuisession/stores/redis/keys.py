@@ -98,7 +98,7 @@ class Keys:
     @property
     def hashed(self) -> bool:
         """True when key names hold keyed hashes, not ids (layout 3)."""
-        return self.layout == 3  # noqa: PLR2004 - the layout number
+        return self.layout == 3
 
     def chash(self, client_id: str) -> str:
         """The name of *client_id* in key names and the ``client`` field (64 hex chars)."""
@@ -160,12 +160,12 @@ class Keys:
         return f"{self.prefix}:s:{{{session_id}}}"
 
     def client(self, chash: str) -> str:
-        if self.layout >= 2:  # noqa: PLR2004
+        if self.layout >= 2:
             return f"{self.prefix}:c:{{{tag_of_hash(chash)}}}:{chash}"
         return f"{self.prefix}:c:{{{chash}}}"
 
     def active(self, chash: str) -> str:
-        if self.layout >= 2:  # noqa: PLR2004
+        if self.layout >= 2:
             return f"{self.prefix}:a:{{{tag_of_hash(chash)}}}:{chash}"
         return f"{self.prefix}:a:{{{chash}}}"
 
@@ -174,7 +174,7 @@ class Keys:
         return not self.cluster or session_id[TAG] == tag_of_hash(chash)
 
 
-def choose_layout(  # noqa: PLR0913, PLR0917 - the store's settings, in one place
+def choose_layout(  # noqa: PLR0917 - the store's settings, in one place
     client: Any,
     prefix: str,
     requested: int | None,
@@ -199,7 +199,7 @@ def choose_layout(  # noqa: PLR0913, PLR0917 - the store's settings, in one plac
             elif want == 1:
                 current = 1  # asked for explicitly: no marker, as earlier versions wrote
             else:
-                value = LAYOUT_2 if want == 2 else LAYOUT_3 + keyring.current_id.encode()  # noqa: PLR2004
+                value = LAYOUT_2 if want == 2 else LAYOUT_3 + keyring.current_id.encode()
                 client.set(layout_key, value, nx=True)
                 marker = client.get(layout_key)  # another process may have been first
         if marker is not None:
@@ -209,7 +209,7 @@ def choose_layout(  # noqa: PLR0913, PLR0917 - the store's settings, in one plac
         way_out = (
             "; key layout 3 (ids hashed in key names) needs a new prefix: copy the sessions "
             "with `stuisession export` / `stuisession import --store <url with a new prefix>`"
-            if want == 3  # noqa: PLR2004
+            if want == 3
             else ""
         )
         raise ConfigurationError(
@@ -221,7 +221,7 @@ def choose_layout(  # noqa: PLR0913, PLR0917 - the store's settings, in one plac
             "earlier versions on a single server), which Redis Cluster cannot hold: use a "
             "new prefix"
         )
-    if current != 3:  # noqa: PLR2004
+    if current != 3:
         log.warning(
             "Redis store at prefix %r uses key layout %d: its key names hold session ids in "
             "clear; move to layout 3 by copying it to a new prefix (docs/backends.md)",

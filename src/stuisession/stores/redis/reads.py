@@ -56,7 +56,9 @@ def prune(
             script(keys=[index_key], args=[cutoff, *chunk])
 
 
-def verify_items(client: Any, errors: ErrorMapper, keys: Keys, codec: SnapshotCodec) -> list[VerifyItem]:
+def verify_items(
+    client: Any, errors: ErrorMapper, keys: Keys, codec: SnapshotCodec
+) -> list[VerifyItem]:
     """One item per member of the global index of a layout-3 store, readable or not.
 
     The id comes from the member's record; a record that can not be read (or names
