@@ -28,6 +28,7 @@ import pytest
 from redis_server import RedisServer
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
 from stuisession import _json as jsonutil
+from stuisession.admin import core as admin
 from stuisession.codec import journal as journal_codec
 from stuisession.codec.snapshot import FORMAT_VERSION, SnapshotCodec, parse_header
 from stuisession.keys import ENV_KEYRING, Keyring
@@ -298,3 +299,23 @@ def test_a_journal_of_version_2_is_read_and_folded_on_the_next_write(
     _call(h, "update_session_state", session_id=sid, state_data={"a": 2})
     assert sid.encode() not in jnl.read_bytes()
     assert reopened.load(sid).state.session_state["a"] == 2
+
+
+def test_a_key_rotation_upgrades_every_old_format_snapshot(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = FileStore(root, fsync=False, cache_bytes=0)
+    h = ProtocolHandler(store, Policy(rate_limit=None), clock=ManualClock())
+    sids = [_call(h, "create_session", client_id=c)["session_id"] for c in CLIENTS]
+    paths = []
+    for sid in sids:
+        snap = store.load_snapshot(sid)
+        stem = session_stem(root, sid, store.codec.keyring)
+        path = root / "sessions" / stem[:2] / f"{stem}.snap"
+        path.write_bytes(as_format_1(store.codec, snap.blob))
+        paths.append(path)
+    reopened = FileStore(root, fsync=False, cache_bytes=0)
+    report = admin.rotate_keys(reopened, key_file=root / "keyring.json")
+    assert report.resealed == len(sids) and not report.failed
+    for path in paths:
+        assert parse_header(path.read_bytes()).format_version == FORMAT_VERSION
+    assert leaks(((p.name, p.read_bytes()) for p in paths), [*sids, *CLIENTS]) == []
