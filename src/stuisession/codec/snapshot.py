@@ -193,7 +193,8 @@ class SnapshotCodec:
     """Encodes sessions to sealed snapshots and opens them again.
 
     :param keyring: master keys; the current one seals new snapshots.
-    :param encrypt: seal the state with AES-256-GCM (on by default).
+    :param encrypt: seal the state with AES-256-GCM (on by default); the record is
+        sealed either way.
     :param compression_level: zstd level for the state.
     :param max_state_bytes: refuse to decompress a state larger than this.
     """
