@@ -193,6 +193,23 @@ def test_stores_of_earlier_layouts_keep_their_layout_and_layout_3_names_the_way_
         make_store(prefix=old.prefix + "-4")
 
 
+def test_verify_in_layout_3_reports_a_record_it_can_not_read_by_its_key(
+    store: RedisStore,
+) -> None:
+    good, bad = new(), new()
+    store.create(good)
+    store.create(bad)
+    key = store.session_key(bad.session_id)
+    store.client.hset(key, mapping={"blob": b"\x00garbage", "head": b"\x00garbage"})
+    # the id of a damaged record can not be read back: it is listed under its key
+    items = store.verify_items()
+    assert sorted(i.path or "" for i in items) == sorted([store.session_key(good.session_id), key])
+    problems = list(store.verify())
+    assert [p.path for p in problems] == [key]
+    assert bad.session_id not in problems[0].session_id
+    assert [i.session_id for i in store.iter_infos()] == [good.session_id]
+
+
 def test_snapshots_are_ciphertext_in_redis(store: RedisStore) -> None:
     secret = "correct horse battery staple"
     s = lifecycle.new_session(
