@@ -331,6 +331,8 @@ class JournalWriter:
         self._journal_max = journal_limit
         self._encode = encode
         self.marks = marks
+        #: the audit anchor recorded with every mark (:meth:`FileStore.anchor_audit`)
+        self.anchor: hwm.AnchorSource | None = None
 
     def mark(self, p: SessionPaths, revision: int) -> None:
         """Record *revision* as acknowledged (after it is durable, before the write returns)."""
@@ -343,6 +345,7 @@ class JournalWriter:
             revision,
             fsync=self._writer.fsync,
             fs=self._writer.fs,
+            anchor=self.anchor,
         ):
             self._writer.fsync_dir_committed(p.dir)
 

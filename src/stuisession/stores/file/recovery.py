@@ -103,6 +103,8 @@ class Recovery:
         self._rollbacks: list[Rollback] = []
         self._meta_lock = threading.Lock()
         self.locks = locks
+        #: the audit anchor recorded with a lowered mark (:meth:`FileStore.anchor_audit`)
+        self.anchor: hwm.AnchorSource | None = None
 
     def rollbacks(self) -> list[Rollback]:
         """Rollbacks this store instance detected and settled (oldest first)."""
@@ -167,6 +169,7 @@ class Recovery:
             fsync=self._writer.fsync,
             lower=True,
             fs=self.fs,
+            anchor=self.anchor,
         )
         if created:
             self._writer.fsync_dir(p.dir)
