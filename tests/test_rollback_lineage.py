@@ -18,6 +18,7 @@ import pytest
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler, SessionService
 from stuisession.cli.app import main
 from stuisession.codec import journal
+from stuisession.errors import IntegrityError
 from stuisession.keys import ENV_KEYRING
 from stuisession.security.audit import AuditLog, iter_session_events
 from stuisession.stores.file.layout import session_stem
@@ -120,3 +121,31 @@ def test_client_of_a_rolled_back_history_gets_the_full_state_on_a_new_lineage(
     assert main(["verify", "--store", str(tmp_path)]) != 0
     events = iter_session_events(audit2.path, audit2.keyring, sid)
     assert any(e["event"] == "integrity_failure" for e in events)
+
+
+def test_verify_names_the_file_the_session_and_what_was_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h, store, _ = _handler(tmp_path)
+    sid = _ok(h, "create_session", client_id="c")["session_id"]
+    _update(h, sid, "a", 0)
+    store.load_snapshot(sid)
+    for i in range(3):
+        n = _update(h, sid, f"v{i}", i)["revision"]
+    _cut_journal(tmp_path, sid, store)
+    snap = _files(tmp_path, sid)["snap"]
+
+    capsys.readouterr()
+    assert main(["verify", "--store", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith(f"BAD {snap}: ")]
+    assert f"acknowledged revision {n}, the files hold revision {n - 2}" in line
+    assert "2 acknowledged revision(s) lost" in line and f"(session {sid})" in line
+
+    with pytest.raises(IntegrityError):
+        FileStore(tmp_path, **OPTIONS).load(sid)  # settled: served on, on a new lineage
+    assert main(["verify", "--store", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if "rolled back" in x]
+    assert "quarantine" in line and f"(session {sid})" in line
+    assert f"acknowledged revision {n}, now serving revision {n - 2}" in line
