@@ -40,12 +40,12 @@ import hmac
 import logging
 import os
 import struct
-from typing import Protocol
 
 import attrs
 
 from stuisession import _fs
 from stuisession.keys import Keyring
+from stuisession.stores.base import AuditAnchorSource
 
 MAGIC = b"STHW"
 VERSION = 2
@@ -63,13 +63,8 @@ _HEX = frozenset("0123456789abcdef")
 
 log = logging.getLogger("stuisession.stores.file")
 
-
-class AnchorSource(Protocol):
-    """The audit log, as a mark sees it (:class:`~stuisession.stores.base.AuditAnchorSource`)."""
-
-    def anchor(self) -> tuple[int, str] | None: ...
-
-    def holds(self, seq: int, mac_prefix: str) -> bool | None: ...
+#: the audit log, as a mark sees it
+AnchorSource = AuditAnchorSource
 
 
 _DOMAIN = b"STHW-slot"
