@@ -537,10 +537,11 @@ class SessionStore(ChangeNotices, abc.ABC):
     def anchor_audit(self, source: AuditAnchorSource | None) -> None:
         """Record the audit log's position (*source*) with every acknowledged write.
 
-        The audit log can then not be rolled back unseen without rolling back
-        the sessions written since (``docs/security.md``, "Audit anchors").
-        The default: ignored (a store with nowhere to keep it). A *source*
-        that raises or returns None records no anchor; the write goes on.
+        The audit log can then not be rolled back unseen without putting back
+        old copies of the records of every session written since
+        (``docs/security.md``, "Audit anchors"). The default: ignored (a store
+        with nowhere to keep it). A *source* that raises or returns None
+        leaves the record's anchor as it was; the write goes on.
         """
 
     def audit_anchors(self) -> AuditAnchors:

@@ -23,9 +23,10 @@ Version 1 slots (no audit fields) are still read. The audit fields are the
 log's last line known to the writer when the mark was written (zero: no
 audit log). ``stuisession audit verify`` checks that the log still holds that
 line, so putting back an old copy of the audit log and its head file is
-detected unless every mark written since is rolled back too (see
-``docs/security.md``). Writing the anchor costs no I/O: it rides on the mark
-that every acknowledged write records anyway.
+detected unless an old copy of every mark written since is put back too (see
+``docs/security.md``). Writing the anchor costs no extra write: it rides on
+the mark that every acknowledged write records anyway (one ``pread`` of the
+mark first, so that an anchor never goes backwards: :func:`choose_anchor`).
 
 The HMAC is ``HMAC(keyring.derive("file-store-hwm", key id), "STHW-slot" ||
 session id || slot bytes before the MAC)``: a mark can not be forged, edited
@@ -65,8 +66,6 @@ log = logging.getLogger("stuisession.stores.file")
 
 #: the audit log, as a mark sees it
 AnchorSource = AuditAnchorSource
-
-
 _DOMAIN = b"STHW-slot"
 
 
