@@ -17,6 +17,7 @@ import attrs
 
 from stuisession import _fs
 from stuisession.codec import journal
+from stuisession.codec.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from stuisession.codec.snapshot import TAG_SIZE, Snapshot, SnapshotCodec
 from stuisession.errors import ConflictError, IntegrityError, SessionNotFound, StorageError
 from stuisession.state.model import Session, SessionInfo
@@ -397,8 +398,10 @@ class JournalWriter:
                 )
             new_info = session.info if session is not None else info
             assert new_info is not None
-            if head.jnl_version != journal.VERSION and head.records:
-                # never append new frames to an old-format journal: fold it first
+            old_format = head.snapshot.header.format_version != SNAPSHOT_FORMAT
+            if old_format or (head.jnl_version != journal.VERSION and head.records):
+                # never append new frames to an old-format journal, nor extend a snapshot
+                # of an older format (its record in clear): fold into a new snapshot
                 head = self._reader.head(p, decode=True, locked=True)
                 assert head.session is not None
                 current = session or Session.from_info(new_info, head.session.state)
