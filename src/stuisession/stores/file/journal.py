@@ -116,7 +116,14 @@ class HeadReader:
         info = records[-1].info if records else snap.info
         if self.marks:
             # the mark was read first: it never runs ahead of what is read after it
-            if not self._mark_holds(p, mark, info.revision, scan.problem, locked=locked):
+            if not self._mark_holds(
+                p,
+                mark,
+                info.revision,
+                scan.problem,
+                locked=locked,
+                found_state=lambda: journal.replay(snap.session(), records),
+            ):
                 return None  # settled: read again
         elif scan.problem is not None and not scan.incomplete:
             raise scan.problem
@@ -158,13 +165,15 @@ class HeadReader:
         problem: IntegrityError | None,
         *,
         locked: bool,
+        found_state: Callable[[], Session],
     ) -> bool:
         """True if the state read (revision *found*) is what the mark says was acknowledged.
 
         Otherwise: unlocked, raise :class:`_Suspect` (the caller re-reads under
         the lock); locked, settle it (quarantine, note, log, lower the mark)
         and raise :class:`IntegrityError` (``details.rolled_back``) for this
-        read; later reads serve the settled state. A damaged or missing mark
+        read; later reads serve the settled state, on a new lineage
+        (*found_state* is decoded for that). A damaged or missing mark
         over an intact state is reported the same way but the read succeeds
         (nothing was lost that can be shown).
         """
@@ -185,7 +194,12 @@ class HeadReader:
                 "the stored state went backwards (journal cut or removed, or an older snapshot)"
             )
         self._recovery.settle_locked(
-            p, acknowledged=mark.revision, found=found, reason=reason, present=mark.present
+            p,
+            acknowledged=mark.revision,
+            found=found,
+            reason=reason,
+            present=mark.present,
+            session=found_state(),
         )
         if mark.revision is not None and found < mark.revision:
             raise IntegrityError(
@@ -318,6 +332,8 @@ class JournalWriter:
         self._journal_max = journal_limit
         self._encode = encode
         self.marks = marks
+        #: the audit anchor recorded with every mark (:meth:`FileStore.anchor_audit`)
+        self.anchor: hwm.AnchorSource | None = None
 
     def mark(self, p: SessionPaths, revision: int) -> None:
         """Record *revision* as acknowledged (after it is durable, before the write returns)."""
@@ -330,6 +346,7 @@ class JournalWriter:
             revision,
             fsync=self._writer.fsync,
             fs=self._writer.fs,
+            anchor=self.anchor,
         ):
             self._writer.fsync_dir_committed(p.dir)
 
