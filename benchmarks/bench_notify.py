@@ -13,9 +13,10 @@ threads of this process; a notice that overtakes the acknowledgement counts as 0
 Notices never received are counted as lost (PUB drops under pressure; none expected
 at this rate).
 
-The cost of notices: sequential updates against two bridges running at once, one
-without ``--notify`` and one with ``--notify`` and *subscribers* subscribed, taking
-turns update by update; p50/mean of each and the relative difference. Also, in-process, the
+The cost of notices: sequential updates against two bridges running at once (both
+``--workers 1``), one without ``--notify`` and one with ``--notify`` and *subscribers*
+subscribed (in a process of their own, draining as they go), taking turns update by
+update; five rounds, the added cost is the median of the rounds' p50 ratios. Also, in-process, the
 service's update on a MemoryStore with and without a change listener (the CPU the
 notice itself costs, without fsync to hide it).
 
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -50,7 +52,9 @@ def bridge(notify: bool) -> Iterator[tuple[str, str | None]]:
         endpoint = f"tcp://127.0.0.1:{benchlib.free_port()}"
         notify_ep = f"tcp://127.0.0.1:{benchlib.free_port()}" if notify else None
         cmd = [sys.executable, "-m", "stuisession", "serve", "--bind", endpoint]
-        cmd += ["--store", str(root / "store"), "--log-level", "WARNING"]
+        # one process on both sides: --notify runs in one process, and a bridge without
+        # it would otherwise start a worker per core behind a broker (another hop)
+        cmd += ["--store", str(root / "store"), "--log-level", "WARNING", "--workers", "1"]
         if notify_ep:
             cmd += ["--notify", notify_ep]
         env = dict(os.environ, STUISESSION_RATE_LIMIT="none")
@@ -179,14 +183,48 @@ def latency(rate: float, duration: float, subscribers: int) -> dict[str, Any]:
         ctx.destroy(linger=0)
 
 
-def update_cost(n: int, subscribers: int) -> dict[str, Any]:
+def _subscriber_process(
+    endpoint: str, token: dict[str, Any], n: int, ready: Any, stop: Any, out: Any
+) -> None:
+    """*n* subscribers in a process of their own: subscribe, then drain until *stop*."""
+    ctx = zmq.Context()
+    try:
+        subs = _subscribe(ctx, endpoint, token, n)
+        ready.set()
+        poller = zmq.Poller()
+        for s in subs:
+            poller.register(s, zmq.POLLIN)
+        received = 0
+        while not stop.is_set():
+            for s, _ in poller.poll(50):
+                while True:
+                    try:
+                        s.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    received += 1
+        out.put(received)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def update_cost(n: int, subscribers: int, rounds: int = 5) -> dict[str, Any]:
     """Sequential updates, alternating between a bridge without and one with notices.
 
-    Both bridges run at once on the same file system and take turns update by update,
-    so drift (caches, fsync latency, other load) hits both sides alike.
+    Both bridges run at once on the same file system (both ``--workers 1``) and take
+    turns update by update, so drift (caches, fsync latency, other load) hits both
+    sides alike. The subscribers run in a process of their own (they still share the
+    machine's cores, as subscribers on the same host would). *n* updates per side in
+    *rounds* rounds: the added cost is the median of the rounds' p50 ratios.
     """
+    import multiprocessing
+
     ctx = zmq.Context()
+    mp = multiprocessing.get_context("spawn")
     times: dict[str, list[float]] = {"off": [], "on": []}
+    ratios: list[float] = []
+    proc = None
+    stop = mp.Event()
     try:
         with bridge(notify=False) as (off_ep, _), bridge(notify=True) as (on_ep, notify_ep):
             assert notify_ep is not None
@@ -197,29 +235,47 @@ def update_cost(n: int, subscribers: int) -> dict[str, Any]:
                 sides.append((label, req, sid))
             on_req, on_sid = sides[1][1], sides[1][2]
             token = on_req.call("watch_session", session_id=on_sid, client_id="bench")
-            subs = _subscribe(ctx, notify_ep, token, subscribers)
-            for i in range(n + 20):
-                for label, req, sid in sides if i % 2 else sides[::-1]:
-                    t0 = time.perf_counter()
-                    req.call(
-                        "update_session_state",
-                        session_id=sid,
-                        client_id="bench",
-                        state_data={"n": i},
-                        mode="merge",
-                    )
-                    if i >= 20:  # after a warm-up
-                        times[label].append((time.perf_counter() - t0) * 1000)
-                # the subscribers drain as a client would (not timed)
-                for s in subs:
-                    while s.poll(0):
-                        s.recv_multipart()
+            ready, out = mp.Event(), mp.Queue()
+            proc = mp.Process(
+                target=_subscriber_process, args=(notify_ep, token, subscribers, ready, stop, out)
+            )
+            proc.start()
+            if not ready.wait(60):
+                raise RuntimeError("the subscribers did not subscribe")
+            i = 0
+            for r in range(rounds + 1):  # round 0 is a warm-up
+                this: dict[str, list[float]] = {"off": [], "on": []}
+                for _ in range(max(20, n // rounds) if r else 20):
+                    i += 1
+                    for label, req, sid in sides if i % 2 else sides[::-1]:
+                        t0 = time.perf_counter()
+                        req.call(
+                            "update_session_state",
+                            session_id=sid,
+                            client_id="bench",
+                            state_data={"n": i},
+                            mode="merge",
+                        )
+                        this[label].append((time.perf_counter() - t0) * 1000)
+                if r:
+                    ratios.append(benchlib.pct(this["on"], 0.5) / benchlib.pct(this["off"], 0.5))
+                    for label in times:
+                        times[label] += this[label]
+            stop.set()
+            received = out.get(timeout=30)
     finally:
+        stop.set()
+        if proc is not None:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
         ctx.destroy(linger=0)
-    out: dict[str, Any] = {label: benchlib.summary(xs) for label, xs in times.items()}
-    out["added_p50"] = out["on"]["p50"] / out["off"]["p50"] - 1
-    out["added_mean"] = out["on"]["mean"] / out["off"]["mean"] - 1
-    return out
+    out_doc: dict[str, Any] = {label: benchlib.summary(xs) for label, xs in times.items()}
+    out_doc["round_ratios"] = [round(x, 4) for x in ratios]
+    out_doc["added_p50"] = statistics.median(ratios) - 1
+    out_doc["added_mean"] = out_doc["on"]["mean"] / out_doc["off"]["mean"] - 1
+    out_doc["notices_received"] = received
+    return out_doc
 
 
 def service_cost(n: int) -> dict[str, Any]:
@@ -284,8 +340,9 @@ def main() -> None:
             "bridge_update_one_subscriber": one,
             "service_update_memory": svc,
             "elapsed_s": time.perf_counter() - started,
-            "setup": "stuisession serve --notify (file store, fsync on, audit on), "
-            "one writer, subscribers in the writer's process",
+            "setup": "stuisession serve --workers 1 [--notify] (file store, fsync on, audit "
+            "on), one writer; latency: subscribers in the writer's process (one clock); "
+            "cost: subscribers in a process of their own, median of 5 rounds",
         },
         args.json,
     )

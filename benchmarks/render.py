@@ -380,7 +380,8 @@ def targets(r: dict[str, Any]) -> list[Target]:
     out.append(
         Target(
             "notify-update-cost",
-            f"update through the bridge, notices on vs off (file store, {subs} subscribers), p50",
+            f"update through the bridge, notices on vs off (file store, {subs} subscribers "
+            "in their own process), median of 5 rounds' p50 ratio",
             "< 10% added",
             "n/a" if added is None else f"{added:+.1%}",
             f"off {ms(_p50(nt, 'bridge_update', 'off'))}, on {ms(_p50(nt, 'bridge_update', 'on'))}",
@@ -394,7 +395,8 @@ def targets(r: dict[str, Any]) -> list[Target]:
     out.append(
         Target(
             "notify-update-cost-1",
-            "update through the bridge, notices on vs off (file store, 1 subscriber), p50",
+            "update through the bridge, notices on vs off (file store, 1 subscriber "
+            "in its own process), median of 5 rounds' p50 ratio",
             "< 10% added",
             "n/a" if one is None else f"{one:+.1%}",
             "off "

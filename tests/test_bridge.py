@@ -889,3 +889,13 @@ def test_heavy_jobs_never_occupy_every_worker() -> None:
         assert pool.drain(30)
         pool.shutdown()
     assert sorted(running) == ["h0", "h1", "h2", "h3"]
+
+
+def test_large_requests_run_one_at_a_time_per_process_by_default() -> None:
+    """Issue 17: one costly parse at a time per process leaves the rest of the GIL and
+    the cores to small requests (measured in tests/adversarial, cpu_valid_json)."""
+    pool = KeyedExecutor(workers=8, max_pending=16)
+    try:
+        assert pool.max_heavy == 1
+    finally:
+        pool.shutdown()

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import pytest
 import zstandard
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -113,6 +114,11 @@ def _payload(blob: bytes) -> bytes:
     return blob[h.payload_offset : h.payload_offset + h.payload_len]
 
 
+def _meta(blob: bytes) -> bytes:
+    h = parse_header(blob)
+    return blob[h.meta_offset : h.meta_offset + h.meta_len]
+
+
 def _flip(blob: bytes, bit: int) -> bytes:
     b = bytearray(blob)
     b[bit // 8] ^= 1 << (bit % 8)
@@ -159,16 +165,21 @@ def test_state_json_is_the_wire_form(session: Session, encrypt: bool) -> None:
     assert str(session.session_id[:16]) in repr(snap)
 
 
-def test_meta_is_readable_but_state_is_encrypted() -> None:
+def test_neither_record_nor_state_is_in_clear_in_a_snapshot() -> None:
     secret_text = "top-secret-workspace-text"
     session = _session(note=secret_text * 3)
+    for encrypt in (True, False):
+        blob = CODECS[encrypt].encode(session)
+        # the record is sealed too (format 2), whether or not the state is
+        assert session.session_id.encode() not in blob
+        assert b"client-1" not in blob
+        assert b"session_id" not in blob
     blob = CODECS[True].encode(session)
-    assert session.session_id.encode() in blob  # the record is authenticated, not encrypted
-    assert b"client-1" in blob
     assert secret_text.encode() not in blob
-    # two encodings of one session differ (fresh nonce) and both decode
+    # two encodings of one session differ (fresh nonces) and both decode
     other = CODECS[True].encode(session)
     assert _payload(other)[:NONCE_SIZE] != _payload(blob)[:NONCE_SIZE]
+    assert _meta(other)[:NONCE_SIZE] != _meta(blob)[:NONCE_SIZE]
     assert CODECS[True].decode(other) == CODECS[True].decode(blob) == session
 
 
@@ -193,17 +204,25 @@ def test_layout_matches_the_documented_offsets() -> None:
         SCHEMA_VERSION,
         0,
     )
+    assert FORMAT_VERSION == 2
     assert HEADER_SIZE == 18
     assert blob[18 : 18 + klen] == b"k1"
+    # the record: AES-256-GCM under its own HKDF key, with its own associated data
     meta = blob[18 + klen : 18 + klen + mlen]
-    assert json.loads(meta) == unstructure_info(session.info)
+    meta_key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"stuisession/v1/snapshot-meta"
+    ).derive(RING._keys["k1"])
+    assert meta_key != RING.enc_key("k1")
+    meta_aad = b"|".join((b"STSN-meta", bytes((2, flags)), str(schema).encode(), b"k1"))
+    plain = AESGCM(meta_key).decrypt(meta[:12], meta[12:], meta_aad)
+    assert json.loads(plain) == unstructure_info(session.info)
     assert len(blob) == 18 + klen + mlen + 32 + plen + 32 == 82 + klen + mlen + plen
     mac_key = RING.mac_key("k1")
     head = blob[: 18 + klen + mlen]
     head_tag = blob[18 + klen + mlen : 50 + klen + mlen]
     assert head_tag == hmac.new(mac_key, b"STSN-head" + head, hashlib.sha256).digest()
     assert blob[-32:] == hmac.new(mac_key, blob[:-32], hashlib.sha256).digest()
-    # AES-256-GCM with the documented associated data, then zstd
+    # AES-256-GCM with the documented associated data (its version byte stays 1), then zstd
     payload = _payload(blob)
     aad = b"|".join(
         (b"STSN-aad", bytes((1, flags)), str(schema).encode(), b"k1", session.session_id.encode())
@@ -211,6 +230,20 @@ def test_layout_matches_the_documented_offsets() -> None:
     compressed = AESGCM(RING.enc_key("k1")).decrypt(payload[:12], payload[12:], aad)
     assert zstandard.frame_content_size(compressed) > 0  # the size is in the frame header
     assert json.loads(zstandard.ZstdDecompressor().decompress(compressed)) == to_wire(session.state)
+
+
+def test_sealed_record_and_sealed_state_never_pass_for_each_other() -> None:
+    session = _session()
+    blob = CODECS[True].encode(session)
+    h = parse_header(blob)
+    meta, payload = _meta(blob), _payload(blob)
+    # the record's ciphertext under the state's key and associated data, and back: refused
+    with pytest.raises(InvalidTag):
+        AESGCM(RING.enc_key("k1")).decrypt(meta[:12], meta[12:], b"")
+    meta_key = RING.derive("snapshot-meta", "k1")
+    meta_aad = b"|".join((b"STSN-meta", bytes((2, h.flags)), str(h.schema_version).encode(), b"k1"))
+    with pytest.raises(InvalidTag):
+        AESGCM(meta_key).decrypt(payload[:12], payload[12:], meta_aad)
 
 
 # -- rewrite_info -----------------------------------------------------------------------
@@ -343,7 +376,8 @@ def _header(**fields: Any) -> bytes:
     ("fields", "message"),
     [
         ({"magic": b"STSX"}, "bad magic"),
-        ({"fmt": 2}, "format version 2"),
+        ({"fmt": 3}, "format version 3"),
+        ({"fmt": 0}, "format version 0"),
         ({"flags": 0x04}, "unknown flags"),
         ({"reserved": 1}, "reserved"),
         ({"klen": 0}, "reserved"),
@@ -482,13 +516,18 @@ def test_payload_that_is_not_zstd_is_an_integrity_error() -> None:
         codec.decode(short)
 
 
-def test_malformed_meta_under_a_valid_tag_is_an_integrity_error() -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_malformed_meta_under_a_valid_tag_is_an_integrity_error(version: int) -> None:
     codec = CODECS[False]
     blob = codec.encode(_session())
     h = parse_header(blob)
     meta = json.dumps({"session_id": "../../etc/passwd"}).encode()
+    if version == 2:  # sealed as a writer would seal it: the check after decryption holds
+        aad = b"|".join((b"STSN-meta", bytes((2, h.flags)), str(h.schema_version).encode(), b"k1"))
+        nonce = os.urandom(12)
+        meta = nonce + AESGCM(RING.derive("snapshot-meta", "k1")).encrypt(nonce, meta, aad)
     header = struct.pack(
-        ">4sBBHBBII", MAGIC, FORMAT_VERSION, h.flags, h.schema_version, 2, 0, len(meta), 0
+        ">4sBBHBBII", MAGIC, version, h.flags, h.schema_version, 2, 0, len(meta), 0
     )
     head = header + b"k1" + meta
     mac_key = RING.mac_key("k1")

@@ -606,3 +606,68 @@ def test_watch_restores_in_full_when_the_lineage_changes() -> None:
     watch.sync()
     assert client.calls == [None, 3, None]
     assert (watch.revision, watch.lineage, watch.state) == (4, "L2", {"session_state": {"c": 3}})
+
+
+# -- the writer's cost (issue 22: what an update pays with notices on) -----------------
+def test_topic_is_derived_once_per_session_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stuisession.security.subscriptions as subs_mod
+
+    ring = Keyring.generate()
+    authority = SubscriptionAuthority(ring)
+    first = authority.topic("session_a")
+    macs = []
+    real_new = subs_mod.hmac.new
+    monkeypatch.setattr(subs_mod.hmac, "new", lambda *a, **k: macs.append(1) or real_new(*a, **k))
+    assert authority.topic("session_a") == first  # remembered: no HMAC per notice
+    assert macs == []
+    authority.keyring = ring.rotated()
+    assert authority.topic("session_a") != first  # a new key gives a new topic at once
+    assert macs == [1]
+
+
+@pytest.mark.parametrize(
+    ("event", "revision", "lineage"),
+    [
+        ("updated", 7, None),
+        ("closed", 0, "L-1"),
+        ("rotated", 12, 'odd "lineage"\n'),
+        ("É", 1, None),
+    ],
+)
+def test_notice_body_is_the_compact_json_object(
+    event: str, revision: int, lineage: str | None
+) -> None:
+    from stuisession import _json
+    from stuisession.bridge.notify import notice_body
+
+    doc: dict[str, Any] = {"event": event, "revision": revision}
+    if lineage is not None:
+        doc["lineage"] = lineage
+    assert notice_body(event, revision, lineage) == _json.dumps(doc)
+
+
+def test_notices_of_a_request_leave_after_its_reply(
+    ctx: zmq.Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MemoryStore()
+    handler = ProtocolHandler(store)
+    notifier = Notifier(handler.service, "tcp://127.0.0.1:*", ctx)
+    try:
+        sid = handler.service.create("alice").session.session_id
+        wakes: list[int] = []
+        real_wake = notifier._wake
+        monkeypatch.setattr(notifier, "_wake", lambda: wakes.append(1) or real_wake())
+        with notifier.deferring():  # as a bridge worker handles a request
+            handler.service.close(sid)
+        assert wakes == []  # the socket thread is not woken while the reply is built
+        notifier.kick()  # what serve_forever does after sending replies
+        notifier.kick()  # nothing more held back: no second wake-up
+        assert wakes == [1]
+        handler.service.create("alice")  # not on a deferring thread: woken at once
+        assert wakes == [1, 1]
+        deadline = time.monotonic() + WAIT
+        while notifier.published < 3:  # created, closed, created: all published
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        notifier.close()

@@ -26,7 +26,7 @@ from stuisession.protocol import ProtocolHandler
 from stuisession.security.identity import Caller
 from stuisession.state import lifecycle
 from stuisession.stores import SessionStore
-from stuisession.stores.redis import RedisStore, client_tag, parse_cluster_url
+from stuisession.stores.redis import RedisStore, client_hash, parse_cluster_url
 from test_store_conformance import StoreConformance
 
 NOW = 1_700_000_000.0
@@ -143,7 +143,7 @@ def test_modes_that_cannot_work_on_a_cluster_are_refused(
 
 def test_cluster_store_reports_its_setup(cluster_store: Callable[..., RedisStore]) -> None:
     store = cluster_store(durability="replicas=1")
-    assert store.is_cluster and store.layout == 2
+    assert store.is_cluster and store.layout == 3
     assert store.durability.startswith("replicas=1 (each write waits for WAIT 1")
     url_store = RedisStore(
         _url_of(store) + "?durability=none",
@@ -163,11 +163,15 @@ def test_a_clients_keys_share_one_slot(cluster_store: Callable[..., RedisStore])
     store = cluster_store()
     for client in ("alice", "Ünïcødé {x}", "c" * 256):
         sid = store.new_session_id(client)
-        assert sid[8:11] == client_tag(client)
+        assert sid[8:11] == store.client_tag(client)
+        assert store.client_hash(client) != client_hash(client)  # keyed in layout 3
         slot = key_slot(store.session_key(sid).encode())
         assert key_slot(store.client_key(client).encode()) == slot
         assert key_slot(store.active_key(client).encode()) == slot
-    assert store.client.get(f"{store.prefix}:layout") == b"2"
+    assert (
+        store.client.get(f"{store.prefix}:layout")
+        == b"3:" + store.codec.keyring.current_id.encode()
+    )
 
 
 def test_the_client_limit_is_one_atomic_step(cluster_store: Callable[..., RedisStore]) -> None:

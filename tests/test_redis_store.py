@@ -89,13 +89,50 @@ def key_names(store: RedisStore) -> list[str]:
 
 
 # -- key layout ------------------------------------------------------------------------
-def test_key_layout_uses_hash_tags(store: RedisStore) -> None:
+def test_key_layout_3_names_sessions_and_clients_by_keyed_hashes(store: RedisStore) -> None:
     assert store.cas in CAS
+    s = new("Ünïcødé {client} *")
+    sid = store.new_session_id(s.client_id)
+    s = attrs.evolve(s, session_id=sid)
+    store.create(s)
+    ch, tag = store.client_hash(s.client_id), store.client_tag(s.client_id)
+    p = store.prefix
+    assert store.layout == 3  # a new store, standalone or cluster
+    assert ch != client_hash(s.client_id)  # keyed: a guessed client id does not find it
+    assert sid[8:11] == tag
+    member = store.index_member(sid)
+    assert len(member) == 35 and member[:3] == tag and sid not in member
+    session_key = f"{p}:s:{{{tag}}}:{member[3:]}"
+    assert key_names(store) == sorted(
+        [session_key, f"{p}:c:{{{tag}}}:{ch}", f"{p}:a:{{{tag}}}:{ch}", f"{p}:all", f"{p}:layout"]
+    )
+    assert store.client.get(f"{p}:layout") == b"3:" + store.codec.keyring.current_id.encode()
+    assert store.session_key(sid) == session_key
+    c = store.client
+    assert c.hget(session_key, "client") == ch.encode()
+    assert c.zrange(store.client_key(s.client_id), 0, -1) == [member.encode()]
+    assert c.zrange(store.all_key, 0, -1) == [member.encode()]
+    assert c.zscore(store.active_key(s.client_id), member) == s.expires_at
+    # a client's keys and sessions share one slot
+    slot = key_slot(session_key.encode())
+    assert key_slot(store.client_key(s.client_id).encode()) == slot
+    assert key_slot(store.active_key(s.client_id).encode()) == slot
+    # listings give the ids back, read from the sealed records
+    assert [i.session_id for i in store.list_by_client(s.client_id)] == [sid]
+    assert list(store.ids()) == [sid]
+    store.save(changed(s, x=1), expected=s)
+    assert c.hget(session_key, "rev") == b"2"
+    assert store.delete(sid)
+    assert key_names(store) == [f"{p}:layout"]
+
+
+def test_key_layout_1_uses_hash_tags(make_store: Callable[..., RedisStore]) -> None:
+    store = make_store(layout=1)
     s = new("Ünïcødé {client} *")
     store.create(s)
     sid, ch = s.session_id, client_hash(s.client_id)
     p = store.prefix
-    assert store.layout == 1  # a standalone server keeps layout 1 (no marker key)
+    assert store.layout == 1  # asked for: no marker key, as earlier versions wrote
     assert key_names(store) == sorted(
         [f"{p}:s:{{{sid}}}", f"{p}:c:{{{ch}}}", f"{p}:a:{{{ch}}}", f"{p}:all"]
     )
@@ -127,6 +164,50 @@ def test_key_layout_uses_hash_tags(store: RedisStore) -> None:
     assert c.zrange(store.all_key, 0, -1) == [sid.encode()]
     store.save(changed(s, x=1), expected=s)
     assert c.hget(store.session_key(sid), "rev") == b"2"
+    # reopened without a layout, the store keeps layout 1 (it holds sessions)
+    assert make_store().layout == 1
+
+
+def test_stores_of_earlier_layouts_keep_their_layout_and_layout_3_names_the_way_out(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    old = make_store(layout=1)
+    s = new()
+    old.create(s)
+    reopened = make_store()
+    assert reopened.layout == 1 and reopened.load(s.session_id) == s
+    with pytest.raises(ConfigurationError, match=r"uses key layout 1, not 3.*new prefix.*export"):
+        make_store(layout=3)
+    two = make_store(prefix=old.prefix + "-2", layout=2)
+    two.create(s)
+    assert make_store(prefix=two.prefix).layout == 2
+    with pytest.raises(ConfigurationError, match="layout 2, not 3"):
+        make_store(prefix=two.prefix, layout=3)
+    # a layout-3 store names its key: a keyring without it is refused, naming the key id
+    three = make_store(prefix=old.prefix + "-3")
+    with pytest.raises(ConfigurationError, match=three.codec.keyring.current_id):
+        make_store(prefix=three.prefix, keyring=Keyring.generate())
+    # a marker this version does not know is refused
+    old.client.set(f"{old.prefix}-4:layout", b"9")
+    with pytest.raises(ConfigurationError, match="does not know"):
+        make_store(prefix=old.prefix + "-4")
+
+
+def test_verify_in_layout_3_reports_a_record_it_can_not_read_by_its_key(
+    store: RedisStore,
+) -> None:
+    good, bad = new(), new()
+    store.create(good)
+    store.create(bad)
+    key = store.session_key(bad.session_id)
+    store.client.hset(key, mapping={"blob": b"\x00garbage", "head": b"\x00garbage"})
+    # the id of a damaged record can not be read back: it is listed under its key
+    items = store.verify_items()
+    assert sorted(i.path or "" for i in items) == sorted([store.session_key(good.session_id), key])
+    problems = list(store.verify())
+    assert [p.path for p in problems] == [key]
+    assert bad.session_id not in problems[0].session_id
+    assert [i.session_id for i in store.iter_infos()] == [good.session_id]
 
 
 def test_snapshots_are_ciphertext_in_redis(store: RedisStore) -> None:
@@ -202,14 +283,15 @@ def test_redis_expires_abandoned_sessions(make_store: Callable[..., RedisStore])
     store.index_grace = 0
     assert [i.session_id for i in store.iter_infos()] == [kept.session_id]
     assert store.list_by_client("alice") == [kept.info]
-    assert store.client.zrange(store.all_key, 0, -1) == [kept.session_id.encode()]
-    assert store.client.zrange(store.client_key("alice"), 0, -1) == [kept.session_id.encode()]
+    member = store.index_member(kept.session_id).encode()
+    assert store.client.zrange(store.all_key, 0, -1) == [member]
+    assert store.client.zrange(store.client_key("alice"), 0, -1) == [member]
 
 
 def test_young_index_entries_survive_pruning(store: RedisStore) -> None:
     # an entry whose session does not exist *yet* (a create in progress) is kept
     store.index_grace = 60
-    sid = new().session_id
+    sid = store.index_member(new().session_id)
     store.client.zadd(store.all_key, {sid: time.time()})
     store.client.zadd(store.client_key("client-a"), {sid: time.time()})
     assert list(store.iter_infos()) == []
@@ -219,7 +301,7 @@ def test_young_index_entries_survive_pruning(store: RedisStore) -> None:
 
 
 def test_foreign_index_entries_are_skipped(store: RedisStore) -> None:
-    store.client.zadd(store.all_key, {"not-a-session-id": 1, "session_}{": 1})
+    store.client.zadd(store.all_key, {"not-a-session-id": 1, "session_}{": 1, "abc" + "g" * 32: 1})
     assert list(store.iter_infos()) == []
     assert sorted(store._ids()) == []
 
@@ -379,8 +461,9 @@ def test_lost_script_cache_is_reloaded(make_store: Callable[..., RedisStore], ca
     assert store.delete(b.session_id)
     store.client.script_flush()
     store.index_grace = 0
-    store.client.zadd(store.all_key, {new().session_id: 1})
+    store.client.zadd(store.all_key, {store.index_member(new().session_id): 1})
     assert [i.session_id for i in store.iter_infos()] == [a.session_id]  # prunes via a script
+    assert store.client.zcard(store.all_key) == 1
 
 
 def test_wrong_type_at_a_session_key(store: RedisStore) -> None:
@@ -400,12 +483,13 @@ def test_wrong_type_at_a_session_key(store: RedisStore) -> None:
 def test_entries_in_the_wrong_client_index_are_skipped(store: RedisStore) -> None:
     s = new("alice")
     store.create(s)
-    store.client.zadd(store.client_key("bob"), {s.session_id: 1})
-    assert list(store._client_ids("bob")) == [s.session_id]
+    store.client.zadd(store.client_key("bob"), {store.index_member(s.session_id): 1})
+    assert store.client.zcard(store.client_key("bob")) == 1
     assert store.list_by_client("bob") == []
     store.index_grace = 0
     assert store.list_by_client("bob") == []
     assert list(store._client_ids("bob")) == []
+    assert store.client.zcard(store.client_key("bob")) == 0
     assert store.list_by_client("alice") == [s.info]
 
 

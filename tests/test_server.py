@@ -543,3 +543,31 @@ def test_printable():
     assert p("a\nb") == "'a\\nb'"
     assert len(p("x" * 1000)) < 80
     assert p({"a": 1}) == repr('{"a": 1}')
+
+
+def test_large_bodies_are_received_zero_copy_and_answered(
+    ctx: zmq.Context, start: Callable[..., Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: a large body reaches the handler as a view of libzmq's buffer (the
+    serving thread copies nothing), and is answered like any other request."""
+    from stuisession.bridge import sockets
+
+    seen: list[type] = []
+    handler = ProtocolHandler(MemoryStore())
+    real = handler.handle_wire
+
+    def spy(message: Any, **kwargs: Any) -> bytes:
+        seen.append(type(message))
+        return real(message, **kwargs)
+
+    monkeypatch.setattr(handler, "handle_wire", spy)
+    srv = start(handler)
+    sock = connect(ctx, zmq.DEALER, srv.endpoint)
+    big = "x" * (sockets.ZERO_COPY_BYTES + 1000)
+    sock.send(request("big", "create_session", client_id="alice", client_info={"note": big}))
+    sock.send(request("small", "create_session", client_id="alice"))
+    replies_ = {r["id"]: r for r in (json.loads(sock.recv()), json.loads(sock.recv()))}
+    assert replies_["big"]["status"] == "success", replies_["big"]
+    assert replies_["small"]["status"] == "success"
+    assert sorted(t.__name__ for t in seen) == ["bytes", "memoryview"]
+    sock.close()

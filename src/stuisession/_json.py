@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from stuisession import _jsonscan
 from stuisession.errors import ValidationError
 
 #: Nesting deeper than this is refused (protects the recursive encoder and decoder).
@@ -120,6 +121,20 @@ def _check_nodes(data: bytes | str, limits: Limits) -> None:
         )
 
 
+def prescan(encoded: bytes | bytearray | memoryview, limits: Limits) -> _jsonscan.Scan:
+    """:func:`stuisession._jsonscan.scan` with *limits* (a broken bound: :class:`LimitExceeded`)."""
+    # a literal over a bound holds a run of digits and dots at least this long (a
+    # float's length bound counts its digits, its dot and a few signs)
+    run = max(1, min(300, (limits.max_int_digits + 31) // 2))
+    try:
+        return _jsonscan.scan(
+            encoded, max_nodes=limits.max_nodes, max_digits=limits.max_int_digits, run=run
+        )
+    except _jsonscan.ScanRefusal as exc:
+        value = limits.max_nodes if exc.limit == "max_json_nodes" else limits.max_int_digits
+        raise LimitExceeded(str(exc), exc.limit, value) from None
+
+
 def _object_hook(max_keys: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def object_hook(obj: dict[str, Any]) -> dict[str, Any]:
         if len(obj) > max_keys:
@@ -144,7 +159,9 @@ def node_estimate(data: bytes | str) -> int:
     return count
 
 
-def loads_limited(data: bytes | str, limits: Limits, *, refuse_surrogates: bool = False) -> Any:
+def loads_limited(
+    data: bytes | bytearray | memoryview | str, limits: Limits, *, refuse_surrogates: bool = False
+) -> Any:
     """Strict JSON decode of an untrusted message, within *limits*.
 
     Raises :class:`LimitExceeded` (a ``ValueError``) when a bound is broken,
@@ -153,7 +170,12 @@ def loads_limited(data: bytes | str, limits: Limits, *, refuse_surrogates: bool 
     ``RecursionError`` for absurd nesting.
     Duplicate keys keep the last value, as :func:`json.loads` does.
     """
-    _check_nodes(data, limits)
+    if isinstance(data, str):
+        _check_nodes(data, limits)
+    else:  # one chunked pass, refusing what provably breaks a bound before parsing
+        prescan(data, limits)
+        if not isinstance(data, bytes):  # a zero-copy buffer: json reads str or bytes
+            data = _jsonscan.decode_utf8(data)
     max_digits = limits.max_int_digits
     max_keys = limits.max_object_keys
 
@@ -236,13 +258,16 @@ class Parsed:
 
 
 _WS = re.compile(r"[ \t\n\r]*")
-#: digits and the decimal dot as "0": a number literal a hook must look at shows as a
-#: long run of "0" (an integer near a limit, or a decimal that overflows a float: 300
-#: digits at most) or as "0e"/"0E" (an exponent: 1e999 is infinite)
-_NUMERIC = bytes.maketrans(b"123456789.", b"0" * 10)
 
 
-def loads_request(data: str, limits: Limits, raw_names: frozenset[str] = frozenset()) -> Parsed:
+def loads_request(
+    data: str,
+    limits: Limits,
+    raw_names: frozenset[str] = frozenset(),
+    *,
+    encoded: bytes | bytearray | memoryview | None = None,
+    scanned: _jsonscan.Scan | None = None,
+) -> Parsed:
     """:func:`loads_limited` of one request envelope, also validating its parameters.
 
     In the same parse it records whether every parameter value is plain JSON
@@ -251,8 +276,17 @@ def loads_request(data: str, limits: Limits, raw_names: frozenset[str] = frozens
     of the ``parameters`` members named in *raw_names*, so that a caller can
     store or echo them without encoding them again. Raises what
     :func:`loads_limited` raises.
+
+    *encoded*: the UTF-8 bytes *data* was decoded from, when the caller has them:
+    every whole-message check is then one chunked pass over them
+    (:func:`stuisession._jsonscan.scan`), which also refuses a message that
+    provably breaks a bound before it is parsed; *scanned* is that pass's result when
+    the caller already made it (:func:`prescan`).
     """
-    _check_nodes(data, limits)
+    if encoded is None:
+        encoded = data.encode("utf-8", "surrogatepass")
+    if scanned is None:
+        scanned = prescan(encoded, limits)
     max_digits = limits.max_int_digits
     max_keys = limits.max_object_keys
     plain = [True]
@@ -283,33 +317,27 @@ def loads_request(data: str, limits: Limits, raw_names: frozenset[str] = frozens
 
     object_hook = _object_hook(max_keys)
 
-    # the hooks are Python calls per number/object: skipped when a C scan shows that
-    # no literal can break a bound (no digit run that long, no exponent) and no object
-    # can have that many members (fewer colons in the whole message)
-    # a literal over a bound holds a run of digits and dots at least this long (a
-    # float's length bound counts its digits, its dot and a few signs); found with
-    # C-level translate/find (a regex over a 1 MB message costs ~50 ms)
-    run = max(1, min(300, (max_digits + 31) // 2))
-    encoded = data.encode("utf-8", "surrogatepass")
-    numeric = encoded.translate(_NUMERIC)
-    numbers = numeric.find(b"0" * run) >= 0 or numeric.find(b"0e") >= 0 or numeric.find(b"0E") >= 0
+    # the hooks are Python calls per number/object: skipped when the pre-scan shows
+    # that no literal can break a bound (no digit run that long, no exponent) and no
+    # object can have that many members (fewer colons in the whole message)
+    numbers = scanned.numbers
     decoder = json.JSONDecoder(
         parse_int=parse_int if numbers else None,
         parse_float=parse_float if numbers else None,
         parse_constant=_refuse_constant,
-        object_hook=object_hook if data.count(":") > max_keys else None,
+        object_hook=object_hook if scanned.colons > max_keys else None,
     )
     raw: dict[str, bytes] = {}
     value = _scan_envelope(data, decoder, raw_names, raw) if raw_names else None
     if value is None:
         raw.clear()
         value = decoder.decode(data)
-    if _SURROGATE_ESCAPE.search(data) is not None:
+    if scanned.surrogate_escape:
         plain[0] = False  # rare: the field checks name the field holding it
     checked = plain[0]
     if checked:
         # the envelope and ``parameters`` are two of the levels
-        checked = nesting_depth(encoded, MAX_DEPTH + 1) is not None
+        checked = nesting_depth(bytes(encoded), MAX_DEPTH + 1) is not None
     return Parsed(value, raw, checked)
 
 

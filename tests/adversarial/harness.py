@@ -405,3 +405,33 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         lines.append(" | ".join(str(row.get(c, "")) for c in cols))
     return "\n".join(lines)
+
+
+def latency_rounds(
+    serve: Serve, benign: Benign, attack: str, rounds: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """*rounds* of (benign alone, benign under *attack*), alternating on one bridge.
+
+    Returns the rows and a summary: per round the attacked/unloaded ratio of the
+    benign p50 and p99, and their medians. Alternating and taking medians keeps
+    the comparison fair on a loaded machine: a burst of load from other processes
+    hits one round, not the verdict.
+    """
+    rows: list[dict[str, Any]] = []
+    p50s: list[float] = []
+    p99s: list[float] = []
+    for i in range(rounds):
+        base = run_attack(f"unloaded (round {i + 1})", serve, benign, in_process("idle"))
+        hit = run_attack(f"{attack} (round {i + 1})", serve, benign, in_process(attack))
+        rows += [base, hit]
+        p50s.append(hit["benign_p50_ms"] / base["benign_p50_ms"])
+        p99s.append(hit["benign_p99_ms"] / base["benign_p99_ms"])
+    summary = {
+        "rounds": rounds,
+        "p50_ratios": [round(r, 2) for r in p50s],
+        "p99_ratios": [round(r, 2) for r in p99s],
+        "median_p50_ratio": round(statistics.median(p50s), 2),
+        "median_p99_ratio": round(statistics.median(p99s), 2),
+        "best_p99_ratio": round(min(p99s), 2),
+    }
+    return rows, summary

@@ -7,7 +7,8 @@ a small session alongside. The table is printed and written to
 measured"): bridge RSS under its configured bounds + 50 MB in every attack
 (except the unfinished multipart message, the documented residual risk, which
 must grow no more than the bytes sent); the benign p99 under 3x its unloaded
-p99 with 8 attacking connections (not met on 2 cores: see the assertion); no
+p99 with 8 attacking connections (compared as a median over alternating rounds;
+not met on 2 cores: see the assertion); no
 file outside the store created, changed or truncated.
 """
 
@@ -28,6 +29,7 @@ from adversarial.harness import (
     ROOT,
     Benign,
     in_process,
+    latency_rounds,
     run_attack,
     serving,
     table,
@@ -38,6 +40,8 @@ from stuisession.stores._cost import DECODED_FACTOR
 pytestmark = pytest.mark.slow
 
 RESULTS = ROOT / "benchmarks" / "results" / "adversarial.json"
+#: alternating (unloaded, attacked) rounds of the CPU attack; medians are compared
+CPU_ROUNDS = 5
 #: the issue's margin over the configured bounds
 MARGIN = 50 * MB
 #: memory the configured bounds allow the bridge to hold: queued bytes, the two caches,
@@ -49,7 +53,6 @@ CONFIGURED = POLICY["max_queued_bytes"] + CACHE_BOUNDS + DECODED_FACTOR * POLICY
 ATTACKS: list[tuple[str, str]] = [
     ("restore_amplification (4 conns x 30 unread 7 MB restores)", "restore_amplification"),
     ("decoded_cache (12 x 5 MB compressible sessions)", "decoded_cache"),
-    ("cpu_valid_json (8 conns: 3900-digit ints, 650k keys)", "cpu_valid_json"),
     ("unfinished_multipart (100 x 1 MB frames, SNDMORE)", "unfinished_multipart"),
     ("forwarded_oversized (9.5 / 12 MB evaluate)", "forwarded_oversized"),
     ("session_flood (2000 fresh client ids)", "session_flood"),
@@ -73,6 +76,9 @@ def test_attacks_stay_within_bounds(tmp_path: Path) -> None:
         rows.append(baseline)
         for name, attack in ATTACKS:
             rows.append(run_attack(name, serve, benign, in_process(attack)))
+        # cpu_valid_json (8 conns: 3900-digit ints, 650k keys): alternating rounds
+        cpu_rows, cpu = latency_rounds(serve, benign, "cpu_valid_json", CPU_ROUNDS)
+        rows += cpu_rows
         stats = serve.statistics()
     with serving(tmp_path / "strict", "--strict") as serve:
         benign = Benign(serve)
@@ -91,6 +97,7 @@ def test_attacks_stay_within_bounds(tmp_path: Path) -> None:
         "configured_bytes": CONFIGURED,
         "statistics_reply_bytes": len(json.dumps(stats)),
         "bridge_queues": stats.get("queues"),
+        "cpu_valid_json": {**cpu, "target_p99_ratio": 3.0, "met": cpu["median_p99_ratio"] <= 3.0},
         "rows": rows,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -109,11 +116,14 @@ def test_attacks_stay_within_bounds(tmp_path: Path) -> None:
         elif growth > CONFIGURED + MARGIN:
             failures.append(row)
     assert not failures, failures
-    cpu_row = next(r for r in rows if r["attack"].startswith("cpu_valid_json"))
-    # The issue's target, p99 under 3x unloaded with 8 attacking connections, is NOT
-    # met on a 2-core machine: measured 350-530 ms against an unloaded 36-124 ms
-    # (4-10x; the issue measured a 6.4 s median). What holds, and is asserted: the
-    # median is unaffected, and the p99 stays under 1.5 s.
-    assert cpu_row["benign_p50_ms"] < 3 * baseline["benign_p50_ms"], (cpu_row, baseline)
-    assert cpu_row["benign_p99_ms"] < max(3 * baseline["benign_p99_ms"], 1500), cpu_row
+    # The issue's target, p99 under 3x unloaded with 8 attacking connections, compared
+    # as the median over alternating rounds of (attacked p99 / unloaded p99). Measured
+    # on the 2-core reference machine after the chunked pre-scan (docs/security.md,
+    # "Latency under attack"): medians 4.0-5.5x (best rounds 3.2-3.3x), against 8-12x
+    # before it; the report records the rounds and whether 3x was met. Asserted, with
+    # margin for a machine busy with other work: the median stays fine and the p99
+    # ratio stays well below what it was before the pre-scan.
+    print(f"cpu_valid_json rounds: {cpu}")
+    assert cpu["median_p50_ratio"] < 3, cpu
+    assert cpu["median_p99_ratio"] < 8, cpu
     assert report["statistics_reply_bytes"] < 64 * 1024

@@ -35,7 +35,9 @@ def rate_key(doc: dict[str, Any], connection: str) -> str:
     return f"conn:{connection[:64]}"
 
 
-def admit_forwarded(body: bytes, service: SessionService, connection: str) -> dict[str, Any]:
+def admit_forwarded(
+    body: bytes | memoryview, service: SessionService, connection: str
+) -> dict[str, Any]:
     """The decoded request, once it passed the size limit, the parser and the rate limit.
 
     Raises :class:`MessageTooLarge`, :class:`InvalidRequest` (bad JSON, a

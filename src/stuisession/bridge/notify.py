@@ -25,11 +25,13 @@ on any thread; one thread owns the socket.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from stuisession import _json
@@ -52,11 +54,29 @@ MAX_QUEUED = 100_000
 
 
 def notice_body(event: str, revision: int, lineage: str | None) -> bytes:
-    """The JSON body of a notice: ``{"event", "revision"[, "lineage"]}``."""
-    doc: dict[str, Any] = {"event": event, "revision": revision}
-    if lineage is not None:
-        doc["lineage"] = lineage
-    return _json.dumps(doc)
+    """The JSON body of a notice: ``{"event", "revision"[, "lineage"]}``.
+
+    The same bytes as encoding the object with :func:`stuisession._json.dumps`
+    (``test_notice_body_is_the_compact_json_object``), built without the encoder.
+    """
+    if type(revision) is not int or not _PLAIN.fullmatch(event):
+        doc: dict[str, Any] = {"event": event, "revision": revision}
+        if lineage is not None:
+            doc["lineage"] = lineage
+        return _json.dumps(doc)
+    head = b'{"event":"%s","revision":%d' % (event.encode("ascii"), revision)
+    if lineage is None:
+        return head + b"}"
+    return head + b',"lineage":' + _encoded_lineage(lineage) + b"}"
+
+
+#: an event name that needs no JSON escaping
+_PLAIN = re.compile(r"[a-z_]{1,32}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded_lineage(lineage: str) -> bytes:
+    return _json.dumps(lineage)
 
 
 class Notifier:
@@ -96,6 +116,11 @@ class Notifier:
         self.granted = 0
         self.refused = 0
         self._queue: queue.SimpleQueue[ChangeEvent | None] = queue.SimpleQueue()
+        #: a wake-up byte is in the pipe and not yet drained (set by producers)
+        self._wake_pending = False
+        #: threads whose notices wait for kick(); whether one is waiting
+        self._deferring = threading.local()
+        self._kick_due = False
         self._stopping = threading.Event()
         sock = self._socket = context.socket(zmq.XPUB)
         try:
@@ -124,12 +149,41 @@ class Notifier:
 
     # -- producers (any thread) ---------------------------------------------------------
     def post(self, event: ChangeEvent) -> None:
-        """Queue *event* for publishing (a change listener; never blocks or raises)."""
+        """Queue *event* for publishing (a change listener; never blocks or raises).
+
+        This runs on the writer's thread, before its reply is sent: a queue put, and
+        a pipe write only when the socket thread is not already due to wake.
+        """
         if self._queue.qsize() >= MAX_QUEUED:
             return  # hints: a stalled socket thread must not grow memory without bound
         self._queue.put(event)
-        with contextlib.suppress(OSError):  # a full pipe already means "wake up"
-            os.write(self._wake_w, b"!")
+        if getattr(self._deferring, "on", False):
+            self._kick_due = True  # sent once the request's reply is out (kick)
+            return
+        self._wake()
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Notices posted on this thread meanwhile wait for :meth:`kick` (the bridge's
+        worker threads, while handling a request: the writer's reply goes out first,
+        without the socket thread competing for the GIL and the cores)."""
+        self._deferring.on = True
+        try:
+            yield
+        finally:
+            self._deferring.on = False
+
+    def kick(self) -> None:
+        """Wake the socket thread for notices held back by :meth:`deferring` (cheap if none)."""
+        if self._kick_due:
+            self._kick_due = False
+            self._wake()
+
+    def _wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            with contextlib.suppress(OSError):  # a full pipe already means "wake up"
+                os.write(self._wake_w, b"!")
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread and close the socket (idempotent)."""
@@ -165,6 +219,9 @@ class Notifier:
                 with contextlib.suppress(OSError):
                     while os.read(self._wake_r, 4096):
                         pass
+            # cleared after the pipe is drained and before the queue is: a post that
+            # saw it set is in the queue already; any later post writes a new byte
+            self._wake_pending = False
             self._publish_pending()
             if self._socket in events:
                 for _ in range(256):
@@ -175,15 +232,17 @@ class Notifier:
                     self._on_subscription(frame)
 
     def _publish_pending(self) -> None:
+        topic_of = self.service.subscriptions.topic  # remembered per session
+        get = self._queue.get_nowait
         while True:
             try:
-                event = self._queue.get_nowait()
+                event = get()
             except queue.Empty:
                 return
             if event is None:
                 continue
             self._send(
-                self.service.subscriptions.topic(event.session_id),
+                topic_of(event.session_id),
                 notice_body(event.event, event.revision, event.lineage),
             )
 
@@ -191,7 +250,8 @@ class Notifier:
         zmq = self._zmq
         try:
             # XPUB never blocks: a subscriber at its HWM simply misses this notice
-            self._socket.send_multipart([topic, body], zmq.NOBLOCK)
+            self._socket.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
+            self._socket.send(body, zmq.NOBLOCK)
             self.published += 1
         except zmq.ZMQError as exc:  # pragma: no cover - only on shutdown
             log.debug("notice not sent: %s", exc)

@@ -27,12 +27,22 @@ def error_for(request_id: Any, exc: StuiSessionError) -> bytes:
 
 
 # -- framing --------------------------------------------------------------------------
-def split_frames(frames: list[bytes]) -> tuple[list[bytes], bytes | None, str | None]:
+def split_frames(
+    frames: list[bytes | memoryview],
+) -> tuple[list[bytes], bytes | memoryview | None, str | None]:
     """Split a ROUTER message into ``(envelope, body, problem)``.
 
-    *envelope* is what to echo in front of the reply. *problem* is None when
-    *body* is the one request frame, else a message for the error reply.
+    *envelope* is what to echo in front of the reply (as bytes). *problem* is None
+    when *body* is the one request frame (bytes, or a zero-copy ``memoryview`` of a
+    large one), else a message for the error reply.
     """
+    envelope, body, problem = _split(frames)
+    return [bytes(f) for f in envelope], body, problem
+
+
+def _split(
+    frames: list[bytes | memoryview],
+) -> tuple[list[bytes | memoryview], bytes | memoryview | None, str | None]:
     if len(frames) > MAX_FRAMES:
         # don't echo an arbitrarily long envelope; answer REQ-style if it looks like REQ
         head = frames[:2] if len(frames) > 1 and frames[1] == b"" else frames[:1]
@@ -65,12 +75,15 @@ def error_reply(message: str, kind: type[StuiSessionError] = InvalidRequest) -> 
 
 # -- cheap peeking for the request log ---------------------------------------------------
 _decoder = json.JSONDecoder()
+#: reads past a member that is not wanted without converting its numbers: a run of
+#: 3,900-digit integers costs quadratic time in int() (issue 17, cpu_valid_json)
+_skipper = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str)
 _WS = re.compile(r"[ \t\n\r]*")
 _PLAIN = re.compile(r"[A-Za-z0-9_.:@/+-]{1,64}")
 
 
 def peek_fields(
-    data: bytes,
+    data: bytes | memoryview,
     names: tuple[str, ...],
     done: Callable[[dict[str, Any]], bool] | None = None,
     *,
@@ -88,7 +101,7 @@ def peek_fields(
     object: its value is then a dict of just those (read the same way), so
     ``parameters.session_id`` is found even when a large ``state_data`` follows.
     """
-    text = data[:PEEK_BYTES].decode("utf-8", "replace")
+    text = bytes(data[:PEEK_BYTES]).decode("utf-8", "replace")
     found: dict[str, Any] = {}
     with contextlib.suppress(ValueError, RecursionError):
         _peek_object(text, 0, found, names, done=done, nested=nested or {})
@@ -128,10 +141,10 @@ def _peek_object(
             if end is None:
                 return None
             i = end
+        elif wanted:
+            found[key], i = _decoder.raw_decode(text, i)
         else:
-            value, i = _decoder.raw_decode(text, i)
-            if wanted:
-                found[key] = value
+            _, i = _skipper.raw_decode(text, i)
         if wanted and (len(found) == len(names) or (done is not None and done(found))):
             return None
         i = _skip_ws(text, i)

@@ -30,7 +30,8 @@ class Job:
     """One accepted request: what its worker needs and where its reply goes."""
 
     envelope: list[bytes]
-    body: bytes
+    #: the request (a zero-copy ``memoryview`` when large: ``bridge/sockets.py``)
+    body: bytes | memoryview
     command: Any
     ident: str
     started: float
@@ -76,7 +77,9 @@ class RequestRouter:
         elif job.session_id is not None:
             self.server.tracker.attach(job.ident, job.session_id, job.resume_token)
 
-    def forward(self, body: bytes, command: Any, ident: str, caller: Caller | None = None) -> bytes:
+    def forward(
+        self, body: bytes | memoryview, command: Any, ident: str, caller: Caller | None = None
+    ) -> bytes:
         """Send a non-session request to the Pharo image (or say there is none)."""
         # [limits hook] size limit, bounded parse and rate limit, as for session commands
         try:

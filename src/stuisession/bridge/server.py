@@ -152,7 +152,11 @@ class BridgeServer:
             raise ValueError(f"sweep_interval must be positive, got {interval!r}")
         self.sweep_interval = float(interval)
         self._own_context = context is None
-        self._context = zmq.Context() if context is None else context
+        # with notices, a second I/O thread: the fan-out of each notice to every
+        # subscriber's connection then never delays the writer's reply (issue 22)
+        if context is None:
+            context = zmq.Context(io_threads=2 if notify is not None else 1)
+        self._context = context
         self._stopping = threading.Event()
         self._idle = threading.Event()  # set while serve_forever is not running
         self._idle.set()
@@ -234,6 +238,8 @@ class BridgeServer:
                 if self._wake in events:
                     self._drain(self._wake)
                 self._flush_results()
+                if self.notifier is not None:
+                    self.notifier.kick()  # notices of the requests just answered
                 self.budget.refresh()  # [budget hook]
                 if self._socket in events:
                     for _ in range(BATCH):
@@ -255,6 +261,8 @@ class BridgeServer:
             # graceful stop: finish what was accepted, send its replies, then return
             self._executor.shutdown()
             self._flush_results()
+            if self.notifier is not None:
+                self.notifier.kick()
         finally:
             self._idle.set()
 
@@ -335,10 +343,10 @@ class BridgeServer:
             self._authenticator.stop()
             self._authenticator = None
 
-    def _serve_one(self, frames: list[bytes], caller: Caller | None = None) -> None:
+    def _serve_one(self, frames: list[bytes | memoryview], caller: Caller | None = None) -> None:
         """Route one message (serving thread): answer framing errors, queue the rest."""
         started = time.perf_counter()
-        identity = frames[0]
+        identity = bytes(frames[0])
         envelope, body, problem = split_frames(frames)
         if problem is not None:
             self._send(envelope, error_reply(problem), None, started, identity, charge=False)
@@ -384,12 +392,15 @@ class BridgeServer:
         if self.budget.dropped(job.ident):
             self.budget.request_done(job.ident, len(job.body))
             return
+        # notices of this request's changes leave after its reply (serve_forever kicks)
+        defer = self.notifier.deferring() if self.notifier is not None else contextlib.nullcontext()
         try:
-            if isinstance(command, str) and command in self.handler.commands:
-                reply = self.handler.handle_wire(job.body, caller=job.caller)
-                self.router.track(job, command, reply)
-            else:
-                reply = self.router.forward(job.body, command, job.ident, job.caller)
+            with defer:
+                if isinstance(command, str) and command in self.handler.commands:
+                    reply = self.handler.handle_wire(job.body, caller=job.caller)
+                    self.router.track(job, command, reply)
+                else:
+                    reply = self.router.forward(job.body, command, job.ident, job.caller)
         except Exception:
             # handle_wire promises not to raise; a wrapped or buggy handler must
             # still not take the server down

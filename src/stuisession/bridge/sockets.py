@@ -131,13 +131,26 @@ def open_notifier(
     )
 
 
-def receive(sock: Any, zmq: Any, curve: CurveConfig | None) -> tuple[list[bytes], Caller]:
-    """One message and who sent it (raises ``zmq.Again`` when there is none)."""
-    if curve is None:
-        frames = sock.recv_multipart(zmq.NOBLOCK)
-        return frames, Caller.connection(frames[0])
+#: a last frame larger than this is kept zero-copy (a ``memoryview`` of libzmq's buffer)
+ZERO_COPY_BYTES = 64 * 1024
+
+
+def receive(
+    sock: Any, zmq: Any, curve: CurveConfig | None
+) -> tuple[list[bytes | memoryview], Caller]:
+    """One message and who sent it (raises ``zmq.Again`` when there is none).
+
+    The frames are ``bytes``, except a last frame over :data:`ZERO_COPY_BYTES`: that is
+    a ``memoryview`` of the received message, never copied by the serving thread (a
+    copy of several MB holds the GIL while every page of it is faulted in; issue 17).
+    Its size is known before anything reads it; the handler checks it in chunks.
+    """
     parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-    frames = [p.bytes for p in parts]
+    frames: list[bytes | memoryview] = [p.bytes for p in parts[:-1]]
+    last = parts[-1]
+    frames.append(last.buffer if len(last) > ZERO_COPY_BYTES else last.bytes)
+    if curve is None:
+        return frames, Caller.connection(bytes(frames[0]))
     try:
         # set by the ZAP handler at the handshake: the client's z85 public key
         user_id = parts[-1].get("User-Id")

@@ -7,9 +7,9 @@ run at once; :meth:`KeyedExecutor.submit` refuses more with
 :class:`~stuisession.errors.Busy` (back-pressure instead of unbounded queues).
 
 Heavy jobs (the bridge marks requests over ``HEAVY_BYTES``) run at most
-``max_heavy`` at a time: a few connections sending large messages that are
-costly to parse, and hold the GIL while it is done, can then never occupy every
-worker and stall small requests (issue 17, ``tests/adversarial``). A key
+``max_heavy`` at a time (default one per process): a few connections sending
+large messages that are costly to parse, and hold the GIL while it is done,
+can then never occupy every worker and stall small requests (issue 17, ``tests/adversarial``). A key
 whose next job is heavy waits its turn; other keys run meanwhile, so each
 key's order is kept.
 """
@@ -17,6 +17,7 @@ key's order is kept.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -24,6 +25,22 @@ from collections.abc import Callable, Hashable
 from stuisession.errors import Busy
 
 Job = Callable[[], None]
+
+#: the interpreter's switch interval in a ``stuisession serve`` process (seconds;
+#: CPython's default is 0.005)
+SWITCH_INTERVAL = 0.0005
+
+
+def favour_short_requests() -> None:
+    """Let a thread waiting for the GIL have it within about :data:`SWITCH_INTERVAL` s.
+
+    A thread checking a large message (in chunks: ``stuisession._jsonscan``) would
+    otherwise keep the GIL for CPython's default 5 ms at every turn, and a small
+    request, which needs the GIL a dozen times on its way through the bridge, would
+    wait that long each time (issue 17, ``tests/adversarial``). Process-wide: called
+    by ``stuisession serve`` (and its worker processes), never by the library.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 class KeyedExecutor:
@@ -36,8 +53,9 @@ class KeyedExecutor:
             raise ValueError("workers and max_pending must be positive")
         self.workers = workers
         self.max_pending = max_pending
-        #: heavy jobs running at once (default: a quarter of the workers, at least 1)
-        self.max_heavy = max(1, workers // 4) if max_heavy is None else max_heavy
+        #: heavy jobs running at once (default 1: measured best for small requests' p99
+        #: under issue 17's attack on 2 cores; ``tests/adversarial``)
+        self.max_heavy = 1 if max_heavy is None else max_heavy
         self._heavy_running = 0
         self._lock = threading.Condition()
         self._ready: collections.deque[Hashable] = (

@@ -95,7 +95,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
     else:
         for p in problems:
-            print(f"BAD {p.path or p.session_id}: {p.reason}")
+            session = f" (session {p.session_id})" if p.path else ""
+            print(f"BAD {p.path or p.session_id}: {p.reason}{session}")
         verdict = f"{len(problems)} bad" if problems else "all OK"
         print(f"checked {total} files ({snapshots} snapshots, {backups} backups): {verdict}")
     return EXIT_ERROR if problems else EXIT_OK

@@ -279,8 +279,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise Fail(str(exc)) from None
     from stuisession.admin.core import open_store, store_directory
+    from stuisession.bridge.workers import favour_short_requests
     from stuisession.protocol.handler import ProtocolHandler
 
+    favour_short_requests()  # small requests never wait 5 ms per GIL turn (issue 17)
     # validate everything before anything is created (directory, key, Redis keys)
     run_policy = serve_policy(args)
     directory = store_directory(args.store)
@@ -394,6 +396,9 @@ def _worker_server(settings: dict[str, Any], config: Any, context: Any) -> tuple
     """Build one worker's BridgeServer (runs in the worker process)."""
     from stuisession.admin.core import open_store
     from stuisession.bridge.server import BridgeServer
+    from stuisession.bridge.workers import favour_short_requests
+
+    favour_short_requests()
     from stuisession.protocol.handler import ProtocolHandler
 
     args = argparse.Namespace(store=settings["store"], audit=settings["audit"])

@@ -5,19 +5,23 @@ so an update costs what the change costs, not what the session costs. The
 format (see ``docs/format.md``)::
 
     journal  := header record*
-    header   := "STJH" u8 version (2), 3 zero bytes, base_tag (32 bytes),
+    header   := "STJH" u8 version (3), 3 zero bytes, base_tag (32 bytes),
                 u32 crc32 of the 40 bytes before it
     record   := u32 n, u32 crc32("STJL" || n || version), body (n bytes), u32 n
     body     := "STJR" u8 version, u8 kind, u8 flags, u8 key-id length,
                 key_id, u32 meta length, meta, payload, tag (32 bytes)
 
-Version 1 journals (no header or length check) are still read; a writer
-compacts one before appending to it.
+Version 1 journals (no header or length check) and version 2 journals
+(metadata in clear) are still read; a writer compacts one before appending
+to it.
 
 ``base_tag`` is the final tag of the snapshot the journal extends: a journal
 left behind by a crash during compaction names the old snapshot and is
-ignored. ``meta`` is the session record after the change (plain JSON, as in a
-snapshot head); ``payload`` is the change itself (kind ``UPDATE``: the
+ignored. ``meta`` is the session record after the change: its JSON sealed
+with AES-256-GCM (``nonce || ciphertext+tag``) under its own key (HKDF
+purpose ``journal-meta``) with the associated data
+``"STJR-meta" | version, kind, flags | key_id`` + base_tag + previous tag
+(plain JSON in version 2); ``payload`` is the change itself (kind ``UPDATE``: the
 :class:`~stuisession.updates.StateUpdate` as JSON, zstd-compressed when large,
 AES-256-GCM-sealed when the codec encrypts), empty for kind ``INFO`` (a new
 record only, e.g. an access time). Each tag is
@@ -58,9 +62,13 @@ from stuisession.state.updates import StateUpdate
 
 HEADER_MAGIC = b"STJH"
 RECORD_MAGIC = b"STJR"
-VERSION = 2
-#: journals of this version are read (version 1: no header or length checks)
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+#: journals of these versions are read (1: no header or length checks; 2: meta in clear)
+READABLE_VERSIONS = (1, 2, 3)
+#: the first version whose records seal their metadata
+_SEALED_META_FROM = 3
+#: HKDF purpose of the key that seals a record's metadata
+META_PURPOSE = "journal-meta"
 _HEADER_V1 = struct.Struct(">4sB3x32s")
 HEADER = struct.Struct(">4sB3x32sI")
 HEADER_SIZE = HEADER.size  # 44
@@ -75,6 +83,7 @@ _FLAG_ENCRYPTED = 0x02
 _KINDS = (KIND_UPDATE, KIND_INFO)
 _TAG_DOMAIN = b"STJR-rec"
 _AAD_DOMAIN = b"STJR-aad"
+_META_DOMAIN = b"STJR-meta"
 #: payloads at least this large are compressed
 _COMPRESS_FROM = 512
 #: no record may claim more than this (a damaged length must not allocate gigabytes)
@@ -185,9 +194,15 @@ def seal(
         flags |= _FLAG_ZSTD
     if payload and codec.encrypt:
         flags |= _FLAG_ENCRYPTED
-        aad = _aad(info.session_id, base_tag, prev_tag, kind, flags, key_id)
+        aad = _aad(info.session_id, base_tag, prev_tag, kind, flags, key_id, VERSION)
         payload = _envelope.encrypt(codec.keyring.enc_key(key_id), payload, aad)
     meta = _json.dumps(unstructure_info(info))
+    if VERSION >= _SEALED_META_FROM:  # (tests write version-2 journals by lowering VERSION)
+        meta = _envelope.encrypt(
+            codec.keyring.derive(META_PURPOSE, key_id),
+            meta,
+            _meta_aad(base_tag, prev_tag, kind, flags, key_id, VERSION),
+        )
     body = b"".join(
         (
             _BODY_HEAD.pack(RECORD_MAGIC, VERSION, kind, flags, len(kid)),
@@ -224,6 +239,15 @@ def _aad(  # noqa: PLR0917 - a fixed list of what the ciphertext is bound to
     return b"|".join(
         (_AAD_DOMAIN, bytes((version, kind, flags)), key_id.encode(), session_id.encode())
     ) + (base_tag + prev_tag)
+
+
+def _meta_aad(  # noqa: PLR0917 - a fixed list of what the sealed record is bound to
+    base_tag: bytes, prev_tag: bytes, kind: int, flags: int, key_id: str, version: int
+) -> bytes:
+    # another domain and key than the payload's: the two never pass for each other
+    return b"|".join((_META_DOMAIN, bytes((version, kind, flags)), key_id.encode())) + (
+        base_tag + prev_tag
+    )
 
 
 @attrs.frozen
@@ -404,6 +428,13 @@ def _open_one(  # noqa: PLR0917 - private helper of scan_records
     pos += _LEN.size
     meta = body[pos : pos + meta_len]
     payload = body[pos + meta_len :]
+    if version >= _SEALED_META_FROM:
+        meta = _envelope.decrypt(
+            codec.keyring.derive(META_PURPOSE, key_id),
+            meta,
+            _meta_aad(base_tag, prev_tag, kind, flags, key_id, version),
+            what="journal record metadata",
+        )
     try:
         data: Any = _json.loads(meta)
         info = structure_info(data)

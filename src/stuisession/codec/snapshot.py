@@ -2,10 +2,13 @@
 
 Layout (all integers big-endian; see ``docs/format.md``)::
 
-    header   18 bytes  magic "STSN", format version, flags, schema version,
+    header   18 bytes  magic "STSN", format version (2), flags, schema version,
                        key-id length, reserved, meta length, payload length
     key_id   n bytes   ASCII id of the keyring key that sealed the snapshot
-    meta     m bytes   the SessionInfo as compact JSON (never secret contents)
+    meta     m bytes   the SessionInfo as compact JSON, AES-256-GCM-sealed
+                       (12-byte nonce || ciphertext+tag) under its own key
+                       (HKDF purpose ``snapshot-meta``) and associated data
+                       ``"STSN-meta" | version, flags | schema | key_id``
     head_tag 32 bytes  HMAC-SHA256("STSN-head" || header || key_id || meta)
     payload  p bytes   the state JSON, zstd-compressed, then AES-256-GCM-sealed
                        (12-byte nonce || ciphertext+tag) when flag ENCRYPTED is set
@@ -13,7 +16,13 @@ Layout (all integers big-endian; see ``docs/format.md``)::
 
 ``head_tag`` lets listing, expiry sweeps and compare-and-swap trust the
 metadata without reading the payload; ``tag`` covers the whole file. Nothing
-reads the payload before ``tag`` has been checked in constant time.
+reads the payload before ``tag`` has been checked in constant time, nor
+decrypts the metadata before ``head_tag`` has.
+
+Format version 1 (the metadata as plain JSON) is still read; every write
+produces version 2, so an old snapshot is upgraded when it is next written.
+The metadata is sealed whether or not the state is (``encrypt=False`` leaves
+only the state in clear): a copy of a store does not show session or client ids.
 
 The codec knows nothing of files, keys on disk or protocol commands.
 """
@@ -40,7 +49,10 @@ from stuisession.state.migrations import migrate
 from stuisession.state.model import SCHEMA_VERSION, Session, SessionInfo, SessionState
 
 MAGIC = b"STSN"
-FORMAT_VERSION = 1
+#: the version every write produces
+FORMAT_VERSION = 2
+#: versions :func:`parse_header` accepts (1: metadata in clear)
+READABLE_VERSIONS = (1, 2)
 FLAG_ZSTD = 0x01
 FLAG_ENCRYPTED = 0x02
 _KNOWN_FLAGS = FLAG_ZSTD | FLAG_ENCRYPTED
@@ -51,6 +63,12 @@ _HEADER = struct.Struct(">4sBBHBBII")
 HEADER_SIZE = _HEADER.size  # 18
 _HEAD_DOMAIN = b"STSN-head"
 _AAD_DOMAIN = b"STSN-aad"
+_META_DOMAIN = b"STSN-meta"
+#: HKDF purpose of the key that seals the metadata (never the state's key)
+META_PURPOSE = "snapshot-meta"
+#: the version byte in the state's associated data: the state is sealed the same way in
+#: versions 1 and 2, so a record rewritten into version 2 keeps its sealed state as it is
+_PAYLOAD_AAD_VERSION = 1
 #: a header of a plausible snapshot can't claim more metadata than this
 MAX_META_SIZE = 64 * 1024
 
@@ -90,7 +108,7 @@ def parse_header(blob: bytes) -> SnapshotHeader:
     magic, fmt, flags, schema, klen, reserved, meta_len, payload_len = _HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise IntegrityError("not a stuisession snapshot (bad magic)")
-    if fmt != FORMAT_VERSION:
+    if fmt not in READABLE_VERSIONS:
         raise IntegrityError(f"unsupported snapshot format version {fmt}")
     if flags & ~_KNOWN_FLAGS or reserved != 0 or klen == 0:
         raise IntegrityError("snapshot header has unknown flags or reserved bits set")
@@ -175,7 +193,8 @@ class SnapshotCodec:
     """Encodes sessions to sealed snapshots and opens them again.
 
     :param keyring: master keys; the current one seals new snapshots.
-    :param encrypt: seal the state with AES-256-GCM (on by default).
+    :param encrypt: seal the state with AES-256-GCM (on by default); the record is
+        sealed either way.
     :param compression_level: zstd level for the state.
     :param max_state_bytes: refuse to decompress a state larger than this.
     """
@@ -211,9 +230,11 @@ class SnapshotCodec:
         return self._seal(info, compressed, schema_version, FLAG_ZSTD)
 
     def rewrite_info(self, snapshot: Snapshot, info: SessionInfo) -> bytes:
-        """A new snapshot with *info* and the same state, without recompressing it.
+        """A new snapshot (current format) with *info* and the same state, without
+        recompressing it.
 
-        Used to record accesses cheaply. The state stays sealed under its key.
+        Used to record accesses cheaply. The state stays sealed under its key; a
+        version-1 snapshot comes out as version 2 (its metadata sealed).
         """
         if info.session_id != snapshot.info.session_id:
             raise ValueError("rewrite_info can not move a state to another session")
@@ -234,7 +255,11 @@ class SnapshotCodec:
     def _assemble(
         self, info: SessionInfo, payload: bytes, schema: int, flags: int, key_id: str
     ) -> bytes:
-        meta = _json.dumps(unstructure_info(info))
+        meta = _envelope.encrypt(
+            self.keyring.derive(META_PURPOSE, key_id),
+            _json.dumps(unstructure_info(info)),
+            self._meta_aad(FORMAT_VERSION, flags, schema, key_id),
+        )
         kid = key_id.encode("ascii")
         header = _HEADER.pack(
             MAGIC, FORMAT_VERSION, flags, schema, len(kid), 0, len(meta), len(payload)
@@ -252,11 +277,18 @@ class SnapshotCodec:
         return b"|".join(
             (
                 _AAD_DOMAIN,
-                bytes((FORMAT_VERSION, flags)),
+                bytes((_PAYLOAD_AAD_VERSION, flags)),
                 str(schema).encode(),
                 key_id.encode(),
                 session_id.encode(),
             )
+        )
+
+    @staticmethod
+    def _meta_aad(version: int, flags: int, schema: int, key_id: str) -> bytes:
+        # another domain, key and nonce than the state's: the two never pass for each other
+        return b"|".join(
+            (_META_DOMAIN, bytes((version, flags)), str(schema).encode(), key_id.encode())
         )
 
     # -- reading ------------------------------------------------------------------
@@ -282,7 +314,7 @@ class SnapshotCodec:
         expected = _envelope.mac(self._mac_key_for(header), _HEAD_DOMAIN, head)
         if not _envelope.tag_matches(expected, blob[end : end + TAG_SIZE]):
             raise IntegrityError("snapshot metadata failed its integrity check")
-        return self._info_from_meta(blob[header.meta_offset : end], expected_session_id)
+        return self._info_from_meta(header, blob[header.meta_offset : end], expected_session_id)
 
     def open(self, blob: bytes, expected_session_id: str | None = None) -> Snapshot:
         """Verify the whole snapshot and return it; the state is decoded on demand."""
@@ -299,14 +331,28 @@ class SnapshotCodec:
         if not _envelope.tag_matches(expected, blob[body_end:]):
             raise IntegrityError("snapshot failed its integrity check")
         meta_end = header.meta_offset + header.meta_len
-        info = self._info_from_meta(blob[header.meta_offset : meta_end], expected_session_id)
+        info = self._info_from_meta(
+            header, blob[header.meta_offset : meta_end], expected_session_id
+        )
         return Snapshot(self, blob, header, info)
 
     def decode(self, blob: bytes, expected_session_id: str | None = None) -> Session:
         """Verify and fully decode a snapshot into a :class:`Session`."""
         return self.open(blob, expected_session_id).session()
 
-    def _info_from_meta(self, meta: bytes, expected_session_id: str | None) -> SessionInfo:
+    def _info_from_meta(
+        self, header: SnapshotHeader, meta: bytes, expected_session_id: str | None
+    ) -> SessionInfo:
+        """The record in *meta* (its tag already checked): decrypted from version 2 on."""
+        if header.format_version >= 2:
+            meta = _envelope.decrypt(
+                self.keyring.derive(META_PURPOSE, header.key_id),
+                meta,
+                self._meta_aad(
+                    header.format_version, header.flags, header.schema_version, header.key_id
+                ),
+                what="snapshot metadata",
+            )
         try:
             data: Any = _json.loads(meta)
             info = structure_info(data)

@@ -41,11 +41,8 @@ def parse_request(
             raise MessageTooLarge(
                 f"Message of {len(message)} bytes exceeds the limit of {limit}", limit=limit
             )
-        try:
-            text = bytes(message).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequest("Message is not valid UTF-8") from None
-        parsed = parse_request_text(text, policy, RAW_PARAMETERS)
+        # checked in one chunked pass of the bytes, refused before decoding (issue 17)
+        parsed = parse_request_text(message, policy, RAW_PARAMETERS)
         doc = parsed.value
     elif isinstance(message, str):
         if len(message) > limit:  # characters >= bytes/4; cheap first check

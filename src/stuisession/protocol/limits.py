@@ -11,7 +11,7 @@ import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from stuisession import _json
+from stuisession import _json, _jsonscan
 from stuisession.errors import InvalidRequest, StuiSessionError
 from stuisession.policy import Policy
 
@@ -28,7 +28,9 @@ def json_limits(policy: Policy) -> _json.Limits:
     )
 
 
-def parse_message(text: bytes | str, policy: Policy, *, refuse_surrogates: bool = False) -> Any:
+def parse_message(
+    text: bytes | bytearray | memoryview | str, policy: Policy, *, refuse_surrogates: bool = False
+) -> Any:
     """Decode one untrusted message within *policy*'s limits.
 
     Raises :class:`InvalidRequest` for invalid JSON, a lone surrogate (with
@@ -40,12 +42,28 @@ def parse_message(text: bytes | str, policy: Policy, *, refuse_surrogates: bool 
         return _json.loads_limited(text, json_limits(policy), refuse_surrogates=refuse_surrogates)
 
 
-def parse_request_text(text: str, policy: Policy, raw_names: frozenset[str]) -> _json.Parsed:
+def parse_request_text(
+    text: str | bytes | bytearray | memoryview, policy: Policy, raw_names: frozenset[str]
+) -> _json.Parsed:
     """:func:`parse_message` of a request envelope, validating its parameters in the same
     parse and keeping the raw text of the *raw_names* parameters (see
-    :func:`stuisession._json.loads_request`). Raises what :func:`parse_message` raises."""
+    :func:`stuisession._json.loads_request`). Raises what :func:`parse_message` raises,
+    and :class:`InvalidRequest` for bytes that are not UTF-8.
+
+    Given bytes (or a zero-copy buffer), the message is checked against the limits in
+    one chunked pass before it is decoded (:mod:`stuisession._jsonscan`): a refused
+    message is never decoded, and no check holds the GIL for long.
+    """
+    limits = json_limits(policy)
     with _invalid_request():
-        return _json.loads_request(text, json_limits(policy), raw_names)
+        if isinstance(text, str):
+            return _json.loads_request(text, limits, raw_names)
+        scanned = _json.prescan(text, limits)  # refuse before decoding
+        try:
+            decoded = _jsonscan.decode_utf8(text)
+        except UnicodeDecodeError:
+            raise InvalidRequest("Message is not valid UTF-8") from None
+        return _json.loads_request(decoded, limits, raw_names, encoded=text, scanned=scanned)
 
 
 @contextlib.contextmanager

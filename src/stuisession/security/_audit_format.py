@@ -128,6 +128,8 @@ def _parse_head(raw: bytes, keyring: Keyring) -> tuple[int, str]:
         raise _Bad("head file is not valid JSON") from None
     if not isinstance(obj, dict) or set(obj) != _HEAD_KEYS or obj["v"] != FORMAT_VERSION:
         raise _Bad("head file has unexpected fields")
+    if _canonical(obj) != raw:
+        raise _Bad("head file is not in canonical form")
     seq, last, kid, mac = obj["seq"], obj["last"], obj["kid"], obj["mac"]
     if type(seq) is not int or seq < 0 or not isinstance(last, str) or not isinstance(mac, str):
         raise _Bad("head file has bad field types")
@@ -146,7 +148,9 @@ def _read_head(path: Path, keyring: Keyring) -> tuple[int, str] | None:
         return None
     if len(raw) > MAX_LINE_BYTES:
         raise _Bad("head file is too large")
-    return _parse_head(raw.rstrip(b"\n"), keyring)
+    if not raw.endswith(b"\n"):
+        raise _Bad("head file is truncated (no final newline)")
+    return _parse_head(raw[:-1], keyring)
 
 
 def _check_head_against_tail(

@@ -18,6 +18,16 @@ Each line is the canonical JSON (sorted keys, no spaces, ASCII) of::
   with the last ``seq`` and ``mac``; deleting lines at the tail of the log makes
   it disagree with the log.
 
+**Anchors.** A consistent old copy of both the log and its head passes the
+checks above. To catch that, :meth:`AuditLog.anchor` gives the ``(seq, mac)``
+of the last line this log wrote (or found in its head), and a store that
+records it (:meth:`~stuisession.stores.base.SessionStore.anchor_audit`: a file
+store keeps it in every session's high-water mark, written with each
+acknowledged write anyway) lets :func:`verify` check, with ``anchors``, that
+the log still holds each anchored line: an anchor past the end of the log, or
+a line at an anchored ``seq`` with another ``mac``, is a rollback (or a log
+replaced by another). What stays undetectable is in ``docs/security.md``.
+
 **Keys and rotation.** Every line names the key id (``kid``) it was sealed with:
 the keyring's current key when it was written. After a rotation new lines use
 the new key, older lines still verify as long as their key stays in the keyring
@@ -47,7 +57,8 @@ import fcntl
 import hmac
 import os
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +89,9 @@ from stuisession.security._audit_format import (
     _read_head,
     _session_ref,
 )
+
+#: how many recent lines an :class:`AuditLog` remembers for :meth:`AuditLog.holds`
+KNOWN_LINES = 8192
 
 __all__ = [
     "EVENTS",
@@ -125,21 +139,33 @@ def _iter_raw_lines(path: Path) -> Iterator[tuple[bytes, bool]]:
 
 
 def verify(
-    path: str | os.PathLike[str], keyring: Keyring, *, require_head: bool = True
+    path: str | os.PathLike[str],
+    keyring: Keyring,
+    *,
+    require_head: bool = True,
+    anchors: Iterable[tuple[int, str, str]] = (),
 ) -> AuditReport:
     """Check a whole audit log: every line parses and is canonical, ``seq``
     counts up by one from 1, ``prev`` links to the previous ``mac``, every
     ``mac`` verifies, and the sealed head file agrees with the last line.
 
-    Streams the file (constant memory). With ``require_head=False`` a missing
-    head file is accepted (e.g. a log copied without it); a present one is
-    still checked.
+    *anchors*: ``(seq, mac prefix in hex, where)`` recorded elsewhere (a
+    store's :meth:`~stuisession.stores.base.SessionStore.audit_anchors`); the
+    line with each ``seq`` must exist and its ``mac`` start with the prefix,
+    else the log was rolled back or replaced (``reason`` names *where*).
+
+    Streams the file (memory: the log's longest line plus the anchors). With
+    ``require_head=False`` a missing head file is accepted (e.g. a log copied
+    without it); a present one is still checked.
     """
     p = Path(path)
     lines = 0
     prev_mac = GENESIS
     tail: dict[str, Any] | None = None
     torn = False
+    expected: dict[int, list[tuple[str, str]]] = {}
+    for seq, prefix, where in anchors:
+        expected.setdefault(seq, []).append((prefix, where))
 
     def bad(line: int, reason: str) -> AuditReport:
         return AuditReport(False, lines, 0 if tail is None else tail["seq"], line, reason, torn)
@@ -159,6 +185,13 @@ def verify(
                 return bad(lines + 1, f"sequence number {obj['seq']}, expected {lines + 1}")
             if not hmac.compare_digest(obj["prev"], prev_mac):
                 return bad(lines + 1, "prev does not link to the previous line")
+            for prefix, where in expected.get(obj["seq"], ()):
+                if not hmac.compare_digest(obj["mac"][: len(prefix)], prefix):
+                    return bad(
+                        lines + 1,
+                        f"another line than the one anchored in {where}: the log was "
+                        "rolled back and written again, or replaced",
+                    )
             lines += 1
             prev_mac = obj["mac"]
             tail = obj
@@ -176,6 +209,14 @@ def verify(
         problem = _check_head_against_tail(head, tail)
         if problem is not None:
             return bad(lines + 1, problem)
+    beyond = [(seq, where) for seq, found in expected.items() if seq > lines for _, where in found]
+    if beyond:
+        seq, where = max(beyond)
+        return bad(
+            lines + 1,
+            f"log rolled back: {where} records line {seq}, the log ends at line {lines} "
+            f"({seq - lines} line(s) missing)",
+        )
     return AuditReport(True, lines, 0 if tail is None else tail["seq"], torn_tail=torn)
 
 
@@ -272,6 +313,12 @@ class AuditLog:
         self._lost_reason = ""
         self._written = False
         self._garbage = ""
+        #: (seq, mac) of the last line known: our last append, else the head file
+        self._anchor: tuple[int, str] | None = None
+        self._anchor_read = False
+        #: seq -> mac of the lines this instance appended or found (the newest ones)
+        self._known: OrderedDict[int, str] = OrderedDict()
+        self._known_lock = threading.Lock()
         self._path.parent.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -294,6 +341,49 @@ class AuditLog:
         """The keyed hash recorded for *session_id* under *key_id* (default: current key)."""
         ring = self._keyring
         return _session_ref(ring, key_id or ring.current_id, session_id)
+
+    def anchor(self) -> tuple[int, str] | None:
+        """``(seq, mac hex)`` of the log's last line known to this instance.
+
+        That is the line of its last successful append, or before the first
+        one the line its sealed head file names (read once); None if there is
+        none or the head does not verify. Takes no lock and does no I/O after
+        the first call: a store calls it on every acknowledged write
+        (:meth:`~stuisession.stores.base.SessionStore.anchor_audit`).
+        """
+        anchor = self._anchor
+        if anchor is None and not self._anchor_read:
+            self._anchor_read = True
+            try:
+                head = _read_head(self._path, self._keyring)
+            except (_Bad, OSError):
+                head = None
+            if head is not None and head[0] > 0 and self._anchor is None:
+                self._anchor = anchor = head
+                self._learn(*head)
+        return anchor
+
+    def holds(self, seq: int, mac_prefix: str) -> bool | None:
+        """Whether line *seq* of the log has a ``mac`` starting with *mac_prefix*.
+
+        Answered from the lines this instance appended or found in the head
+        (the newest :data:`KNOWN_LINES`); None when *seq* is not among them
+        (the log is not read). Lets a store keep an anchor the log no longer
+        holds (:func:`~stuisession.stores.file.hwm.choose_anchor`).
+        """
+        with self._known_lock:
+            mac = self._known.get(seq)
+        if mac is None:
+            return None
+        return hmac.compare_digest(mac[: len(mac_prefix)], mac_prefix)
+
+    def _learn(self, seq: int, mac: str) -> None:
+        with self._known_lock:
+            known = self._known
+            known[seq] = mac
+            known.move_to_end(seq)
+            while len(known) > KNOWN_LINES:
+                known.popitem(last=False)
 
     def record(
         self,
@@ -403,6 +493,8 @@ class AuditLog:
             self._written = True
             self._write_head(ring, seq + 1, mac)
             self._cache = (self._identity(os.fstat(fd)), self._head_identity(), seq + 1, mac)
+            self._anchor = (seq + 1, mac)
+            self._learn(seq + 1, mac)
             return seq + 1
         except BaseException:
             self._cache = None
@@ -445,6 +537,7 @@ class AuditLog:
         if tail is None:
             return 0, GENESIS
         seq, mac = int(tail["seq"]), str(tail["mac"])
+        self._learn(seq, mac)
         if head is None or head[0] != seq:
             # the head is one line behind (a crash or a failed head write after the
             # last line): bring it up to date first, or two failed head writes in a

@@ -18,10 +18,12 @@ ciphertext``, under 200 characters.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import json
 import os
+import threading
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,6 +38,8 @@ TOKEN_PREFIX = "w1."  # noqa: S105 - a format marker, not a secret
 #: a subscription longer than this is refused unread (bytes)
 MAX_TOKEN_BYTES = 512
 _AAD = b"stuisession watch token v1"
+#: topics remembered (about 150 bytes each)
+TOPIC_CACHE = 4096
 
 
 def _b64(data: bytes) -> str:
@@ -51,12 +55,31 @@ class SubscriptionAuthority:
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
+        #: (key id, session id) -> topic: a notice per update must not pay an HMAC
+        self._topics: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     def topic(self, session_id: str) -> bytes:
-        """The opaque notification topic of *session_id* (under the current key)."""
-        key = self.keyring.derive("notify-topic")
+        """The opaque notification topic of *session_id* (under the current key).
+
+        Remembered for the :data:`TOPIC_CACHE` sessions used last (keyed by the key
+        id too, so a rotated keyring gives new topics at once). Thread-safe.
+        """
+        kid = self.keyring.current_id
+        cache_key = (kid, session_id)
+        with self._lock:
+            topic = self._topics.get(cache_key)
+            if topic is not None:
+                self._topics.move_to_end(cache_key)
+                return topic
+        key = self.keyring.derive("notify-topic", kid)
         mac = hmac.new(key, session_id.encode("utf-8"), hashlib.sha256).digest()[:18]
-        return TOPIC_PREFIX + _b64(mac).encode("ascii")
+        topic = TOPIC_PREFIX + _b64(mac).encode("ascii")
+        with self._lock:
+            self._topics[cache_key] = topic
+            if len(self._topics) > TOPIC_CACHE:
+                self._topics.popitem(last=False)
+        return topic
 
     def issue(self, session_id: str, generation: int) -> str:
         """A token proving its holder may watch *session_id* (token *generation*)."""

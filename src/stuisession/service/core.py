@@ -86,6 +86,10 @@ class SessionService:
         self.policy = policy or Policy()
         self.clock: Clock = clock or SystemClock()
         self.audit = audit
+        if audit is not None:
+            # every acknowledged write records the audit log's position: rolling
+            # the log back then shows in `audit verify` (docs/security.md)
+            store.anchor_audit(audit)
         self.authority = authority or TokenAuthority(
             store.codec.keyring, clock=self.clock, token_ttl=self.policy.token_ttl
         )

@@ -38,6 +38,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 
@@ -118,6 +119,30 @@ class StoreStatistics:
     active_sessions: int
     clients: int
     stored_bytes: int | None = None
+
+
+class AuditAnchorSource(Protocol):
+    """What a store asks the audit log when it records an anchor (an ``AuditLog``)."""
+
+    def anchor(self) -> tuple[int, str] | None:
+        """``(seq, mac hex)`` of the log's last line known, or None (no line yet)."""
+
+    def holds(self, seq: int, mac_prefix: str) -> bool | None:
+        """Whether line *seq* of the log has a mac starting with *mac_prefix*
+        (None: not known without reading the log)."""
+
+
+@attrs.frozen
+class AuditAnchors:
+    """The audit log positions a store recorded (:meth:`SessionStore.audit_anchors`).
+
+    ``anchors``: ``(seq, first 16 hex digits of that line's mac, where)`` per
+    record holding one (``where``: the file, for messages); ``damaged``:
+    ``(where, reason)`` of records whose anchor can not be read.
+    """
+
+    anchors: tuple[tuple[int, str, str], ...] = ()
+    damaged: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen
@@ -508,6 +533,20 @@ class SessionStore(ChangeNotices, abc.ABC):
                     yield VerifyProblem(item.session_id, reason, item.path)
             if progress is not None:
                 progress(i)
+
+    def anchor_audit(self, source: AuditAnchorSource | None) -> None:
+        """Record the audit log's position (*source*) with every acknowledged write.
+
+        The audit log can then not be rolled back unseen without putting back
+        old copies of the records of every session written since
+        (``docs/security.md``, "Audit anchors"). The default: ignored (a store
+        with nowhere to keep it). A *source* that raises or returns None
+        leaves the record's anchor as it was; the write goes on.
+        """
+
+    def audit_anchors(self) -> AuditAnchors:
+        """The audit anchors the store holds (default: none); reads only."""
+        return AuditAnchors()
 
     def close(self) -> None:
         """Release resources (connections, file handles)."""

@@ -17,6 +17,7 @@ import attrs
 
 from stuisession import _fs
 from stuisession.codec import journal
+from stuisession.codec.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from stuisession.codec.snapshot import TAG_SIZE, Snapshot, SnapshotCodec
 from stuisession.errors import ConflictError, IntegrityError, SessionNotFound, StorageError
 from stuisession.state.model import Session, SessionInfo
@@ -115,7 +116,14 @@ class HeadReader:
         info = records[-1].info if records else snap.info
         if self.marks:
             # the mark was read first: it never runs ahead of what is read after it
-            if not self._mark_holds(p, mark, info.revision, scan.problem, locked=locked):
+            if not self._mark_holds(
+                p,
+                mark,
+                info.revision,
+                scan.problem,
+                locked=locked,
+                found_state=lambda: journal.replay(snap.session(), records),
+            ):
                 return None  # settled: read again
         elif scan.problem is not None and not scan.incomplete:
             raise scan.problem
@@ -157,13 +165,15 @@ class HeadReader:
         problem: IntegrityError | None,
         *,
         locked: bool,
+        found_state: Callable[[], Session],
     ) -> bool:
         """True if the state read (revision *found*) is what the mark says was acknowledged.
 
         Otherwise: unlocked, raise :class:`_Suspect` (the caller re-reads under
         the lock); locked, settle it (quarantine, note, log, lower the mark)
         and raise :class:`IntegrityError` (``details.rolled_back``) for this
-        read; later reads serve the settled state. A damaged or missing mark
+        read; later reads serve the settled state, on a new lineage
+        (*found_state* is decoded for that). A damaged or missing mark
         over an intact state is reported the same way but the read succeeds
         (nothing was lost that can be shown).
         """
@@ -184,7 +194,12 @@ class HeadReader:
                 "the stored state went backwards (journal cut or removed, or an older snapshot)"
             )
         self._recovery.settle_locked(
-            p, acknowledged=mark.revision, found=found, reason=reason, present=mark.present
+            p,
+            acknowledged=mark.revision,
+            found=found,
+            reason=reason,
+            present=mark.present,
+            session=found_state(),
         )
         if mark.revision is not None and found < mark.revision:
             raise IntegrityError(
@@ -317,6 +332,8 @@ class JournalWriter:
         self._journal_max = journal_limit
         self._encode = encode
         self.marks = marks
+        #: the audit anchor recorded with every mark (:meth:`FileStore.anchor_audit`)
+        self.anchor: hwm.AnchorSource | None = None
 
     def mark(self, p: SessionPaths, revision: int) -> None:
         """Record *revision* as acknowledged (after it is durable, before the write returns)."""
@@ -329,6 +346,7 @@ class JournalWriter:
             revision,
             fsync=self._writer.fsync,
             fs=self._writer.fs,
+            anchor=self.anchor,
         ):
             self._writer.fsync_dir_committed(p.dir)
 
@@ -380,8 +398,10 @@ class JournalWriter:
                 )
             new_info = session.info if session is not None else info
             assert new_info is not None
-            if head.jnl_version != journal.VERSION and head.records:
-                # never append new frames to an old-format journal: fold it first
+            old_format = head.snapshot.header.format_version != SNAPSHOT_FORMAT
+            if old_format or (head.jnl_version != journal.VERSION and head.records):
+                # never append new frames to an old-format journal, nor extend a snapshot
+                # of an older format (its record in clear): fold into a new snapshot
                 head = self._reader.head(p, decode=True, locked=True)
                 assert head.session is not None
                 current = session or Session.from_info(new_info, head.session.state)

@@ -22,6 +22,7 @@ import attrs
 from stuisession.codec.snapshot import HEADER_SIZE, Snapshot, SnapshotCodec, parse_header
 from stuisession.errors import IntegrityError, SessionNotFound
 from stuisession.state import lifecycle
+from stuisession.state.model import Session
 from stuisession.stores.file import hwm
 from stuisession.stores.file.atomic import FileWriter, read_file
 from stuisession.stores.file.cache import HeadCache
@@ -102,6 +103,8 @@ class Recovery:
         self._rollbacks: list[Rollback] = []
         self._meta_lock = threading.Lock()
         self.locks = locks
+        #: the audit anchor recorded with a lowered mark (:meth:`FileStore.anchor_audit`)
+        self.anchor: hwm.AnchorSource | None = None
 
     def rollbacks(self) -> list[Rollback]:
         """Rollbacks this store instance detected and settled (oldest first)."""
@@ -116,12 +119,21 @@ class Recovery:
         found: int,
         reason: str,
         present: bool = True,
+        session: Session | None = None,
     ) -> Rollback:
         """Accept the best genuine state (revision *found*) loudly (stripe lock held).
 
         Keeps a copy of the journal and a note in ``quarantine/`` (``verify``
         reports it until an operator removes it), logs an ERROR and moves the
         high-water mark to *found*, so later reads serve that state.
+
+        *session* (the state found: snapshot plus the valid journal records)
+        is written back as a new snapshot on a new lineage (and a higher
+        record version), before the mark is lowered: a client that saw a later
+        revision of the lost history is told it is not in sync (full state,
+        never a delta), and no write based on it lands. A crash before the
+        mark is lowered leaves the state below the mark: the next read settles
+        again.
         """
         self._cache.drop(p.sid)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -147,6 +159,8 @@ class Recovery:
         )
         self.fs.replace(tmp, str(path))
         self._writer.fsync_dir(self._layout.quarantine_dir)
+        if session is not None:
+            self._relineage_locked(p, session)
         created = hwm.write(
             self._codec.keyring,
             p.sid,
@@ -155,6 +169,7 @@ class Recovery:
             fsync=self._writer.fsync,
             lower=True,
             fs=self.fs,
+            anchor=self.anchor,
         )
         if created:
             self._writer.fsync_dir(p.dir)
@@ -170,6 +185,28 @@ class Recovery:
             found,
         )
         return rollback
+
+    def _relineage_locked(self, p: SessionPaths, session: Session) -> None:
+        """Replace snapshot and journal by *session* on a new lineage (stripe lock held)."""
+        info = lifecycle.relineage(session.info)
+        blob = self._codec.encode(Session.from_info(info, session.state))
+        tmp = self._writer.write_session_temp(p, blob)
+        try:
+            self.fs.replace(tmp, p.current)
+        except BaseException:
+            self._writer.discard(tmp)
+            raise
+        self._writer.fsync_dir(p.dir)
+        # the journal names the replaced snapshot (ignored from now on); its
+        # copy is in quarantine/ already
+        try:
+            fd = self.fs.open(p.journal, os.O_WRONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
 
     def quarantined(self) -> list[Path]:
         """Files moved to ``quarantine/`` by this store instance (oldest first)."""

@@ -37,6 +37,8 @@ from stuisession.keys import Keyring
 from stuisession.state.model import Session, SessionInfo
 from stuisession.state.updates import StateUpdate
 from stuisession.stores.base import (
+    AuditAnchors,
+    AuditAnchorSource,
     Progress,
     SessionStore,
     VerifyItem,
@@ -466,6 +468,15 @@ class FileStore(SessionStore):
         return _verify.verify_files(
             self.codec, self._layout, chosen, progress=progress, marks=self._reader.marks
         )
+
+    def anchor_audit(self, source: AuditAnchorSource | None) -> None:
+        """Record *source*'s audit position in every high-water mark written from now on
+        (:func:`.hwm.choose_anchor`)."""
+        self._jw.anchor = self._recovery.anchor = source
+
+    def audit_anchors(self) -> AuditAnchors:
+        """The audit anchors of the current sessions' high-water marks (reads only)."""
+        return _verify.audit_anchors(self.codec, self._layout)
 
     # -- primitives -------------------------------------------------------------------
     def _get(self, session_id: str) -> bytes | None:

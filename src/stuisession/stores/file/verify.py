@@ -17,7 +17,13 @@ from stuisession import _fs
 from stuisession.codec import journal
 from stuisession.codec.snapshot import SnapshotCodec, parse_header
 from stuisession.errors import IntegrityError
-from stuisession.stores.base import Progress, VerifyItem, VerifyProblem, check_blob
+from stuisession.stores.base import (
+    AuditAnchors,
+    Progress,
+    VerifyItem,
+    VerifyProblem,
+    check_blob,
+)
 from stuisession.stores.file import hwm
 from stuisession.stores.file.atomic import read_file
 from stuisession.stores.file.layout import HWM_SUFFIX, JOURNAL_SUFFIX, Layout, journal_path
@@ -30,6 +36,35 @@ def verify_items(layout: Layout) -> list[VerifyItem]:
         VerifyItem(sid, generation, path, identity)
         for sid, path, generation, identity in layout.snapshot_files()
     ]
+
+
+def _mark_path(snapshot_path: str) -> str:
+    return journal_path(snapshot_path)[: -len(JOURNAL_SUFFIX)] + HWM_SUFFIX
+
+
+def audit_anchors(codec: SnapshotCodec, layout: Layout) -> AuditAnchors:
+    """The audit anchor of every current session's high-water mark (reads only).
+
+    A mark that is damaged (or can not be read) is listed in ``damaged``: the
+    anchor it may hold is unknown. A missing mark holds none (``verify``
+    reports it).
+    """
+    anchors: list[tuple[int, str, str]] = []
+    damaged: list[tuple[str, str]] = []
+    for sid, path, generation, _ in layout.snapshot_files():
+        if generation != 0:
+            continue
+        mark_path = _mark_path(path)
+        try:
+            mark = hwm.read(codec.keyring, sid, mark_path, fs=layout.fs)
+        except OSError as exc:
+            damaged.append((mark_path, f"could not be read ({exc.strerror})"))
+            continue
+        if mark.damaged:
+            damaged.append((mark_path, "high-water mark is damaged"))
+        if mark.audit is not None:
+            anchors.append((mark.audit[0], mark.audit[1], mark_path))
+    return AuditAnchors(tuple(anchors), tuple(damaged))
 
 
 def verify_files(
@@ -87,7 +122,7 @@ def _check_file(
     assert item.path is not None
     mark = None
     if item.generation == 0 and marks:
-        mark_path = journal_path(item.path)[: -len(JOURNAL_SUFFIX)] + HWM_SUFFIX
+        mark_path = _mark_path(item.path)
         try:
             mark = hwm.read(codec.keyring, item.session_id, mark_path, fs=fs)
         except OSError as exc:

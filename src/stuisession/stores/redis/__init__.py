@@ -1,25 +1,28 @@
 """A Redis store: sealed snapshots in Redis hashes, compare-and-swap on the server.
 
 Runs on a standalone server or on a Redis Cluster. Key layouts (see
-``docs/backends.md``), with ``P`` the store's *prefix*, ``H`` the SHA-256 hex
-of a client id and ``T`` a three-character *slot tag* derived from ``H``:
+``docs/backends.md``), with ``P`` the store's *prefix*, ``T`` a
+three-character *slot tag*:
 
-Layout 1 (standalone servers; what stores before 0.x wrote, still the default there)::
+Layout 3 (every new store; no key name, member or field holds an id)::
 
-    P:s:{<session_id>}        hash  blob, head, rev, ver, client   (TTL = retention)
-    P:c:{H}                   zset  session ids of one client  (score: when indexed)
-    P:a:{H}                   zset  the client's *active* sessions (score: active until)
-    P:all                     zset  every session id (score: when it was indexed)
+    P:s:{T}:<N>               hash  blob, head, rev, ver, wid, client=K  (TTL = retention)
+    P:c:{T}:K                 zset  members T+N of one client's sessions (score: when indexed)
+    P:a:{T}:K                 zset  the client's *active* sessions (score: active until)
+    P:all                     zset  every session's member T+N (score: when it was indexed)
+    P:layout                  string "3:<key id>"
 
-Layout 2 (required on Redis Cluster, marked by ``P:layout`` = ``2``)::
+``N`` is a keyed hash of the session id (32 hex), ``K`` of the client id (64
+hex), both HMAC-SHA256 under ``keyring.derive("redis-key-names", key id)`` for
+the key id in ``P:layout``; ``T`` (characters 8-10 of the session id) is taken
+from ``K``. Listings read the ids from the (sealed) records.
 
-    P:s:{T}:<session_id>      hash  as above
-    P:c:{T}:H                 zset  as above
-    P:a:{T}:H                 zset  as above
-    P:all                     zset  as above
-    P:layout                  string "2"
+Earlier layouts, still opened as they are (with a warning)::
 
-In layout 2 the part in braces is a Redis Cluster *hash tag* shared by a
+    layout 1:  P:s:{<session_id>}, P:c:{H}, P:a:{H}, P:all    (H: SHA-256 hex of the client id)
+    layout 2:  P:s:{T}:<session_id>, P:c:{T}:H, P:a:{T}:H, P:all, P:layout = "2"
+
+From layout 2 on the part in braces is a Redis Cluster *hash tag* shared by a
 client's indexes and -- because :meth:`RedisStore.new_session_id` writes the
 client's tag into characters 8-10 of every new session id -- by all of that
 client's sessions: they live in one hash slot. Each write (create with the
@@ -32,7 +35,7 @@ through the store API with an id of their own) are written by the same script
 on their own slot, with their index entries kept by separate commands.
 
 On a standalone server every script gets every key it touches (slots do not
-matter there), so layout 1 is as atomic as layout 2.
+matter there), so every layout is as atomic as on a cluster.
 
 A write is one Lua script (``cas="lua"``, the default) or a WATCH/MULTI/EXEC
 transaction (``cas="watch"``, standalone servers only: refused on a cluster).

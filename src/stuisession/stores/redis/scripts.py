@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 # KEYS[4] global index (given only when they may be touched atomically: same slot,
 # or a standalone server)
 # ARGV: expected record token ('' = create, or a record older than tokens), new
-#       revision, blob, head, client hash, ttl (0 = none), session id, index score,
+#       revision, blob, head, client hash, ttl (0 = none), index member (the session id,
+#       or in layout 3 its slot tag and keyed name), index score,
 #       active until (0 = not active), limit (0 = none), now, change channel, change
 #       notice ('' = none), '1' to create, new token, write id (random per write: a
 #       resend of this write, not another writer's identical one, is recognised as
@@ -84,7 +85,7 @@ return {1, old}
 """
 
 # KEYS[1] session hash; optional KEYS[2] client index, KEYS[3] active index, KEYS[4] global
-# ARGV[1] the client hash the optional keys belong to, ARGV[2] session id, ARGV[3]
+# ARGV[1] the client hash the optional keys belong to, ARGV[2] index member, ARGV[3]
 # '1' to delete only while the record token is ARGV[4]
 # -> {deleted count, client hash}; {-1, client hash}: the session belongs to another
 #    client; {-2, client hash}: the record was written since the caller read it

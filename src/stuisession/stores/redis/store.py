@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from stuisession.codec.snapshot import SnapshotCodec
@@ -12,7 +12,16 @@ from stuisession.errors import ConfigurationError, IntegrityError
 from stuisession.ids import check_client_id, check_session_id
 from stuisession.keys import Keyring
 from stuisession.state.model import Session, SessionInfo
-from stuisession.stores.base import ChangeEvent, ChangeListener, SessionStore, StoreStatistics
+from stuisession.stores.base import (
+    ChangeEvent,
+    ChangeListener,
+    Progress,
+    SessionStore,
+    StoreStatistics,
+    VerifyItem,
+    VerifyProblem,
+    check_blob,
+)
 from stuisession.stores.redis import notices, reads, urls
 from stuisession.stores.redis.durability import (
     DURABILITY_TIMEOUT,
@@ -21,7 +30,7 @@ from stuisession.stores.redis.durability import (
     nodes,
 )
 from stuisession.stores.redis.errors import ErrorMapper
-from stuisession.stores.redis.keys import TAG, Keys, choose_layout, client_hash, client_tag
+from stuisession.stores.redis.keys import TAG, choose_layout
 from stuisession.stores.redis.scripts import Scripts
 from stuisession.stores.redis.writes import Writer
 
@@ -67,8 +76,10 @@ class RedisStore(SessionStore):
         that is not durable by then raises ``StorageError`` with
         ``details["reason"] == "durability_unknown"`` (it *was* applied on the
         primary).
-    :param layout: the key layout (see the module docstring): None picks what
-        the store already uses, else 2 on a cluster and 1 on a single server.
+    :param layout: the key layout (see the package docstring): None picks what
+        the store already uses, else 3 (session and client ids hashed with a key
+        from the keyring, never in key names). 1 and 2 are what earlier versions
+        wrote (ids in clear); an existing store keeps its layout.
     :param socket_timeout: seconds to wait for a reply.
     :param connect_timeout: seconds to wait for a connection.
     :param client: an existing ``redis.Redis`` or ``redis.cluster.RedisCluster``
@@ -123,8 +134,8 @@ class RedisStore(SessionStore):
             raise ConfigurationError("Redis timeouts must be positive")
         if not 0 < durability_timeout <= 3600:
             raise ConfigurationError("durability_timeout must be in (0, 3600] seconds")
-        if layout not in (None, 1, 2):
-            raise ConfigurationError("layout must be 1, 2 or None")
+        if layout not in (None, 1, 2, 3):
+            raise ConfigurationError("layout must be 1, 2, 3 or None")
         mode = Durability.parse(durability)
         if mode.mode == "replicas":
             # a WAIT must time out on the server, not on the socket
@@ -176,8 +187,9 @@ class RedisStore(SessionStore):
         self._scripts = Scripts.register(self._client)
         self._guard = DurabilityGuard(mode, durability_timeout, display)
         try:
-            layout = choose_layout(self._client, prefix, layout, cluster, self._errors)
-            self._keys = Keys(prefix, layout, cluster)
+            self._keys = choose_layout(
+                self._client, prefix, layout, cluster, self._errors, codec.keyring
+            )
             self._guard.check(nodes(self._client, cluster, display), self._errors)
         except BaseException:
             self._close_owned()
@@ -225,7 +237,7 @@ class RedisStore(SessionStore):
 
     @property
     def layout(self) -> int:
-        """The key layout in use (1 or 2; see the package docstring)."""
+        """The key layout in use (1, 2 or 3; see the package docstring)."""
         return self._keys.layout
 
     @property
@@ -234,16 +246,31 @@ class RedisStore(SessionStore):
         return self._guard.text
 
     def session_key(self, session_id: str) -> str:
-        """The hash holding *session_id* (``P:s:{id}``, or ``P:s:{tag}:id`` in layout 2)."""
+        """The hash holding *session_id* (``P:s:{tag}:name`` in layout 3, ``P:s:{id}`` in
+        layout 1, ``P:s:{tag}:id`` in layout 2)."""
         return self._keys.session(session_id)
 
+    def index_member(self, session_id: str) -> str:
+        """What stands for *session_id* in the index zsets (layout 3: its slot tag and keyed
+        name, 35 characters; before: the id)."""
+        return self._keys.member(session_id)
+
+    def client_hash(self, client_id: str) -> str:
+        """The name of *client_id* in key names and the ``client`` field (64 hex chars:
+        HMAC-SHA256 under the name key in layout 3, SHA-256 before)."""
+        return self._keys.chash(client_id)
+
+    def client_tag(self, client_id: str) -> str:
+        """The slot tag (3 characters) of *client_id*'s keys and new session ids."""
+        return self._keys.slot_tag(client_id)
+
     def client_key(self, client_id: str) -> str:
-        """The index of *client_id*'s sessions (``P:c:{sha256}``; ``P:c:{tag}:sha256``)."""
-        return self._keys.client(client_hash(client_id))
+        """The index of *client_id*'s sessions (``P:c:{tag}:hash``; ``P:c:{sha256}`` in 1)."""
+        return self._keys.client(self._keys.chash(client_id))
 
     def active_key(self, client_id: str) -> str:
         """The index of *client_id*'s active sessions (``P:a:...``, scored by active-until)."""
-        return self._keys.active(client_hash(client_id))
+        return self._keys.active(self._keys.chash(client_id))
 
     @property
     def all_key(self) -> str:
@@ -251,11 +278,12 @@ class RedisStore(SessionStore):
         return self._keys.all
 
     def new_session_id(self, client_id: str) -> str:
-        """A fresh session id; in layout 2 it carries *client_id*'s slot tag (253 random bits)."""
+        """A fresh session id; from layout 2 on it carries *client_id*'s slot tag (253
+        random bits)."""
         sid = super().new_session_id(client_id)
-        if self._keys.layout != 2:
+        if self._keys.layout == 1:
             return sid
-        return sid[: TAG.start] + client_tag(client_id) + sid[TAG.stop :]
+        return sid[: TAG.start] + self._keys.slot_tag(client_id) + sid[TAG.stop :]
 
     # -- change notices (docs/notifications.md) ------------------------------------------
     @property
@@ -364,29 +392,41 @@ class RedisStore(SessionStore):
         return self._writer.delete(session_id, expected)
 
     def _ids(self) -> Iterator[str]:
-        return iter(reads.index_members(self._client, self._errors, self._keys.all))
+        if self._keys.hashed:  # the ids are in the (sealed) records only
+            return (info.session_id for info, _ in self._readable(self._keys.all))
+        return iter(reads.index_members(self._client, self._errors, self._keys, self._keys.all))
 
     def _client_ids(self, client_id: str) -> Iterator[str]:
-        return iter(reads.index_members(self._client, self._errors, self.client_key(client_id)))
+        key = self.client_key(client_id)
+        if self._keys.hashed:
+            return (info.session_id for info, _ in self._readable(key, client_id=client_id))
+        return iter(reads.index_members(self._client, self._errors, self._keys, key))
 
     def _readable(
         self, index_key: str, *, sizes: bool = False, client_id: str | None = None
     ) -> Iterator[tuple[SessionInfo, int]]:
-        """Verified records of the sessions in an index; stale entries are pruned."""
+        """Verified records of the sessions in an index; stale entries are pruned.
+
+        In layout 3 an index member names its session by a keyed hash: the record read
+        from its key must hash back to it (a record copied under another key is skipped).
+        """
         stale: list[str] = []
-        ids = reads.index_members(self._client, self._errors, index_key)
-        for sid, head, size in reads.heads(
-            self._client, self._errors, self._keys, ids, sizes=sizes
+        members = reads.index_members(self._client, self._errors, self._keys, index_key)
+        hashed = self._keys.hashed
+        for member, head, size in reads.heads(
+            self._client, self._errors, self._keys, members, sizes=sizes
         ):
             if head is None:
-                stale.append(sid)  # deleted, or expired by its TTL
+                stale.append(member)  # deleted, or expired by its TTL
                 continue
             try:
-                info = self.codec.read_info(head, expected_session_id=sid)
+                info = self.codec.read_info(head, expected_session_id=None if hashed else member)
             except IntegrityError:
                 continue
+            if hashed and not self._keys.matches(member, info.session_id):
+                continue  # not the session this member names
             if client_id is not None and info.client_id != client_id:
-                stale.append(sid)  # left behind by a move to another client
+                stale.append(member)  # left behind by a move to another client
                 continue
             yield info, size
         cutoff = time.time() - self.index_grace
@@ -394,6 +434,28 @@ class RedisStore(SessionStore):
         if client_id is not None and stale:
             with self._errors.errors("prune an index"):
                 self._client.zrem(self.active_key(client_id), *stale)
+
+    def verify_items(self) -> list[VerifyItem]:
+        """One item per indexed session; in layout 3 also those whose record is unreadable
+        (named by their index member, their key as ``path``)."""
+        if not self._keys.hashed:
+            return super().verify_items()
+        return reads.verify_items(self._client, self._errors, self._keys, self.codec)
+
+    def verify(
+        self, items: Iterable[VerifyItem] | None = None, *, progress: Progress | None = None
+    ) -> Iterator[VerifyProblem]:
+        """As :meth:`SessionStore.verify`; an item with a ``path`` is read from that key."""
+        for i, item in enumerate(self.verify_items() if items is None else items, 1):
+            key = item.path or self.session_key(item.session_id)
+            with self._errors.errors("read a session"):
+                blob = self._client.hget(key, "blob")
+            if blob is not None:
+                reason = check_blob(self.codec, blob, item.session_id)
+                if reason is not None:
+                    yield VerifyProblem(item.session_id, reason, item.path)
+            if progress is not None:
+                progress(i)
 
     def iter_infos(self) -> Iterator[SessionInfo]:
         """Every readable session record (heads are read in pipelined batches)."""

@@ -14,7 +14,7 @@ from stuisession.errors import ConflictError, SessionError, SessionNotFound
 from stuisession.state.model import SessionInfo
 from stuisession.stores.redis.durability import DurabilityGuard
 from stuisession.stores.redis.errors import ErrorMapper
-from stuisession.stores.redis.keys import Keys, active_until, client_hash, record_token, text
+from stuisession.stores.redis.keys import Keys, active_until, record_token, text
 from stuisession.stores.redis.scripts import Scripts
 
 _WATCH_ATTEMPTS = 32
@@ -31,6 +31,8 @@ class Write:
 
     key: str
     sid: str
+    #: what stands for the session in the index zsets (see Keys.member)
+    member: str
     want: bytes  # expected record token (see record_token), b"" to create
     ver: bytes  # the new record token
     create: bool
@@ -81,12 +83,13 @@ class Writer:
     ) -> Write:
         """The write of *blob* (the record *info*) over *expected* (None: a create)."""
         sid = info.session_id
-        chash = client_hash(info.client_id)
+        chash = self.keys.chash(info.client_id)
         if now is None:
             now = info.last_accessed if expected is not None else info.created_at
         return Write(
             key=self.keys.session(sid),
             sid=sid,
+            member=self.keys.member(sid),
             want=b"" if expected is None else record_token(expected),
             ver=record_token(info),
             create=expected is None,
@@ -109,7 +112,7 @@ class Writer:
 
     def put(self, w: Write) -> None:
         """Apply *w*; ``SessionNotFound``, ``SessionError`` (limit) or ``ConflictError``."""
-        sid = w.sid
+        sid = w.member
         with self.errors.errors("write a session"):
             status, extra = self._put_lua(w) if self.cas == "lua" else self._put_watch(w)
             if status == 1 and extra and extra != w.chash:
@@ -136,9 +139,9 @@ class Writer:
     def _index_cmds(self, pipe: Any, w: Write) -> None:
         """The index upkeep a script could not do (the session is on another slot)."""
         if w.until > w.now:
-            pipe.zadd(w.akey, {w.sid: w.until})
+            pipe.zadd(w.akey, {w.member: w.until})
         else:
-            pipe.zrem(w.akey, w.sid)
+            pipe.zrem(w.akey, w.member)
         for key in (w.ckey, w.akey):
             pipe.execute_command(*self._expire_cmd(key))
 
@@ -157,16 +160,16 @@ class Writer:
             keys += [w.ckey, w.akey]
             if not self._cluster:
                 keys.append(self.keys.all)
-        args = [w.want, w.rev, w.blob, w.head, w.chash, self.ttl or 0, w.sid]
+        args = [w.want, w.rev, w.blob, w.head, w.chash, self.ttl or 0, w.member]
         args += [repr(w.score), repr(w.until), w.limit, repr(w.now)]
         args += [self.keys.channel, w.notice]
         args += [int(w.create), w.ver, w.wid]
         if w.create and (self._cluster or not w.atomic):
             # index first: a session is never missing from its indexes
             pipe = self.client.pipeline(transaction=False)
-            pipe.zadd(self.keys.all, {w.sid: w.score})
+            pipe.zadd(self.keys.all, {w.member: w.score})
             if not w.atomic:
-                pipe.zadd(w.ckey, {w.sid: w.score})
+                pipe.zadd(w.ckey, {w.member: w.score})
             pipe.execute()
         sha = self.scripts.put.sha
 
@@ -227,9 +230,9 @@ class Writer:
                     )
                     pipe.execute_command(*self._expire_cmd(w.key))
                     if w.create or text(old) != w.chash:
-                        pipe.zadd(w.ckey, {w.sid: w.score})
+                        pipe.zadd(w.ckey, {w.member: w.score})
                     if w.create:
-                        pipe.zadd(self.keys.all, {w.sid: w.score})
+                        pipe.zadd(self.keys.all, {w.member: w.score})
                     self._index_cmds(pipe, w)
                     if w.notice:  # in the transaction: published if and only if written
                         pipe.publish(self.keys.channel, w.notice)
@@ -258,6 +261,7 @@ class Writer:
     def delete(self, session_id: str, expected: SessionInfo | None = None) -> bool:
         """Delete a session (only while its record is *expected*, when given); whether it was."""
         key = self.keys.session(session_id)
+        member = self.keys.member(session_id)
         check = [b"0", b""] if expected is None else [b"1", record_token(expected)]
         with self.errors.errors("delete a session"):
             chash = text(self.client.hget(key, "client"))
@@ -273,7 +277,7 @@ class Writer:
                 ks = list(keys)
 
                 def build(pipe: Any, ks: list[str] = ks, chash: str = chash) -> None:
-                    pipe.evalsha(sha, len(ks), *ks, chash, session_id, *check)
+                    pipe.evalsha(sha, len(ks), *ks, chash, member, *check)
                     for cmd in self.guard.wait_cmds:
                         pipe.execute_command(*cmd)
 
@@ -289,10 +293,10 @@ class Writer:
             # the other indexes go after the session: it is never left unindexed
             pipe = self.client.pipeline(transaction=False)
             if found and not atomic:
-                pipe.zrem(self.keys.client(found), session_id)
-                pipe.zrem(self.keys.active(found), session_id)
+                pipe.zrem(self.keys.client(found), member)
+                pipe.zrem(self.keys.active(found), member)
             if self._cluster or not atomic:
-                pipe.zrem(self.keys.all, session_id)
+                pipe.zrem(self.keys.all, member)
             pipe.execute()
         if deleted and self.guard.wait_cmds:
             self.guard.check_durable(results, "delete")
