@@ -82,12 +82,13 @@ def test_500_back_to_back_updates_through_session_client_with_defaults(running: 
 def test_client_waits_out_rate_limited_replies(
     running: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # 20 requests/s with a burst of 2: most of these updates are refused at first
-    bridge = running(ProtocolHandler(MemoryStore(), Policy(rate_limit=20.0, rate_burst=2)))
+    # 2 requests/s with a burst of 1: each update comes before its token unless a round
+    # trip takes 0.5 s (20/s let a loaded machine refill the bucket between requests)
+    bridge = running(ProtocolHandler(MemoryStore(), Policy(rate_limit=2.0, rate_burst=1)))
     caplog.set_level(logging.DEBUG, logger="stuisession.client")
     with SessionClient(bridge.endpoint, "throttled", close_on_exit=True) as client:
         client.open()
-        for i in range(10):
+        for i in range(3):
             assert client.update(state_data={"n": i})["revision"] == i + 2
     waits = [r for r in caplog.records if "RateLimited" in r.getMessage()]
     assert waits, "the client never said what it was waiting for"

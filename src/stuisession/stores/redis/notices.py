@@ -13,10 +13,10 @@ from stuisession.stores.base import ChangeEvent
 log = logging.getLogger("stuisession.stores.redis")
 
 
-def publish(client: Any, channel: str, event: ChangeEvent, scrub: Callable[[str], str]) -> None:
-    """PUBLISH *event* on *channel*; a failure is logged (a notice is a hint), never raised."""
+def publish(client: Any, channel: str, notice: bytes, scrub: Callable[[str], str]) -> None:
+    """PUBLISH a sealed *notice* on *channel*; a failure is logged (a hint), never raised."""
     try:
-        client.publish(channel, event.to_json())
+        client.publish(channel, notice)
     except Exception as exc:
         log.warning("could not publish a change notice: %s", scrub(str(exc)))
 
@@ -35,10 +35,14 @@ class ChangeFeed:
         self,
         client: Any,
         channel: str,
+        opener: Callable[[bytes], ChangeEvent | None],
         deliver: Callable[[ChangeEvent], None],
         scrub: Callable[[str], str],
     ) -> None:
         """Subscribe to *channel* and pass each notice to *deliver* (once: later calls do nothing).
+
+        *opener* turns a message into a notice (None: dropped, e.g. not sealed with our
+        keyring).
 
         After a lost connection it resubscribes by itself (notices published
         meanwhile are lost: hints).
@@ -49,7 +53,7 @@ class ChangeFeed:
 
         def on_message(message: dict[str, Any]) -> None:
             data = message.get("data")
-            event = ChangeEvent.from_json(data) if isinstance(data, bytes) else None
+            event = opener(data) if isinstance(data, bytes) else None
             if event is not None:
                 deliver(event)
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
+from stuisession.codec.notice import open_notice, seal_notice
 from stuisession.codec.snapshot import SnapshotCodec
 from stuisession.errors import ConfigurationError, IntegrityError
 from stuisession.ids import check_client_id, check_session_id
@@ -307,7 +308,16 @@ class RedisStore(SessionStore):
         (this one included) delivers a notice from its subscription, so a change
         through any process reaches the listeners of all.
         """
-        notices.publish(self._client, self.changes_channel, event, self._errors.scrub)
+        notices.publish(self._client, self.changes_channel, self._seal(event), self._errors.scrub)
+
+    # notices are sealed (codec/notice.py): any client of this Redis may subscribe to the
+    # channel, and a notice names its session by the raw id
+    def _seal(self, event: ChangeEvent) -> bytes:
+        return seal_notice(self.codec.keyring, event.to_json(), self.changes_channel.encode())
+
+    def _open(self, data: bytes) -> ChangeEvent | None:
+        payload = open_notice(self.codec.keyring, data, self.changes_channel.encode())
+        return None if payload is None else ChangeEvent.from_json(payload)
 
     def add_change_listener(self, listener: ChangeListener) -> None:
         """Deliver every change published on :attr:`changes_channel` to *listener*.
@@ -318,7 +328,9 @@ class RedisStore(SessionStore):
         """
         super().add_change_listener(listener)
         with self._listeners_lock:
-            self._feed.start(self._client, self.changes_channel, self._deliver, self._errors.scrub)
+            self._feed.start(
+                self._client, self.changes_channel, self._open, self._deliver, self._errors.scrub
+            )
 
     def close(self) -> None:
         """Disconnect the connection pool (a client passed in is left open)."""
@@ -380,7 +392,7 @@ class RedisStore(SessionStore):
         w = self._writer.build(info, blob, expected, limit=limit, now=now, write_id=write_id)
         notice = self._take_notice(info.session_id)
         if notice is not None:
-            w.notice = notice.to_json()
+            w.notice = self._seal(notice)
         self._writer.put(w)
 
     def _watch_read(self, pipe: Any, key: str) -> tuple[bytes | None, bytes | None, bytes | None]:
