@@ -136,10 +136,9 @@ def _minimal_bridge_once(tmp_path: Path) -> None:
 
 def test_pytest_fixture_example() -> None:
     # run the example as its own pytest session, as a harness author would
+    import os
     import subprocess
     import sys
-
-    import os
 
     # a fresh harness's environment: an inherited xdist worker identity made the inner
     # pytest take 35 s instead of 2 under `make test` (-n 2 with coverage)
