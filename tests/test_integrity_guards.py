@@ -18,6 +18,10 @@ from typing import Any
 
 import pytest
 
+from store_helpers import call_ok as _call
+from store_helpers import no_env_keyring as _no_env_keyring  # noqa: F401 (autouse)
+from store_helpers import session_files as _files
+from store_helpers import update_variable
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler
 from stuisession.cli.app import main
 from stuisession.codec import journal
@@ -27,7 +31,7 @@ from stuisession.errors import (
     SessionNotFound,
     StorageError,
 )
-from stuisession.keys import ENV_KEYRING, Keyring
+from stuisession.keys import Keyring
 from stuisession.state import lifecycle
 from stuisession.stores.file import hwm
 from stuisession.stores.file.layout import session_stem
@@ -35,33 +39,9 @@ from stuisession.stores.file.layout import session_stem
 OPTIONS: dict[str, Any] = {"fsync": False, "lock_stripes": 4}
 
 
-@pytest.fixture(autouse=True)
-def _no_env_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_KEYRING, raising=False)
-
-
-def _call(h: ProtocolHandler, command: str, **params: Any) -> dict[str, Any]:
-    reply = h.handle({"id": "x", "command": command, "parameters": params})
-    assert reply["status"] == "success", reply
-    result: dict[str, Any] = reply["result"]
-    return result
-
-
 def _update(h: ProtocolHandler, sid: str, name: str, value: int) -> int:
-    changes = {"workspaces": {"default": {"variables": {name: value}}}}
-    revision: int = _call(h, "update_session_state", session_id=sid, changes=changes)["revision"]
+    revision: int = update_variable(h, sid, name, value)["revision"]
     return revision
-
-
-def _files(root: Path, sid: str) -> dict[str, Path]:
-    stem = session_stem(root, sid)
-    shard = root / "sessions" / stem[:2]
-    return {
-        "snap": shard / f"{stem}.snap",
-        "backup": shard / f"{stem}.snap.1",
-        "journal": shard / f"{stem}.jnl",
-        "hwm": shard / f"{stem}.hwm",
-    }
 
 
 def _session(root: Path, *, compact_after: int = 1, updates: int = 4) -> tuple[str, int]:

@@ -15,20 +15,17 @@ from typing import Any
 
 import pytest
 
+from store_helpers import call_ok as _ok
+from store_helpers import no_env_keyring as _no_env_keyring  # noqa: F401 (autouse)
+from store_helpers import session_files as _files
+from store_helpers import update_variable as _update
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler, SessionService
 from stuisession.cli.app import main
 from stuisession.codec import journal
 from stuisession.errors import IntegrityError
-from stuisession.keys import ENV_KEYRING
 from stuisession.security.audit import AuditLog, iter_session_events
-from stuisession.stores.file.layout import session_stem
 
 OPTIONS: dict[str, Any] = {"fsync": False, "lock_stripes": 4}
-
-
-@pytest.fixture(autouse=True)
-def _no_env_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_KEYRING, raising=False)
 
 
 def _handler(root: Path) -> tuple[ProtocolHandler, FileStore, AuditLog]:
@@ -36,28 +33,6 @@ def _handler(root: Path) -> tuple[ProtocolHandler, FileStore, AuditLog]:
     audit = AuditLog(root / "audit.log", keyring=store.codec.keyring, fsync=False)
     service = SessionService(store, Policy(), clock=ManualClock(), audit=audit)
     return ProtocolHandler(service=service), store, audit
-
-
-def _ok(h: ProtocolHandler, command: str, **params: Any) -> dict[str, Any]:
-    reply = h.handle({"id": command, "command": command, "parameters": params})
-    assert reply["status"] == "success", reply
-    result: dict[str, Any] = reply["result"]
-    return result
-
-
-def _update(h: ProtocolHandler, sid: str, name: str, value: int) -> dict[str, Any]:
-    changes = {"workspaces": {"default": {"variables": {name: value}}}}
-    return _ok(h, "update_session_state", session_id=sid, changes=changes)
-
-
-def _files(root: Path, sid: str) -> dict[str, Path]:
-    stem = session_stem(root, sid)
-    shard = root / "sessions" / stem[:2]
-    return {
-        "snap": shard / f"{stem}.snap",
-        "backup": shard / f"{stem}.snap.1",
-        "journal": shard / f"{stem}.jnl",
-    }
 
 
 def _cut_journal(root: Path, sid: str, store: FileStore) -> None:

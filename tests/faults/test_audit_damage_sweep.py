@@ -27,10 +27,11 @@ from typing import Any
 
 import pytest
 
+from store_helpers import call_ok as _call
+from store_helpers import no_env_keyring as _no_env_keyring  # noqa: F401 (autouse)
 from stuisession import FileStore, ManualClock, Policy, ProtocolHandler, SessionService
 from stuisession.cli.app import build_parser, main
 from stuisession.errors import StuiSessionError
-from stuisession.keys import ENV_KEYRING
 from stuisession.security.audit import AuditLog
 from stuisession.stores.file.layout import session_stem
 
@@ -38,18 +39,6 @@ FULL = bool(int(os.environ.get("STUISESSION_FAULT_ITERATIONS", "0") or 0))
 STRIDE = 1 if FULL else 3
 UPDATES = 4 if FULL else 2
 OPTIONS: dict[str, Any] = {"fsync": False, "lock_stripes": 1, "backups": 1, "cache_bytes": 0}
-
-
-@pytest.fixture(autouse=True)
-def _no_env_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_KEYRING, raising=False)
-
-
-def _call(h: ProtocolHandler, command: str, **params: Any) -> dict[str, Any]:
-    reply = h.handle({"id": "x", "command": command, "parameters": params})
-    assert reply["status"] == "success", reply
-    result: dict[str, Any] = reply["result"]
-    return result
 
 
 @pytest.fixture(scope="module")

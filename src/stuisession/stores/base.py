@@ -526,13 +526,17 @@ class SessionStore(ChangeNotices, abc.ABC):
         meanwhile are skipped. *progress* is called with the count done.
         """
         for i, item in enumerate(self.verify_items() if items is None else items, 1):
-            blob = self._get(item.session_id)
+            blob = self._verify_read(item)
             if blob is not None:
                 reason = check_blob(self.codec, blob, item.session_id)
                 if reason is not None:
                     yield VerifyProblem(item.session_id, reason, item.path)
             if progress is not None:
                 progress(i)
+
+    def _verify_read(self, item: VerifyItem) -> bytes | None:
+        """The stored blob :meth:`verify` checks for *item* (None: vanished meanwhile)."""
+        return self._get(item.session_id)
 
     def anchor_audit(self, source: AuditAnchorSource | None) -> None:
         """Record the audit log's position (*source*) with every acknowledged write.

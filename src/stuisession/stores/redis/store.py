@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from stuisession.codec.notice import open_notice, seal_notice
@@ -16,12 +16,9 @@ from stuisession.state.model import Session, SessionInfo
 from stuisession.stores.base import (
     ChangeEvent,
     ChangeListener,
-    Progress,
     SessionStore,
     StoreStatistics,
     VerifyItem,
-    VerifyProblem,
-    check_blob,
 )
 from stuisession.stores.redis import notices, reads, urls
 from stuisession.stores.redis.durability import (
@@ -454,20 +451,12 @@ class RedisStore(SessionStore):
             return super().verify_items()
         return reads.verify_items(self._client, self._errors, self._keys, self.codec)
 
-    def verify(
-        self, items: Iterable[VerifyItem] | None = None, *, progress: Progress | None = None
-    ) -> Iterator[VerifyProblem]:
-        """As :meth:`SessionStore.verify`; an item with a ``path`` is read from that key."""
-        for i, item in enumerate(self.verify_items() if items is None else items, 1):
-            key = item.path or self.session_key(item.session_id)
-            with self._errors.errors("read a session"):
-                blob = self._client.hget(key, "blob")
-            if blob is not None:
-                reason = check_blob(self.codec, blob, item.session_id)
-                if reason is not None:
-                    yield VerifyProblem(item.session_id, reason, item.path)
-            if progress is not None:
-                progress(i)
+    def _verify_read(self, item: VerifyItem) -> bytes | None:
+        # an item with a ``path`` (an unreadable record listed by its key) is read there
+        key = item.path or self.session_key(item.session_id)
+        with self._errors.errors("read a session"):
+            blob: bytes | None = self._client.hget(key, "blob")
+        return blob
 
     def iter_infos(self) -> Iterator[SessionInfo]:
         """Every readable session record (heads are read in pipelined batches)."""
