@@ -99,6 +99,9 @@ def test_serve_until_sigint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     store = tmp_path / "store"
     outcome: dict[str, object] = {}
+    # whatever this process started with (SIG_IGN when a non-interactive shell ran the
+    # suite with `&`): serve installs its own handlers and must put these back
+    before = signal.getsignal(signal.SIGINT)
 
     def client() -> None:
         ctx = zmq.Context()
@@ -163,7 +166,7 @@ def test_serve_until_sigint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert (store / "keyring.json").exists()
     assert oct((store / "keyring.json").stat().st_mode & 0o777) == "0o600"
     # the previous handlers are back
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     assert json.dumps(reply)  # plain JSON
 
 
