@@ -177,47 +177,50 @@ def loads_limited(
         if not isinstance(data, bytes):  # a zero-copy buffer: json reads str or bytes
             data = _jsonscan.decode_utf8(data)
     max_digits = limits.max_int_digits
-    max_keys = limits.max_object_keys
 
     def parse_int(text: str) -> int:
-        digits = len(text) - (text[0] == "-")
-        if digits > max_digits:
-            raise LimitExceeded(
-                f"message holds an integer of more than {max_digits} digits",
-                "max_int_digits",
-                max_digits,
-            )
+        _int_digits(text, max_digits)
         return int(text)
 
     def parse_float(text: str) -> float:
-        if len(text) > max_digits + 32:  # float() is linear, but bound the literal anyway
-            raise LimitExceeded(
-                f"message holds a number of more than {max_digits} digits",
-                "max_int_digits",
-                max_digits,
-            )
+        _check_float_literal(text, max_digits)
         return float(text)
 
-    object_hook = _object_hook(max_keys)
-
-    text = data
     value = json.loads(
-        text,
+        data,
         parse_int=parse_int,
         parse_float=parse_float,
         parse_constant=_refuse_constant,
-        object_hook=object_hook,
+        object_hook=_object_hook(limits.max_object_keys),
     )
     if not refuse_surrogates:
         return value
-    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
-    if (
-        refuse_surrogates
-        and _SURROGATE_ESCAPE.search(raw) is not None
-        and has_lone_surrogate(value)
-    ):
+    raw = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    if _SURROGATE_ESCAPE.search(raw) is not None and has_lone_surrogate(value):
         raise ValueError("message holds a lone surrogate (a \\uD800-\\uDFFF escape not in a pair)")
     return value
+
+
+def _int_digits(text: str, max_digits: int) -> int:
+    """The digit count of the integer literal *text*; :class:`LimitExceeded` over *max_digits*."""
+    digits = len(text) - (text[0] == "-")
+    if digits > max_digits:
+        raise LimitExceeded(
+            f"message holds an integer of more than {max_digits} digits",
+            "max_int_digits",
+            max_digits,
+        )
+    return digits
+
+
+def _check_float_literal(text: str, max_digits: int) -> None:
+    """:class:`LimitExceeded` for a number literal longer than *max_digits* + 32 characters."""
+    if len(text) > max_digits + 32:  # float() is linear, but bound the literal anyway
+        raise LimitExceeded(
+            f"message holds a number of more than {max_digits} digits",
+            "max_int_digits",
+            max_digits,
+        )
 
 
 #: decimal digits of the longest integer :func:`check_json_value` accepts (MAX_INT_BITS)
@@ -292,24 +295,12 @@ def loads_request(
     plain = [True]
 
     def parse_int(text: str) -> int:
-        digits = len(text) - (text[0] == "-")
-        if digits > max_digits:
-            raise LimitExceeded(
-                f"message holds an integer of more than {max_digits} digits",
-                "max_int_digits",
-                max_digits,
-            )
-        if digits > _MAX_CHECKED_DIGITS:
+        if _int_digits(text, max_digits) > _MAX_CHECKED_DIGITS:
             plain[0] = False
         return int(text)
 
     def parse_float(text: str) -> float:
-        if len(text) > max_digits + 32:
-            raise LimitExceeded(
-                f"message holds a number of more than {max_digits} digits",
-                "max_int_digits",
-                max_digits,
-            )
+        _check_float_literal(text, max_digits)
         value = float(text)
         if not math.isfinite(value):  # 1e999: the field checks say which field
             plain[0] = False

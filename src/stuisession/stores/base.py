@@ -192,6 +192,17 @@ def state_part_sizes(state: SessionState) -> dict[str, int]:
     return {k: len(_json.dumps(v)) for k, v in to_wire_dict(state).items()}
 
 
+def check_snapshot_size(blob: bytes, max_size: int | None, state: SessionState) -> None:
+    """:class:`StateTooLarge` (naming each part's size) if *blob* is over *max_size* bytes."""
+    if max_size is not None and len(blob) > max_size:
+        raise StateTooLarge(
+            f"session snapshot would be {len(blob)} bytes, over the limit of {max_size}",
+            size=len(blob),
+            limit=max_size,
+            parts=state_part_sizes(state),
+        )
+
+
 def check_successor(new: SessionInfo, expected: SessionInfo) -> None:
     """Refuse a write whose record does not follow *expected* (a caller bug).
 
@@ -383,13 +394,7 @@ class SessionStore(ChangeNotices, abc.ABC):
 
     def _encode(self, session: Session, max_size: int | None) -> bytes:
         blob = self.codec.encode(session)
-        if max_size is not None and len(blob) > max_size:
-            raise StateTooLarge(
-                f"session snapshot would be {len(blob)} bytes, over the limit of {max_size}",
-                size=len(blob),
-                limit=max_size,
-                parts=state_part_sizes(session.state),
-            )
+        check_snapshot_size(blob, max_size, session.state)
         return blob
 
     def save_info(self, snapshot: Snapshot, info: SessionInfo, *, expected: SessionInfo) -> None:

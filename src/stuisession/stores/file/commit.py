@@ -15,10 +15,10 @@ import attrs
 
 from stuisession import _json
 from stuisession.codec.snapshot import SnapshotCodec
-from stuisession.errors import ConflictError, IntegrityError, SessionNotFound, StateTooLarge
+from stuisession.errors import ConflictError, IntegrityError, SessionNotFound
 from stuisession.state.forms import to_wire_dict
 from stuisession.state.model import Session, SessionInfo
-from stuisession.stores.base import state_part_sizes
+from stuisession.stores.base import check_snapshot_size
 from stuisession.stores.file.atomic import FileWriter
 from stuisession.stores.file.cache import HeadCache
 from stuisession.stores.file.journal import HeadReader, JournalWriter
@@ -36,7 +36,8 @@ def encode_sized(
 
     *raw*: wire sections whose value is exactly these validated JSON bytes (a
     section the last update replaced wholesale): spliced, not encoded again.
-    Raises :class:`~stuisession.errors.StateTooLarge` as ``SessionStore._encode`` does.
+    Raises :class:`~stuisession.errors.StateTooLarge` as ``SessionStore._encode`` does
+    (:func:`~stuisession.stores.base.check_snapshot_size`).
     """
     wire = to_wire_dict(session.state)
     if raw:
@@ -45,13 +46,7 @@ def encode_sized(
     else:
         state_json = _json.dumps(wire)
     blob = codec.encode_state_json(session.info, state_json)
-    if max_size is not None and len(blob) > max_size:
-        raise StateTooLarge(
-            f"session snapshot would be {len(blob)} bytes, over the limit of {max_size}",
-            size=len(blob),
-            limit=max_size,
-            parts=state_part_sizes(session.state),
-        )
+    check_snapshot_size(blob, max_size, session.state)
     return blob, len(state_json)
 
 
