@@ -27,6 +27,11 @@ def _optional_positive(inst: Any, attribute: attrs.Attribute[Any], value: float 
         raise ConfigurationError(f"{attribute.name} must be positive or None, got {value!r}")
 
 
+def _optional_share(inst: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not 0 < value <= 1:
+        raise ConfigurationError(f"{attribute.name} must be in (0, 1] or None, got {value!r}")
+
+
 def default_touch_granularity(session_timeout: int) -> int:
     """How often access times are persisted for *session_timeout*: timeout/4, 1..60 s."""
     return max(1, min(60, session_timeout // 4))
@@ -117,6 +122,12 @@ class Policy:
     max_queued_bytes_per_connection: int = attrs.field(default=64 * MB, validator=_positive)
     #: bytes of replies all connections together may have waiting to be sent
     max_queued_bytes: int = attrs.field(default=256 * MB, validator=_positive)
+    #: bytes per second of large requests (over 64 KiB) one bridge starts handling;
+    #: more wait their turn (``bridge/pacing.py``; None: unpaced)
+    large_request_rate: float | None = attrs.field(default=64 * MB, validator=_optional_positive)
+    #: fraction (0, 1] of wall time one bridge spends handling large requests; more
+    #: wait their turn (``bridge/pacing.py``; None: unbounded)
+    large_request_share: float | None = attrs.field(default=0.25, validator=_optional_share)
     #: complete messages queued per connection in ZeroMQ (send and receive high-water marks)
     socket_hwm: int = attrs.field(default=1000, validator=_positive)
     #: sessions the store may hold in total (None: no cap)

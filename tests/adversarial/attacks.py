@@ -118,9 +118,11 @@ def _many_keys() -> bytes:
     ).encode()
 
 
-def cpu_valid_json(serve: Serve, connections: int = 8, per_connection: int = 6) -> int:
+def cpu_valid_json(
+    serve: Serve, connections: int = 8, per_connection: int = 6, bodies: list[bytes] | None = None
+) -> int:
     """Valid JSON that is expensive to parse: 3,900-digit integers and 650k keys."""
-    bodies = [_long_integers(), _many_keys()]
+    bodies = bodies or [_long_integers(), _many_keys()]
     failures: list[Any] = []
 
     def attacker(n: int) -> None:
@@ -241,3 +243,20 @@ def connection_growth(serve: Serve, connections: int = 3000) -> int:
         finally:
             sock.close()
     return connections
+
+
+def _medium_bodies() -> list[bytes]:
+    """The costly bodies of :func:`cpu_valid_json`, cut to just under 1 MiB each."""
+    ints = {"workspaces": {"default": {"variables": {"v": [int("9" * 3900)] * 250}}}}
+    keys = {f"k{i}": 0 for i in range(75_000)}
+    return [
+        json.dumps(
+            {"id": "m", "command": "update_session_state", "parameters": {"changes": c}}
+        ).encode()
+        for c in (ints, keys)
+    ]
+
+
+def cpu_valid_json_medium(serve: Serve, connections: int = 8, per_connection: int = 12) -> int:
+    """:func:`cpu_valid_json` with bodies under 1 MiB (8x as many, the same bytes in all)."""
+    return cpu_valid_json(serve, connections, per_connection, bodies=_medium_bodies())

@@ -77,52 +77,89 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 
 class ProcMeter:
-    """Memory and CPU of one process from ``/proc/<pid>``."""
+    """Memory and CPU of a process **and its child processes** from ``/proc``.
+
+    ``serve`` runs worker processes behind a supervisor (``--workers``, by default
+    the number of cores, and a process for large requests): what the bridge holds
+    is the sum over all of them.
+    """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._peak = 0
+        self._hwm: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def status(self, field: str) -> int:
+    def pids(self) -> list[int]:
+        """This process and its children (the worker processes)."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.pid, *map(int, children)]
+
+    @staticmethod
+    def _status(pid: int, field: str) -> int:
         """A ``kB`` field of ``/proc/<pid>/status`` in bytes."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
         raise KeyError(field)
+
+    def status(self, field: str) -> int:
+        """A ``kB`` field of ``/proc/<pid>/status``, summed over the processes."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, KeyError):
+                total += self._status(pid, field)
+        return total
 
     def rss(self) -> int:
         return self.status("VmRSS")
 
     def cpu(self) -> float:
-        """utime + stime in seconds."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        """utime + stime in seconds, summed over the processes."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / TICKS
 
     def start_peak(self) -> None:
         """Start measuring the peak RSS from now (clear_refs, plus 20 ms sampling)."""
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
         self._peak = self.rss()
+        self._hwm = {}
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
+            self._record()
+
+    def _record(self) -> None:
+        total = 0
+        for pid in self.pids():
             with contextlib.suppress(OSError, KeyError):
-                self._peak = max(self._peak, self.rss())
+                rss = self._status(pid, "VmRSS")
+                total += rss
+                self._hwm[pid] = max(self._hwm.get(pid, 0), self._status(pid, "VmHWM"), rss)
+        self._peak = max(self._peak, total)
 
     def peak(self) -> int:
-        """Peak RSS since :meth:`start_peak` (the larger of VmHWM and the samples)."""
+        """Peak RSS since :meth:`start_peak`: the larger of the sampled sums and the
+        sum of each process's own peak (an upper bound: peaks need not coincide)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        with contextlib.suppress(OSError, KeyError):
-            self._peak = max(self._peak, self.status("VmHWM"), self.rss())
-        return self._peak
+        self._record()
+        return max(self._peak, sum(self._hwm.values()))
 
 
 class Serve:

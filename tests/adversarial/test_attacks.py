@@ -7,9 +7,10 @@ a small session alongside. The table is printed and written to
 measured"): bridge RSS under its configured bounds + 50 MB in every attack
 (except the unfinished multipart message, the documented residual risk, which
 must grow no more than the bytes sent); the benign p99 under 3x its unloaded
-p99 with 8 attacking connections (compared as a median over alternating rounds;
-not met on 2 cores: see the assertion); no
-file outside the store created, changed or truncated.
+p99 with 8 attacking connections (compared as a median over alternating rounds),
+for the issue's bodies (about 8 MB each) and for the same kind cut to just under
+1 MiB (which is parsed in full); no file outside the store created, changed or
+truncated.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from adversarial.harness import (
     table,
     tree_digest,
 )
+from stuisession.bridge.supervisor import default_workers
 from stuisession.stores._cost import DECODED_FACTOR
 
 pytestmark = pytest.mark.slow
@@ -44,9 +46,16 @@ RESULTS = ROOT / "benchmarks" / "results" / "adversarial.json"
 CPU_ROUNDS = 5
 #: the issue's margin over the configured bounds
 MARGIN = 50 * MB
-#: memory the configured bounds allow the bridge to hold: queued bytes, the two caches,
-#: and the working set of one largest state being decoded (DECODED_FACTOR x its JSON)
-CONFIGURED = POLICY["max_queued_bytes"] + CACHE_BOUNDS + DECODED_FACTOR * POLICY["max_state_bytes"]
+#: processes of a default ``serve``: a worker per core and the large-request lane
+#: (their parent, which owns the public socket, holds only queued replies)
+PROCESSES = default_workers() + 1
+#: memory the configured bounds allow the bridge to hold, summed over its processes:
+#: queued bytes (the parent's public socket, and each worker's own), and in each
+#: worker the two caches and the working set of one largest state being decoded
+#: (DECODED_FACTOR x its JSON)
+CONFIGURED = (PROCESSES + 1) * POLICY["max_queued_bytes"] + PROCESSES * (
+    CACHE_BOUNDS + DECODED_FACTOR * POLICY["max_state_bytes"]
+)
 
 
 #: (row name, function in attacks.py); each runs in a process of its own
@@ -79,6 +88,9 @@ def test_attacks_stay_within_bounds(tmp_path: Path) -> None:
         # cpu_valid_json (8 conns: 3900-digit ints, 650k keys): alternating rounds
         cpu_rows, cpu = latency_rounds(serve, benign, "cpu_valid_json", CPU_ROUNDS)
         rows += cpu_rows
+        # the same kind under 1 MiB: parsed in full (75k keys), 8x as many messages
+        medium_rows, medium = latency_rounds(serve, benign, "cpu_valid_json_medium", CPU_ROUNDS)
+        rows += medium_rows
         stats = serve.statistics()
     with serving(tmp_path / "strict", "--strict") as serve:
         benign = Benign(serve)
@@ -98,6 +110,11 @@ def test_attacks_stay_within_bounds(tmp_path: Path) -> None:
         "statistics_reply_bytes": len(json.dumps(stats)),
         "bridge_queues": stats.get("queues"),
         "cpu_valid_json": {**cpu, "target_p99_ratio": 3.0, "met": cpu["median_p99_ratio"] <= 3.0},
+        "cpu_valid_json_medium": {
+            **medium,
+            "target_p99_ratio": 3.0,
+            "met": medium["median_p99_ratio"] <= 3.0,
+        },
         "rows": rows,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -116,14 +133,15 @@ def test_attacks_stay_within_bounds(tmp_path: Path) -> None:
         elif growth > CONFIGURED + MARGIN:
             failures.append(row)
     assert not failures, failures
-    # The issue's target, p99 under 3x unloaded with 8 attacking connections, compared
-    # as the median over alternating rounds of (attacked p99 / unloaded p99). Measured
-    # on the 2-core reference machine after the chunked pre-scan (docs/security.md,
-    # "Latency under attack"): medians 4.0-5.5x (best rounds 3.2-3.3x), against 8-12x
-    # before it; the report records the rounds and whether 3x was met. Asserted, with
-    # margin for a machine busy with other work: the median stays fine and the p99
-    # ratio stays well below what it was before the pre-scan.
+    # The issue's target: p99 under 3x unloaded with 8 attacking connections, compared
+    # as the median over alternating rounds of (attacked p99 / unloaded p99); the median
+    # latency must not move much either. Met since large requests are paced and, behind
+    # the supervisor, handled by a process of their own (docs/security.md, "Latency
+    # under attack"): medians 1.4-1.9x (8 MB bodies) and 2.2-2.9x (under 1 MiB) on the
+    # idle 2-core reference machine, against 5.1x and 34x before.
     print(f"cpu_valid_json rounds: {cpu}")
-    assert cpu["median_p50_ratio"] < 3, cpu
-    assert cpu["median_p99_ratio"] < 8, cpu
+    print(f"cpu_valid_json_medium rounds: {medium}")
+    for summary in (cpu, medium):
+        assert summary["median_p50_ratio"] < 1.5, summary
+        assert summary["median_p99_ratio"] <= 3.0, summary
     assert report["statistics_reply_bytes"] < 64 * 1024

@@ -269,7 +269,7 @@ def test_twenty_clients_lose_no_acknowledged_update_across_two_sigkills(
             else:  # one worker dies; the supervisor starts another in its place
                 assert server.proc is not None
                 before = worker_pids(server.proc.pid)
-                assert len(before) == workers, before
+                assert len(before) == workers + 1, before  # and the large-request lane
                 os.kill(before[len(kills_at) % workers], signal.SIGKILL)
                 deadline = time.monotonic() + 30
                 while len(set(worker_pids(server.proc.pid)) - set(before)) < 1:
@@ -376,3 +376,54 @@ def test_two_bridges_share_one_redis(
         assert final["revision"] == before["revision"] + 2 * per_bridge
     for b in (first, second):
         assert "Traceback" not in b.stderr()
+
+
+# -- (c) the large-request lane keeps each connection's order -------------------------------
+def test_pipelined_large_and_small_requests_of_one_connection_keep_their_order(
+    tmp_path: Path, bridges: Callable[..., Bridge]
+) -> None:
+    """``serve --workers 2`` sends large requests to a process of their own (issue 17);
+    a DEALER that pipelines large and small updates of one session still has them
+    applied, and answered, in the order sent."""
+    bridge = bridges(str(tmp_path / "store"), "--workers", "2")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 60_000)
+    try:
+        sock.connect(bridge.endpoint)
+
+        def send(rid: str, command: str, **parameters: Any) -> None:
+            sock.send(
+                json.dumps({"id": rid, "command": command, "parameters": parameters}).encode()
+            )
+
+        send("c", "create_session", client_id="pipeliner")
+        created = json.loads(sock.recv())
+        sid = created["result"]["session_id"]
+        big = "x" * 200_000  # over the 64 KiB that makes a request large
+        sent = []
+        for i in range(12):
+            value = f"{big}{i}" if i % 3 != 1 else f"small-{i}"
+            sent.append(f"u{i}")
+            send(
+                f"u{i}",
+                "update_session_state",
+                session_id=sid,
+                state_data={"last": value, f"k{i}": i},
+                mode="merge",
+            )
+        replies = [json.loads(sock.recv()) for _ in sent]
+        assert [r["id"] for r in replies] == sent  # answered in the order sent
+        assert all(r["status"] == "success" for r in replies), replies
+        revisions = [r["result"]["revision"] for r in replies]
+        assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions)
+        send("r", "restore_session", session_id=sid)
+        restored = json.loads(sock.recv())["result"]
+        assert restored["session_state"]["last"] == f"{big}11"  # the last one sent wins
+        assert restored["session_state"]["k10"] == 10
+        assert restored["revision"] == revisions[-1]
+    finally:
+        sock.close()
+        ctx.term()
+    assert "Traceback" not in bridge.stderr()

@@ -49,6 +49,7 @@ from stuisession.bridge.connections import ConnectionTracker
 from stuisession.bridge.curve import CurveConfig
 from stuisession.bridge.forwarding import CaptureHooks, Upstream, capture_evaluation
 from stuisession.bridge.notify import Notifier
+from stuisession.bridge.pacing import LARGE_BYTES, Pacer
 from stuisession.bridge.replies import error_for, error_reply, peek_fields, split_frames
 from stuisession.bridge.requests import Job, RequestRouter
 from stuisession.bridge.sending import ReplySender
@@ -78,8 +79,8 @@ MAX_POLL_WAIT = 1.0
 BATCH = 64
 #: the members of ``parameters`` the serving thread reads to route a request
 _ROUTING_PARAMETERS = ("session_id", "client_id", "resume_token")
-#: requests larger than this are "heavy": few are parsed at once (bridge/workers.py)
-HEAVY_BYTES = 1024 * 1024
+#: requests larger than this are "heavy": one is parsed at a time, paced (bridge/pacing.py)
+HEAVY_BYTES = LARGE_BYTES
 #: bounds of the interval between sweeps of idle connections (seconds)
 MIN_CONNECTION_SWEEP = 0.05
 
@@ -117,6 +118,9 @@ class BridgeServer:
         :class:`~stuisession.bridge.notify.Notifier`; None: no notices).
     :param identity_client: maps a CURVE-authenticated ``User-Id`` to its client id,
         for subscriptions proved by identity (see ``bridge/notify.py``).
+    :param pace_share: this bridge's part (0, 1] of the policy's large-request
+        budget (``Policy.large_request_rate`` and ``large_request_share``): one of
+        *N* worker processes behind a supervisor gets 1/N.
     """
 
     def __init__(
@@ -135,10 +139,14 @@ class BridgeServer:
         curve: CurveConfig | None = None,
         notify: str | None = None,
         identity_client: Callable[[str], str | frozenset[str] | None] | None = None,
+        pace_share: float = 1.0,
     ) -> None:
         zmq = _zmq()
         self._zmq = zmq
         self.curve = curve
+        if not 0 < pace_share <= 1:
+            raise ValueError("pace_share must be in (0, 1]")
+        self.pace_share = pace_share
         self._authenticator: Any = None
         self.handler = handler
         #: answers each request on a worker thread (bridge/requests.py)
@@ -218,7 +226,7 @@ class BridgeServer:
         if not self._idle.is_set():
             raise RuntimeError("serve_forever is already running")
         self._idle.clear()
-        self._executor = KeyedExecutor(self.workers, self.max_pending)
+        self._executor = KeyedExecutor(self.workers, self.max_pending, pacer=self._pacer())
         try:
             poller = zmq.Poller()
             poller.register(self._socket, zmq.POLLIN)
@@ -265,6 +273,15 @@ class BridgeServer:
                 self.notifier.kick()
         finally:
             self._idle.set()
+
+    def _pacer(self) -> Pacer:
+        """The large-request pacer for this bridge's part of the policy's budget."""
+        policy = self.handler.policy
+        rate, share = policy.large_request_rate, policy.large_request_share
+        return Pacer(
+            None if rate is None else rate * self.pace_share,
+            None if share is None else share * self.pace_share,
+        )
 
     def stop(self) -> None:
         """Ask :meth:`serve_forever` to return. Safe from any thread and from signal handlers."""
@@ -379,7 +396,9 @@ class BridgeServer:
         job = Job(envelope, body, command, ident, started, identity, session_id, token, caller)
         assert self._executor is not None
         try:
-            self._executor.submit(key, lambda: self._work(job), heavy=len(body) > HEAVY_BYTES)
+            self._executor.submit(
+                key, lambda: self._work(job), heavy=len(body) > HEAVY_BYTES, size=len(body)
+            )
         except Busy as exc:
             self.budget.request_done(ident, len(body))
             reply = error_for(meta.get("id"), exc)

@@ -27,6 +27,16 @@ endpoint in a 0700 directory. A client's messages always go to the same worker
   private directory twice a second (the other workers' figures are at most
   about 0.5 s old).
 
+Large requests (over :data:`~stuisession.bridge.pacing.LARGE_BYTES`) go to one
+more process, the **large lane** (index *N*), so that parsing them never
+holds the GIL that small requests wait for (issue 17, ``tests/adversarial``:
+``json`` decodes and encodes a whole message in one C call). Order per
+connection still holds: while a connection has requests in flight on one
+process, its next requests follow them there, whatever their size; a request
+goes by its size only when its connection has none in flight. The lane holds
+the whole of the policy's large-request budget (``bridge/pacing.py``); each of
+the *N* workers holds 1/N of it, for the large requests that follow small ones.
+
 Failure. A worker that dies (SIGKILL, crash) is restarted on the same endpoint;
 requests it had accepted but not answered get no reply and the client's
 timeout-and-resend (lazy pirate, as for a bridge restart) covers them: nothing
@@ -55,6 +65,7 @@ from typing import Any
 import attrs
 
 from stuisession.bridge.budget import QueueBudget, send_tracked
+from stuisession.bridge.pacing import LARGE_BYTES
 from stuisession.bridge.replies import error_for, error_reply, peek_fields
 from stuisession.errors import Busy, StuiSessionError
 from stuisession.policy import Policy
@@ -89,6 +100,8 @@ class WorkerConfig:
     #: only one worker runs the periodic expiry sweep (the others would repeat it)
     sweeper: bool
     parent_pid: int
+    #: this worker's part of the policy's large-request budget (``bridge/pacing.py``)
+    pace_share: float = 1.0
 
 
 #: builds one worker's server: ``factory(config, zmq_context) -> (server, cleanup)``;
@@ -133,7 +146,13 @@ class Supervisor:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._zmq = zmq
+        #: workers for requests by connection; one more process is the large lane
         self.n = workers
+        self.lane = workers
+        total = workers + 1
+        #: identity -> (process index, requests in flight there, last forward time)
+        self._inflight: dict[bytes, tuple[int, int, float]] = {}
+        self._idle_timeout = idle_timeout
         self.factory = factory
         self.log = logger if logger is not None else log
         self.started_at = time.time()
@@ -142,10 +161,10 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self._dir = tempfile.mkdtemp(prefix="stuisession-workers-")  # 0700
         with open(os.path.join(self._dir, "workers"), "w", encoding="ascii") as f:
-            f.write(str(workers))  # how many statistics files a worker adds up
+            f.write(str(total))  # how many statistics files a worker adds up
         self._ctx = zmq.Context()
-        self._procs: list[Any] = [None] * workers
-        self._started: list[float] = [0.0] * workers
+        self._procs: list[Any] = [None] * total
+        self._started: list[float] = [0.0] * total
         self.restarts = 0
         self._mp = multiprocessing.get_context("spawn")  # no fork of a zmq context
         # replies wait for a slow reader here, in the process owning the public socket:
@@ -168,7 +187,7 @@ class Supervisor:
                 fe.setsockopt(zmq.IPV6, 1)
             fe.bind(bind)
             self.bound_endpoint: str = fe.getsockopt_string(zmq.LAST_ENDPOINT)
-            for i in range(workers):
+            for i in range(total):
                 be = self._ctx.socket(zmq.DEALER)
                 be.setsockopt(zmq.IDENTITY, BROKER_ID)
                 be.setsockopt(zmq.LINGER, 0)
@@ -198,6 +217,7 @@ class Supervisor:
             started_at=self.started_at,
             sweeper=index == 0,
             parent_pid=os.getpid(),
+            pace_share=1.0 if index == self.lane else 1.0 / self.n,
         )
         proc = self._mp.Process(
             target=worker_main,
@@ -216,6 +236,8 @@ class Supervisor:
             code = proc.exitcode
             proc.join(0)
             self._procs[i] = None
+            # what it had in flight gets no reply: its connections may go anywhere now
+            self._inflight = {k: v for k, v in self._inflight.items() if v[0] != i}
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(_stats_path(self._dir, i))  # its connections are gone with it
             self.log.warning("worker %d (pid %d) exited with %s; restarting", i, proc.pid, code)
@@ -229,7 +251,7 @@ class Supervisor:
     def serve_forever(self) -> None:
         """Start the workers and move messages until :meth:`stop`; then drain and return."""
         zmq = self._zmq
-        for i in range(self.n):
+        for i in range(len(self._procs)):
             self._spawn(i)
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
@@ -249,6 +271,7 @@ class Supervisor:
             self.budget.refresh()
             if time.monotonic() >= next_check:
                 self._check_workers()
+                self._forget_stale()
                 self.budget.sweep()
                 self._publish()
                 next_check = time.monotonic() + 0.2
@@ -267,12 +290,47 @@ class Supervisor:
             except Busy as exc:
                 self._refuse(frames, exc)
                 continue
-            # the same connection always reaches the same worker
-            index = zlib.crc32(ident) % self.n
+            index = self._route(ident, len(frames[-1]))
             try:
                 self._backends[index].send_multipart(frames, zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self._refuse(frames, None)
+            else:
+                _, count, _ = self._inflight.get(ident, (index, 0, 0.0))
+                self._inflight[ident] = (index, count + 1, time.monotonic())
+
+    def _route(self, ident: bytes, size: int) -> int:
+        """The process for a request of *size* bytes from connection *ident*.
+
+        Behind the requests it has in flight, if any (so its order holds); else a
+        large request to the lane, a small one to the connection's own worker (a
+        hash of its identity: the same worker's reply cache sees its resends).
+        """
+        held = self._inflight.get(ident)
+        if held is not None:
+            return held[0]
+        if size > LARGE_BYTES:
+            return self.lane
+        return zlib.crc32(ident) % self.n
+
+    def _answered(self, ident: bytes) -> None:
+        """A reply to *ident* left a worker: one request fewer in flight."""
+        held = self._inflight.get(ident)
+        if held is None:
+            return
+        index, count, at = held
+        if count <= 1:
+            del self._inflight[ident]
+        else:
+            self._inflight[ident] = (index, count - 1, at)
+
+    def _forget_stale(self) -> None:
+        """Drop in-flight counts not moved for ``idle_timeout``: requests a worker
+        skipped unanswered (a dropped connection's) must not pin it for ever."""
+        cutoff = time.monotonic() - self._idle_timeout
+        stale = [k for k, (_, _, at) in self._inflight.items() if at < cutoff]
+        for k in stale:
+            del self._inflight[k]
 
     def _refuse(self, frames: list[Any], exc: StuiSessionError | None) -> None:
         """Answer a request with ``Busy`` (*exc*, or: the worker's queue is full)."""
@@ -296,6 +354,8 @@ class Supervisor:
                 return
             envelope = [f.bytes for f in frames[:-1]]
             body = frames[-1].bytes
+            if envelope:
+                self._answered(envelope[0])
             ident = envelope[0].hex() if envelope else ""
             # over the connection's or the total bound: a small Busy instead, sent
             # uncharged; an accepted reply stays charged until libzmq wrote it out

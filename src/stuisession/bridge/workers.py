@@ -6,12 +6,14 @@ parallel on up to ``workers`` threads. At most ``max_pending`` jobs wait or
 run at once; :meth:`KeyedExecutor.submit` refuses more with
 :class:`~stuisession.errors.Busy` (back-pressure instead of unbounded queues).
 
-Heavy jobs (the bridge marks requests over ``HEAVY_BYTES``) run at most
-``max_heavy`` at a time (default one per process): a few connections sending
-large messages that are costly to parse, and hold the GIL while it is done,
-can then never occupy every worker and stall small requests (issue 17, ``tests/adversarial``). A key
-whose next job is heavy waits its turn; other keys run meanwhile, so each
-key's order is kept.
+Heavy jobs (the bridge marks requests over
+:data:`~stuisession.bridge.pacing.LARGE_BYTES`) run at most ``max_heavy`` at a
+time (default one per process), and with a :class:`~stuisession.bridge.pacing.Pacer`
+start only as fast as its byte rate and time share allow: a few connections
+sending large messages that are costly to parse, and hold the GIL while it is
+done, can then neither occupy every worker nor take most of the process's time
+from small requests (issue 17, ``tests/adversarial``). A key whose next job is
+heavy waits its turn; other keys run meanwhile, so each key's order is kept.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
+from stuisession.bridge.pacing import Pacer
 from stuisession.errors import Busy
 
 Job = Callable[[], None]
@@ -47,7 +50,11 @@ class KeyedExecutor:
     """Thread pool with per-key FIFO ordering and a bound on queued work."""
 
     def __init__(
-        self, workers: int = 8, max_pending: int = 1024, max_heavy: int | None = None
+        self,
+        workers: int = 8,
+        max_pending: int = 1024,
+        max_heavy: int | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         if workers < 1 or max_pending < 1:
             raise ValueError("workers and max_pending must be positive")
@@ -57,11 +64,14 @@ class KeyedExecutor:
         #: under issue 17's attack on 2 cores; ``tests/adversarial``)
         self.max_heavy = 1 if max_heavy is None else max_heavy
         self._heavy_running = 0
+        #: paces heavy jobs (None: only ``max_heavy`` bounds them)
+        self.pacer = pacer
         self._lock = threading.Condition()
         self._ready: collections.deque[Hashable] = (
             collections.deque()
         )  # keys with work, not running
-        self._queues: dict[Hashable, collections.deque[tuple[Job, bool]]] = {}
+        #: per key: (job, heavy, size in bytes charged to the pacer)
+        self._queues: dict[Hashable, collections.deque[tuple[Job, bool, int]]] = {}
         self._running: set[Hashable] = set()
         self._pending = 0
         self._stopping = False
@@ -78,10 +88,11 @@ class KeyedExecutor:
         with self._lock:
             return self._pending
 
-    def submit(self, key: Hashable, job: Job, *, heavy: bool = False) -> None:
+    def submit(self, key: Hashable, job: Job, *, heavy: bool = False, size: int = 0) -> None:
         """Queue *job* behind the earlier jobs of *key*; :class:`Busy` when saturated.
 
-        A *heavy* job starts only while fewer than ``max_heavy`` heavy jobs run.
+        A *heavy* job starts only while fewer than ``max_heavy`` heavy jobs run and
+        the pacer (if any) allows; *size* (bytes) is what it is charged.
         """
         with self._lock:
             if self._stopping:
@@ -94,25 +105,27 @@ class KeyedExecutor:
                 queue = self._queues[key] = collections.deque()
                 if key not in self._running:
                     self._ready.append(key)
-            queue.append((job, heavy))
+            queue.append((job, heavy, size))
             self._lock.notify()
 
     def _run(self) -> None:
         while True:
             with self._lock:
                 while (key := self._next_key()) is None and not self._stopping:
-                    self._lock.wait()
+                    # a heavy job held back by the pacer only: wake when it may start
+                    self._lock.wait(self._paced_wait())
                 if key is None:
                     if self._ready:  # stopping, but heavy work is still to do
                         self._lock.wait(0.05)
                         continue
                     return  # stopping and nothing left to do
                 queue = self._queues[key]
-                job, heavy = queue.popleft()
+                job, heavy, size = queue.popleft()
                 if not queue:
                     del self._queues[key]
                 self._running.add(key)
                 self._heavy_running += heavy
+                paced_from = self.pacer.start(size) if heavy and self.pacer is not None else None
             try:
                 job()
             except Exception:  # pragma: no cover - jobs handle their own errors
@@ -122,6 +135,8 @@ class KeyedExecutor:
             finally:
                 with self._lock:
                     self._heavy_running -= heavy
+                    if paced_from is not None and self.pacer is not None:
+                        self.pacer.finish(paced_from)
                     self._running.discard(key)
                     self._pending -= 1
                     if key in self._queues:
@@ -132,13 +147,29 @@ class KeyedExecutor:
         """Take the first ready key whose next job may start now (lock held)."""
         if not self._ready:
             return None
-        if self._heavy_running < self.max_heavy:
+        if self._heavy_running < self.max_heavy and (
+            self.pacer is None or self.pacer.wait_time() == 0.0
+        ):
             return self._ready.popleft()
         for i, key in enumerate(self._ready):
             if not self._queues[key][0][1]:
                 del self._ready[i]
                 return key
         return None
+
+    def _paced_wait(self) -> float | None:
+        """Seconds until the pacer lets a waiting heavy job start (lock held); None:
+        nothing waits for the pacer (a finishing job notifies)."""
+        if self.pacer is None or self._heavy_running >= self.max_heavy or not self._ready:
+            return None
+        wait = self.pacer.wait_time()
+        return wait if wait > 0 else None
+
+    @property
+    def heavy_waiting(self) -> int:
+        """Heavy jobs queued and not yet started."""
+        with self._lock:
+            return sum(heavy for q in self._queues.values() for _, heavy, _ in q)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no job is queued or running; True if that happened in time."""

@@ -384,7 +384,11 @@ def _serve_workers(
         raise Fail(f"cannot bind {args.bind}: {exc}") from None
     with supervisor:
         text = banner(args, supervisor.bound_endpoint, run_policy, redis_store, durability)
-        print(f"{text}\n  workers: {workers} processes", file=sys.stderr, flush=True)
+        print(
+            f"{text}\n  workers: {workers} processes (and one for large requests)",
+            file=sys.stderr,
+            flush=True,
+        )
         _announce_transport(supervisor.bound_endpoint, None)
         with SignalStop(supervisor.stop):
             supervisor.serve_forever()
@@ -421,6 +425,8 @@ def _worker_server(settings: dict[str, Any], config: Any, context: Any) -> tuple
             idle_timeout=settings["idle_timeout"],
             # one worker sweeps expired sessions; the others would repeat its work
             sweep_interval=None if config.sweeper else 365 * 86400.0,
+            # the policy's large-request budget is for the whole bridge (bridge/pacing.py)
+            pace_share=config.pace_share,
         )
     except BaseException:
         if upstream is not None:

@@ -1,0 +1,236 @@
+"""Large-request pacing (issue 17): two token buckets, the executor's lane, the supervisor's lane.
+
+The latency these protect is measured against a real ``serve`` in
+``tests/adversarial`` (``cpu_valid_json``, ``cpu_valid_json_medium``); here each
+mechanism is checked on its own, on a manual clock where time matters.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from stuisession.bridge.pacing import BURST_SECONDS, LARGE_BYTES, Pacer
+from stuisession.bridge.supervisor import Supervisor
+from stuisession.bridge.workers import KeyedExecutor
+from stuisession.errors import ConfigurationError
+from stuisession.policy import Policy
+
+MB = 1024 * 1024
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_large_requests_start_no_faster_than_the_byte_rate() -> None:
+    clock = ManualClock()
+    pacer = Pacer(10 * MB, None, clock=clock)
+    burst = int(10 * MB * BURST_SECONDS)  # 5 MB
+    assert pacer.wait_time() == 0.0
+    pacer.start(burst)  # the burst is spent
+    # 4 MB more would take 0.4 s of the rate: the next request waits for it
+    assert pacer.wait_time() == 0.0  # the bucket is empty, not in debt
+    pacer.start(4 * MB)
+    assert pacer.wait_time() == pytest.approx(0.4)
+    clock.now += 0.3
+    assert pacer.wait_time() == pytest.approx(0.1)
+    clock.now += 0.1
+    assert pacer.wait_time() == 0.0
+
+
+def test_a_request_larger_than_the_burst_still_runs_and_its_debt_delays_the_next() -> None:
+    clock = ManualClock()
+    pacer = Pacer(1 * MB, None, clock=clock)
+    assert pacer.wait_time() == 0.0
+    pacer.start(8 * MB)  # 0.5 MB of burst, 7.5 MB of debt
+    assert pacer.wait_time() == pytest.approx(7.5)
+
+
+def test_large_requests_take_no_more_than_their_share_of_wall_time() -> None:
+    clock = ManualClock()
+    pacer = Pacer(None, 0.25, clock=clock)
+    started = pacer.start(10 * MB)  # bytes are not counted without a rate
+    clock.now += 1.0  # the request ran for a second (0.125 s of burst, 0.25 s refilled)
+    pacer.finish(started)
+    # 1 s busy at a 25% share: the lane rests until busy time is 25% of the whole
+    assert pacer.wait_time() == pytest.approx((1.0 - 0.25 - 0.25 * BURST_SECONDS) / 0.25)
+    clock.now += 100
+    assert pacer.wait_time() == 0.0
+    # a full bucket holds BURST_SECONDS of the share, no more
+    started = pacer.start(1)
+    clock.now += 0.25 * BURST_SECONDS
+    pacer.finish(started)
+    assert pacer.wait_time() == 0.0
+
+
+def test_an_unpaced_pacer_never_waits() -> None:
+    pacer = Pacer(None, None)
+    for _ in range(100):
+        pacer.finish(pacer.start(100 * MB))
+    assert pacer.wait_time() == 0.0
+
+
+@pytest.mark.parametrize(("rate", "share"), [(0, None), (-1.0, None), (None, 0), (None, 1.5)])
+def test_pacer_refuses_meaningless_bounds(rate: float | None, share: float | None) -> None:
+    with pytest.raises(ValueError, match=r"rate|share"):
+        Pacer(rate, share)
+
+
+@pytest.mark.parametrize(
+    "field", [{"large_request_rate": 0}, {"large_request_share": 0}, {"large_request_share": 2}]
+)
+def test_policy_refuses_meaningless_large_request_bounds(field: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError, match="large_request"):
+        Policy(**field)  # type: ignore[arg-type]
+
+
+def test_policy_paces_large_requests_by_default() -> None:
+    policy = Policy()
+    assert policy.large_request_rate == 64 * MB
+    assert policy.large_request_share == 0.25
+
+
+def test_small_jobs_run_while_a_large_one_waits_for_the_pacer() -> None:
+    """A heavy job held back by the pacer holds back no small job; it starts once the
+    clock says the bucket has refilled (no sleeping on real time to decide it)."""
+    clock = ManualClock()
+    pacer = Pacer(1 * MB, None, clock=clock)
+    pool = KeyedExecutor(workers=2, max_pending=16, pacer=pacer)
+    started: list[str] = []
+    lock = threading.Lock()
+    second = threading.Event()
+
+    def job(name: str, done: threading.Event | None = None) -> None:
+        with lock:
+            started.append(name)
+        if done is not None:
+            done.set()
+
+    try:
+        first = threading.Event()
+        pool.submit("a", lambda: job("large-1", first), heavy=True, size=2 * MB)
+        assert first.wait(10)
+        pool.submit("b", lambda: job("large-2", second), heavy=True, size=2 * MB)
+        small = threading.Event()
+        pool.submit("c", lambda: job("small", small))
+        assert small.wait(10), "a small job waited behind a paced one"
+        assert not second.is_set()
+        assert pool.heavy_waiting == 1
+        clock.now += 1.5  # the 1.5 MB of debt is paid off
+        assert second.wait(10), "the paced job did not start once the bucket refilled"
+    finally:
+        assert pool.drain(30)
+        pool.shutdown()
+    assert started == ["large-1", "small", "large-2"]
+
+
+def test_large_requests_keep_their_key_order_behind_the_pacer() -> None:
+    clock = ManualClock()
+    pool = KeyedExecutor(workers=4, max_pending=64, pacer=Pacer(1 * MB, None, clock=clock))
+    seen: list[int] = []
+    try:
+        for i in range(6):
+            pool.submit("s", lambda i=i: seen.append(i), heavy=i % 2 == 0, size=MB)
+        for _ in range(600):  # each heavy one waits for 1 s of the manual clock
+            if pool.drain(0.05):
+                break
+            clock.now += 0.5
+        assert pool.drain(30)
+    finally:
+        pool.shutdown()
+    assert seen == list(range(6))
+
+
+# -- the supervisor's large-request lane ---------------------------------------------------
+@pytest.fixture
+def supervisor() -> Iterator[Supervisor]:
+    sup = Supervisor(
+        "tcp://127.0.0.1:*",
+        2,
+        lambda config, context: (None, lambda: None),
+        policy=Policy(),
+        idle_timeout=60.0,
+    )
+    try:
+        yield sup
+    finally:
+        sup.close()
+
+
+def test_large_requests_go_to_the_lane_and_small_ones_to_their_connections_worker(
+    supervisor: Supervisor,
+) -> None:
+    assert supervisor.lane == 2
+    for n in range(20):
+        ident = f"conn-{n}".encode()
+        assert supervisor._route(ident, LARGE_BYTES + 1) == supervisor.lane
+        small = supervisor._route(ident, LARGE_BYTES)
+        assert small != supervisor.lane
+        assert supervisor._route(ident, 100) == small  # the same worker each time
+
+
+def test_a_connections_requests_follow_the_ones_it_has_in_flight(supervisor: Supervisor) -> None:
+    """Per-connection order across lanes: a small request sent while the connection's
+    large one is in flight goes where that one went, and vice versa."""
+    ident = b"pipelining-dealer"
+    small_home = supervisor._route(ident, 10)
+
+    def forward(size: int) -> int:
+        index = supervisor._route(ident, size)
+        _, count, _ = supervisor._inflight.get(ident, (index, 0, 0.0))
+        supervisor._inflight[ident] = (index, count + 1, 0.0 + 1e9)
+        return index
+
+    assert forward(2 * LARGE_BYTES) == supervisor.lane
+    assert forward(10) == supervisor.lane  # behind the large one
+    supervisor._answered(ident)
+    assert forward(10) == supervisor.lane  # one still in flight there
+    supervisor._answered(ident)
+    supervisor._answered(ident)
+    assert ident not in supervisor._inflight
+    assert forward(10) == small_home  # nothing in flight: by size again
+    assert forward(2 * LARGE_BYTES) == small_home  # behind the small one
+    supervisor._answered(ident)
+    supervisor._answered(ident)
+    assert supervisor._route(ident, 2 * LARGE_BYTES) == supervisor.lane
+
+
+def test_unanswered_requests_do_not_pin_a_connection_for_ever(supervisor: Supervisor) -> None:
+    ident = b"dropped-connection"
+    supervisor._inflight[ident] = (supervisor.lane, 3, 0.0)  # forwarded long ago
+    supervisor._inflight[b"recent"] = (supervisor.lane, 1, float("inf"))
+    supervisor._forget_stale()
+    assert ident not in supervisor._inflight
+    assert b"recent" in supervisor._inflight
+    supervisor._answered(b"never-seen")  # a reply for nothing counted is ignored
+
+
+def test_the_lane_holds_the_whole_budget_and_each_worker_its_part(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configs = []
+
+    class FakeProcess:
+        pid = 1
+
+        def __init__(self, target: object, args: tuple[object, object], name: str) -> None:
+            configs.append(args[1])
+
+        def start(self) -> None:
+            pass
+
+        def is_alive(self) -> bool:
+            return False
+
+    monkeypatch.setattr(supervisor._mp, "Process", FakeProcess)
+    for i in range(3):
+        supervisor._spawn(i)
+    assert [c.pace_share for c in configs] == [0.5, 0.5, 1.0]
+    assert [c.sweeper for c in configs] == [True, False, False]
