@@ -56,24 +56,47 @@ def test_a_request_larger_than_the_burst_still_runs_and_its_debt_delays_the_next
 def test_large_requests_take_no_more_than_their_share_of_wall_time() -> None:
     clock = ManualClock()
     pacer = Pacer(None, 0.25, clock=clock)
-    started = pacer.start(10 * MB)  # bytes are not counted without a rate
-    clock.now += 1.0  # the request ran for a second (0.125 s of burst, 0.25 s refilled)
-    pacer.finish(started)
-    # 1 s busy at a 25% share: the lane rests until busy time is 25% of the whole
+    pacer.start(10 * MB)  # bytes are not counted without a rate
+    clock.now += 1.0  # it ran 1 s (0.125 s of burst, 0.25 s refilled)
+    pacer.finish(1.0)
+    # 1 s busy at a 25% share: large requests rest until that is 25% of the whole
     assert pacer.wait_time() == pytest.approx((1.0 - 0.25 - 0.25 * BURST_SECONDS) / 0.25)
     clock.now += 100
     assert pacer.wait_time() == 0.0
     # a full bucket holds BURST_SECONDS of the share, no more
-    started = pacer.start(1)
-    clock.now += 0.25 * BURST_SECONDS
-    pacer.finish(started)
+    pacer.start(1)
+    pacer.finish(0.25 * BURST_SECONDS)
     assert pacer.wait_time() == 0.0
+    pacer.start(1)
+    pacer.finish(0.1)
+    assert pacer.wait_time() == pytest.approx(0.1 / 0.25)
+
+
+def test_the_executor_charges_each_large_job_its_duration() -> None:
+    clock = ManualClock()
+    pacer = Pacer(None, 0.25, clock=clock)
+    pool = KeyedExecutor(workers=1, max_pending=4, pacer=pacer)
+
+    def runs_for(seconds: float) -> None:
+        clock.now += seconds
+
+    try:
+        pool.submit("a", lambda: runs_for(0.1), heavy=False)  # small jobs are free
+        assert pool.drain(30)
+        assert pacer.wait_time() == 0.0
+        pool.submit("a", lambda: runs_for(0.3), heavy=True, size=MB)
+        assert pool.drain(30)
+        # 0.125 s of burst + 0.075 s refilled - 0.3 s run: 0.1 s of debt at 25%
+        assert pacer.wait_time() == pytest.approx(0.1 / 0.25)
+    finally:
+        pool.shutdown()
 
 
 def test_an_unpaced_pacer_never_waits() -> None:
     pacer = Pacer(None, None)
     for _ in range(100):
-        pacer.finish(pacer.start(100 * MB))
+        pacer.start(100 * MB)
+        pacer.finish(10.0)
     assert pacer.wait_time() == 0.0
 
 
@@ -233,4 +256,5 @@ def test_the_lane_holds_the_whole_budget_and_each_worker_its_part(
     for i in range(3):
         supervisor._spawn(i)
     assert [c.pace_share for c in configs] == [0.5, 0.5, 1.0]
+    assert [c.lane for c in configs] == [False, False, True]
     assert [c.sweeper for c in configs] == [True, False, False]

@@ -122,7 +122,7 @@ class Policy:
     max_queued_bytes_per_connection: int = attrs.field(default=64 * MB, validator=_positive)
     #: bytes of replies all connections together may have waiting to be sent
     max_queued_bytes: int = attrs.field(default=256 * MB, validator=_positive)
-    #: bytes per second of large requests (over 64 KiB) one bridge starts handling;
+    #: bytes per second of large requests (over 8 KiB) one bridge starts handling;
     #: more wait their turn (``bridge/pacing.py``; None: unpaced)
     large_request_rate: float | None = attrs.field(default=64 * MB, validator=_optional_positive)
     #: fraction (0, 1] of wall time one bridge spends handling large requests; more

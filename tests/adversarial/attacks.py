@@ -129,7 +129,7 @@ def cpu_valid_json(
         sock = serve.socket(zmq.DEALER, timeout_ms=120_000)
         try:
             for i in range(per_connection):
-                sock.send(bodies[(n + i) % 2])
+                sock.send(bodies[(n + i) % len(bodies)])
                 reply = json.loads(sock.recv())
                 if reply.get("status") != "error":
                     failures.append(reply)
@@ -260,3 +260,52 @@ def _medium_bodies() -> list[bytes]:
 def cpu_valid_json_medium(serve: Serve, connections: int = 8, per_connection: int = 12) -> int:
     """:func:`cpu_valid_json` with bodies under 1 MiB (8x as many, the same bytes in all)."""
     return cpu_valid_json(serve, connections, per_connection, bodies=_medium_bodies())
+
+
+def _small_bodies() -> list[bytes]:
+    """The costly bodies of :func:`cpu_valid_json`, cut to just under 64 KiB each."""
+    ints = {"workspaces": {"default": {"variables": {"v": [int("9" * 3900)] * 16}}}}
+    keys = {f"k{i}": 0 for i in range(4_800)}
+    return [
+        json.dumps(
+            {"id": "s", "command": "update_session_state", "parameters": {"changes": c}}
+        ).encode()
+        for c in (ints, keys)
+    ]
+
+
+def cpu_valid_json_small(serve: Serve, connections: int = 8, per_connection: int = 400) -> int:
+    """:func:`cpu_valid_json` with bodies under 64 KiB (not "large": never paced)."""
+    return cpu_valid_json(serve, connections, per_connection, bodies=_small_bodies())
+
+
+def tiny_flood(serve: Serve, connections: int = 8, per_connection: int = 400) -> int:
+    """The same closed loop with a tiny request (a baseline: a plain request flood)."""
+    body = json.dumps(
+        {"id": "t", "command": "update_session_state", "parameters": {"changes": {"k": 1}}}
+    ).encode()
+    return cpu_valid_json(serve, connections, per_connection, bodies=[body])
+
+
+def _bodies_under(size: int) -> list[bytes]:
+    """The costly bodies of :func:`cpu_valid_json`, cut to just under *size* bytes each."""
+    head = {"id": "u", "command": "update_session_state", "parameters": {"changes": {}}}
+    overhead = len(json.dumps(head)) + 64
+    ints = {
+        "workspaces": {
+            "default": {"variables": {"v": [int("9" * 3900)] * max(1, (size - overhead) // 3902)}}
+        }
+    }
+    keys = {f"k{i}": 0 for i in range((size - overhead) // 14)}
+    bodies = [json.dumps({**head, "parameters": {"changes": c}}).encode() for c in (ints, keys)]
+    assert all(len(b) < size for b in bodies), [len(b) for b in bodies]
+    return bodies
+
+
+def cpu_valid_json_under_large(
+    serve: Serve, connections: int = 8, per_connection: int = 400
+) -> int:
+    """:func:`cpu_valid_json` with bodies just under the bridge's "large" threshold."""
+    from stuisession.bridge.pacing import LARGE_BYTES
+
+    return cpu_valid_json(serve, connections, per_connection, bodies=_bodies_under(LARGE_BYTES))

@@ -386,6 +386,14 @@ def test_pipelined_large_and_small_requests_of_one_connection_keep_their_order(
     a DEALER that pipelines large and small updates of one session still has them
     applied, and answered, in the order sent."""
     bridge = bridges(str(tmp_path / "store"), "--workers", "2")
+    assert bridge.proc is not None
+    # two workers and the lane, which runs at the lowest priority (bridge/supervisor.py)
+    deadline = time.monotonic() + 60
+    while len(pids := worker_pids(bridge.proc.pid)) < 3:
+        assert time.monotonic() < deadline, pids
+        time.sleep(0.05)
+    base = os.getpriority(os.PRIO_PROCESS, bridge.proc.pid)
+    assert sorted(os.getpriority(os.PRIO_PROCESS, pid) for pid in pids) == [base, base, 19]
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
