@@ -126,7 +126,8 @@ class Supervisor:
     """The parent of ``serve --workers N``: the public socket, the workers, restarts.
 
     :param bind: the public ZeroMQ endpoint (a ROUTER, as for a single bridge).
-    :param workers: worker processes (at least 1).
+    :param workers: worker processes (at least 1); one more is started for large
+        requests (the lane).
     :param factory: a picklable :data:`WorkerFactory` (a module-level function
         or a :func:`functools.partial` of one): it runs in each worker.
     :param policy: socket limits for the public socket (``max_message_size``,
