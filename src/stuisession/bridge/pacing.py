@@ -11,9 +11,9 @@ time (``KeyedExecutor.max_heavy``) bounds the *concurrency*; this bounds the *ra
   ``rate * BURST_SECONDS`` bytes;
 - **time**: large requests are being handled at most ``share`` of wall time
   (while one runs, its parse may hold the GIL, or a core, at any moment), with a
-  burst of ``share * BURST_SECONDS`` seconds. Measured against a share of CPU
-  time instead, which leaves out waiting, the sub-1 MiB attack's median p99
-  ratio was 2.5x instead of 1.8x.
+  burst of ``share * BURST_SECONDS`` seconds. Charged CPU time instead, which
+  leaves out waiting, the sub-1 MiB attack's p99 ratio was 2.5x instead of 1.8x
+  (medians of round ratios, measured before the lane ran at nice 19).
 
 A large request starts only while both buckets are positive and is charged
 (its bytes when it starts, its duration when it ends), so a request
