@@ -56,20 +56,24 @@ def test_a_request_larger_than_the_burst_still_runs_and_its_debt_delays_the_next
 def test_large_requests_take_no_more_than_their_share_of_wall_time() -> None:
     clock = ManualClock()
     pacer = Pacer(None, 0.25, clock=clock)
-    pacer.start(10 * MB)  # bytes are not counted without a rate
+    started = pacer.start(10 * MB)  # bytes are not counted without a rate
     clock.now += 1.0  # it ran 1 s (0.125 s of burst, 0.25 s refilled)
-    pacer.finish(1.0)
+    pacer.finish(started)
     # 1 s busy at a 25% share: large requests rest until that is 25% of the whole
     assert pacer.wait_time() == pytest.approx((1.0 - 0.25 - 0.25 * BURST_SECONDS) / 0.25)
     clock.now += 100
     assert pacer.wait_time() == 0.0
-    # a full bucket holds BURST_SECONDS of the share, no more
-    pacer.start(1)
-    pacer.finish(0.25 * BURST_SECONDS)
+    # a full bucket holds BURST_SECONDS of the share, no more: after 100 s of rest, a
+    # job that uses exactly that (0.125 s + its own 25%) empties it ...
+    started = pacer.start(1)
+    clock.now += 0.25 * BURST_SECONDS / 0.75
+    pacer.finish(started)
     assert pacer.wait_time() == 0.0
-    pacer.start(1)
-    pacer.finish(0.1)
-    assert pacer.wait_time() == pytest.approx(0.1 / 0.25)
+    # ... so the next one's 0.1 s (less its own 0.025 s) is debt
+    started = pacer.start(1)
+    clock.now += 0.1
+    pacer.finish(started)
+    assert pacer.wait_time() == pytest.approx(0.075 / 0.25)
 
 
 def test_the_executor_charges_each_large_job_its_duration() -> None:
@@ -95,8 +99,8 @@ def test_the_executor_charges_each_large_job_its_duration() -> None:
 def test_an_unpaced_pacer_never_waits() -> None:
     pacer = Pacer(None, None)
     for _ in range(100):
-        pacer.start(100 * MB)
-        pacer.finish(10.0)
+        started = pacer.start(100 * MB)
+        pacer.finish(started - 10.0)  # as if it had run for 10 s
     assert pacer.wait_time() == 0.0
 
 

@@ -153,7 +153,7 @@ def test_attacks_stay_within_bounds(tmp_path: Path) -> None:
     # Under 8 KiB a message costs about what any request costs: this is the request
     # flood of docs/security.md (8 closed-loop connections; the per-connection rate
     # limit bounds it), recorded, and asserted only not to be the costly-JSON collapse
-    # it was (p50 7x, p99 8x for bodies under 64 KiB before they were paced).
+    # seen just under the threshold when it was 64 KiB (p50 7x, p99 8x).
     print(f"cpu_valid_json_under_large rounds: {under}")
     assert under["p50_ratio"] < 6, under
     assert under["p99_ratio"] < 6, under

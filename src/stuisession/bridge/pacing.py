@@ -85,16 +85,14 @@ class Pacer:
         # float noise of the refill must not hold back a request that waited exactly
         return wait if wait > 1e-9 else 0.0
 
-    def start(self, size: int) -> None:
-        """Charge a large request of *size* bytes that starts now."""
+    def start(self, size: int) -> float:
+        """Charge a large request of *size* bytes that starts now; its start time,
+        for :meth:`finish`."""
         self._refill()
         if self.rate is not None:
             self._bytes -= size
+        return self._at
 
-    def now(self) -> float:
-        """The pacer's clock (seconds): what a caller times a large request with."""
-        return self._clock()
-
-    def finish(self, seconds: float) -> None:
-        """Charge the *seconds* a large request took (timed with :meth:`now`)."""
-        self._refill(busy=max(0.0, seconds))
+    def finish(self, started: float) -> None:
+        """Charge the time since *started* (from :meth:`start`) that a large request took."""
+        self._refill(busy=max(0.0, self._clock() - started))

@@ -79,8 +79,6 @@ MAX_POLL_WAIT = 1.0
 BATCH = 64
 #: the members of ``parameters`` the serving thread reads to route a request
 _ROUTING_PARAMETERS = ("session_id", "client_id", "resume_token")
-#: requests larger than this are "heavy": one is parsed at a time, paced (bridge/pacing.py)
-HEAVY_BYTES = LARGE_BYTES
 #: bounds of the interval between sweeps of idle connections (seconds)
 MIN_CONNECTION_SWEEP = 0.05
 
@@ -397,7 +395,7 @@ class BridgeServer:
         assert self._executor is not None
         try:
             self._executor.submit(
-                key, lambda: self._work(job), heavy=len(body) > HEAVY_BYTES, size=len(body)
+                key, lambda: self._work(job), heavy=len(body) > LARGE_BYTES, size=len(body)
             )
         except Busy as exc:
             self.budget.request_done(ident, len(body))

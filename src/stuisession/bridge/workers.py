@@ -125,10 +125,7 @@ class KeyedExecutor:
                     del self._queues[key]
                 self._running.add(key)
                 self._heavy_running += heavy
-                paced_from: float | None = None
-                if heavy and self.pacer is not None:
-                    self.pacer.start(size)
-                    paced_from = self.pacer.now()
+                paced_from = self.pacer.start(size) if heavy and self.pacer is not None else None
             try:
                 job()
             except Exception:  # pragma: no cover - jobs handle their own errors
@@ -139,7 +136,7 @@ class KeyedExecutor:
                 with self._lock:
                     self._heavy_running -= heavy
                     if paced_from is not None and self.pacer is not None:
-                        self.pacer.finish(self.pacer.now() - paced_from)
+                        self.pacer.finish(paced_from)
                     self._running.discard(key)
                     self._pending -= 1
                     if key in self._queues:
