@@ -409,6 +409,25 @@ def targets(r: dict[str, Any]) -> list[Target]:
         )
     )
 
+    tm = m.get("timing", {}).get("stores", {})
+    worst = max((d["worst_accuracy"] for d in tm.values()), default=None)
+    diff = max((d["worst_p50_difference"] for d in tm.values()), default=None)
+    out.append(
+        Target(
+            "denial-timing",
+            '"not yours" against "does not exist": held-out accuracy of a threshold '
+            "classifier on in-process denial times (file and memory stores, worst round)",
+            "≤ 0.6 (0.5 is a coin toss)",
+            "n/a" if worst is None else f"{worst:.3f}",
+            "0.6",
+            "n/a" if worst is None else ratio(worst / 0.6),
+            None if worst is None else worst <= 0.6,
+            "n/a"
+            if worst is None or diff is None
+            else f"accuracy {worst:.3f}, medians {diff:.1%} apart at most",
+        )
+    )
+
     wall = _get(r, "meta", "wall_s")
     out.append(
         Target(

@@ -68,6 +68,7 @@ MODULES: list[tuple[str, str, list[str], list[str]]] = [
         ["--duration", "10", "--cost-n", "400"],
         ["--duration", "3", "--cost-n", "100"],
     ),
+    ("timing", "bench_timing.py", ["--probes", "4000"], ["--probes", "1000", "--rounds", "1"]),
     (
         "throughput_no_audit",
         "bench_throughput.py",

@@ -8,12 +8,15 @@ test_a_peer_reusing_a_connected_identity_does_not_take_it_over``.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
-import statistics
+import sys
 import threading
 import time
+import types
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,49 +248,87 @@ def test_bridge_logs_never_show_routing_identities(
     assert b"secret-routing-identity".hex() not in caplog.text
 
 
-# -- case 6: "not yours" and "does not exist" take the same time ------------------------------
-def test_not_yours_and_unknown_take_the_same_time(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "s", fsync=False)
-    h = ProtocolHandler(store, Policy(rate_limit=None), dedup_ttl=None)
+# -- case 6: "not yours" and "does not exist" do the same work -------------------------------
+# Uniform timing is proved by design, not by a stopwatch: every call the handler makes
+# (Python functions, and C functions: file system calls, MACs, AES-GCM, comparisons) is
+# recorded with sys.setprofile, and the two denials must make the same calls. A timed
+# classifier here measured its machine's noise (it failed on a busy CI at 0.72 on medians
+# 1 % apart); the wall-time figure is `benchmarks/bench_timing.py`.
+#: the two helpers that stand in for each other: a foreign id reads a missing head, an
+#: unknown id reads an existing one; each is called once per denial and both read one head
+_COUNTERPARTS = {"AccessGuard.miss_probe", "AccessGuard.decoy_info"}
+
+
+def _calls(h: ProtocolHandler, message: dict[str, Any]) -> tuple[Counter[str], dict[str, Any]]:
+    """Every call (Python and C) made while *h* handles *message*, counted by name."""
+    calls: Counter[str] = Counter()
+
+    def profile(frame: types.FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            name = frame.f_code.co_qualname
+            name = "second head read" if name in _COUNTERPARTS else name
+            calls[f"{frame.f_globals.get('__name__')}:{name}"] += 1
+        elif event == "c_call":
+            owner = getattr(arg, "__self__", None)
+            where = getattr(arg, "__module__", None) or type(owner).__qualname__
+            calls[f"{where}:{getattr(arg, '__qualname__', repr(arg))}"] += 1
+
+    gc.collect()
+    gc.disable()  # a collection's finalizers would add calls to one side only
+    sys.setprofile(profile)
+    try:
+        reply = h.handle(message)
+    finally:
+        sys.setprofile(None)
+        gc.enable()
+    return calls, reply
+
+
+_PROBES: list[tuple[str, dict[str, Any]]] = [
+    ("get_context_summary", {}),
+    ("get_session_info", {}),
+    ("restore_session", {}),
+    ("update_session_state", {"state_data": {"k": 1}, "mode": "merge"}),
+    ("close_session", {}),
+]
+
+
+@pytest.mark.parametrize("backend", ["file", "memory"])
+@pytest.mark.parametrize(("command", "extra"), _PROBES, ids=[c for c, _ in _PROBES])
+def test_not_yours_and_unknown_do_the_same_work(
+    tmp_path: Path, backend: str, command: str, extra: dict[str, Any]
+) -> None:
+    store = FileStore(tmp_path / "s", fsync=False) if backend == "file" else MemoryStore()
+    # a frozen clock: no periodic work (sweeps, summaries) falls into one probe only
+    h = ProtocolHandler(store, Policy(rate_limit=None), dedup_ttl=None, clock=ManualClock())
     sid = ok(send(h, "create_session", client_id="alice"))["session_id"]
     # a large state: a full load and MAC of it would be easy to tell apart
     big = {f"k{i}": "x" * 1000 for i in range(300)}
     ok(send(h, "update_session_state", session_id=sid, state_data=big))
     missing = new_session_id()
 
-    def probe(target: str) -> int:
-        message = {
-            "id": "p",
-            "command": "get_context_summary",
-            "parameters": {"session_id": target, "client_id": "mallory"},
-        }
-        started = time.perf_counter_ns()
-        reply = h.handle(message)
-        elapsed = time.perf_counter_ns() - started
-        assert reply["status"] == "error"
-        return elapsed
+    def message(target: str) -> dict[str, Any]:
+        params = {"session_id": target, "client_id": "mallory", **extra}
+        return {"id": f"p{next(_ids)}", "command": command, "parameters": params}
 
-    for _ in range(50):  # warm up caches and the dummy head
-        probe(sid)
-        probe(missing)
-    mine: list[int] = []
-    absent: list[int] = []
-    for i in range(800):  # interleaved, so load changes hit both alike
-        if i % 2:
-            mine.append(probe(sid))
-            absent.append(probe(missing))
-        else:
-            absent.append(probe(missing))
-            mine.append(probe(sid))
-    # the best single-threshold classifier, fitted on one half, scored on the other
-    half = len(mine) // 2
-    threshold = (statistics.median(mine[:half]) + statistics.median(absent[:half])) / 2
-    slower_is_mine = statistics.median(mine[:half]) > statistics.median(absent[:half])
-    right = sum((t > threshold) == slower_is_mine for t in mine[half:]) + sum(
-        (t > threshold) != slower_is_mine for t in absent[half:]
-    )
-    accuracy = right / (len(mine) - half + len(absent) - half)
-    assert accuracy <= 0.7, (accuracy, statistics.median(mine), statistics.median(absent))
+    for _ in range(3):  # warm up lazy imports, caches and the dummy head
+        h.handle(message(sid))
+        h.handle(message(missing))
+    foreign, foreign_reply = _calls(h, message(sid))
+    unknown, unknown_reply = _calls(h, message(missing))
+    strip = ("id", "timestamp")
+    assert foreign_reply["status"] == "error"
+    assert {k: v for k, v in foreign_reply.items() if k not in strip} == {
+        k: v for k, v in unknown_reply.items() if k not in strip
+    }
+    # the test can fail: a foreign denial that skipped its miss probe, or an unknown one
+    # that skipped its decoy read, changes these counts (the head read is most of the work)
+    second = "stuisession.service.access:second head read"
+    assert foreign[second] == unknown[second] == 1
+    differ = {k: (foreign[k], unknown[k]) for k in foreign.keys() | unknown.keys()}
+    differ = {k: v for k, v in differ.items() if v[0] != v[1]}
+    assert not differ, differ
+    assert ok(send(h, "get_session_info", session_id=sid, client_id="alice"))["is_active"]
 
 
 # -- case 7: lifetimes by default ----------------------------------------------------------
