@@ -12,6 +12,10 @@ allow-list binds alice's key to the client id "alice" and mallory's key to
   create sessions or list as "alice";
 * the allow-list is re-read when it changes: a key removed from it is refused
   from then on, a key added is accepted, without a restart.
+
+Each runs on a bridge of one process and on one of worker processes (the
+default on several cores), where the parent authenticates and the workers
+answer.
 """
 
 from __future__ import annotations
@@ -55,6 +59,17 @@ class Peer:
         self.public, self.secret = load_keypair(secret)
         self._n = 0
 
+    def open(self, timeout_ms: int = 10000) -> Connection:
+        """A connection that stays open (its handshake happens once)."""
+        sock = self.ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+        sock.connect(self.endpoint)
+        return Connection(sock)
+
     def call(self, command: str, timeout_ms: int = 5000, **params: Any) -> dict[str, Any] | None:
         sock = self.ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
@@ -74,6 +89,27 @@ class Peer:
             return None
         finally:
             sock.close()
+
+
+class Connection:
+    """One REQ connection kept open across calls (one handshake)."""
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self.sock = sock
+        self._n = 0
+
+    def request(self, command: str, **params: Any) -> dict[str, Any] | None:
+        self._n += 1
+        message = {"id": f"k{self._n}", "command": command, "parameters": params}
+        self.sock.send(json.dumps(message).encode())
+        try:
+            reply: dict[str, Any] = json.loads(self.sock.recv())
+        except zmq.Again:
+            return None
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def write_allow_list(path: Path, entries: list[tuple[bytes, list[str], bool]]) -> None:
@@ -102,9 +138,12 @@ def keys(tmp_path: Path) -> dict[str, Path]:
     return {p.name: p for p in out.iterdir()}
 
 
-@pytest.fixture
+# the default serve on a machine of several cores runs worker processes behind the
+# parent, whose ZAP handler authenticates and forwards each message's caller; both forms
+# must admit and bind keys alike (a 1-core machine runs "default" in one process too)
+@pytest.fixture(params=[["--workers", "1"], ["--workers", "2"]], ids=["one-process", "workers"])
 def served(
-    tmp_path: Path, keys: dict[str, Path]
+    tmp_path: Path, keys: dict[str, Path], request: pytest.FixtureRequest
 ) -> Iterator[tuple[str, bytes, Path, subprocess.Popen[bytes], Path]]:
     allow = tmp_path / "clients.toml"
     write_allow_list(
@@ -135,6 +174,7 @@ def served(
                 str(allow),
                 "--log-level",
                 "WARNING",
+                *request.param,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -151,6 +191,12 @@ def served(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def request_form(proc: subprocess.Popen[bytes]) -> str:
+    """The ``--workers`` value *proc* was started with."""
+    args = [str(a) for a in proc.args]  # type: ignore[union-attr]
+    return args[args.index("--workers") + 1]
 
 
 def wait_ready(peer: Peer, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -190,6 +236,9 @@ def test_curve_bridge_admits_bound_keys_only(
         # alice's key is an operator: she sees per-connection details
         stats = alice.call("get_session_statistics")
         assert stats is not None and "connections" in stats["result"]
+        # the form asked for runs: one process, or two workers and the large-request lane
+        expected_processes = {"1": None, "2": 3}[request_form(proc)]
+        assert stats["result"].get("workers") == expected_processes, stats
 
         # an unknown key is refused at the handshake: no reply at all
         assert stranger.call("get_session_statistics", timeout_ms=1500) is None
@@ -230,6 +279,11 @@ def test_curve_bridge_admits_bound_keys_only(
         restored = alice.call("restore_session", session_id=sid)
         assert restored is not None and restored["result"]["session_state"] == {"secret": 42}
 
+        # a connection mallory keeps open across the reload below
+        kept = mallory.open()
+        made = kept.request("create_session", client_id="mallory")
+        assert made is not None and made["status"] == "success", made
+
         # the allow-list is re-read without a restart: mallory removed, "late" added
         late = Peer(ctx, endpoint, server_key, keys["late.key_secret"])
         assert late.call("get_session_statistics", timeout_ms=1000) is None
@@ -246,6 +300,16 @@ def test_curve_bridge_admits_bound_keys_only(
             admitted = late.call("create_session", timeout_ms=500, client_id="late")
         assert admitted is not None and admitted["status"] == "success", admitted
         assert mallory.call("get_session_statistics", timeout_ms=1500) is None
+        # the connection opened before the reload is bound to nothing from now on (its
+        # key is looked up per message where the handshake ran: in the parent of workers)
+        for command, params in [
+            ("create_session", {"client_id": "mallory"}),
+            ("list_client_sessions", {"client_id": "mallory"}),
+            ("restore_session", {"session_id": made["result"]["session_id"]}),
+        ]:
+            refused = kept.request(command, **params)
+            assert refused is not None and refused["status"] == "error", (command, refused)
+        kept.close()
     finally:
         ctx.destroy(linger=0)
     assert proc.poll() is None, log.read_text()

@@ -25,6 +25,7 @@ no client ids (every command is denied) from its next request on.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import stat
@@ -43,9 +44,12 @@ from stuisession.ids import check_client_id
 from stuisession.security.identity import Caller, fingerprint
 
 __all__ = [
+    "NOBODY",
     "AllowList",
     "Binding",
     "CurveConfig",
+    "caller_frame",
+    "caller_from_frame",
     "generate_keypair",
     "is_loopback_endpoint",
     "load_keypair",
@@ -326,6 +330,41 @@ class CurveConfig:
         if binding is None:  # revoked since the handshake: bound to nothing
             return Caller.curve(user_id, frozenset())
         return binding.caller()
+
+
+# -- callers behind a supervisor (``serve --workers N`` with CURVE) ------------------------
+#: the caller a message is attributed to when its caller frame is missing or unreadable:
+#: authenticated as nobody and bound to no client id (never a fallback to trust)
+NOBODY = Caller.curve("", frozenset())
+
+
+def caller_frame(caller: Caller) -> bytes:
+    """The frame that carries a CURVE caller from the parent to a worker.
+
+    Shape: UTF-8 JSON ``{"key": str, "client_ids": [str, ...], "operator": bool}``
+    (*key* is the caller's z85 public key; client ids sorted).
+    """
+    key = caller.key.removeprefix("curve:")
+    ids = sorted(caller.client_ids or ())
+    return json.dumps({"key": key, "client_ids": ids, "operator": caller.operator}).encode()
+
+
+def caller_from_frame(frame: bytes) -> Caller:
+    """The :class:`Caller` of :func:`caller_frame`'s output (bound to nothing if unreadable)."""
+    try:
+        d = json.loads(frame)
+        key, ids, operator = d["key"], d["client_ids"], d["operator"]
+    except (ValueError, TypeError, KeyError):
+        return NOBODY
+    if not (
+        isinstance(key, str)
+        and key
+        and isinstance(ids, list)
+        and all(isinstance(i, str) for i in ids)
+        and isinstance(operator, bool)
+    ):
+        return NOBODY
+    return Caller.curve(key, frozenset(ids), operator=operator)
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:

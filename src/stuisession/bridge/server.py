@@ -119,6 +119,10 @@ class BridgeServer:
     :param pace_share: this bridge's part (0, 1] of the policy's large-request
         budget (``Policy.large_request_rate`` and ``large_request_share``): one of
         *N* worker processes behind a supervisor gets 1/N.
+    :param forwarded_callers: a worker behind a supervisor that serves CURVE
+        (``bridge/supervisor.py``): each message starts with the caller the parent
+        authenticated, which this bridge uses instead of the connection's identity.
+        Only for a private endpoint that nobody but the supervisor can reach.
     """
 
     def __init__(
@@ -138,10 +142,14 @@ class BridgeServer:
         notify: str | None = None,
         identity_client: Callable[[str], str | frozenset[str] | None] | None = None,
         pace_share: float = 1.0,
+        forwarded_callers: bool = False,
     ) -> None:
         zmq = _zmq()
         self._zmq = zmq
         self.curve = curve
+        if forwarded_callers and curve is not None:
+            raise ValueError("forwarded_callers is for a worker behind a CURVE supervisor")
+        self.forwarded_callers = forwarded_callers
         if not 0 < pace_share <= 1:
             raise ValueError("pace_share must be in (0, 1]")
         self.pace_share = pace_share
@@ -252,7 +260,9 @@ class BridgeServer:
                         if self._stopping.is_set():
                             break
                         try:
-                            frames, caller = receive(self._socket, zmq, self.curve)
+                            frames, caller = receive(
+                                self._socket, zmq, self.curve, forwarded=self.forwarded_callers
+                            )
                         except zmq.Again:
                             break
                         self._serve_one(frames, caller)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from stuisession.bridge.curve import CurveConfig, is_loopback_endpoint
+from stuisession.bridge.curve import NOBODY, CurveConfig, caller_from_frame, is_loopback_endpoint
 from stuisession.bridge.notify import Notifier
 from stuisession.security.identity import Caller
 
@@ -136,7 +136,7 @@ ZERO_COPY_BYTES = 64 * 1024
 
 
 def receive(
-    sock: Any, zmq: Any, curve: CurveConfig | None
+    sock: Any, zmq: Any, curve: CurveConfig | None, *, forwarded: bool = False
 ) -> tuple[list[bytes | memoryview], Caller]:
     """One message and who sent it (raises ``zmq.Again`` when there is none).
 
@@ -144,11 +144,21 @@ def receive(
     a ``memoryview`` of the received message, never copied by the serving thread (a
     copy of several MB holds the GIL while every page of it is faulted in; issue 17).
     Its size is known before anything reads it; the handler checks it in chunks.
+
+    *forwarded*: a worker behind a CURVE supervisor, whose first frame is the
+    caller the parent authenticated (:func:`~stuisession.bridge.curve.caller_frame`);
+    it is removed from the frames returned.
     """
     parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+    relayed: Caller | None = None
+    if forwarded:
+        relayed = caller_from_frame(parts[0].bytes) if len(parts) > 1 else NOBODY
+        parts = parts[1:] if len(parts) > 1 else parts
     frames: list[bytes | memoryview] = [p.bytes for p in parts[:-1]]
     last = parts[-1]
     frames.append(last.buffer if len(last) > ZERO_COPY_BYTES else last.bytes)
+    if relayed is not None:
+        return frames, relayed
     if curve is None:
         return frames, Caller.connection(bytes(frames[0]))
     try:

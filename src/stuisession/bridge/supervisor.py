@@ -9,7 +9,13 @@ file store is multi-process safe; a Redis store is shared by design).
 Topology. The parent owns the public ROUTER socket (so anything that must run
 where the frontend lives, such as ZAP authentication, runs in the parent) and
 one DEALER per worker, connected to the worker's private ROUTER on an ``ipc://``
-endpoint in a 0700 directory. A client's messages always go to the same worker
+endpoint in a 0700 directory. With CURVE (*curve*), the handshake and the
+allow-list live in the parent only: for each message the parent looks up the
+connection's authenticated key (its ZAP ``User-Id``) in the allow-list, as a
+single bridge does, and sends the resulting caller (key, bound client ids,
+operator flag) to the worker in a frame of its own in front of the envelope
+(:func:`caller_frame`); a key revoked by a reload is bound to nothing from its
+next message on. A client's messages always go to the same worker
 (a hash of its routing identity), so:
 
 - per-session order holds for REQ clients (one request in flight, answered
@@ -65,10 +71,12 @@ from typing import Any
 import attrs
 
 from stuisession.bridge.budget import QueueBudget, send_tracked
+from stuisession.bridge.curve import NOBODY, CurveConfig, caller_frame
 from stuisession.bridge.pacing import LARGE_BYTES
 from stuisession.bridge.replies import error_for, error_reply, peek_fields
 from stuisession.errors import Busy, StuiSessionError
 from stuisession.policy import Policy
+from stuisession.security.identity import Caller
 
 log = logging.getLogger("stuisession.server")
 
@@ -132,6 +140,8 @@ class Supervisor:
         or a :func:`functools.partial` of one): it runs in each worker.
     :param policy: socket limits for the public socket (``max_message_size``,
         ``socket_hwm``), as :class:`~stuisession.bridge.server.BridgeServer` sets them.
+    :param curve: serve CurveZMQ on the public socket (ZAP runs in this process);
+        the workers must then be built with ``forwarded_callers=True``.
 
     Raises :class:`zmq.ZMQError` when *bind* can not be bound.
     """
@@ -145,6 +155,7 @@ class Supervisor:
         policy: Policy,
         idle_timeout: float = 60.0,
         logger: logging.Logger | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
         import zmq
 
@@ -181,8 +192,13 @@ class Supervisor:
         self._next_publish = 0.0
         self.frontend: Any = None
         self._backends: list[Any] = []
+        self.curve = curve
+        self._authenticator: Any = None
         try:
             fe = self.frontend = self._ctx.socket(zmq.ROUTER)
+            if curve is not None:
+                self._authenticator = curve.start_authenticator(self._ctx)
+                curve.apply(fe)
             fe.setsockopt(zmq.LINGER, 500)
             fe.setsockopt(zmq.MAXMSGSIZE, 2 * policy.max_message_size + 65536)
             fe.setsockopt(zmq.SNDHWM, policy.socket_hwm)
@@ -297,13 +313,28 @@ class Supervisor:
                 self._refuse(frames, exc)
                 continue
             index = self._route(ident, len(frames[-1]))
+            forwarded: list[Any] = frames
+            if self.curve is not None:
+                forwarded = [caller_frame(self._caller(frames[-1])), *frames]
             try:
-                self._backends[index].send_multipart(frames, zmq.NOBLOCK, copy=False)
+                self._backends[index].send_multipart(forwarded, zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self._refuse(frames, None)
             else:
                 _, count, _ = self._inflight.get(ident, (index, 0, 0.0))
                 self._inflight[ident] = (index, count + 1, time.monotonic())
+
+    def _caller(self, last: Any) -> Caller:
+        """Who sent the message whose last frame is *last* (CURVE: its key's binding now)."""
+        assert self.curve is not None
+        try:
+            # set by the ZAP handler at the handshake: the client's z85 public key
+            user_id = last.get("User-Id")
+        except self._zmq.ZMQError:
+            user_id = None
+        if not user_id:  # cannot happen on a CURVE socket; never fall back to trust
+            return NOBODY
+        return self.curve.caller(user_id)
 
     def _route(self, ident: bytes, size: int) -> int:
         """The process for a request of *size* bytes from connection *ident*.
@@ -435,6 +466,8 @@ class Supervisor:
         for sock in (self.frontend, *self._backends):
             if sock is not None:
                 sock.close(linger=500 if sock is self.frontend else 0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._ctx.term()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
@@ -464,14 +497,14 @@ def _broker_context() -> Any:
 
         def recv_multipart(self, flags: int = 0, copy: bool = True, track: bool = False) -> Any:
             frames = super().recv_multipart(flags, copy=copy, track=track)
-            if self.socket_type == zmq.ROUTER:
+            if self.type == zmq.ROUTER:
                 return frames[1:]
             return frames
 
         def send(  # type: ignore[override]
             self, data: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any
         ) -> Any:
-            if self.socket_type == zmq.ROUTER and self._message_start:
+            if self.type == zmq.ROUTER and self._message_start:
                 super().send(BROKER_ID, zmq.SNDMORE | (flags & zmq.NOBLOCK))
             self._message_start = not flags & zmq.SNDMORE
             return super().send(data, flags, copy=copy, track=track, **kw)
@@ -571,6 +604,8 @@ def _worker_count(directory: str) -> int:
 def worker_main(factory: WorkerFactory, config: WorkerConfig) -> None:
     """The body of one worker process (the target of the ``spawn``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
+    if hasattr(signal, "SIGHUP"):  # the parent re-reads the allow-list; a worker has none
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if config.lane:
         # the lane's CPU-bound parses yield the cores to the processes serving small
         # requests the moment one wakes (issue 17: the sub-1 MiB attack's p99 ratio

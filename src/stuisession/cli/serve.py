@@ -298,13 +298,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_bind(zmq, args.notify, "--notify")
 
     workers = default_workers() if args.workers is None else args.workers
-    if workers > 1 and (curve is not None or args.notify is not None):
-        # CURVE's ZAP handler and the notice socket live in one bridge process so far
+    if workers > 1 and args.notify is not None:
+        # the notice socket and its subscriptions live in one bridge process so far
         if args.workers is not None:
-            raise UsageError("--workers above 1 does not combine with --curve-secret or --notify")
+            raise UsageError("--workers above 1 does not combine with --notify")
         workers = 1
     if workers > 1:
-        return _serve_workers(args, workers, run_policy, directory is None)
+        return _serve_workers(args, workers, run_policy, directory is None, curve)
 
     store = open_store(args.store, key_file=args.key_file, create=True, **_shards(args.store))
     upstream = None
@@ -352,9 +352,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(
-    args: argparse.Namespace, workers: int, run_policy: Any, redis_store: bool
+    args: argparse.Namespace, workers: int, run_policy: Any, redis_store: bool, curve: Any
 ) -> int:
-    """``serve --workers N`` (N > 1): the public socket here, N worker processes behind it."""
+    """``serve --workers N`` (N > 1): the public socket here, N worker processes behind it.
+
+    With CURVE the handshake (ZAP) and the allow-list stay in this process (SIGHUP
+    re-reads it here); the workers get each message's authenticated caller.
+    """
     import functools
 
     from stuisession.admin.core import open_store
@@ -374,11 +378,17 @@ def _serve_workers(
         "threads": args.threads,
         "max_pending": args.max_pending,
         "idle_timeout": args.idle_timeout,
+        "forwarded_callers": curve is not None,
     }
     factory = functools.partial(_worker_server, settings)
     try:
         supervisor = Supervisor(
-            args.bind, workers, factory, policy=run_policy, idle_timeout=args.idle_timeout
+            args.bind,
+            workers,
+            factory,
+            policy=run_policy,
+            idle_timeout=args.idle_timeout,
+            curve=curve,
         )
     except Exception as exc:  # zmq.ZMQError: taken between the check and now
         raise Fail(f"cannot bind {args.bind}: {exc}") from None
@@ -389,8 +399,8 @@ def _serve_workers(
             file=sys.stderr,
             flush=True,
         )
-        _announce_transport(supervisor.bound_endpoint, None)
-        with SignalStop(supervisor.stop):
+        _announce_transport(supervisor.bound_endpoint, curve)
+        with SignalStop(supervisor.stop), _ReloadOnHangup(curve):
             supervisor.serve_forever()
     log.info("bridge stopped")
     return EXIT_OK
@@ -427,6 +437,8 @@ def _worker_server(settings: dict[str, Any], config: Any, context: Any) -> tuple
             sweep_interval=None if config.sweeper else 365 * 86400.0,
             # the policy's large-request budget is for the whole bridge (bridge/pacing.py)
             pace_share=config.pace_share,
+            # behind a CURVE parent: each message carries the caller it authenticated
+            forwarded_callers=settings.get("forwarded_callers", False),
         )
     except BaseException:
         if upstream is not None:
