@@ -20,6 +20,7 @@ answer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -57,7 +58,8 @@ class Peer:
     def __init__(self, ctx: zmq.Context, endpoint: str, server_key: bytes, secret: Path) -> None:
         self.ctx, self.endpoint, self.server_key = ctx, endpoint, server_key
         self.public, self.secret = load_keypair(secret)
-        self._n = 0
+        # request ids unique per key: the reply cache is keyed by the CURVE key
+        self._ids = itertools.count()
 
     def open(self, timeout_ms: int = 10000) -> Connection:
         """A connection that stays open (its handshake happens once)."""
@@ -68,39 +70,25 @@ class Peer:
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
         sock.connect(self.endpoint)
-        return Connection(sock)
+        return Connection(sock, self._ids)
 
     def call(self, command: str, timeout_ms: int = 5000, **params: Any) -> dict[str, Any] | None:
-        sock = self.ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
-        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
-        sock.connect(self.endpoint)
-        self._n += 1
+        conn = self.open(timeout_ms)
         try:
-            sock.send(
-                json.dumps({"id": f"r{self._n}", "command": command, "parameters": params}).encode()
-            )
-            reply: dict[str, Any] = json.loads(sock.recv())
-            return reply
-        except zmq.Again:
-            return None
+            return conn.request(command, **params)
         finally:
-            sock.close()
+            conn.close()
 
 
 class Connection:
     """One REQ connection kept open across calls (one handshake)."""
 
-    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], ids: Iterator[int]) -> None:
         self.sock = sock
-        self._n = 0
+        self._ids = ids
 
     def request(self, command: str, **params: Any) -> dict[str, Any] | None:
-        self._n += 1
-        message = {"id": f"k{self._n}", "command": command, "parameters": params}
+        message = {"id": f"r{next(self._ids)}", "command": command, "parameters": params}
         self.sock.send(json.dumps(message).encode())
         try:
             reply: dict[str, Any] = json.loads(self.sock.recv())
