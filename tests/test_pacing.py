@@ -7,9 +7,14 @@ mechanism is checked on its own, on a manual clock where time matters.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
+import time
+import types
 from collections.abc import Iterator
 
+import attrs
 import pytest
 
 from stuisession.bridge.pacing import BURST_SECONDS, LARGE_BYTES, Pacer
@@ -17,6 +22,7 @@ from stuisession.bridge.supervisor import Supervisor
 from stuisession.bridge.workers import KeyedExecutor
 from stuisession.errors import ConfigurationError
 from stuisession.policy import Policy
+from stuisession.stores.base import ChangeEvent
 
 MB = 1024 * 1024
 
@@ -262,3 +268,94 @@ def test_the_lane_holds_the_whole_budget_and_each_worker_its_part(
     assert [c.pace_share for c in configs] == [0.5, 0.5, 1.0]
     assert [c.lane for c in configs] == [False, False, True]
     assert [c.sweeper for c in configs] == [True, False, False]
+
+
+# -- change notices behind a supervisor (``serve --workers N --notify``) -----------------------
+class FakeNotifier:
+    """Stands in for the parent's Notifier: records what it is asked to publish."""
+
+    def __init__(self) -> None:
+        self.posted: list[ChangeEvent] = []
+        self.closed = False
+
+    def post(self, event: ChangeEvent) -> None:
+        self.posted.append(event)
+
+    def statistics(self) -> dict[str, int]:
+        return {"published": len(self.posted), "granted": 0, "refused": 0}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_parent_posts_the_workers_change_events_and_drops_malformed_ones() -> None:
+    import zmq
+
+    fake = FakeNotifier()
+    sup = Supervisor(
+        "tcp://127.0.0.1:*",
+        2,
+        lambda config, context: (None, lambda: None),
+        policy=Policy(),
+        notifier_factory=lambda context: fake,
+        forward_notices=True,
+    )
+    ctx = zmq.Context()
+    try:
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(sup.notices_endpoint)
+        good = ChangeEvent("session_" + "A" * 43, "updated", 7, "lin")
+        for data in (b"not json", b'{"s": "x", "e": "exploded", "r": 1}', good.to_json()):
+            push.send(data)
+        assert sup._notices.poll(10_000)
+        deadline = time.monotonic() + 10
+        while not fake.posted and time.monotonic() < deadline:
+            sup._post_notices()
+            sup._notices.poll(100)
+        assert fake.posted == [good]
+        sup._publish()
+        with open(os.path.join(sup._dir, "stats-broker.json"), encoding="utf-8") as f:
+            assert json.load(f)["notifications"]["published"] == 1
+        push.close()
+    finally:
+        ctx.destroy(linger=0)
+        sup.close()
+    assert fake.closed
+
+
+def test_a_worker_forwards_the_change_events_of_its_writes() -> None:
+    import zmq
+
+    from stuisession.bridge.supervisor import WorkerConfig, _forward_notices
+    from stuisession.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    server = types.SimpleNamespace(
+        handler=types.SimpleNamespace(service=types.SimpleNamespace(store=store))
+    )
+    ctx = zmq.Context()
+    try:
+        pull = ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.LINGER, 0)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        config = WorkerConfig(
+            index=0,
+            endpoint="ipc://unused",
+            stats_dir="/nonexistent",
+            started_at=0.0,
+            sweeper=False,
+            parent_pid=os.getpid(),
+            notices=f"tcp://127.0.0.1:{port}",
+        )
+        close = _forward_notices(server, config, ctx)
+        assert close is not None and store.has_change_listeners
+        event = ChangeEvent("session_" + "B" * 43, "closed", 3)
+        store.announce(event)
+        assert pull.poll(10_000)
+        assert ChangeEvent.from_json(pull.recv()) == event
+        close()
+        assert not store.has_change_listeners
+        assert _forward_notices(server, attrs.evolve(config, notices=None), ctx) is None
+    finally:
+        ctx.destroy(linger=0)

@@ -435,3 +435,87 @@ def test_pipelined_large_and_small_requests_of_one_connection_keep_their_order(
         sock.close()
         ctx.term()
     assert "Traceback" not in bridge.stderr()
+
+
+# -- (c) change notices from worker processes -----------------------------------------------
+WRITERS = 16
+
+
+def _notices_of_every_writer(bridge: Bridge, notify: str) -> None:
+    """Sixteen connections (spread over the workers by their routing identities) each
+    update one session once; a subscriber hears each acknowledged revision exactly once."""
+    ctx = zmq.Context()
+    try:
+        with SessionClient(bridge.endpoint, "alice", timeout=10.0, retries=3) as owner:
+            sid = owner.open()["session_id"]
+            token = owner.call("watch_session", session_id=sid, client_id="alice")
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.connect(notify)
+            sub.setsockopt(zmq.SUBSCRIBE, token["subscription"].encode())
+            # the bridge refuses b"" but it opens this socket's own filter to the topic
+            # the bridge grants (an opaque one, not the token)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            deadline = time.monotonic() + START_TIMEOUT
+            confirmed = False
+            while not confirmed:  # the grant is confirmed by a "subscribed" notice
+                assert sub.poll(int(max(0.0, deadline - time.monotonic()) * 1000)), "no grant"
+                confirmed = json.loads(sub.recv_multipart()[1])["event"] == "subscribed"
+            acked: list[int] = []
+            for i in range(WRITERS):
+                req = ctx.socket(zmq.REQ)
+                req.setsockopt(zmq.LINGER, 0)
+                req.setsockopt(zmq.RCVTIMEO, 30_000)
+                req.setsockopt(zmq.IDENTITY, f"writer-{i}".encode())
+                req.connect(bridge.endpoint)
+                params = {
+                    "session_id": sid,
+                    "client_id": "alice",
+                    "state_data": {f"w{i}": i},
+                    "mode": "merge",
+                }
+                req.send_json(
+                    {"id": f"w{i}", "command": "update_session_state", "parameters": params}
+                )
+                reply = req.recv_json()
+                req.close()
+                assert isinstance(reply, dict) and reply["status"] == "success", reply
+                acked.append(reply["result"]["revision"])
+            heard: list[int] = []
+            deadline = time.monotonic() + STALL_GUARD
+            while not set(acked) <= set(heard):
+                left = deadline - time.monotonic()
+                assert left > 0 and sub.poll(int(left * 1000)), (sorted(heard), sorted(acked))
+                notice = json.loads(sub.recv_multipart()[1])
+                if notice["event"] == "updated":
+                    heard.append(notice["revision"])
+            assert sorted(heard) == sorted(acked), "a revision was heard twice"
+            # a duplicate (a notice forwarded and also delivered by the store) would follow
+            while sub.poll(1000):
+                notice = json.loads(sub.recv_multipart()[1])
+                assert notice["event"] != "updated", ("duplicate", notice, heard)
+            stats = owner.call("get_session_statistics")
+            assert stats["workers"] == 3
+            assert stats["notifications"]["granted"] >= 1
+            assert stats["notifications"]["published"] >= WRITERS
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_notices_from_every_worker_reach_subscribers_on_a_file_store(
+    tmp_path: Path, bridges: Callable[..., Bridge]
+) -> None:
+    notify = f"tcp://127.0.0.1:{free_port()}"
+    bridge = bridges(str(tmp_path / "store"), "--workers", "2", "--notify", notify)
+    _notices_of_every_writer(bridge, notify)
+
+
+def test_notices_from_every_worker_reach_subscribers_once_on_redis(
+    tmp_path: Path, bridges: Callable[..., Bridge], redis_server_factory: Callable[..., Any]
+) -> None:
+    # Redis delivers every process's changes by Pub/Sub: nothing is forwarded as well
+    redis = redis_server_factory()
+    notify = f"tcp://127.0.0.1:{free_port()}"
+    key_file = tmp_path / "keyring.json"
+    bridge = bridges(redis.url, "--key-file", str(key_file), "--workers", "2", "--notify", notify)
+    _notices_of_every_writer(bridge, notify)

@@ -33,6 +33,16 @@ next message on. A client's messages always go to the same worker
   private directory twice a second (the other workers' figures are at most
   about 0.5 s old).
 
+Change notices (``--notify``). The parent owns the notice socket too (an XPUB,
+:class:`~stuisession.bridge.notify.Notifier`, made by *notifier_factory* on the
+parent's context, so CURVE subscribers meet the same ZAP handler) and verifies
+subscriptions there. A store whose changes reach every process by themselves (Redis
+Pub/Sub) feeds the parent's notifier directly; for any other store
+(*forward_notices*: the file store), each worker sends the change events of its
+writes to the parent on a private ``ipc://`` PUSH socket, and the parent posts them
+to its notifier. Notices stay hints: one a full queue or a dying worker drops is not
+resent, and subscribers resync from the revisions they hold.
+
 Large requests (over :data:`~stuisession.bridge.pacing.LARGE_BYTES`) go to one
 more process, the **large lane** (index *N*), so that parsing them never
 holds the GIL that small requests wait for (issue 17, ``tests/adversarial``:
@@ -77,6 +87,7 @@ from stuisession.bridge.replies import error_for, error_reply, peek_fields
 from stuisession.errors import Busy, StuiSessionError
 from stuisession.policy import Policy
 from stuisession.security.identity import Caller
+from stuisession.stores.base import ChangeEvent
 
 log = logging.getLogger("stuisession.server")
 
@@ -114,6 +125,8 @@ class WorkerConfig:
     pace_share: float = 1.0
     #: this process is the large-request lane (it runs at :data:`LANE_NICE`)
     lane: bool = False
+    #: where this worker sends the change events of its writes (None: it does not)
+    notices: str | None = None
 
 
 #: builds one worker's server: ``factory(config, zmq_context) -> (server, cleanup)``;
@@ -142,6 +155,10 @@ class Supervisor:
         ``socket_hwm``), as :class:`~stuisession.bridge.server.BridgeServer` sets them.
     :param curve: serve CurveZMQ on the public socket (ZAP runs in this process);
         the workers must then be built with ``forwarded_callers=True``.
+    :param notifier_factory: makes the change-notice publisher in this process:
+        ``notifier_factory(zmq_context) -> Notifier`` (None: no notices).
+    :param forward_notices: the workers send their writes' change events here for
+        the notifier (for stores whose changes do not reach other processes).
 
     Raises :class:`zmq.ZMQError` when *bind* can not be bound.
     """
@@ -156,6 +173,8 @@ class Supervisor:
         idle_timeout: float = 60.0,
         logger: logging.Logger | None = None,
         curve: CurveConfig | None = None,
+        notifier_factory: Callable[[Any], Any] | None = None,
+        forward_notices: bool = False,
     ) -> None:
         import zmq
 
@@ -194,6 +213,9 @@ class Supervisor:
         self._backends: list[Any] = []
         self.curve = curve
         self._authenticator: Any = None
+        #: the change-notice publisher (``--notify``), or None
+        self.notifier: Any = None
+        self._notices: Any = None
         try:
             fe = self.frontend = self._ctx.socket(zmq.ROUTER)
             if curve is not None:
@@ -216,6 +238,14 @@ class Supervisor:
                 be.setsockopt(zmq.RCVHWM, 4 * policy.socket_hwm)
                 be.connect(self.endpoint(i))
                 self._backends.append(be)
+            if notifier_factory is not None:
+                self.notifier = notifier_factory(self._ctx)
+                if forward_notices:
+                    pull = self._notices = self._ctx.socket(zmq.PULL)
+                    pull.setsockopt(zmq.LINGER, 0)
+                    pull.setsockopt(zmq.RCVHWM, 100_000)
+                    pull.setsockopt(zmq.MAXMSGSIZE, 4096)  # a change event is small
+                    pull.bind(self.notices_endpoint)
         except BaseException:
             self.close()
             raise
@@ -223,6 +253,11 @@ class Supervisor:
     def endpoint(self, index: int) -> str:
         """The private endpoint of worker *index*."""
         return f"ipc://{self._dir}/worker-{index}"
+
+    @property
+    def notices_endpoint(self) -> str:
+        """The private endpoint the workers send their change events to."""
+        return f"ipc://{self._dir}/notices"
 
     @property
     def pids(self) -> list[int | None]:
@@ -240,6 +275,7 @@ class Supervisor:
             parent_pid=os.getpid(),
             pace_share=1.0 if index == self.lane else 1.0 / self.n,
             lane=index == self.lane,
+            notices=None if self._notices is None else self.notices_endpoint,
         )
         proc = self._mp.Process(
             target=worker_main,
@@ -280,11 +316,15 @@ class Supervisor:
         for be in self._backends:
             poller.register(be, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._notices is not None:
+            poller.register(self._notices, zmq.POLLIN)
         next_check = time.monotonic() + 0.2
         while not self._stopping.is_set():
             events = dict(poller.poll(200))
             if self._wake_r in events:
                 self._drain_wake()
+            if self._notices is not None and self._notices in events:
+                self._post_notices()
             for be in self._backends:
                 if be in events:
                     self._to_clients(be)
@@ -323,6 +363,18 @@ class Supervisor:
             else:
                 _, count, _ = self._inflight.get(ident, (index, 0, 0.0))
                 self._inflight[ident] = (index, count + 1, time.monotonic())
+
+    def _post_notices(self) -> None:
+        """Hand the workers' change events to the notifier (malformed ones are dropped)."""
+        zmq = self._zmq
+        for _ in range(BATCH):
+            try:
+                data = self._notices.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = ChangeEvent.from_json(data)
+            if event is not None:
+                self.notifier.post(event)
 
     def _caller(self, last: Any) -> Caller:
         """Who sent the message whose last frame is *last* (CURVE: its key's binding now)."""
@@ -442,7 +494,10 @@ class Supervisor:
         path = os.path.join(self._dir, BROKER_STATS)
         try:
             with open(path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump({"queues": self.budget.statistics()}, f)
+                figures: dict[str, Any] = {"queues": self.budget.statistics()}
+                if self.notifier is not None:
+                    figures["notifications"] = self.notifier.statistics()
+                json.dump(figures, f)
             os.replace(path + ".tmp", path)
         except OSError:  # pragma: no cover - best effort
             self.log.debug("could not publish queue statistics", exc_info=True)
@@ -463,7 +518,9 @@ class Supervisor:
             if p is not None and p.is_alive():  # pragma: no cover - serve_forever drains
                 p.kill()
                 p.join(5)
-        for sock in (self.frontend, *self._backends):
+        if self.notifier is not None:
+            self.notifier.close()
+        for sock in (self.frontend, *self._backends, self._notices):
             if sock is not None:
                 sock.close(linger=500 if sock is self.frontend else 0)
         if self._authenticator is not None:
@@ -601,6 +658,38 @@ def _worker_count(directory: str) -> int:
         return 0
 
 
+def _forward_notices(server: Any, config: WorkerConfig, context: Any) -> Callable[[], None] | None:
+    """Send the change events of this worker's writes to the parent; returns the closer.
+
+    The listener runs on the writer's thread; one lock serializes the socket (ZeroMQ
+    sockets are not thread-safe). A full queue drops the notice: notices are hints.
+    """
+    if config.notices is None:
+        return None
+    import zmq
+
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 500)  # the last notices get a moment to leave
+    push.setsockopt(zmq.SNDHWM, 100_000)
+    push.connect(config.notices)
+    lock = threading.Lock()
+    store = server.handler.service.store
+
+    def forward(event: ChangeEvent) -> None:
+        data = event.to_json()
+        with lock, contextlib.suppress(zmq.ZMQError):
+            push.send(data, zmq.NOBLOCK)
+
+    store.add_change_listener(forward)
+
+    def close() -> None:
+        store.remove_change_listener(forward)
+        with lock:
+            push.close()
+
+    return close
+
+
 def worker_main(factory: WorkerFactory, config: WorkerConfig) -> None:
     """The body of one worker process (the target of the ``spawn``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
@@ -615,6 +704,7 @@ def worker_main(factory: WorkerFactory, config: WorkerConfig) -> None:
             os.nice(LANE_NICE)
     context = _broker_context()
     server, cleanup = factory(config, context)
+    forward = _forward_notices(server, config, context)
     shared = _SharedStatistics(server, config)
     server.handler.extra_statistics = shared.aggregate
 
@@ -637,5 +727,7 @@ def worker_main(factory: WorkerFactory, config: WorkerConfig) -> None:
     finally:
         stop.set()
         shared.stop()
+        if forward is not None:
+            forward()
         cleanup()
         context.term()

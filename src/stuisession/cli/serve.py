@@ -298,11 +298,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_bind(zmq, args.notify, "--notify")
 
     workers = default_workers() if args.workers is None else args.workers
-    if workers > 1 and args.notify is not None:
-        # the notice socket and its subscriptions live in one bridge process so far
-        if args.workers is not None:
-            raise UsageError("--workers above 1 does not combine with --notify")
-        workers = 1
     if workers > 1:
         return _serve_workers(args, workers, run_policy, directory is None, curve)
 
@@ -357,17 +352,62 @@ def _serve_workers(
     """``serve --workers N`` (N > 1): the public socket here, N worker processes behind it.
 
     With CURVE the handshake (ZAP) and the allow-list stay in this process (SIGHUP
-    re-reads it here); the workers get each message's authenticated caller.
+    re-reads it here); the workers get each message's authenticated caller. With
+    ``--notify`` the notice socket is here too, fed by the workers' writes (a file
+    store) or by Redis Pub/Sub (a Redis store).
     """
-    import functools
-
     from stuisession.admin.core import open_store
-    from stuisession.bridge.supervisor import Supervisor
 
-    # create the store (directory, keyring) once, before workers race to do it
+    # create the store (directory, keyring) once, before workers race to do it; it
+    # stays open here only for the notice socket's subscription checks
     store = open_store(args.store, key_file=args.key_file, create=True, **_shards(args.store))
     durability = getattr(store, "durability", None)
-    store.close()
+    try:
+        notifier_factory = _parent_notifier(args, store, run_policy, curve)
+        if notifier_factory is None:
+            store.close()
+        return _supervise(
+            args,
+            workers,
+            run_policy=run_policy,
+            redis_store=redis_store,
+            curve=curve,
+            notifier_factory=notifier_factory,
+            durability=durability,
+        )
+    finally:
+        store.close()
+
+
+def _parent_notifier(args: argparse.Namespace, store: Any, run_policy: Any, curve: Any) -> Any:
+    """``notifier_factory`` for the supervisor: a Notifier on *store* (None without --notify).
+
+    Its service verifies subscriptions (watch tokens, CURVE identities) and audits
+    refusals, as a single bridge's does.
+    """
+    if args.notify is None:
+        return None
+    from stuisession.bridge.sockets import open_notifier
+    from stuisession.protocol.handler import ProtocolHandler
+
+    handler = ProtocolHandler(store, run_policy, audit=_serve_audit(args, store))
+    return lambda context: open_notifier(handler.service, args.notify, context, curve, None)
+
+
+def _supervise(
+    args: argparse.Namespace,
+    workers: int,
+    *,
+    run_policy: Any,
+    redis_store: bool,
+    curve: Any,
+    notifier_factory: Any,
+    durability: Any,
+) -> int:
+    import functools
+
+    from stuisession.bridge.supervisor import Supervisor
+
     settings = {
         "store": args.store,
         "key_file": args.key_file,
@@ -389,11 +429,17 @@ def _serve_workers(
             policy=run_policy,
             idle_timeout=args.idle_timeout,
             curve=curve,
+            notifier_factory=notifier_factory,
+            # a Redis store delivers every process's changes by Pub/Sub already
+            forward_notices=not redis_store,
         )
     except Exception as exc:  # zmq.ZMQError: taken between the check and now
-        raise Fail(f"cannot bind {args.bind}: {exc}") from None
+        where = args.bind if args.notify is None else f"{args.bind} or {args.notify}"
+        raise Fail(f"cannot bind {where}: {exc}") from None
     with supervisor:
         text = banner(args, supervisor.bound_endpoint, run_policy, redis_store, durability)
+        if supervisor.notifier is not None:
+            text += f"\n  change notices on {supervisor.notifier.bound_endpoint}"
         print(
             f"{text}\n  workers: {workers} processes (and one for large requests)",
             file=sys.stderr,
