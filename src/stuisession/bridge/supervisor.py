@@ -480,8 +480,12 @@ class Supervisor:
             for be in self._backends:
                 if be in events:
                     self._to_clients(be)
+            if self._notices is not None and self._notices in events:
+                self._post_notices()  # the notices of what the workers finish
         for be in self._backends:  # replies sent after the last poll
             self._to_clients(be)
+        if self._notices is not None:
+            self._post_notices()
         for p in self._procs:
             if p is not None:
                 p.join(5)
