@@ -359,3 +359,43 @@ def test_a_worker_forwards_the_change_events_of_its_writes() -> None:
         assert _forward_notices(server, attrs.evolve(config, notices=None), ctx) is None
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_callers_requests_meet_one_reply_cache_on_any_connection(
+    supervisor: Supervisor,
+) -> None:
+    """Resends on new connections: routed by whose reply cache answers them (the CURVE
+    key, else the resend_key), not by the connection."""
+    homes = {supervisor._route(f"conn-{n}".encode(), 100, b"curve:KEY") for n in range(32)}
+    assert len(homes) == 1
+    by_connection = {supervisor._route(f"conn-{n}".encode(), 100) for n in range(32)}
+    assert len(by_connection) == 2  # without a scope the connections spread out
+    # a large request still goes to the lane
+    assert supervisor._route(b"conn-0", LARGE_BYTES + 1, b"curve:KEY") == supervisor.lane
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (b'{"id":"1","parameters":{"resend_key":"abcdefghijklmnop"}}', b"abcdefghijklmnop"),
+        (b'{"parameters": {"client_id": "a", "resend_key" : "' + b"k" * 128 + b'"}}', b"k" * 128),
+        (b'{"parameters":{"resend_key":"short"}}', None),  # not a resend key (< 16)
+        (b'{"parameters":{"resend_key":"' + b"k" * 129 + b'"}}', None),  # > 128
+        (b'{"parameters":{"resend_key":"with \\"escape\\" inside"}}', None),
+        (b'{"parameters":{"client_id":"a"}}', None),
+        (
+            b'{"parameters":{"resend_key":"'
+            + b"k" * 20
+            + b'"}, "pad":"'
+            + b"x" * LARGE_BYTES
+            + b'"}',
+            None,
+        ),
+    ],
+)
+def test_the_resend_key_is_found_without_parsing(body: bytes, key: bytes | None) -> None:
+    import zmq
+
+    from stuisession.bridge.supervisor import _resend_key
+
+    assert _resend_key(zmq.Frame(body)) == key

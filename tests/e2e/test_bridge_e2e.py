@@ -519,3 +519,31 @@ def test_notices_from_every_worker_reach_subscribers_once_on_redis(
     key_file = tmp_path / "keyring.json"
     bridge = bridges(redis.url, "--key-file", str(key_file), "--workers", "2", "--notify", notify)
     _notices_of_every_writer(bridge, notify)
+
+
+# -- (d) resends on new connections meet one reply cache ------------------------------------
+def test_a_create_resent_on_new_connections_makes_one_session_with_workers(
+    tmp_path: Path, bridges: Callable[..., Bridge]
+) -> None:
+    """A REQ client that times out resends on a new socket (a new routing identity);
+    with a ``resend_key`` (SessionClient sends one) the resend is answered from the
+    reply cache whichever worker the new connection would have reached."""
+    bridge = bridges(str(tmp_path / "store"), "--workers", "2")
+    ctx = zmq.Context()
+    try:
+        sessions = set()
+        for i in range(8):
+            req = ctx.socket(zmq.REQ)
+            req.setsockopt(zmq.LINGER, 0)
+            req.setsockopt(zmq.RCVTIMEO, 30_000)
+            req.setsockopt(zmq.IDENTITY, f"retry-{i}".encode())  # spread over the workers
+            req.connect(bridge.endpoint)
+            params = {"client_id": "alice", "resend_key": "r" * 24}
+            req.send_json({"id": "create-1", "command": "create_session", "parameters": params})
+            reply = req.recv_json()
+            req.close()
+            assert isinstance(reply, dict) and reply["status"] == "success", reply
+            sessions.add(reply["result"]["session_id"])
+        assert len(sessions) == 1, sessions
+    finally:
+        ctx.destroy(linger=0)

@@ -72,10 +72,12 @@ class Peer:
         sock.connect(self.endpoint)
         return Connection(sock, self._ids)
 
-    def call(self, command: str, timeout_ms: int = 5000, **params: Any) -> dict[str, Any] | None:
+    def call(
+        self, command: str, timeout_ms: int = 5000, rid: str | None = None, **params: Any
+    ) -> dict[str, Any] | None:
         conn = self.open(timeout_ms)
         try:
-            return conn.request(command, **params)
+            return conn.request(command, rid=rid, **params)
         finally:
             conn.close()
 
@@ -87,8 +89,9 @@ class Connection:
         self.sock = sock
         self._ids = ids
 
-    def request(self, command: str, **params: Any) -> dict[str, Any] | None:
-        message = {"id": f"r{next(self._ids)}", "command": command, "parameters": params}
+    def request(self, command: str, rid: str | None = None, **params: Any) -> dict[str, Any] | None:
+        rid = rid if rid is not None else f"r{next(self._ids)}"
+        message = {"id": rid, "command": command, "parameters": params}
         self.sock.send(json.dumps(message).encode())
         try:
             reply: dict[str, Any] = json.loads(self.sock.recv())
@@ -210,6 +213,19 @@ def test_curve_bridge_admits_bound_keys_only(
         mallory = Peer(ctx, endpoint, server_key, keys["mallory.key_secret"])
         stranger = Peer(ctx, endpoint, server_key, keys["stranger.key_secret"])
         wait_ready(alice, proc, log)
+
+        # a create resent on new connections (a REQ client's retry after a timeout) is
+        # answered from the reply cache of the key, on one process as on workers: one
+        # session, not one per connection
+        resent = [
+            alice.call("create_session", rid="resent-create", client_id="alice") for _ in range(6)
+        ]
+        assert all(r is not None and r["status"] == "success" for r in resent), resent
+        assert len({r["result"]["session_id"] for r in resent if r is not None}) == 1
+        first = resent[0]
+        assert first is not None
+        closed = alice.call("close_session", session_id=first["result"]["session_id"])
+        assert closed is not None and closed["status"] == "success", closed
 
         # the allowed client works normally
         created = alice.call("create_session", client_id="alice")

@@ -69,6 +69,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -127,6 +128,9 @@ class WorkerConfig:
     lane: bool = False
     #: where this worker sends the change events of its writes (None: it does not)
     notices: str | None = None
+    #: the parent serves CURVE: each message starts with its caller frame, and the
+    #: worker's BridgeServer must be built with ``forwarded_callers=True``
+    forwarded_callers: bool = False
 
 
 #: builds one worker's server: ``factory(config, zmq_context) -> (server, cleanup)``;
@@ -143,6 +147,24 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: a ``resend_key`` parameter as ``_dedup_scope`` accepts it (16-128 characters); a
+#: key with JSON escapes is not matched (its requests go by connection, as before)
+_RESEND_KEY = re.compile(rb'"resend_key"\s*:\s*"([^"\\]{16,128})"')
+
+
+def _resend_key(body: Any) -> bytes | None:
+    """The ``resend_key`` of a small request body (a :class:`zmq.Frame`), or None.
+
+    A byte search of its first :data:`LARGE_BYTES`, not a parse: the parent must
+    stay cheap. Only routing depends on it; a body that mentions ``resend_key``
+    elsewhere is at worst routed like another caller's, and answered correctly.
+    """
+    if len(body) > LARGE_BYTES:
+        return None  # large: to the lane anyway
+    found = _RESEND_KEY.search(body.buffer)
+    return None if found is None else found.group(1)
+
+
 class Supervisor:
     """The parent of ``serve --workers N``: the public socket, the workers, restarts.
 
@@ -154,7 +176,8 @@ class Supervisor:
     :param policy: socket limits for the public socket (``max_message_size``,
         ``socket_hwm``), as :class:`~stuisession.bridge.server.BridgeServer` sets them.
     :param curve: serve CurveZMQ on the public socket (ZAP runs in this process);
-        the workers must then be built with ``forwarded_callers=True``.
+        each worker is then told ``WorkerConfig.forwarded_callers`` and must build
+        its BridgeServer with ``forwarded_callers=True``.
     :param notifier_factory: makes the change-notice publisher in this process:
         ``notifier_factory(zmq_context) -> Notifier`` (None: no notices).
     :param forward_notices: the workers send their writes' change events here for
@@ -276,6 +299,7 @@ class Supervisor:
             pace_share=1.0 if index == self.lane else 1.0 / self.n,
             lane=index == self.lane,
             notices=None if self._notices is None else self.notices_endpoint,
+            forwarded_callers=self.curve is not None,
         )
         proc = self._mp.Process(
             target=worker_main,
@@ -352,10 +376,14 @@ class Supervisor:
             except Busy as exc:
                 self._refuse(frames, exc)
                 continue
-            index = self._route(ident, len(frames[-1]))
+            last = frames[-1]
             forwarded: list[Any] = frames
             if self.curve is not None:
-                forwarded = [caller_frame(self._caller(frames[-1])), *frames]
+                caller = self._caller(last)
+                forwarded = [caller_frame(caller), *frames]
+                index = self._route(ident, len(last), caller.key.encode())
+            else:
+                index = self._route(ident, len(last), _resend_key(last))
             try:
                 self._backends[index].send_multipart(forwarded, zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -364,17 +392,21 @@ class Supervisor:
                 _, count, _ = self._inflight.get(ident, (index, 0, 0.0))
                 self._inflight[ident] = (index, count + 1, time.monotonic())
 
-    def _post_notices(self) -> None:
-        """Hand the workers' change events to the notifier (malformed ones are dropped)."""
+    def _post_notices(self) -> int:
+        """Hand up to :data:`BATCH` of the workers' change events to the notifier.
+
+        Returns how many were read (malformed ones are read and dropped).
+        """
         zmq = self._zmq
-        for _ in range(BATCH):
+        for n in range(BATCH):
             try:
                 data = self._notices.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return n
             event = ChangeEvent.from_json(data)
             if event is not None:
                 self.notifier.post(event)
+        return BATCH
 
     def _caller(self, last: Any) -> Caller:
         """Who sent the message whose last frame is *last* (CURVE: its key's binding now)."""
@@ -388,19 +420,22 @@ class Supervisor:
             return NOBODY
         return self.curve.caller(user_id)
 
-    def _route(self, ident: bytes, size: int) -> int:
+    def _route(self, ident: bytes, size: int, scope: bytes | None = None) -> int:
         """The process for a request of *size* bytes from connection *ident*.
 
         Behind the requests it has in flight, if any (so its order holds); else a
-        large request to the lane, a small one to the connection's own worker (a
-        hash of its identity: the same worker's reply cache sees its resends).
+        large request to the lane, a small one to the worker of its *scope*: a hash
+        of whose reply cache answers its resends (``_dedup_scope`` in
+        ``protocol/handler.py``): the CURVE key, else the ``resend_key``, else the
+        connection. So a resend on a new connection meets the same reply cache, as
+        in one process.
         """
         held = self._inflight.get(ident)
         if held is not None:
             return held[0]
         if size > LARGE_BYTES:
             return self.lane
-        return zlib.crc32(ident) % self.n
+        return zlib.crc32(scope or ident) % self.n
 
     def _answered(self, ident: bytes) -> None:
         """A reply to *ident* left a worker: one request fewer in flight."""
@@ -485,7 +520,8 @@ class Supervisor:
         for be in self._backends:  # replies sent after the last poll
             self._to_clients(be)
         if self._notices is not None:
-            self._post_notices()
+            while self._post_notices() == BATCH:  # all that arrived before the end
+                pass
         for p in self._procs:
             if p is not None:
                 p.join(5)

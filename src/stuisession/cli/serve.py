@@ -418,7 +418,6 @@ def _supervise(
         "threads": args.threads,
         "max_pending": args.max_pending,
         "idle_timeout": args.idle_timeout,
-        "forwarded_callers": curve is not None,
     }
     factory = functools.partial(_worker_server, settings)
     try:
@@ -484,7 +483,7 @@ def _worker_server(settings: dict[str, Any], config: Any, context: Any) -> tuple
             # the policy's large-request budget is for the whole bridge (bridge/pacing.py)
             pace_share=config.pace_share,
             # behind a CURVE parent: each message carries the caller it authenticated
-            forwarded_callers=settings.get("forwarded_callers", False),
+            forwarded_callers=config.forwarded_callers,
         )
     except BaseException:
         if upstream is not None:
