@@ -441,6 +441,24 @@ def test_pipelined_large_and_small_requests_of_one_connection_keep_their_order(
 WRITERS = 16
 
 
+def _request_as(
+    ctx: zmq.Context, endpoint: str, identity: bytes, message: dict[str, Any]
+) -> dict[str, Any]:
+    """One request on a new REQ connection with routing *identity*; its successful reply."""
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.setsockopt(zmq.RCVTIMEO, 30_000)
+    req.setsockopt(zmq.IDENTITY, identity)
+    req.connect(endpoint)
+    try:
+        req.send_json(message)
+        reply = req.recv_json()
+    finally:
+        req.close()
+    assert isinstance(reply, dict) and reply["status"] == "success", reply
+    return reply
+
+
 def _notices_of_every_writer(bridge: Bridge, notify: str) -> None:
     """Sixteen connections (spread over the workers by their routing identities) each
     update one session once; a subscriber hears each acknowledged revision exactly once."""
@@ -463,23 +481,14 @@ def _notices_of_every_writer(bridge: Bridge, notify: str) -> None:
                 confirmed = json.loads(sub.recv_multipart()[1])["event"] == "subscribed"
             acked: list[int] = []
             for i in range(WRITERS):
-                req = ctx.socket(zmq.REQ)
-                req.setsockopt(zmq.LINGER, 0)
-                req.setsockopt(zmq.RCVTIMEO, 30_000)
-                req.setsockopt(zmq.IDENTITY, f"writer-{i}".encode())
-                req.connect(bridge.endpoint)
                 params = {
                     "session_id": sid,
                     "client_id": "alice",
                     "state_data": {f"w{i}": i},
                     "mode": "merge",
                 }
-                req.send_json(
-                    {"id": f"w{i}", "command": "update_session_state", "parameters": params}
-                )
-                reply = req.recv_json()
-                req.close()
-                assert isinstance(reply, dict) and reply["status"] == "success", reply
+                message = {"id": f"w{i}", "command": "update_session_state", "parameters": params}
+                reply = _request_as(ctx, bridge.endpoint, f"writer-{i}".encode(), message)
                 acked.append(reply["result"]["revision"])
             heard: list[int] = []
             deadline = time.monotonic() + STALL_GUARD
@@ -532,17 +541,10 @@ def test_a_create_resent_on_new_connections_makes_one_session_with_workers(
     ctx = zmq.Context()
     try:
         sessions = set()
-        for i in range(8):
-            req = ctx.socket(zmq.REQ)
-            req.setsockopt(zmq.LINGER, 0)
-            req.setsockopt(zmq.RCVTIMEO, 30_000)
-            req.setsockopt(zmq.IDENTITY, f"retry-{i}".encode())  # spread over the workers
-            req.connect(bridge.endpoint)
-            params = {"client_id": "alice", "resend_key": "r" * 24}
-            req.send_json({"id": "create-1", "command": "create_session", "parameters": params})
-            reply = req.recv_json()
-            req.close()
-            assert isinstance(reply, dict) and reply["status"] == "success", reply
+        params = {"client_id": "alice", "resend_key": "r" * 24}
+        message = {"id": "create-1", "command": "create_session", "parameters": params}
+        for i in range(8):  # identities spread over the workers
+            reply = _request_as(ctx, bridge.endpoint, f"retry-{i}".encode(), message)
             sessions.add(reply["result"]["session_id"])
         assert len(sessions) == 1, sessions
     finally:

@@ -331,6 +331,19 @@ class CurveConfig:
             return Caller.curve(user_id, frozenset())
         return binding.caller()
 
+    def message_caller(self, frame: Any) -> Caller:
+        """The caller of a message received on a CURVE socket (*frame*: a :class:`zmq.Frame`).
+
+        Its ZAP ``User-Id`` (the client's z85 key, set at the handshake) looked up
+        now, so a key revoked since then is bound to nothing; no ``User-Id`` gives
+        :data:`NOBODY` (never a fallback to trust).
+        """
+        try:
+            user_id = frame.get("User-Id")
+        except _zmq().ZMQError:
+            user_id = None
+        return self.caller(user_id) if user_id else NOBODY
+
 
 # -- callers behind a supervisor (``serve --workers N`` with CURVE) ------------------------
 #: the caller a message is attributed to when its caller frame is missing or unreadable:

@@ -161,14 +161,7 @@ def receive(
         return frames, relayed
     if curve is None:
         return frames, Caller.connection(bytes(frames[0]))
-    try:
-        # set by the ZAP handler at the handshake: the client's z85 public key
-        user_id = parts[-1].get("User-Id")
-    except zmq.ZMQError:
-        user_id = None
-    if not user_id:  # cannot happen on a CURVE socket; never fall back to trust
-        return frames, Caller.curve("", frozenset())
-    return frames, curve.caller(user_id)
+    return frames, curve.message_caller(last)
 
 
 def _bound_client_ids(curve: CurveConfig) -> Callable[[str], frozenset[str] | None]:

@@ -15,13 +15,16 @@ connection's authenticated key (its ZAP ``User-Id``) in the allow-list, as a
 single bridge does, and sends the resulting caller (key, bound client ids,
 operator flag) to the worker in a frame of its own in front of the envelope
 (:func:`caller_frame`); a key revoked by a reload is bound to nothing from its
-next message on. A client's messages always go to the same worker
-(a hash of its routing identity), so:
+next message on. A client's small requests go to the worker chosen by a hash of
+whose reply cache answers its resends (its CURVE key, else its ``resend_key``,
+else its routing identity), and a connection's requests follow the ones it has in
+flight, so:
 
 - per-session order holds for REQ clients (one request in flight, answered
   before the next is sent) and for any client using one connection;
-- the reply cache (dedup) of that worker sees every resend on the connection.
-  A client that reconnects with a new routing identity may reach another
+- the reply cache (dedup) of that worker sees every resend of the caller, also
+  on a new connection when it has a CURVE key or a ``resend_key``. A client
+  without either that reconnects with a new routing identity may reach another
   worker: that resend is handled again, as after a bridge restart (revision
   checks and the durable per-session dedup apply);
 - the queued-bytes bounds (``Policy.max_queued_bytes_per_connection`` and
@@ -82,12 +85,11 @@ from typing import Any
 import attrs
 
 from stuisession.bridge.budget import QueueBudget, send_tracked
-from stuisession.bridge.curve import NOBODY, CurveConfig, caller_frame
+from stuisession.bridge.curve import CurveConfig, caller_frame
 from stuisession.bridge.pacing import LARGE_BYTES
 from stuisession.bridge.replies import error_for, error_reply, peek_fields
 from stuisession.errors import Busy, StuiSessionError
 from stuisession.policy import Policy
-from stuisession.security.identity import Caller
 from stuisession.stores.base import ChangeEvent
 
 log = logging.getLogger("stuisession.server")
@@ -379,7 +381,7 @@ class Supervisor:
             last = frames[-1]
             forwarded: list[Any] = frames
             if self.curve is not None:
-                caller = self._caller(last)
+                caller = self.curve.message_caller(last)
                 forwarded = [caller_frame(caller), *frames]
                 index = self._route(ident, len(last), caller.key.encode())
             else:
@@ -407,18 +409,6 @@ class Supervisor:
             if event is not None:
                 self.notifier.post(event)
         return BATCH
-
-    def _caller(self, last: Any) -> Caller:
-        """Who sent the message whose last frame is *last* (CURVE: its key's binding now)."""
-        assert self.curve is not None
-        try:
-            # set by the ZAP handler at the handshake: the client's z85 public key
-            user_id = last.get("User-Id")
-        except self._zmq.ZMQError:
-            user_id = None
-        if not user_id:  # cannot happen on a CURVE socket; never fall back to trust
-            return NOBODY
-        return self.curve.caller(user_id)
 
     def _route(self, ident: bytes, size: int, scope: bytes | None = None) -> int:
         """The process for a request of *size* bytes from connection *ident*.
